@@ -1,0 +1,228 @@
+"""The in-memory labeled image set every ddkit component consumes, and its describing records.
+
+Pixels are kept in [0, 1] (uint8 or float); the normalization a dataset is trained with travels with
+it and is applied when samples are read, so a stored file can be de-normalized and shown correctly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ddkit.errors import InvalidInput
+from ddkit.seeding import numpy_rng
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-channel mean/std applied to [0, 1] pixels before a model sees them."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def _shape(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        view = (-1, 1, 1)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(view)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(view)
+        return mean, std
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._shape(x)
+        return (x - mean) / std
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        mean, std = self._shape(x)
+        return x * std + mean
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and a stored file need to know about a dataset, independent of its pixels."""
+
+    name: str
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int]
+    normalization: Normalization
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["class_names"] = list(self.class_names)
+        d["image_shape"] = list(self.image_shape)
+        d["num_classes"] = self.num_classes
+        d["normalization"] = self.normalization.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetInfo":
+        return cls(
+            name=str(d["name"]),
+            class_names=tuple(str(c) for c in d["class_names"]),
+            image_shape=tuple(int(s) for s in d["image_shape"]),
+            normalization=Normalization.from_dict(d["normalization"]),
+        )
+
+
+def check_pixels(images: torch.Tensor, image_shape: Sequence[int] | None = None, what: str = "images") -> None:
+    """Refuse NaN/inf, out-of-range values and wrong shapes with one clear message."""
+    if images.ndim != 4:
+        raise InvalidInput(f"{what} must be N×C×H×W, got shape {tuple(images.shape)}", "reshape to N×C×H×W")
+    if image_shape is not None and tuple(images.shape[1:]) != tuple(image_shape):
+        raise InvalidInput(
+            f"{what} have shape C×H×W = {tuple(images.shape[1:])}, expected {tuple(image_shape)}",
+            "resize/convert the images to the dataset's shape",
+        )
+    if images.dtype == torch.uint8:
+        return
+    if not torch.isfinite(images).all():
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise InvalidInput(f"{what} contain NaN or inf values ({bad} images)", "drop or repair those images")
+    if images.numel() == 0:
+        return
+    lo, hi = float(images.min()), float(images.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InvalidInput(
+            f"{what} have pixel values in [{lo:.4g}, {hi:.4g}], outside [0, 1]",
+            "store de-normalized pixels in [0, 1] (clamp, or divide uint8 data by 255)",
+        )
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """A labeled image set held in memory, in the torchvision dataset style.
+
+    `images` are N×C×H×W, uint8 (0..255) or float in [0, 1]; `ids` are stable sample ids into the
+    source split (the row in the source's canonical order), kept through `subset`. Items are
+    `(transform(normalized image), target_transform(label))`.
+    """
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        split: str,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        ids: torch.Tensor | None = None,
+        transform: Callable | None = None,
+        target_transform: Callable | None = None,
+        source: str = "",
+    ):
+        check_pixels(images, info.image_shape, f"{info.name}/{split} images")
+        if labels.ndim != 1 or len(labels) != len(images):
+            raise InvalidInput(f"{len(images)} images but labels of shape {tuple(labels.shape)}", "one label per image")
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
+            raise InvalidInput(
+                f"labels span [{int(labels.min())}, {int(labels.max())}] but the dataset has {info.num_classes} classes",
+                "fix the labels or the class list",
+            )
+        self.info = info
+        self.split = split
+        self.images = images
+        self.labels = labels.long()
+        self.ids = torch.arange(len(images), dtype=torch.long) if ids is None else ids.long()
+        self.transform = transform
+        self.target_transform = target_transform
+        self.source = source
+        self._fingerprint: str | None = None
+
+    # -- torchvision-style access ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        x = self.info.normalization.apply(self.pixels(index))
+        y = int(self.labels[index])
+        if self.transform is not None:
+            x = self.transform(x)
+        if self.target_transform is not None:
+            y = self.target_transform(y)
+        return x, y
+
+    def __repr__(self) -> str:
+        lines = [
+            f"ImageDataset {self.info.name} ({self.split})",
+            f"    Number of datapoints: {len(self)}",
+            f"    Image shape: {tuple(self.info.image_shape)}, classes: {self.info.num_classes}",
+        ]
+        if self.source:
+            lines.append(f"    Source: {self.source}")
+        if self.transform is not None:
+            lines.append(f"    Transform: {self.transform!r}")
+        return "\n".join(lines)
+
+    # -- bulk access ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def pixels(self, index=slice(None)) -> torch.Tensor:
+        """Float32 pixels in [0, 1] for `index` (an int, slice, or index tensor)."""
+        x = self.images[index]
+        return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+    def normalized(self, index=slice(None)) -> torch.Tensor:
+        return self.info.normalization.apply(self.pixels(index))
+
+    def subset(self, indices) -> "ImageDataset":
+        """The samples at positions `indices`, keeping their source ids."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return ImageDataset(
+            self.info, self.split, self.images[idx], self.labels[idx], self.ids[idx],
+            self.transform, self.target_transform, self.source,
+        )
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """Positions of each class's samples, in order."""
+        return [torch.nonzero(self.labels == c).flatten() for c in range(self.num_classes)]
+
+    def ids_sha256(self) -> str:
+        """Hash of the dataset name, split and sample id list (the source id-list hash)."""
+        h = hashlib.sha256(f"{self.info.name}/{self.split}/".encode())
+        h.update(self.ids.numpy().astype("<i8").tobytes())
+        return h.hexdigest()
+
+    def fingerprint(self) -> str:
+        """Hash of the id list and of the pixel data: ids resolve to the same pixels iff equal."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.ids_sha256().encode())
+            images = self.images.contiguous()
+            h.update(str(images.dtype).encode() + str(tuple(images.shape)).encode())
+            h.update(images.numpy().tobytes())
+            h.update(self.labels.numpy().astype("<i8").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def train_val_split(dataset: ImageDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:
+    """Deterministic class-stratified split of a training set, used for every hyper-parameter choice.
+
+    It depends only on the dataset's ids, labels and `seed`, never on the test split.
+    """
+    if dataset.split == "test":
+        raise InvalidInput("refusing to split the test set for validation", "split the training set")
+    if not 0.0 < val_fraction < 1.0:
+        raise InvalidInput(f"val_fraction must be in (0, 1), got {val_fraction}")
+    rng = numpy_rng(seed, "train-val-split", dataset.info.name)
+    train_idx, val_idx = [], []
+    for cls_idx in dataset.class_indices():
+        order = cls_idx.numpy()[rng.permutation(len(cls_idx))]
+        n_val = max(1, int(round(len(order) * val_fraction))) if len(order) > 1 else 0
+        val_idx.append(np.sort(order[:n_val]))
+        train_idx.append(np.sort(order[n_val:]))
+    train = dataset.subset(np.sort(np.concatenate(train_idx)))
+    val = dataset.subset(np.sort(np.concatenate(val_idx)))
+    train.split, val.split = f"{dataset.split}[train]", f"{dataset.split}[val]"
+    return train, val
