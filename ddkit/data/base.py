@@ -226,3 +226,23 @@ def train_val_split(dataset: ImageDataset, val_fraction: float = 0.1, seed: int 
     val = dataset.subset(np.sort(np.concatenate(val_idx)))
     train.split, val.split = f"{dataset.split}[train]", f"{dataset.split}[val]"
     return train, val
+
+
+def class_balanced_indices(dataset: ImageDataset, per_class: int, seed: int, salt: str = "random-subset") -> np.ndarray:
+    """`per_class` random positions of every class, seeded; sorted by class then position.
+
+    The one sampler behind the random-real synthesizer, the random selector and the evaluator's
+    random baseline, so "random at the same budget" means the same thing everywhere.
+    """
+    if per_class < 1:
+        raise InvalidInput(f"images per class must be ≥ 1, got {per_class}")
+    rng = numpy_rng(seed, salt, dataset.info.name, per_class)
+    picks = []
+    for c, idx in enumerate(dataset.class_indices()):
+        if len(idx) < per_class:
+            raise InvalidInput(
+                f"class {dataset.info.class_names[c]!r} has {len(idx)} images, fewer than the {per_class} asked",
+                "lower the budget (IPC) or use a larger dataset",
+            )
+        picks.append(np.sort(idx.numpy()[rng.choice(len(idx), per_class, replace=False)]))
+    return np.concatenate(picks)

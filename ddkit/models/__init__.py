@@ -1,0 +1,100 @@
+"""Models by name, through one registry.
+
+`create_model(name, in_channels, image_size, num_classes, **kwargs)`; every model is an
+`ImageClassifier` (feature map, pooled features, linear classifier) and records how to rebuild
+itself (`arch`, `arch_kwargs`) so a teacher file can be loaded without pickles.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ddkit.errors import InvalidInput
+from ddkit.models.base import ImageClassifier, ModelOutput, has_batchnorm, make_norm
+from ddkit.models.convnet import ConvNet
+from ddkit.models.mobilenet import MobileNet
+from ddkit.models.resnet import cifar_resnet, resnet18_modified
+from ddkit.registry import Registry
+from ddkit.seeding import derive_seed
+
+MODELS = Registry("model")
+
+
+@MODELS.register("convnet", summary="DC-style ConvNet: depth × [conv3×3-norm-ReLU-avgpool], flatten, linear", teacher=False)
+def convnet(in_channels, image_size, num_classes, depth=3, width=128, norm="instance", pooling="flatten"):
+    return ConvNet(in_channels, image_size, num_classes, depth, width, norm, pooling)
+
+
+@MODELS.register("convnet-bn", summary="ConvNet with BatchNorm (a BN teacher for INFER/NRR-DD)", teacher=True)
+def convnet_bn(in_channels, image_size, num_classes, depth=3, width=64, pooling="avg"):
+    return ConvNet(in_channels, image_size, num_classes, depth, width, "batch", pooling)
+
+
+@MODELS.register("resnet8", summary="CIFAR-style ResNet-8 (16-32-64), BatchNorm", teacher=True)
+def resnet8(in_channels, image_size, num_classes, width=16, norm="batch"):
+    return cifar_resnet(in_channels, image_size, num_classes, 8, width, norm)
+
+
+@MODELS.register("resnet20", summary="CIFAR-style ResNet-20 (16-32-64), BatchNorm", teacher=True)
+def resnet20(in_channels, image_size, num_classes, width=16, norm="batch"):
+    return cifar_resnet(in_channels, image_size, num_classes, 20, width, norm)
+
+
+@MODELS.register("resnet18", summary="ResNet-18 modified: 3×3 stride-1 stem, no max-pool, BatchNorm", teacher=True)
+def resnet18(in_channels, image_size, num_classes, width=64, norm="batch"):
+    return resnet18_modified(in_channels, image_size, num_classes, width, norm)
+
+
+@MODELS.register("mobilenet", summary="small MobileNetV2-style net (inverted residuals), BatchNorm", teacher=True)
+def mobilenet(in_channels, image_size, num_classes, width=16, norm="batch", head=256):
+    return MobileNet(in_channels, image_size, num_classes, width, norm, head)
+
+
+def create_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int | None = None, **kwargs) -> ImageClassifier:
+    """Build a registered model; unknown keyword arguments are a clear error, not a TypeError.
+
+    With `seed`, the initial weights depend only on it (the global RNG is left as it was).
+    """
+    factory = MODELS.get(name)
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        allowed = [p for p in params if p not in ("in_channels", "image_size", "num_classes")]
+        raise InvalidInput(f"model {name!r} has no option {', '.join(unknown)}", f"its options are: {', '.join(allowed)}")
+    try:
+        if seed is None:
+            model = factory(in_channels, image_size, num_classes, **kwargs)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "init", name))
+                model = factory(in_channels, image_size, num_classes, **kwargs)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot build model {name!r}: {exc}") from exc
+    model.arch = name
+    model.arch_kwargs = dict(kwargs)
+    model.input_shape = (in_channels, image_size, image_size)
+    model.num_classes = num_classes
+    return model
+
+
+def parse_model_options(pairs) -> dict:
+    """Turn CLI `key=value` strings into keyword arguments (ints, floats, bools, strings)."""
+    out = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise InvalidInput(f"model option {pair!r} is not key=value", "e.g. --model-opt width=32")
+        for cast in (int, float):
+            try:
+                out[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
+__all__ = ["MODELS", "ImageClassifier", "ModelOutput", "create_model", "has_batchnorm", "make_norm", "parse_model_options"]

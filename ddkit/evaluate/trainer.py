@@ -1,0 +1,178 @@
+"""Student training for the evaluator: N seeds of a small student trained as one batched model.
+
+Training several seeds of a small student is launch-bound, not FLOP-bound. With `torch.func`, the N
+students' parameters are stacked and one vmapped forward/backward serves all of them: each seed
+keeps its own initial weights, batch order, augmentation draws and loss, and since every optimizer
+ddkit uses is element-wise, one optimizer over the stacked tensors equals N separate optimizers.
+`batched=False` runs the same steps one model at a time (the reference the tests compare against).
+Students with BatchNorm (running statistics) always take the one-at-a-time path.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from ddkit.augment import MIXES, build_augmentation
+from ddkit.data.base import DatasetInfo
+from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets, require_stored_scheme
+from ddkit.evaluate.protocols import Protocol
+from ddkit.errors import InvalidInput
+from ddkit.models import create_model, has_batchnorm
+from ddkit.progress import progress
+from ddkit.seeding import derive_seed, generator
+from ddkit.training import build_optimizer
+
+
+@dataclass
+class StudentData:
+    """One seed's train set, already normalized and on the training device."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    payload: torch.Tensor | None = None  # per-instance stored label rows (e.g. logits), if any
+    scheme: str | None = None
+
+
+class EpochSampler:
+    """Fixed-size batches from successive seeded permutations (the last partial batch is dropped)."""
+
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
+        self.n, self.batch, self.gen = n, min(batch_size, n), gen
+        self._order = torch.empty(0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        if len(self._order) < self.batch:
+            self._order = torch.randperm(self.n, generator=self.gen)
+        idx, self._order = self._order[: self.batch], self._order[self.batch :]
+        return idx
+
+
+class Students:
+    """N trained students; `predict` returns N×B×K logits."""
+
+    def __init__(self, models: list[nn.Module], stacked: tuple | None):
+        self.models = models
+        self._stacked = stacked  # (params, buffers, base) when trained batched
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        outs = []
+        for i in range(0, len(images), batch_size):
+            x = images[i : i + batch_size]
+            if self._stacked is not None:
+                params, buffers, base = self._stacked
+                fn = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), in_dims=(0, 0, None))
+                outs.append(fn(params, buffers, x))
+            else:
+                outs.append(torch.stack([m.eval()(x) for m in self.models]))
+        return torch.cat(outs, 1)
+
+    def accuracies(self, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+        pred = self.predict(images).argmax(-1)
+        return [float(v) for v in (pred == labels.view(1, -1)).float().mean(1)]
+
+    def state_dicts(self) -> list[dict]:
+        if self._stacked is None:
+            return [m.state_dict() for m in self.models]
+        params, buffers, _ = self._stacked
+        merged = {**params, **buffers}
+        return [{k: v[i].detach() for k, v in merged.items()} for i in range(len(self.models))]
+
+
+def _teacher_targets(teachers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The ensemble's mean logits on exactly these (augmented, mixed) views."""
+    with torch.no_grad():
+        return torch.stack([t(x) for t in teachers]).mean(0)
+
+
+def train_students(
+    protocol: Protocol,
+    data: list[StudentData],
+    seeds: list[int],
+    info: DatasetInfo,
+    device: torch.device,
+    teachers: list[nn.Module] = (),
+    batched: bool | None = None,
+    desc: str = "students",
+) -> Students:
+    """Train one student per seed under `protocol`; `data[i]` is seed i's train set."""
+    if len(data) != len(seeds):
+        raise ValueError("one train set per seed")
+    sizes = {len(d.labels) for d in data}
+    if min(sizes) == 0:
+        raise InvalidInput("the train set is empty")
+    if protocol.label_source == "teacher" and not teachers:
+        raise InvalidInput(f"protocol {protocol.id} relabels with a teacher", "pass --teacher T (one or more)")
+    stored_fn = require_stored_scheme(data[0].scheme) if protocol.label_source == "stored" else None
+
+    c, h, w = info.image_shape
+    models = [
+        create_model(protocol.student, c, h, info.num_classes, seed=derive_seed(s, "student"), **protocol.student_kwargs).to(device).train()
+        for s in seeds
+    ]
+    use_vmap = (batched is not False) and len(seeds) > 1 and len(sizes) == 1 and not has_batchnorm(models[0])
+    if batched and not use_vmap and len(seeds) > 1:
+        raise InvalidInput("batched training needs a student without BatchNorm and equal train-set sizes")
+
+    if use_vmap:
+        params, buffers = stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta")
+        forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)))
+        trainable = list(params.values())
+    else:
+        trainable = [p for m in models for p in m.parameters()]
+
+    total_steps = protocol.total_steps(next(iter(sizes)))
+    opt, sched = build_optimizer(trainable, protocol.optim, total_steps)
+    augment = build_augmentation(protocol.augmentation)
+    mixer = MIXES[protocol.mix]() if MIXES.get(protocol.mix) else None
+    samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches")) for d, s in zip(data, seeds)]
+    aug_gens = [generator(s, "eval-augment", device=device) for s in seeds]
+
+    bar = progress(total=total_steps, desc=desc)
+    for _ in range(total_steps):
+        views, batches, mixes = [], [], []
+        for d, sampler, gen in zip(data, samplers, aug_gens):
+            idx = sampler.next().to(d.images.device)
+            x = augment(d.images[idx], gen)
+            mix = MixInfo()
+            if mixer is not None:
+                mp = mixer.sample(x.shape, gen)
+                x = mixer.apply(x, mp)
+                mix = MixInfo(float(mp["lam"]), mp["perm"].to(x.device))
+            views.append(x)
+            batches.append(idx)
+            mixes.append(mix)
+        stacked_views = torch.stack(views)
+        logits = forward(params, buffers, stacked_views) if use_vmap else [m(v) for m, v in zip(models, views)]
+        targets = None
+        if protocol.label_source == "teacher":
+            n, b = stacked_views.shape[:2]
+            targets = _teacher_targets(list(teachers), stacked_views.flatten(0, 1)).view(n, b, -1)
+        loss = 0.0
+        for i, (d, idx, mix) in enumerate(zip(data, batches, mixes)):
+            if protocol.label_source == "hard":
+                loss = loss + hard_loss(logits[i], d.labels[idx], mix)
+            elif protocol.label_source == "teacher":
+                loss = loss + kl_at_temperature(logits[i], targets[i], protocol.temperature, protocol.t_squared)
+            else:
+                loss = loss + stored_fn(logits[i], d.payload[idx], d.labels[idx], mix, protocol)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.update(1)
+    bar.close()
+    if use_vmap:
+        return Students(models, ({k: v.detach() for k, v in params.items()}, buffers, base))
+    for m in models:
+        m.eval()
+    return Students(models, None)
+
+
+__all__ = ["EpochSampler", "StudentData", "Students", "train_students", "mix_targets"]

@@ -1,0 +1,73 @@
+"""`ddkit teacher train` / `ddkit teacher eval` as library calls.
+
+A teacher is trained on the training split minus a deterministic validation split; the test split is
+read once, after training, to record the final test accuracy in the teacher's header.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ddkit.data import load_dataset, train_val_split
+from ddkit.fileio import check_output
+from ddkit.models import create_model
+from ddkit.models.teacher import Teacher, TeacherHeader, load_teacher, save_teacher
+from ddkit.training import OptimConfig, TrainConfig, accuracy, pick_device, train_supervised
+
+
+@dataclass
+class TeacherTrainResult:
+    path: str
+    header: TeacherHeader
+    history: list = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def train_teacher(
+    out: str | Path,
+    dataset: str,
+    model: str = "convnet-bn",
+    model_kwargs: dict | None = None,
+    epochs: int = 10,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    augmentation: str = "crop-flip",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> TeacherTrainResult:
+    check_output(out, overwrite)  # fail before training, not after
+    dev = pick_device(device)
+    start = time.perf_counter()
+    train_full = load_dataset(dataset, "train")
+    train, val = train_val_split(train_full, val_fraction, seed=0)
+    info = train_full.info
+    net = create_model(model, info.image_shape[0], info.image_shape[1], info.num_classes, seed=seed, **(model_kwargs or {}))
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, augmentation=augmentation,
+                      optim=OptimConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay))
+    history = train_supervised(net, train.normalized(), train.labels, cfg, seed, dev,
+                               val=(val.normalized().to(dev), val.labels.to(dev)), desc=f"teacher {model}")
+    val_acc = history[-1].get("val_accuracy")
+    test = load_dataset(dataset, "test")
+    test_acc = accuracy(net, test.normalized().to(dev), test.labels.to(dev))
+    wall = time.perf_counter() - start
+    train_record = {**cfg.to_dict(), "seed": seed, "val_fraction": val_fraction, "train_size": len(train),
+                    "device": str(dev), "wall_seconds": round(wall, 2)}
+    header = save_teacher(out, net, info, overwrite=overwrite, test_accuracy=test_acc, val_accuracy=val_acc, train=train_record)
+    return TeacherTrainResult(str(out), header, history, wall)
+
+
+def evaluate_teacher(path: str | Path, dataset: str | None = None, split: str = "test", device: str | None = None) -> dict:
+    """Accuracy of a teacher file on a dataset split (default: the dataset it was trained on)."""
+    dev = pick_device(device)
+    teacher: Teacher = load_teacher(path, dev)
+    data = load_dataset(dataset or teacher.header.dataset, split)
+    teacher.check_fits(data.info)
+    acc = accuracy(teacher.model, data.normalized().to(dev), data.labels.to(dev))
+    return {"teacher": str(path), "arch": teacher.header.arch, "dataset": data.info.name, "split": split,
+            "accuracy": acc, "samples": len(data), "recorded_test_accuracy": teacher.header.test_accuracy}

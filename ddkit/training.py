@@ -1,0 +1,154 @@
+"""Shared supervised-training machinery: device choice, optimizer + schedule from a small typed
+config, and a single-model loop over an in-memory tensor dataset (teachers, students of selectors).
+
+Small image sets live on the device whole and are batched by index, so there is no DataLoader
+worker overhead; augmentation is the seeded, replayable kind from `ddkit.augment`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ddkit.augment import build_augmentation
+from ddkit.errors import InvalidInput
+from ddkit.progress import progress
+from ddkit.seeding import generator
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`cuda` when available (or asked), else CPU; chosen once by the caller and passed down."""
+    requested = requested or os.environ.get("DDKIT_DEVICE") or "auto"
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput("CUDA was requested but no GPU is available", "use --device cpu")
+    return torch.device(requested)
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | adamw | adam
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant | step
+    warmup_fraction: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_optimizer(params, cfg: OptimConfig, total_steps: int):
+    """Optimizer and a per-step LambdaLR schedule (cosine to 0, constant, or ×0.1 at 50%/75%)."""
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise InvalidInput(f"unknown optimizer {cfg.optimizer!r}", "use sgd, adamw or adam")
+    warmup = int(cfg.warmup_fraction * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, total_steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+        if cfg.schedule == "step":
+            return 0.1 ** (int(t >= 0.5) + int(t >= 0.75))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+@torch.no_grad()
+def predict_logits(model, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+    """Logits of `model` (eval mode) on already-normalized images, computed in batches."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    return float((predict_logits(model, images, batch_size).argmax(1) == labels.cpu()).float().mean())
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    augmentation: str = "crop-flip"
+    label_smoothing: float = 0.0
+    optim: OptimConfig = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.optim is None:
+            self.optim = OptimConfig()
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["optim"] = self.optim.to_dict()
+        return d
+
+
+def train_supervised(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    seed: int,
+    device: torch.device,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+    desc: str = "train",
+) -> list[dict]:
+    """Train `model` with cross-entropy on normalized `images`; returns per-epoch history
+    (train loss, and val accuracy when a validation split is given — never the test split)."""
+    if len(images) == 0:
+        raise InvalidInput("cannot train on an empty set")
+    model.to(device).train()
+    images, labels = images.to(device), labels.to(device)
+    gen = generator(seed, "train-batches", device="cpu")
+    aug_gen = generator(seed, "train-augment", device=device)
+    augment = build_augmentation(cfg.augmentation)
+    n = len(images)
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    opt, sched = build_optimizer(model.parameters(), cfg.optim, cfg.epochs * steps_per_epoch)
+    history = []
+    bar = progress(total=cfg.epochs * steps_per_epoch, desc=desc)
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen).to(device)
+        total, count = 0.0, 0
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = augment(images[idx], aug_gen)
+            loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            count += len(idx)
+            bar.update(1)
+        record = {"epoch": epoch + 1, "train_loss": total / count}
+        if val is not None:
+            record["val_accuracy"] = accuracy(model, *val)
+            model.train()
+        bar.set_postfix({k: round(v, 4) for k, v in record.items() if k != "epoch"})
+        history.append(record)
+    bar.close()
+    model.eval()
+    return history
