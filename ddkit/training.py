@@ -140,7 +140,7 @@ def train_supervised(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += loss.item() * len(idx)
             count += len(idx)
             bar.update(1)
         record = {"epoch": epoch + 1, "train_loss": total / count}

@@ -1,0 +1,44 @@
+"""Synthesizers: a labeled dataset plus trained teacher(s) → a compact distilled `.ddk.h5` file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ddkit.config import build_config
+from ddkit.data import load_dataset
+from ddkit.fileio import check_output
+from ddkit.models.teacher import load_teacher
+from ddkit.store import write_distilled
+from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer
+from ddkit.synth import baselines as _baselines  # noqa: F401  (registers)
+from ddkit.training import pick_device
+
+
+def run_synthesizer(method: str, dataset: str, teacher_paths: list[str], ipc: int, config_overrides: dict | None = None,
+                    seed: int = 0, out: str | Path | None = None, overwrite: bool = False, resume: bool = False,
+                    device: str | None = None) -> str:
+    """Load, check, synthesize, write atomically; returns the file's content_sha256.
+
+    Work in progress of a resumable method lives in `OUT.work/` beside the output and is removed
+    once the file is written.
+    """
+    synth: Synthesizer = SYNTHESIZERS.create(method)
+    config = build_config(synth.Config, config_overrides, owner=f"method {method}")
+    check_output(out, overwrite)  # fail before the work, not after
+    dev = pick_device(device)
+    source = load_dataset(dataset, "train")
+    teachers = [load_teacher(p, dev) for p in teacher_paths]
+    for t in teachers:
+        t.check_fits(source.info)
+    synth.check_teachers(teachers)
+    workdir = Path(f"{out}.work")
+    if workdir.exists() and not resume:
+        shutil.rmtree(workdir)
+    dset = synth.synthesize(source, teachers, ipc, config, seed, dev, workdir)
+    digest = write_distilled(out, dset, overwrite=overwrite)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return digest
+
+
+__all__ = ["SYNTHESIZERS", "Synthesizer", "register_synthesizer", "run_synthesizer"]

@@ -1,0 +1,245 @@
+"""The `ddkit` command line: each command parses options and calls one library function.
+
+User errors (`DdkitError`) print one message with its fix and exit with code 2; they never show a
+traceback. Set DDKIT_DEBUG=1 to see tracebacks of user errors too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+import ddkit
+from ddkit.data import DEFAULT_DATASET
+from ddkit.errors import DdkitError
+
+
+def _print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(ddkit.__version__, prog_name="ddkit")
+def cli():
+    """ddkit: distill datasets, select samples with a teacher, evaluate honestly."""
+
+
+# -- registries ---------------------------------------------------------------------------------
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "synthesizers", "selectors", "protocols"]))
+def list_cmd(kind):
+    """Print every registry (or one) with a one-line summary per entry."""
+    from ddkit.registries import all_registries
+
+    for name, registry in all_registries().items():
+        if kind and name != kind:
+            continue
+        click.echo(f"{name}:")
+        for entry in registry.entries():
+            click.echo(f"  {entry.name:<22} {entry.summary}")
+
+
+# -- teachers -----------------------------------------------------------------------------------
+@cli.group()
+def teacher():
+    """Train and evaluate teacher networks (safetensors files with a JSON header)."""
+
+
+@teacher.command("train")
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="registered dataset name")
+@click.option("--model", default="convnet-bn", show_default=True, help="registered model name (`ddkit list models`)")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="model constructor option, e.g. width=32")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw", "adam"]))
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--augmentation", default="crop-flip", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, or auto (default)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .safetensors file")
+@click.option("--overwrite", is_flag=True, help="replace an existing output file")
+def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, weight_decay, augmentation, seed, device, out, overwrite):
+    """Train a teacher on DATASET's train split (minus a val split); record its test accuracy."""
+    from ddkit.models import parse_model_options
+    from ddkit.teachers import train_teacher
+
+    result = train_teacher(out, dataset, model, parse_model_options(model_opt), epochs, batch_size, lr, optimizer,
+                           weight_decay, augmentation, seed=seed, device=device, overwrite=overwrite)
+    h = result.header
+    click.echo(f"wrote {out}: {h.arch} on {h.dataset}, val accuracy {100 * h.val_accuracy:.2f}%, "
+               f"test accuracy {100 * h.test_accuracy:.2f}%, {result.wall_seconds:.1f}s")
+
+
+@teacher.command("eval")
+@click.argument("path", type=click.Path())
+@click.option("--dataset", default=None, help="defaults to the dataset the teacher was trained on")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--device", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def teacher_eval(path, dataset, split, device, as_json):
+    """Accuracy of a teacher file on a dataset split."""
+    from ddkit.teachers import evaluate_teacher
+
+    result = evaluate_teacher(path, dataset, split, device)
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(f"{result['arch']} on {result['dataset']}/{result['split']}: {100 * result['accuracy']:.2f}% "
+                   f"({result['samples']} samples)")
+
+
+# -- the verbs of the flow ----------------------------------------------------------------------
+@cli.command()
+@click.option("--method", default="random-real", show_default=True, help="registered synthesizer (`ddkit list synthesizers`)")
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher file (repeat for several)")
+@click.option("--ipc", required=True, type=int, help="budget: stored images per class")
+@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="method option (see the method's config)")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .ddk.h5 file")
+@click.option("--overwrite", is_flag=True)
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items")
+def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume):
+    """Distill DATASET into a compact .ddk.h5 training set."""
+    from ddkit.models import parse_model_options
+    from ddkit.synth import run_synthesizer
+
+    digest = run_synthesizer(method, dataset, list(teachers), ipc, parse_model_options(config_pairs), seed, out,
+                             overwrite=overwrite, resume=resume, device=device)
+    click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
+
+
+@cli.command()
+@click.option("--method", default="random", show_default=True, help="registered selector (`ddkit list selectors`)")
+@click.option("--pool", default=DEFAULT_DATASET, show_default=True, help="dataset whose train split is the pool")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path())
+@click.option("--budget", required=True, type=int, help="number of samples to keep")
+@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .sel.h5 file")
+@click.option("--overwrite", is_flag=True)
+def select(method, pool, teachers, budget, config_pairs, seed, device, out, overwrite):
+    """Select BUDGET samples from a pool into a .sel.h5 file."""
+    from ddkit.models import parse_model_options
+    from ddkit.selectors import run_selector
+
+    digest = run_selector(method, pool, list(teachers), budget, parse_model_options(config_pairs), seed, out,
+                          overwrite=overwrite, device=device)
+    click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
+
+
+@cli.command()
+@click.argument("train_set")
+@click.option("--protocol", default="hard-cpu", show_default=True, help="registered protocol (`ddkit list protocols`)")
+@click.option("--seeds", default=3, show_default=True, help="number of seeds (0..N-1)")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher(s) for teacher/stored protocols")
+@click.option("--device", default=None)
+@click.option("--no-baseline", is_flag=True, help="skip the random-subset baseline (not recommended)")
+@click.option("--no-full", is_flag=True, help="skip the full-data reference")
+@click.option("--steps", default=None, type=int, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
+@click.option("--sequential", is_flag=True, help="train seeds one at a time instead of as one batched model")
+@click.option("--no-write", is_flag=True, help="do not write the result card into the file")
+@click.option("--json", "as_json", is_flag=True)
+def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, sequential, no_write, as_json):
+    """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
+    from ddkit.evaluate import evaluate as run_evaluation
+
+    card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=list(teachers), device=device,
+                          baseline=not no_baseline, full_reference=not no_full, steps=steps,
+                          batched=False if sequential else None, write_card=not no_write)
+    if as_json:
+        _print_json(card.to_dict())
+    else:
+        click.echo(card.table())
+
+
+# -- inspecting files ---------------------------------------------------------------------------
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+def info(path, as_json):
+    """Budget in bytes, provenance and results of a .ddk.h5 / .sel.h5 file."""
+    from ddkit.store import describe, info_dict
+
+    if as_json:
+        _print_json(info_dict(path))
+    else:
+        click.echo(describe(path))
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--teacher", default=None, type=click.Path(), help="also check the label space and input shape against this teacher")
+def validate(path, teacher):
+    """Recompute the content hash and check shapes, dtypes, class coverage and label space."""
+    from ddkit.store import validate_file
+
+    kwargs = {}
+    if teacher:
+        from ddkit.models.teacher import read_teacher_header
+
+        h = read_teacher_header(teacher)
+        kwargs = {"num_classes": h.num_classes, "image_shape": h.input_shape}
+    report = validate_file(path, **kwargs)
+    click.echo(str(report))
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output PNG")
+@click.option("--per-class", default=10, show_default=True)
+@click.option("--what", default="instances", show_default=True, type=click.Choice(["instances", "compensators"]))
+@click.option("--overwrite", is_flag=True)
+def show(path, out, per_class, what, overwrite):
+    """Render a per-class grid of a distilled file's instances (or its compensators) to a PNG."""
+    from ddkit.store import render_grid
+
+    render_grid(path, out, per_class=per_class, what=what, overwrite=overwrite)
+    click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.option("--workdir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False))
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
+@click.option("--ipc", default=10, show_default=True)
+@click.option("--epochs", default=5, show_default=True, help="teacher epochs")
+@click.option("--steps", default=None, type=int, help="evaluation steps (default: the protocol's)")
+@click.option("--seed", default=0, show_default=True)
+def quickstart(workdir, dataset, ipc, epochs, steps, seed):
+    """The main job end to end on the embedded dataset: teacher → distilled file → info → show → evaluate."""
+    from ddkit.quickstart import run_quickstart
+
+    run_quickstart(workdir, dataset, ipc, epochs, steps, seed, echo=click.echo)
+
+
+def main(argv=None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="ddkit", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except DdkitError as exc:
+        if os.environ.get("DDKIT_DEBUG"):
+            raise
+        click.echo(f"error: {exc.problem}", err=True)
+        if exc.fix:
+            click.echo(f"  fix: {exc.fix}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise

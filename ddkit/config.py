@@ -1,0 +1,31 @@
+"""Method configurations are typed dataclasses with the spec's defaults; CLI `KEY=VALUE` options
+override fields by name, and the resolved config is dumped whole into the output file."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from ddkit.errors import InvalidInput
+
+
+def build_config(cls: type, overrides: dict | None = None, owner: str = "method"):
+    """An instance of dataclass `cls` with `overrides` applied; unknown names are a clear error."""
+    overrides = dict(overrides or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise InvalidInput(f"{owner} has no option {', '.join(unknown)}", f"its options are: {', '.join(names) or '(none)'}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in overrides.items():
+        kind = hints.get(key)
+        try:
+            if kind is bool and isinstance(value, str):
+                value = {"true": True, "false": False, "1": True, "0": False}[value.lower()]
+            elif kind in (int, float, str) and not isinstance(value, kind):
+                value = kind(value)
+        except (KeyError, ValueError):
+            raise InvalidInput(f"{owner} option {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
+        values[key] = value
+    return cls(**values)

@@ -1,0 +1,173 @@
+"""What the evaluator can train on, resolved to per-seed tensors: a `.ddk.h5` file, a `.sel.h5`
+selection resolved against its pool, a random subset (`random:DATASET:IPC`), or a whole split.
+
+Every source knows its dataset (for the test split, read only after training) and its budget (for
+the random baseline at the same budget).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ddkit.data import ImageDataset, load_dataset
+from ddkit.data.base import class_balanced_indices
+from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.evaluate.labels import require_stored_scheme
+from ddkit.evaluate.protocols import Protocol
+from ddkit.evaluate.trainer import StudentData
+from ddkit.seeding import numpy_rng
+from ddkit.training import predict_logits
+
+# How to give a random real subset the same kind of stored labels a file carries, by scheme, so
+# the baseline is trained under exactly the same label treatment: fn(normalized images, teachers).
+BASELINE_PAYLOADS: dict[str, Callable] = {}
+
+
+def baseline_payload(scheme: str):
+    def decorator(fn):
+        BASELINE_PAYLOADS[scheme] = fn
+        return fn
+
+    return decorator
+
+
+@baseline_payload("logits")
+def ensemble_logits(images: torch.Tensor, teachers: list) -> torch.Tensor:
+    """Static labels: the teachers' mean logits on the clean images (INFER's label recipe)."""
+    if not teachers:
+        raise InvalidInput("static logits for the random baseline need the teachers", "pass --teacher T")
+    return torch.stack([predict_logits(t.model, images) for t in teachers]).mean(0)
+
+
+@dataclass
+class TrainSource:
+    label: str
+    dataset: str
+    ipc: float | None
+    instances: int
+    make: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, str | None]]
+    content_sha256: str | None = None
+    budget_bytes: int | None = None
+    path: str | None = None
+    file_teachers: list = field(default_factory=list)
+    scheme: str | None = None
+
+    def student_data(self, seed: int, device: torch.device) -> StudentData:
+        images, labels, payload, scheme = self.make(seed)
+        return StudentData(images.to(device), labels.to(device), None if payload is None else payload.to(device), scheme)
+
+
+def _with_payload(images, labels, protocol: Protocol, scheme: str | None, teachers):
+    """Attach a baseline payload of `scheme` when the protocol trains on stored labels."""
+    if protocol.label_source != "stored" or scheme is None:
+        return images, labels, None, scheme
+    if scheme not in BASELINE_PAYLOADS:
+        raise IncompatibleError(f"no random baseline can be built for stored labels of scheme {scheme!r}",
+                                "evaluate with --no-baseline, or under a teacher protocol")
+    return images, labels, BASELINE_PAYLOADS[scheme](images, teachers), scheme
+
+
+def real_subset_source(dataset: str, per_class: float, protocol: Protocol, scheme: str | None, teachers,
+                       label: str = "random real") -> TrainSource:
+    """Random real images at a budget: class-balanced when `per_class` is whole, else uniform."""
+    train = load_dataset(dataset, "train")
+    total = int(round(per_class * train.num_classes))
+    if per_class <= 0 or total > len(train):
+        raise InvalidInput(f"budget of {per_class:g} images per class does not fit {dataset} ({len(train)} images)")
+
+    def make(seed: int):
+        if float(per_class).is_integer():
+            idx = class_balanced_indices(train, int(per_class), seed, salt="evaluation-baseline")
+        else:
+            idx = np.sort(numpy_rng(seed, "random-uniform", dataset, total).choice(len(train), total, replace=False))
+        part = train.subset(idx)
+        return _with_payload(part.normalized(), part.labels, protocol, scheme, teachers)
+
+    nbytes = total * train.images[0].numel() * train.images.element_size()
+    return TrainSource(label, dataset, per_class, total, make, budget_bytes=nbytes, scheme=scheme)
+
+
+def full_data_source(dataset: str, protocol: Protocol, scheme: str | None, teachers) -> TrainSource:
+    train = load_dataset(dataset, "train")
+
+    def make(seed: int):
+        return _with_payload(train.normalized(), train.labels, protocol, scheme, teachers)
+
+    return TrainSource("full data", dataset, len(train) / train.num_classes, len(train), make, scheme=scheme)
+
+
+def _pick_scheme(available: list[str], protocol: Protocol, path: str) -> str | None:
+    if protocol.label_source != "stored" or not available:
+        return None
+    wanted = protocol.extra.get("scheme")
+    if wanted:
+        if wanted not in available:
+            raise IncompatibleError(f"{path} has no stored labels of scheme {wanted!r} (it has {', '.join(available)})")
+        return wanted
+    if len(available) == 1:
+        return available[0]
+    return "logits" if "logits" in available else sorted(available)[0]
+
+
+def distilled_source(path: str, protocol: Protocol) -> TrainSource:
+    from ddkit.store import DistilledDataset
+
+    reader = DistilledDataset(path)
+    header = reader.header
+    scheme = _pick_scheme(sorted(reader.soft), protocol, path)
+    images = reader.info.normalization.apply(reader.pixels())
+    labels = reader.labels
+    payload = None
+    if scheme is not None:
+        require_stored_scheme(scheme)
+        payload = torch.from_numpy(np.asarray(reader.soft[scheme].values, dtype=np.float32))
+
+    def make(seed: int):
+        return images, labels, payload, scheme
+
+    budget = header.budget
+    return TrainSource(
+        label=f"{header.method} ({path})", dataset=header.dataset.info.name, ipc=float(budget.ipc_stored),
+        instances=len(labels), make=make, content_sha256=reader.content_sha256, budget_bytes=budget.bytes_total,
+        path=str(path), file_teachers=list(header.teachers), scheme=scheme,
+    )
+
+
+def selection_source(path: str, protocol: Protocol) -> TrainSource:
+    from ddkit.store import read_selection, resolve_selection
+
+    selection = read_selection(path)
+    chosen: ImageDataset = resolve_selection(selection)
+    images, labels = chosen.normalized(), chosen.labels
+
+    def make(seed: int):
+        return images, labels, None, None
+
+    nbytes = len(chosen) * chosen.images[0].numel() * chosen.images.element_size()
+    return TrainSource(
+        label=f"{selection.method} ({path})", dataset=selection.pool["name"], ipc=len(chosen) / chosen.num_classes,
+        instances=len(chosen), make=make, content_sha256=selection.content_sha256, budget_bytes=nbytes,
+        path=str(path), file_teachers=list(selection.teachers),
+    )
+
+
+def resolve_train_set(spec: str, protocol: Protocol, teachers) -> TrainSource:
+    """`random:DATASET:IPC`, a `.sel.h5` file, or a `.ddk.h5` file."""
+    if spec.startswith("random:"):
+        _, _, rest = spec.partition(":")
+        dataset, _, ipc = rest.rpartition(":")
+        try:
+            per_class = float(ipc)
+        except ValueError:
+            raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10") from None
+        if not dataset:
+            raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10")
+        scheme = "logits" if protocol.label_source == "stored" else None
+        return real_subset_source(dataset, per_class, protocol, scheme, teachers, label=f"random real ({spec})")
+    if spec.endswith(".sel.h5"):
+        return selection_source(spec, protocol)
+    return distilled_source(spec, protocol)

@@ -1,0 +1,65 @@
+"""Every registered model, on tiny shapes: the feature-map / pooled / classifier contract, CAM,
+seeded construction and a training step."""
+
+import pytest
+import torch
+
+from ddkit.errors import InvalidInput
+from ddkit.models import MODELS, create_model, has_batchnorm
+
+SHAPES = [(1, 16), (3, 32)]
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("in_channels,size", SHAPES)
+def test_model_contract(name, in_channels, size):
+    kwargs = {"width": 8} if name != "mobilenet" else {"width": 4, "head": 32}
+    model = create_model(name, in_channels, size, 7, **kwargs)
+    x = torch.randn(3, in_channels, size, size)
+    out = model.forward_all(x)
+    assert out.logits.shape == (3, 7)
+    assert out.pooled.shape == (3, model.feature_dim)
+    assert out.feature_map.ndim == 4 and out.feature_map.shape[0] == 3
+    torch.testing.assert_close(model(x), out.logits)
+    # The CAM is each location's exact share of the class logit (minus the bias).
+    cam = model.class_activation_map(out.feature_map, torch.tensor([0, 1, 2]))
+    assert cam.shape == (3, *out.feature_map.shape[2:])
+    bias = model.classifier.bias[torch.tensor([0, 1, 2])]
+    scale = 1.0 if model.pooling == "flatten" else 1.0 / (cam.shape[1] * cam.shape[2])
+    torch.testing.assert_close(cam.sum((1, 2)) * scale + bias, out.logits[torch.arange(3), torch.tensor([0, 1, 2])], rtol=1e-4, atol=1e-4)
+    # One optimizer step works and changes the weights.
+    before = [p.detach().clone() for p in model.parameters()]
+    torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2])).backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert model.arch == name and model.arch_kwargs == kwargs
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_teacher_models_have_batchnorm(name):
+    model = create_model(name, 1, 16, 10, **({"width": 8} if name != "mobilenet" else {"width": 4}))
+    assert has_batchnorm(model) == MODELS.entry(name).tags["teacher"]
+
+
+def test_seeded_construction_is_deterministic_and_leaves_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = create_model("convnet", 1, 16, 10, seed=5, width=8)
+    assert torch.equal(torch.rand(1), expected_next)
+    b = create_model("convnet", 1, 16, 10, seed=5, width=8)
+    c = create_model("convnet", 1, 16, 10, seed=6, width=8)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_unknown_option_is_a_clear_error():
+    with pytest.raises(InvalidInput, match="no option wdith"):
+        create_model("convnet", 1, 16, 10, wdith=3)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance", "none"])
+def test_convnet_norms(norm):
+    model = create_model("convnet", 1, 16, 10, width=8, norm=norm)
+    assert has_batchnorm(model) == (norm == "batch")
