@@ -1,0 +1,43 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def write_imagefolder(root, class_names, per_split=None, size=(8, 8), mode="RGB", seed=0):
+    """Write a small PATH/{train,test}/<class>/NNN.png tree (no classes.json) and return `root`.
+
+    Each class gets a distinct mean brightness so the data is learnable and checkable.
+    """
+    from PIL import Image
+
+    per_split = per_split or {"train": 6, "test": 3}
+    rng = np.random.default_rng(seed)
+    channels = 3 if mode == "RGB" else 1
+    for split, n in per_split.items():
+        for c, name in enumerate(class_names):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = 40 + 60 * c
+                px = np.clip(rng.normal(base, 20, (size[1], size[0], channels)), 0, 255).astype(np.uint8)
+                Image.fromarray(px[..., 0] if channels == 1 else px, mode).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_imagefolder():
+    """The `write_imagefolder(root, class_names, per_split, size, mode, seed)` helper."""
+    return write_imagefolder
+
+
+@pytest.fixture(scope="session")
+def imagefolder_root(tmp_path_factory):
+    """A tiny RGB imagefolder dataset with classes.json ["zebra", "apple", "mango"] (not sorted order)."""
+    from ddkit.data.imagefolder import write_class_map
+
+    root = write_imagefolder(tmp_path_factory.mktemp("imagefolder"), ["zebra", "apple", "mango"])
+    write_class_map(root, ["zebra", "apple", "mango"])
+    return root

@@ -1,0 +1,157 @@
+"""The evaluator: protocol registry, batched multi-seed training equal to independent runs, the
+reference cache, the result card, and that the test split is read only after all training."""
+
+import pytest
+import torch
+
+import ddkit.data as data_module
+from ddkit.data.base import DatasetInfo, Normalization
+from ddkit.errors import InvalidInput
+from ddkit.evaluate import PROTOCOLS, evaluate, get_protocol
+from ddkit.evaluate import trainer as trainer_module
+from ddkit.evaluate.card import mean_std
+from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets
+from ddkit.evaluate.trainer import EpochSampler, StudentData, train_students
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+
+
+def tiny(protocol_name, **changes):
+    """A registered protocol shrunk for tests (its derived name says so)."""
+    changes.setdefault("steps", 15)
+    changes.setdefault("student_kwargs", {"depth": 2, "width": 8, "norm": "instance"})
+    return get_protocol(protocol_name).with_overrides(**changes)
+
+
+@pytest.mark.parametrize("name", PROTOCOLS.names())
+def test_protocols_are_complete_records(name):
+    p = get_protocol(name)
+    d = p.to_dict()
+    assert d["id"] == f"{name}@{p.version}" and p.version >= 1
+    assert p.label_source in ("hard", "teacher", "stored")
+    assert (p.steps > 0) != (p.epochs > 0)
+    assert p.total_steps(500) > 0
+    assert p.summary
+
+
+def test_protocol_version_must_match():
+    assert get_protocol("hard-cpu@1").id == "hard-cpu@1"
+    with pytest.raises(InvalidInput, match="version"):
+        get_protocol("hard-cpu@7")
+
+
+def test_overridden_protocol_is_renamed():
+    p = get_protocol("hard-cpu").with_overrides(steps=3)
+    assert p.name != "hard-cpu" and "steps=3" in p.name
+
+
+def test_loss_functions_against_hand_computation():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    mix = MixInfo(0.25, torch.tensor([1, 0]))
+    ce = lambda z, y: -torch.log_softmax(z, -1)[torch.arange(len(y)), y].mean()  # noqa: E731
+    expected = 0.25 * ce(logits, labels) + 0.75 * ce(logits, labels[[1, 0]])
+    torch.testing.assert_close(hard_loss(logits, labels, mix), expected)
+    targets = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    torch.testing.assert_close(mix_targets(targets, mix), 0.25 * targets + 0.75 * targets[[1, 0]])
+    t = 4.0
+    p = torch.softmax(targets / t, -1)
+    q = torch.log_softmax(logits / t, -1)
+    kl = (p * (p.log() - q)).sum(-1).mean()
+    torch.testing.assert_close(kl_at_temperature(logits, targets, t, False), kl)
+    torch.testing.assert_close(kl_at_temperature(logits, targets, t, True), kl * t * t)
+
+
+def test_epoch_sampler_covers_every_sample_each_epoch():
+    s = EpochSampler(10, 3, torch.Generator().manual_seed(0))
+    seen = torch.cat([s.next() for _ in range(3)])
+    assert len(set(seen.tolist())) == 9  # 3 full batches of a 10-permutation, last one dropped
+    small = EpochSampler(4, 64, torch.Generator().manual_seed(0))
+    assert sorted(small.next().tolist()) == [0, 1, 2, 3]
+
+
+def _toy_data(n=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 16, 16, generator=g)
+    y = torch.arange(n) % 10
+    return StudentData(x, y, torch.randn(n, 10, generator=g), "logits")
+
+
+INFO = DatasetInfo("toy", tuple(str(i) for i in range(10)), (1, 16, 16), Normalization((0.5,), (0.5,)))
+
+
+@pytest.mark.parametrize("protocol_name", ["hard-cpu", "stored-cpu", "teacher-cpu"])
+def test_batched_seeds_equal_independent_runs(protocol_name):
+    """`--seeds N` as one vmapped model is the same computation as N separate runs."""
+    protocol = tiny(protocol_name)
+    seeds = [0, 1, 2]
+    data = [_toy_data(seed=s) for s in seeds]
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
+    teachers = [teacher] if protocol.label_source == "teacher" else []
+    batched = train_students(protocol, data, seeds, INFO, torch.device("cpu"), teachers, batched=True)
+    assert batched._stacked is not None
+    x_eval = torch.randn(30, 1, 16, 16)
+    y_eval = torch.arange(30) % 10
+    batched_states = batched.state_dicts()
+    for i, seed in enumerate(seeds):
+        single = train_students(protocol, [data[i]], [seed], INFO, torch.device("cpu"), teachers, batched=False)
+        for key, value in single.state_dicts()[0].items():
+            torch.testing.assert_close(batched_states[i][key], value, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(batched.predict(x_eval)[i], single.predict(x_eval)[0], rtol=1e-3, atol=1e-4)
+        assert batched.accuracies(x_eval, y_eval)[i] == single.accuracies(x_eval, y_eval)[0]
+
+
+def test_batchnorm_students_fall_back_to_one_at_a_time():
+    protocol = tiny("hard-cpu", student="convnet-bn", student_kwargs={"depth": 2, "width": 8})
+    students = train_students(protocol, [_toy_data()] * 2, [0, 1], INFO, torch.device("cpu"))
+    assert students._stacked is None and len(students.models) == 2
+
+
+def test_mean_std_is_sample_std():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_random_subset_evaluation_card_cache_and_test_split_order(monkeypatch):
+    """Evaluate random:procedural:5; the card is complete; references come from the cache the
+    second time; the test split is loaded only after every student has been trained."""
+    events = []
+    real_train = trainer_module.train_students
+
+    def spy_train(*args, **kwargs):
+        events.append("train")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr("ddkit.evaluate.api.train_students", spy_train)
+    monkeypatch.setattr(data_module, "_test_split_listeners", [lambda name: events.append("test")])
+    protocol = tiny("hard-cpu")
+    card = evaluate("random:procedural:5", protocol, seeds=[0, 1], full_reference=True)
+    assert events == ["train", "train", "train", "test"]
+    d = card.to_dict()
+    assert d["protocol"]["id"] == protocol.id and d["seeds"] == [0, 1]
+    assert len(d["result"]["accuracies"]) == 2 and 0 <= d["result"]["mean"] <= 1
+    assert d["random_baseline"]["ipc"] == 5 and d["gain_over_random"] == pytest.approx(
+        d["result"]["mean"] - d["random_baseline"]["mean"])
+    assert d["full_data"]["accuracies"] and d["budget_bytes"] == 5 * 10 * 16 * 16
+    for key in ("device", "world_size", "wall_seconds", "ddkit_version", "content_sha256", "batched"):
+        assert key in d
+    # Second run: both references come from the cache, only the evaluated set is trained.
+    events.clear()
+    again = evaluate("random:procedural:5", protocol, seeds=[0, 1], full_reference=True)
+    assert events == ["train", "test"]
+    assert again.random_baseline.cached_seeds == [0, 1]
+    assert again.random_baseline.accuracies == card.random_baseline.accuracies
+    assert "gain over random" in again.table()
+
+
+def test_teacher_protocol_requires_a_teacher():
+    with pytest.raises(InvalidInput, match="--teacher"):
+        evaluate("random:procedural:2", tiny("teacher-cpu"), seeds=[0], baseline=False, full_reference=False)
+
+
+def test_bad_train_set_spec():
+    with pytest.raises(InvalidInput, match="random:DATASET:IPC"):
+        evaluate("random:procedural:many", tiny("hard-cpu"), seeds=[0])
