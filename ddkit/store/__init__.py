@@ -1,0 +1,39 @@
+"""The store: ddkit's file formats, where synthesizers, selectors and the evaluator meet.
+
+- `.ddk.h5` (DESIGN §4): a distilled dataset. Build a `DistilledSet`, `write_distilled` it, read it
+  back with `DistilledDataset` (a lazy, DataLoader-safe torchvision-style dataset).
+- `.sel.h5`: a `Selection` of pool sample ids; `write_selection`, `read_selection`, and
+  `resolve_selection` to get the kept samples back from the (unchanged) pool.
+- Both kinds: `add_result` / `read_results` for evaluation cards, `validate_file`, `describe` /
+  `info_dict`; `render_grid` draws a distilled file.
+
+Writes are atomic and validated before any file is created; reads refuse damaged, foreign and
+too-new files with a `FileFormatError`.
+"""
+
+from ddkit.store.composite import AdditiveComposite
+from ddkit.store.describe import describe, info_dict
+from ddkit.store.distilled import DistilledSet
+from ddkit.store.payloads import PAYLOADS, DBRLabels, GenericPayload, LabelPayload, LogitsLabels, TopKLabels
+from ddkit.store.reader import DistilledDataset
+from ddkit.store.render import render_grid
+from ddkit.store.results import add_result, read_results, summarize_card
+from ddkit.store.schema import (
+    DISTILLED_FORMAT,
+    SCHEMA,
+    SELECTION_FORMAT,
+    Budget,
+    DatasetRecord,
+    DistilledHeader,
+)
+from ddkit.store.selection import Selection, pool_record, read_selection, resolve_selection, write_selection
+from ddkit.store.validate import ValidationReport, validate_file
+from ddkit.store.writer import write_distilled
+
+__all__ = [
+    "AdditiveComposite", "Budget", "DBRLabels", "DISTILLED_FORMAT", "DatasetRecord", "DistilledDataset",
+    "DistilledHeader", "DistilledSet", "GenericPayload", "LabelPayload", "LogitsLabels", "PAYLOADS",
+    "SCHEMA", "SELECTION_FORMAT", "Selection", "TopKLabels", "ValidationReport",
+    "add_result", "describe", "info_dict", "pool_record", "read_results", "read_selection", "render_grid",
+    "resolve_selection", "summarize_card", "validate_file", "write_distilled", "write_selection",
+]

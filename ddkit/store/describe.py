@@ -1,0 +1,129 @@
+"""What `ddkit info` shows about a file: `info_dict` gathers it (JSON-able), `describe` prints it."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ddkit.store.h5io import open_store, reading
+from ddkit.store.reader import DistilledDataset
+from ddkit.store.results import STORE_FORMATS, read_results, summarize_card
+from ddkit.store.schema import DISTILLED_FORMAT, attr_text
+from ddkit.store.selection import read_selection
+
+
+def info_dict(path: str | os.PathLike) -> dict:
+    """Everything `describe` shows, as a JSON-able dict (the `ddkit info --json` output)."""
+    h5, fmt = open_store(path, STORE_FORMATS)
+    with h5, reading(path):
+        common = {"path": str(path), "format": fmt, "schema": int(h5.attrs["schema"]),
+                  "content_sha256": attr_text(h5.attrs["content_sha256"])}
+    common["results"] = read_results(path)
+    if fmt != DISTILLED_FORMAT:
+        sel = read_selection(path, verify=False)
+        return common | {
+            "method": sel.method, "method_version": sel.method_version, "seed": sel.seed,
+            "created": sel.created, "ddkit_version": sel.ddkit_version, "pool": sel.pool,
+            "kept": len(sel), "rounds": int(sel.round.max()) + 1, "extra": sorted(sel.extra),
+            "teachers": sel.teachers, "config": sel.config,
+        }
+    with DistilledDataset(path, verify=False) as ds:
+        h = ds.header
+        counts = torch.bincount(ds.labels, minlength=ds.num_classes).tolist()
+        return common | {
+            "method": h.method, "method_version": h.method_version, "seed": h.seed,
+            "created": h.created, "ddkit_version": h.ddkit_version,
+            "dataset": h.dataset.to_dict(), "normalization": h.normalization.to_dict(),
+            "instances": len(ds), "stored_images": ds.num_stored,
+            "compensators": len(ds.composite.compensators) if ds.composite is not None else 0,
+            "instances_per_class": dict(zip(ds.classes, counts, strict=True)),
+            "budget": h.budget.to_dict(),
+            "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
+        }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _short(value, width: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _teachers(teachers: list) -> str:
+    if not teachers:
+        return "none"
+    parts = []
+    for t in teachers:
+        accuracy = t.get("accuracy", t.get("test_accuracy"))  # teacher headers say test_accuracy
+        acc = f", acc {accuracy}" if accuracy is not None else ""
+        parts.append(f"{t.get('arch', '?')} (sha256 {str(t.get('sha256', '?'))[:12]}{acc})")
+    return "; ".join(parts)
+
+
+def _number(x, signed: bool = False) -> str:
+    if not isinstance(x, (int, float)):
+        return "—"
+    return f"{x:+.2f}" if signed else f"{x:.2f}"
+
+
+def _results_table(results: dict) -> list[str]:
+    if not results:
+        return ["  results     none (run `ddkit evaluate`)"]
+    rows = [summarize_card(name, card) for name, card in sorted(results.items())]
+    width = max(8, *(len(r["protocol"]) for r in rows))
+    lines = ["  results", f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}"]
+    for r in rows:
+        acc = f"{_number(r['mean'])} ± {_number(r['std'])}"
+        rnd = f"{_number(r['random_mean'])} ± {_number(r['random_std'])}"
+        lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_number(r['gain'], True):>7}")
+    return lines
+
+
+def describe(path: str | os.PathLike) -> str:
+    """The human-readable summary of a `.ddk.h5` or `.sel.h5` file (`ddkit info`)."""
+    d = info_dict(path)
+    head = f"{d['method']} {d['method_version']}, seed {d['seed']}, created {d['created']} by ddkit {d['ddkit_version']}"
+    config = ", ".join(f"{k}={_short(v, 30)}" for k, v in sorted(d["config"].items())) or "—"
+    if d["format"] != DISTILLED_FORMAT:
+        pool = d["pool"]
+        lines = [
+            f"{d['path']}: ddkit selection (schema {d['schema']})",
+            f"  method      {head}",
+            f"  pool        {pool['name']} ({pool['split']}), {pool['size']} samples, fingerprint {pool['fingerprint'][:12]}",
+            f"  kept        {d['kept']} samples over {d['rounds']} round(s); per-id extras: {', '.join(d['extra']) or 'none'}",
+            f"  teachers    {_teachers(d['teachers'])}",
+            f"  config      {_short(config, 200)}",
+            f"  content     sha256 {d['content_sha256']}",
+        ]
+        return "\n".join(lines + _results_table(d["results"]))
+    ds, b = d["dataset"], d["budget"]
+    counts = list(d["instances_per_class"].values())
+    composed = f" + {d['compensators']} compensators" if d["compensators"] else ""
+    labels = ", ".join(f"{p} {human_bytes(n)}" for p, n in b["bytes_by_part"].items() if p == "labels" or p.startswith("soft/"))
+    aux = ", ".join(
+        f"{p} {human_bytes(n)}" for p, n in b["bytes_by_part"].items() if p not in ("images", "labels") and not p.startswith("soft/")
+    )
+    total = b["bytes_images"] + b["bytes_labels"] + b["bytes_aux"]
+    lines = [
+        f"{d['path']}: ddkit distilled dataset (schema {d['schema']})",
+        f"  method      {head}",
+        f"  dataset     {ds['name']} ({ds['split']}), {ds['num_classes']} classes, "
+        f"{'×'.join(map(str, ds['image_shape']))}, ids sha256 {ds['ids_sha256'][:12]}",
+        f"  instances   {d['instances']} from {d['stored_images']} stored images{composed}; "
+        f"per class {min(counts)}–{max(counts)} (mean {b['instances_per_class']:.1f})",
+        f"  budget      ipc {b['ipc_stored']}: {human_bytes(total)} = images {human_bytes(b['bytes_images'])}"
+        f" + labels {human_bytes(b['bytes_labels'])} ({labels}) + aux {human_bytes(b['bytes_aux'])} ({aux or 'none'})",
+        f"              {b['ratio'] * 100:.3g}% of the source ({human_bytes(b['bytes_source'])})",
+        f"  teachers    {_teachers(d['teachers'])}",
+        f"  config      {_short(config, 200)}",
+        f"  content     sha256 {d['content_sha256']}",
+        f"  license     {d['license_note']}",
+    ]
+    return "\n".join(lines + _results_table(d["results"]))

@@ -1,0 +1,176 @@
+"""Opening, refusing and writing ddkit HDF5 files: the logic both file kinds share.
+
+Every read of a store file goes through `open_store` (which refuses missing, non-HDF5, foreign and
+too-new files with one clear message) and runs inside `reading`, which turns whatever h5py, the OS
+or the JSON parser raises into a `FileFormatError` naming the file, so a damaged file never ends
+in a raw traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+import ddkit
+from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.fileio import atomic_output
+from ddkit.store.hashing import content_sha256
+from ddkit.store.schema import DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
+
+KIND_NAMES = {
+    DISTILLED_FORMAT: "ddkit distilled dataset (.ddk.h5)",
+    SELECTION_FORMAT: "ddkit selection file (.sel.h5)",
+}
+DAMAGED_FIX = "the file is damaged or was not written by ddkit; write or download it again"
+
+# Exceptions that mean "this file is not what it should be" when raised while reading one.
+READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, UnicodeError)
+
+_COMPRESS_MIN_BYTES = 16 << 10  # below this, compression costs more than it saves
+_CHUNK_CACHE_BYTES = 1 << 20  # h5py's default chunk cache: one chunk must fit for fast row reads
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike) -> Iterator[None]:
+    """Turn low-level read errors and invalid stored values into a FileFormatError about `path`."""
+    try:
+        yield
+    except InvalidInput as exc:  # a stored value that fails ddkit's own checks
+        raise FileFormatError(f"{path}: {exc.problem}", DAMAGED_FIX) from exc
+    except READ_ERRORS as exc:
+        detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise FileFormatError(f"{path} could not be read: {detail}", DAMAGED_FIX) from exc
+
+
+def open_h5(path: str | os.PathLike) -> h5py.File:
+    """Open `path` read-only, refusing a missing file or one HDF5 cannot read."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path} does not exist", "check the path")
+    if path.is_dir():
+        raise FileFormatError(f"{path} is a directory, not a file", "give the path of a .ddk.h5 or .sel.h5 file")
+    try:
+        return h5py.File(path, "r")
+    except READ_ERRORS as exc:
+        raise FileFormatError(
+            f"{path} is not a readable HDF5 file (truncated, corrupt or another format: {exc})",
+            "re-download or re-create the file; a partial download is the usual cause",
+        ) from exc
+
+
+def check_identity(h5: h5py.File, path: str | os.PathLike, formats: tuple[str, ...]) -> str:
+    """The file's format, after refusing a foreign format or a schema newer than this ddkit."""
+    wanted = " or ".join(KIND_NAMES[f] for f in formats)
+    fmt = attr_text(h5.attrs["format"]) if "format" in h5.attrs else None
+    if fmt is None:
+        raise FileFormatError(
+            f"{path} is not a {wanted}: it is an HDF5 file without ddkit's format attribute",
+            "give a file written by ddkit",
+        )
+    if fmt not in formats:
+        what = f"a {KIND_NAMES[fmt]}" if fmt in KIND_NAMES else f"of format {fmt!r}"
+        raise FileFormatError(f"{path} is {what}, not a {wanted}", "give a file of the expected kind")
+    schema = h5.attrs.get("schema")
+    if not isinstance(schema, (int, np.integer)) or schema < 1:
+        raise FileFormatError(f"{path} has an invalid schema attribute {schema!r}", DAMAGED_FIX)
+    if schema > SCHEMA:
+        raise FileFormatError(
+            f"{path} uses {fmt} schema {int(schema)}, but ddkit {ddkit.__version__} reads only up to schema {SCHEMA}",
+            "upgrade ddkit: pip install -U ddkit",
+        )
+    return fmt
+
+
+def open_store(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[h5py.File, str]:
+    """Open a ddkit file of one of `formats` read-only; the caller closes the returned file."""
+    h5 = open_h5(path)
+    try:
+        with reading(path):
+            return h5, check_identity(h5, path, formats)
+    except BaseException:
+        h5.close()
+        raise
+
+
+def verify_content(h5: h5py.File, path: str | os.PathLike) -> str:
+    """Recompute the content hash and refuse a file whose data does not match its recorded hash."""
+    with reading(path):
+        recorded = attr_text(h5.attrs["content_sha256"])
+        actual = content_sha256(h5)
+    if actual != recorded:
+        raise FileFormatError(
+            f"{path}: content hash mismatch: the file was modified or corrupted "
+            f"(recorded {recorded[:12]}…, computed {actual[:12]}…)",
+            "re-download or re-create the file",
+        )
+    return actual
+
+
+def should_verify(path: str | os.PathLike, verify: bool | str, auto_limit: int = 256 << 20) -> bool:
+    """`verify` is True, False or "auto" (hash files under `auto_limit` bytes on open)."""
+    if verify == "auto":
+        return os.path.getsize(path) < auto_limit
+    if isinstance(verify, bool):
+        return verify
+    raise InvalidInput(f"verify must be True, False or 'auto', got {verify!r}")
+
+
+def read_group_arrays(group: h5py.Group) -> dict[str, np.ndarray]:
+    """Every dataset below `group`, by path relative to it, loaded into memory."""
+    arrays: dict[str, np.ndarray] = {}
+    group.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return arrays
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def create_dataset(group: h5py.Group, name: str, array: np.ndarray, chunks: tuple[int, ...] | None = None) -> None:
+    """Store `array` losslessly: gzip + byte shuffle when it is big enough to be worth it."""
+    options: dict = {}
+    if array.size and (chunks is not None or array.nbytes >= _COMPRESS_MIN_BYTES):
+        options = dict(compression="gzip", compression_opts=4, shuffle=True, chunks=chunks or True)
+    group.create_dataset(name, data=array, **options)
+
+
+def image_chunks(shape: tuple[int, ...], itemsize: int, rows_per_class: int) -> tuple[int, ...]:
+    """Chunk rows: at most one class's worth of images, and at most one chunk-cache's worth of bytes."""
+    row_bytes = itemsize * int(np.prod(shape[1:]))
+    rows = max(1, min(rows_per_class, shape[0], _CHUNK_CACHE_BYTES // max(1, row_bytes)))
+    return (rows, *shape[1:])
+
+
+def write_attrs(obj: h5py.HLObject, attrs: Mapping) -> None:
+    for key, value in attrs.items():
+        obj.attrs[key] = value
+
+
+def write_store(
+    path: str | os.PathLike,
+    fmt: str,
+    arrays: Mapping[str, np.ndarray],
+    header_attrs: Mapping,
+    group_attrs: Mapping[str, Mapping] | None = None,
+    chunks: Mapping[str, tuple[int, ...]] | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write a ddkit file atomically: datasets, group attributes, root attributes, content hash.
+
+    The caller has validated everything; any failure here leaves no file under `path`. The hash is
+    computed from the file as written, with the same function the reader uses. Returns the hash.
+    """
+    with atomic_output(path, overwrite) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            for name, array in arrays.items():
+                create_dataset(h5, name, array, (chunks or {}).get(name))
+            for name, attrs in (group_attrs or {}).items():
+                write_attrs(h5.require_group(name), attrs)
+            write_attrs(h5, {"format": fmt, "schema": SCHEMA, **header_attrs})
+            digest = content_sha256(h5)
+            h5.attrs["content_sha256"] = digest
+    return digest

@@ -1,0 +1,52 @@
+"""The content hash of a ddkit HDF5 file, shared by the distilled and the selection file.
+
+`content_sha256` covers every dataset's path, dtype, shape and bytes in sorted path order, and
+nothing under `/results`: adding an evaluation card to a file does not change the identity of the
+data it evaluates. Attributes are not covered (DESIGN §4 hashes "every dataset's bytes").
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import h5py
+import numpy as np
+
+EXCLUDED_GROUPS = ("results",)
+_DOMAIN = b"ddkit.content.v1\0"
+_BLOCK_BYTES = 16 << 20  # read big datasets in blocks of about this size
+
+
+def stored_datasets(h5: h5py.Group) -> list[tuple[str, h5py.Dataset]]:
+    """Every dataset in the file except those under `/results`, as (path, dataset), sorted by path."""
+    found: list[tuple[str, h5py.Dataset]] = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and name.split("/")[0] not in EXCLUDED_GROUPS:
+            found.append((name, obj))
+
+    h5.visititems(visit)
+    return sorted(found, key=lambda item: item[0])
+
+
+def iter_blocks(dataset: h5py.Dataset):
+    """The dataset in blocks of whole rows of about 16 MiB, so big files hash and check in bounded memory."""
+    if dataset.ndim == 0:
+        yield np.asarray(dataset[()])
+        return
+    row_bytes = max(1, dataset.dtype.itemsize * int(np.prod(dataset.shape[1:], dtype=np.int64)))
+    step = max(1, _BLOCK_BYTES // row_bytes)
+    for start in range(0, dataset.shape[0], step):
+        yield dataset[start : start + step]
+
+
+def content_sha256(h5: h5py.Group) -> str:
+    """Hex sha256 of the file's data; raises ValueError on a non-numeric dataset."""
+    h = hashlib.sha256(_DOMAIN)
+    for path, dataset in stored_datasets(h5):
+        if dataset.dtype.kind not in "biuf":
+            raise ValueError(f"dataset /{path} has unsupported dtype {dataset.dtype}")
+        h.update(f"{path}\0{dataset.dtype.str}\0{tuple(dataset.shape)}\0".encode())
+        for block in iter_blocks(dataset):
+            h.update(np.ascontiguousarray(block).tobytes())
+    return h.hexdigest()
