@@ -106,6 +106,12 @@ STORED_CPU = _register(Protocol(
     temperature=30.0,
     summary="ConvNet-3 w32 IN, the file's stored labels (logits: mixed with mixup's λ, KL at T=30), AdamW, 1000 steps",
 ))
+DYNAMIC_CPU = _register(Protocol(
+    name="dynamic-cpu", version=1, student="convnet", student_kwargs=_CPU_STUDENT, optim=_SOFT_ADAMW,
+    steps=1000, batch_size=64, augmentation="crop-flip", mix="mixup", label_source="teacher",
+    temperature=30.0,
+    summary="INFER+Dyn: stored-cpu's recipe, but the teacher ensemble relabels every crop-flip+mixup view (KL at T=30)",
+))
 
 # -- paper family (GPU): the published recipes --------------------------------------------------
 _PAPER_CONVNET = {"depth": 3, "width": 128, "norm": "instance"}

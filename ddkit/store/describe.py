@@ -38,9 +38,22 @@ def info_dict(path: str | os.PathLike) -> dict:
             "instances": len(ds), "stored_images": ds.num_stored,
             "compensators": len(ds.composite.compensators) if ds.composite is not None else 0,
             "instances_per_class": dict(zip(ds.classes, counts, strict=True)),
-            "budget": h.budget.to_dict(),
+            "budget": h.budget.to_dict(), "composite": _composite_parts(ds),
             "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
         }
+
+
+def _composite_parts(ds: DistilledDataset) -> dict | None:
+    """Bytes of the compensators and of their mapping, and the budget in image-equivalents per class."""
+    if ds.composite is None:
+        return None
+    comps = ds.composite.compensators
+    return {
+        "compensators": len(comps), "bytes_compensators": int(comps.nbytes),
+        "bytes_mapping": int(ds.composite.nbytes - comps.nbytes),
+        "equivalent_ipc": (ds.num_stored + len(comps)) / ds.num_classes,  # stored images + compensators, per class
+        "instances_per_class": len(ds) / ds.num_classes,
+    }
 
 
 def human_bytes(n: float) -> str:
@@ -121,6 +134,16 @@ def describe(path: str | os.PathLike) -> str:
         f"  budget      ipc {b['ipc_stored']}: {human_bytes(total)} = images {human_bytes(b['bytes_images'])}"
         f" + labels {human_bytes(b['bytes_labels'])} ({labels}) + aux {human_bytes(b['bytes_aux'])} ({aux or 'none'})",
         f"              {b['ratio'] * 100:.3g}% of the source ({human_bytes(b['bytes_source'])})",
+    ]
+    if d["composite"]:
+        c = d["composite"]
+        lines.append(
+            f"  composite   base images {human_bytes(b['bytes_images'])} + {c['compensators']} compensators "
+            f"{human_bytes(c['bytes_compensators'])} (float32) + mapping {human_bytes(c['bytes_mapping'])} + labels "
+            f"{human_bytes(b['bytes_labels'])}; equivalent ipc {c['equivalent_ipc']:.3g} (images + compensators per class), "
+            f"{c['instances_per_class']:.3g} instances per class"
+        )
+    lines += [
         f"  teachers    {_teachers(d['teachers'])}",
         f"  config      {_short(config, 200)}",
         f"  content     sha256 {d['content_sha256']}",
