@@ -1,0 +1,27 @@
+"""ddkit.index: the one place that does distance work (exact kNN, k-means, greedy k-center, dedup).
+
+numpy in, numpy out, explicit seeds, keyword arguments validated with one clear error, in the
+manner of FAISS's python wrappers. Inputs are N×d arrays or h5py datasets; a dataset is read in
+blocks (aligned to its chunks), so inputs larger than memory work.
+
+The hardware is chosen once per process and reported by `backend()` (FAISS on the GPU when a GPU
+and faiss-gpu are present; the CPU otherwise, where a measured check picks FAISS or torch for the
+distance blocks, see `ddkit.index.backend`).
+
+    >>> from ddkit import index
+    >>> distances, neighbours = index.knn(queries, database, k=10)
+    >>> km = index.kmeans(x, 100, seed=0)
+    >>> picks = index.kcenter(probs, 500, center_positions=labeled).indices
+    >>> dups = index.near_duplicates(x, threshold=1e-3)
+    >>> print(index.backend().describe())
+"""
+
+from ddkit.index.backend import Backend, backend, reset_backend
+from ddkit.index.dedup import Duplicates, near_duplicates
+from ddkit.index.kcenter import KCenterResult, kcenter
+from ddkit.index.kmeans import KMeansResult, kmeans
+from ddkit.index.search import knn
+from ddkit.index.source import as_points
+
+__all__ = ["Backend", "Duplicates", "KCenterResult", "KMeansResult", "as_points", "backend", "kcenter", "kmeans",
+           "knn", "near_duplicates", "reset_backend"]

@@ -1,0 +1,96 @@
+"""Lloyd's k-means with explicit seeds; the assignment step is the index's nearest-center search.
+
+One implementation for every engine: only the assignment (a k = 1 search of all points against the
+centroids, the GEMM-heavy part) runs in FAISS or torch, so the engine changes speed, not the
+algorithm. Streamed inputs cost one pass over the file per iteration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ddkit.errors import InvalidInput
+from ddkit.index.kcenter import RunningMin
+from ddkit.index.search import nearest
+from ddkit.index.source import as_points, check_int
+from ddkit.seeding import numpy_rng
+
+INITS = ("random", "kmeans++")
+
+
+@dataclass
+class KMeansResult:
+    """`centroids` k×d; `assignment` and `distances` (squared L2 to the own centroid) per point,
+    for the returned centroids; `inertia` = sum of `distances`; `history`: inertia per iteration."""
+
+    centroids: np.ndarray
+    assignment: np.ndarray
+    distances: np.ndarray
+    inertia: float
+    iterations: int
+    history: list = field(default_factory=list)
+
+
+def _init_random(points, k: int, seed: int) -> np.ndarray:
+    positions = np.sort(numpy_rng(seed, "kmeans-init").choice(points.n, k, replace=False))
+    return points.take(positions)
+
+
+def _init_plus_plus(points, k: int, seed: int) -> np.ndarray:
+    """k-means++: each new centroid drawn with probability ∝ squared distance to the nearest one."""
+    rng = numpy_rng(seed, "kmeans++")
+    state = RunningMin(points)
+    chosen = [int(rng.integers(points.n))]
+    for _ in range(1, k):
+        state.add_center(state.rows(np.array(chosen[-1:]))[0])
+        weights = state.values.double().cpu().numpy()
+        total = weights.sum()
+        chosen.append(int(rng.choice(points.n, p=weights / total)) if total > 0 else int(rng.integers(points.n)))
+    return points.take(np.array(chosen))
+
+
+def kmeans(points, k: int, *, seed: int, iterations: int = 20, init: str = "random", engine: str = "auto") -> KMeansResult:
+    """Cluster N×d `points` (array or h5py dataset) into `k` centroids.
+
+    `init="random"` draws k distinct rows (the FAISS default), `"kmeans++"` does D² seeding.
+    Stops early when no assignment changes. A centroid left empty is moved to the point farthest
+    from its own centroid (deterministic), so all k centroids are always used.
+    """
+    pts = as_points(points, "points")
+    k = check_int(k, "k", 1, pts.n)
+    seed = check_int(seed, "seed", 0)
+    iterations = check_int(iterations, "iterations", 1)
+    if init not in INITS:
+        raise InvalidInput(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    centroids = (_init_random if init == "random" else _init_plus_plus)(pts, k, seed).astype(np.float32)
+    previous = None
+    history = []
+    done = 0
+    for done in range(1, iterations + 1):
+        dist, assign = nearest(pts, centroids, engine)
+        history.append(float(dist.sum(dtype=np.float64)))
+        if previous is not None and np.array_equal(assign, previous):
+            done -= 1
+            break
+        previous = assign
+        centroids = _update(pts, assign, dist, centroids)
+    dist, assign = nearest(pts, centroids, engine)
+    return KMeansResult(centroids, assign, dist, float(dist.sum(dtype=np.float64)), done, history)
+
+
+def _update(points, assign: np.ndarray, dist: np.ndarray, old: np.ndarray) -> np.ndarray:
+    k, d = old.shape
+    sums = torch.zeros(k, d, dtype=torch.float64)
+    for start, block in points.blocks():
+        index = torch.from_numpy(assign[start : start + len(block)])
+        sums.index_add_(0, index, torch.from_numpy(block).double())
+    counts = np.bincount(assign, minlength=k)
+    centroids = (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):  # re-seed empty clusters at the worst-served points, farthest first
+        far = np.argsort(-dist, kind="stable")[: len(empty)]
+        centroids[empty] = points.take(far)
+    return centroids

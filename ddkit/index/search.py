@@ -1,0 +1,176 @@
+"""Exact k-nearest-neighbour search (squared L2), the distance kernel of the whole index layer.
+
+Two engines compute the same thing block by block:
+- `faiss`: `faiss.knn` (CPU) or `faiss.knn_gpu` (GPU);
+- `torch`: one GEMM per block on augmented vectors, score(x, y) = [x, 1]·[−2y, ‖y‖²] = ‖y‖² − 2x·y
+  (the ‖x‖² term does not change a query's ranking, so it is added only to the k survivors), then a
+  vectorized top-k (`min` when k = 1) and a merge into the running best k.
+Results are sorted by (distance, index), so equal distances come back in one defined order.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+from ddkit.index.backend import backend, choose_engine
+from ddkit.index.source import Points, as_points, check_int
+
+# Block shapes of the torch engine: a score block of QUERY_ROWS × DB_ROWS floats stays near the
+# L2 cache, and each database block is prepared once for all query blocks.
+QUERY_ROWS = 512
+DB_ROWS = 4096
+
+_gpu_resources = None
+_gpu_lock = threading.Lock()
+
+
+def _faiss_gpu_resources():
+    global _gpu_resources
+    with _gpu_lock:
+        if _gpu_resources is None:
+            import faiss
+
+            _gpu_resources = faiss.StandardGpuResources()
+        return _gpu_resources
+
+
+def _faiss_search(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    if backend().library == "faiss-gpu":
+        return faiss.knn_gpu(_faiss_gpu_resources(), queries, database, k)
+    return faiss.knn(queries, database, k)
+
+
+def _prepare_database(block: torch.Tensor) -> torch.Tensor:
+    """[−2y, ‖y‖²] rows, so one GEMM with [x, 1] gives ‖y‖² − 2x·y."""
+    return torch.cat([block * -2.0, (block * block).sum(1, keepdim=True)], 1)
+
+
+def _augment_queries(queries: torch.Tensor) -> torch.Tensor:
+    return torch.cat([queries, torch.ones(len(queries), 1, dtype=queries.dtype, device=queries.device)], 1)
+
+
+def _merge(best_v, best_i, v, i, k):
+    """Merge candidate (values, indices) into the running best k per row (smaller is better)."""
+    if k == 1:
+        better = v < best_v
+        return torch.where(better, v, best_v), torch.where(better, i, best_i)
+    values = torch.cat([best_v, v], 1)
+    indices = torch.cat([best_i, i], 1)
+    top_v, pos = torch.topk(values, k, dim=1, largest=False, sorted=False)
+    return top_v, indices.gather(1, pos)
+
+
+def _torch_search(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device):
+    q = torch.from_numpy(queries).to(device)
+    db = torch.from_numpy(database).to(device)
+    qa = _augment_queries(q)
+    nq, nb = len(q), len(db)
+    best_v = torch.full((nq, k), float("inf"), device=device)
+    best_i = torch.full((nq, k), -1, dtype=torch.long, device=device)
+    q_rows = QUERY_ROWS if device.type == "cpu" else 8192
+    db_rows = DB_ROWS if device.type == "cpu" else 65536
+    for j in range(0, nb, db_rows):
+        ya = _prepare_database(db[j : j + db_rows])
+        kk = min(k, len(ya))
+        for i in range(0, nq, q_rows):
+            scores = qa[i : i + q_rows] @ ya.T
+            if kk == 1:
+                v, ix = scores.min(1, keepdim=True)
+            else:
+                v, ix = torch.topk(scores, kk, dim=1, largest=False, sorted=False)
+            ix = ix + j
+            if kk < k:  # a database block smaller than k: pad with "no neighbour"
+                pad = k - kk
+                v = torch.cat([v, torch.full((len(v), pad), float("inf"), device=device)], 1)
+                ix = torch.cat([ix, torch.full((len(ix), pad), -1, dtype=torch.long, device=device)], 1)
+            best_v[i : i + q_rows], best_i[i : i + q_rows] = _merge(best_v[i : i + q_rows], best_i[i : i + q_rows], v, ix, k)
+    distances = (best_v + (q * q).sum(1, keepdim=True)).clamp_min_(0.0)
+    distances[best_i < 0] = float("inf")
+    return distances.cpu().numpy(), best_i.cpu().numpy()
+
+
+def search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: str, device: torch.device):
+    """Top-`k` (squared L2, indices) of in-memory float32 `queries` among in-memory `database` rows.
+
+    k may exceed the database size: missing neighbours are (inf, -1).
+    """
+    kk = min(k, len(database))
+    if engine == "faiss":
+        d, i = _faiss_search(queries, database, kk) if kk else (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
+        d, i = d.astype(np.float32, copy=False), i.astype(np.int64, copy=False)
+        if kk < k:
+            d = np.concatenate([d, np.full((len(queries), k - kk), np.inf, np.float32)], 1)
+            i = np.concatenate([i, np.full((len(queries), k - kk), -1, np.int64)], 1)
+        d = np.maximum(d, 0.0)
+        d[i < 0] = np.inf
+        return d, i
+    return _torch_search(queries, database, k, device)
+
+
+def _sort_rows(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by distance, then index (missing neighbours last)."""
+    key_i = np.where(i < 0, np.iinfo(np.int64).max, i)
+    order = np.lexsort((key_i, d), axis=-1)
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+
+def knn(queries, database, k: int, *, engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of each query among `database` rows (squared L2 distances).
+
+    `queries` and `database`: N×d arrays (float32 is used) or h5py datasets, which are read in
+    blocks, never whole. Returns `(distances, indices)`, both Q×k (float32, int64), each row
+    sorted by (distance, index). Raises InvalidInput for mismatched dimensions or k out of range.
+    """
+    q = as_points(queries, "queries")
+    db = as_points(database, "database")
+    if q.d != db.d:
+        from ddkit.errors import InvalidInput
+
+        raise InvalidInput(f"queries have dimension {q.d} but the database has {db.d}", "embed both with the same model")
+    k = check_int(k, "k", 1, db.n)
+    chosen = choose_engine(db.d, k, q.n * db.n * db.d, engine)
+    device = torch.device(backend().device)
+    out_d = np.empty((q.n, k), np.float32)
+    out_i = np.empty((q.n, k), np.int64)
+    for qs, q_block in q.blocks():
+        if not db.streamed:
+            d, i = search_blocks(q_block, db.array, k, chosen, device)
+        else:
+            d, i = _search_streamed(q_block, db, k, chosen, device)
+        out_d[qs : qs + len(q_block)], out_i[qs : qs + len(q_block)] = _sort_rows(d, i)
+    return out_d, out_i
+
+
+def _search_streamed(q_block: np.ndarray, db: Points, k: int, engine: str, device: torch.device):
+    best_d = np.full((len(q_block), k), np.inf, np.float32)
+    best_i = np.full((len(q_block), k), -1, np.int64)
+    for start, block in db.blocks():
+        d, i = search_blocks(q_block, block, k, engine, device)
+        i = np.where(i >= 0, i + start, -1)
+        d = np.concatenate([best_d, d], 1)
+        i = np.concatenate([best_i, i], 1)
+        d, i = _sort_rows(d, i)
+        best_d, best_i = d[:, :k], i[:, :k]
+    return best_d, best_i
+
+
+def nearest(points: Points, centers: np.ndarray, engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `points`, the squared distance to and index of its nearest center.
+
+    The assignment step of k-means and the initial min-distance of k-center; walks `points` in
+    its blocks (so it streams), searching the in-memory `centers`.
+    """
+    centers = np.ascontiguousarray(centers, dtype=np.float32)
+    chosen = choose_engine(points.d, 1, points.n * len(centers) * points.d, engine)
+    device = torch.device(backend().device)
+    dist = np.empty(points.n, np.float32)
+    index = np.empty(points.n, np.int64)
+    for start, block in points.blocks():
+        d, i = search_blocks(block, centers, 1, chosen, device)
+        dist[start : start + len(block)], index[start : start + len(block)] = d[:, 0], i[:, 0]
+    return dist, index
