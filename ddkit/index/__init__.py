@@ -6,7 +6,7 @@ blocks (aligned to its chunks), so inputs larger than memory work.
 
 The hardware is chosen once per process and reported by `backend()` (FAISS on the GPU when a GPU
 and faiss-gpu are present; the CPU otherwise, where a measured check picks FAISS or torch for the
-distance blocks, see `ddkit.index.backend`).
+distance blocks, see `ddkit.index.device`).
 
     >>> from ddkit import index
     >>> distances, neighbours = index.knn(queries, database, k=10)
@@ -16,7 +16,7 @@ distance blocks, see `ddkit.index.backend`).
     >>> print(index.backend().describe())
 """
 
-from ddkit.index.backend import Backend, backend, reset_backend
+from ddkit.index.device import Backend, backend, reset_backend
 from ddkit.index.dedup import Duplicates, near_duplicates
 from ddkit.index.kcenter import KCenterResult, kcenter
 from ddkit.index.kmeans import KMeansResult, kmeans

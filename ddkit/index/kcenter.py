@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
-from ddkit.index.backend import backend
+from ddkit.index.device import backend
 from ddkit.index.source import Points, as_points, check_int, check_positions
 from ddkit.seeding import numpy_rng
 

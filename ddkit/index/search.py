@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from ddkit.index.backend import backend, choose_engine
+from ddkit.index.device import backend, choose_engine
 from ddkit.index.source import Points, as_points, check_int
 
 # Block shapes of the torch engine: a score block of QUERY_ROWS × DB_ROWS floats stays near the
