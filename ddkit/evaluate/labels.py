@@ -3,7 +3,8 @@
 - `hard`: cross-entropy to the one-hot labels, mixed with the batch's λ;
 - `teacher`: KL to the teacher ensemble's softened prediction on exactly this view (relabel on the fly);
 - `stored`: the train set's own label payload; the payload's scheme decides the loss
-  (`logits`: static logits interpolated with the same λ and partner as the images, then KL at T).
+  (`logits`: static logits interpolated with the same λ and partner as the images, then KL at T;
+  `dbr`: NRR-DD's two teacher distances per replayed view, see `ddkit.dbr`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,21 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ddkit.dbr import dbr_loss
 from ddkit.errors import IncompatibleError
 
 
 @dataclass
 class MixInfo:
-    """How a batch was mixed: x̃ = λ·x + (1−λ)·x[perm] (CutMix: λ is the kept area)."""
+    """How a batch was mixed: x̃ = λ·x + (1−λ)·x[perm] (CutMix: λ is the kept area).
 
-    lam: float = 1.0
+    Replayed DBR views are mixed per chunk, not per batch: there `lam` is a per-view tensor and
+    `partner_labels` holds each view's second label (its partner may lie outside the batch).
+    """
+
+    lam: float | torch.Tensor = 1.0
     perm: torch.Tensor | None = None
+    partner_labels: torch.Tensor | None = None
 
 
 def kl_at_temperature(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float, t_squared: bool) -> torch.Tensor:
@@ -63,6 +70,11 @@ def stored_loss(scheme: str):
 @stored_loss("logits")
 def _logits_loss(student_logits, rows, labels, mix: MixInfo, protocol) -> torch.Tensor:
     return kl_at_temperature(student_logits, mix_targets(rows.float(), mix), protocol.temperature, protocol.t_squared)
+
+
+@stored_loss("dbr")
+def _dbr_loss(student_logits, rows, labels, mix: MixInfo, protocol) -> torch.Tensor:
+    return dbr_loss(student_logits, labels, mix.partner_labels, mix.lam, rows, protocol.extra.get("alpha_dbr", 1.0))
 
 
 def require_stored_scheme(scheme: str | None) -> Callable:

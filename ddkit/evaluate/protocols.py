@@ -112,6 +112,13 @@ DYNAMIC_CPU = _register(Protocol(
     temperature=30.0,
     summary="INFER+Dyn: stored-cpu's recipe, but the teacher ensemble relabels every crop-flip+mixup view (KL at T=30)",
 ))
+DBR_CPU = _register(Protocol(
+    name="dbr-cpu", version=1, student="convnet", student_kwargs=_CPU_STUDENT, optim=_SOFT_ADAMW,
+    steps=1000, batch_size=64, augmentation="resized-crop-flip", mix="cutmix", label_source="stored",
+    extra={"scheme": "dbr", "views": "dbr-cpu@1", "alpha_dbr": 1.0},
+    summary="ConvNet-3 w32 IN, NRR-DD's DBR: replays the file's CutMix views (teacher-cpu regime), "
+            "mixed CE + |d_S − d_T| per view (α=1), AdamW, 1000 steps",
+))
 
 # -- paper family (GPU): the published recipes --------------------------------------------------
 _PAPER_CONVNET = {"depth": 3, "width": 128, "norm": "instance"}

@@ -15,15 +15,17 @@ import torch
 
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.data.base import class_balanced_indices
+from ddkit.dbr import DBRTargets, baseline_targets, check_protocol_views, get_recipe, targets_from_payload
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.labels import require_stored_scheme
 from ddkit.evaluate.protocols import Protocol
 from ddkit.evaluate.trainer import StudentData
-from ddkit.seeding import numpy_rng
+from ddkit.seeding import derive_seed, numpy_rng
 from ddkit.training import predict_logits
 
 # How to give a random real subset the same kind of stored labels a file carries, by scheme, so
-# the baseline is trained under exactly the same label treatment: fn(normalized images, teachers).
+# the baseline is trained under exactly the same label treatment:
+# fn(normalized images, teachers, labels=, protocol=, seed=) -> payload rows (or DBR targets).
 BASELINE_PAYLOADS: dict[str, Callable] = {}
 
 
@@ -36,11 +38,20 @@ def baseline_payload(scheme: str):
 
 
 @baseline_payload("logits")
-def ensemble_logits(images: torch.Tensor, teachers: list) -> torch.Tensor:
+def ensemble_logits(images: torch.Tensor, teachers: list, **_) -> torch.Tensor:
     """Static labels: the teachers' mean logits on the clean images (INFER's label recipe)."""
     if not teachers:
         raise InvalidInput("static logits for the random baseline need the teachers", "pass --teacher T")
     return torch.stack([predict_logits(t.model, images) for t in teachers]).mean(0)
+
+
+@baseline_payload("dbr")
+def dbr_targets(images: torch.Tensor, teachers: list, labels: torch.Tensor, protocol: Protocol, seed: int, **_) -> DBRTargets:
+    """DBR: the protocol's view recipe on this subset, with its own seeded views and teacher distances."""
+    if not teachers:
+        raise InvalidInput("DBR distances for the random baseline need the teachers", "pass --teacher T")
+    recipe = get_recipe(protocol.extra.get("views") or "")
+    return baseline_targets([t.model for t in teachers], len(images), recipe, derive_seed(seed, "dbr-baseline-views"))
 
 
 @dataclass
@@ -61,14 +72,15 @@ class TrainSource:
         return StudentData(images.to(device), labels.to(device), None if payload is None else payload.to(device), scheme)
 
 
-def _with_payload(images, labels, protocol: Protocol, scheme: str | None, teachers):
+def _with_payload(images, labels, protocol: Protocol, scheme: str | None, teachers, seed: int):
     """Attach a baseline payload of `scheme` when the protocol trains on stored labels."""
     if protocol.label_source != "stored" or scheme is None:
         return images, labels, None, scheme
     if scheme not in BASELINE_PAYLOADS:
         raise IncompatibleError(f"no random baseline can be built for stored labels of scheme {scheme!r}",
                                 "evaluate with --no-baseline, or under a teacher protocol")
-    return images, labels, BASELINE_PAYLOADS[scheme](images, teachers), scheme
+    payload = BASELINE_PAYLOADS[scheme](images, teachers, labels=labels, protocol=protocol, seed=seed)
+    return images, labels, payload, scheme
 
 
 def real_subset_source(dataset: str, per_class: float, protocol: Protocol, scheme: str | None, teachers,
@@ -85,7 +97,7 @@ def real_subset_source(dataset: str, per_class: float, protocol: Protocol, schem
         else:
             idx = np.sort(numpy_rng(seed, "random-uniform", dataset, total).choice(len(train), total, replace=False))
         part = train.subset(idx)
-        return _with_payload(part.normalized(), part.labels, protocol, scheme, teachers)
+        return _with_payload(part.normalized(), part.labels, protocol, scheme, teachers, seed)
 
     nbytes = total * train.images[0].numel() * train.images.element_size()
     return TrainSource(label, dataset, per_class, total, make, budget_bytes=nbytes, scheme=scheme)
@@ -95,7 +107,7 @@ def full_data_source(dataset: str, protocol: Protocol, scheme: str | None, teach
     train = load_dataset(dataset, "train")
 
     def make(seed: int):
-        return _with_payload(train.normalized(), train.labels, protocol, scheme, teachers)
+        return _with_payload(train.normalized(), train.labels, protocol, scheme, teachers, seed)
 
     return TrainSource("full data", dataset, len(train) / train.num_classes, len(train), make, scheme=scheme)
 
@@ -122,7 +134,11 @@ def distilled_source(path: str, protocol: Protocol) -> TrainSource:
     images = reader.info.normalization.apply(reader.pixels())
     labels = reader.labels
     payload = None
-    if scheme is not None:
+    if scheme == "dbr":  # replayed views: the payload brings its own view schedule
+        stored = reader.soft[scheme]
+        check_protocol_views(stored.protocol, protocol.extra.get("views"), protocol.id)
+        payload = targets_from_payload(stored, len(labels))
+    elif scheme is not None:
         require_stored_scheme(scheme)
         payload = torch.from_numpy(np.asarray(reader.soft[scheme].values, dtype=np.float32))
 
@@ -166,7 +182,7 @@ def resolve_train_set(spec: str, protocol: Protocol, teachers) -> TrainSource:
             raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10") from None
         if not dataset:
             raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10")
-        scheme = "logits" if protocol.label_source == "stored" else None
+        scheme = protocol.extra.get("scheme", "logits") if protocol.label_source == "stored" else None
         return real_subset_source(dataset, per_class, protocol, scheme, teachers, label=f"random real ({spec})")
     if spec.endswith(".sel.h5"):
         return selection_source(spec, protocol)

@@ -6,6 +6,10 @@ keeps its own initial weights, batch order, augmentation draws and loss, and sin
 ddkit uses is element-wise, one optimizer over the stacked tensors equals N separate optimizers.
 `batched=False` runs the same steps one model at a time (the reference the tests compare against).
 Students with BatchNorm (running statistics) always take the one-at-a-time path.
+
+A train set whose labels are DBR distances (`ddkit.dbr.DBRTargets`) does not sample its own views:
+its batches are read, in order, from the view schedule the distances were computed on, so the
+student sees exactly the teacher's views whatever its batch size.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ddkit.augment import MIXES, build_augmentation
+from ddkit.dbr import DBRTargets
 from ddkit.data.base import DatasetInfo
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets, require_stored_scheme
 from ddkit.evaluate.protocols import Protocol
@@ -34,7 +39,7 @@ class StudentData:
 
     images: torch.Tensor
     labels: torch.Tensor
-    payload: torch.Tensor | None = None  # per-instance stored label rows (e.g. logits), if any
+    payload: torch.Tensor | DBRTargets | None = None  # per-instance label rows (e.g. logits), or DBR targets
     scheme: str | None = None
 
 
@@ -133,20 +138,28 @@ def train_students(
     mixer = MIXES[protocol.mix]() if MIXES.get(protocol.mix) else None
     samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches")) for d, s in zip(data, seeds)]
     aug_gens = [generator(s, "eval-augment", device=device) for s in seeds]
+    streams = [_replay_stream(d, protocol, total_steps) for d in data]
 
     bar = progress(total=total_steps, desc=desc)
     for _ in range(total_steps):
-        views, batches, mixes = [], [], []
-        for d, sampler, gen in zip(data, samplers, aug_gens):
-            idx = sampler.next().to(d.images.device)
-            x = augment(d.images[idx], gen)
-            mix = MixInfo()
-            if mixer is not None:
-                mp = mixer.sample(x.shape, gen)
-                x = mixer.apply(x, mp)
-                mix = MixInfo(float(mp["lam"]), mp["perm"].to(x.device))
+        views, labels, rows, mixes = [], [], [], []
+        for d, sampler, gen, stream in zip(data, samplers, aug_gens, streams):
+            if stream is not None:  # replayed views (DBR): the file decides what the student sees
+                chunk = stream.next(sampler.batch)
+                x, y, r = chunk.x, chunk.y_org, d.payload.rows(chunk)
+                mix = MixInfo(chunk.lam, None, chunk.y_aug)
+            else:
+                idx = sampler.next().to(d.images.device)
+                x = augment(d.images[idx], gen)
+                mix = MixInfo()
+                if mixer is not None:
+                    mp = mixer.sample(x.shape, gen)
+                    x = mixer.apply(x, mp)
+                    mix = MixInfo(float(mp["lam"]), mp["perm"].to(x.device))
+                y, r = d.labels[idx], None if d.payload is None else d.payload[idx]
             views.append(x)
-            batches.append(idx)
+            labels.append(y)
+            rows.append(r)
             mixes.append(mix)
         stacked_views = torch.stack(views)
         logits = forward(params, buffers, stacked_views) if use_vmap else [m(v) for m, v in zip(models, views)]
@@ -155,13 +168,13 @@ def train_students(
             n, b = stacked_views.shape[:2]
             targets = _teacher_targets(list(teachers), stacked_views.flatten(0, 1)).view(n, b, -1)
         loss = 0.0
-        for i, (d, idx, mix) in enumerate(zip(data, batches, mixes)):
+        for i, (y, r, mix) in enumerate(zip(labels, rows, mixes)):
             if protocol.label_source == "hard":
-                loss = loss + hard_loss(logits[i], d.labels[idx], mix)
+                loss = loss + hard_loss(logits[i], y, mix)
             elif protocol.label_source == "teacher":
                 loss = loss + kl_at_temperature(logits[i], targets[i], protocol.temperature, protocol.t_squared)
             else:
-                loss = loss + stored_fn(logits[i], d.payload[idx], d.labels[idx], mix, protocol)
+                loss = loss + stored_fn(logits[i], r, y, mix, protocol)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -173,6 +186,21 @@ def train_students(
     for m in models:
         m.eval()
     return Students(models, None)
+
+
+def _replay_stream(d: StudentData, protocol: Protocol, total_steps: int):
+    """The view stream of a DBR train set (None for any other), after checking it has enough views."""
+    if not isinstance(d.payload, DBRTargets):
+        return None
+    if protocol.label_source != "stored":
+        raise InvalidInput(f"protocol {protocol.id} does not train on stored DBR distances")
+    needed = total_steps * min(protocol.batch_size, len(d.labels))
+    if needed > d.payload.views:
+        raise InvalidInput(
+            f"protocol {protocol.id} needs {needed} views but the DBR payload holds {d.payload.views}",
+            "evaluate with fewer steps or the protocol the payload was made for",
+        )
+    return d.payload.stream(d.images, d.labels)
 
 
 __all__ = ["EpochSampler", "StudentData", "Students", "train_students", "mix_targets"]

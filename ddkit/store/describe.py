@@ -40,7 +40,18 @@ def info_dict(path: str | os.PathLike) -> dict:
             "instances_per_class": dict(zip(ds.classes, counts, strict=True)),
             "budget": h.budget.to_dict(), "composite": _composite_parts(ds),
             "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
+            "dbr": _dbr_summary(ds),
         }
+
+
+def _dbr_summary(ds: DistilledDataset) -> dict | None:
+    """A DBR payload's size beside what full fp16 soft labels for the same views would take."""
+    if "dbr" not in ds.soft_schemes:
+        return None
+    payload = ds.soft["dbr"]
+    views = int(payload.d_org.size)
+    return {"recipe": payload.protocol, "views": views, "bytes": payload.nbytes,
+            "full_soft_label_bytes": views * ds.num_classes * 2}
 
 
 def _composite_parts(ds: DistilledDataset) -> dict | None:
@@ -149,4 +160,9 @@ def describe(path: str | os.PathLike) -> str:
         f"  content     sha256 {d['content_sha256']}",
         f"  license     {d['license_note']}",
     ]
+    if d.get("dbr"):
+        r = d["dbr"]
+        lines.insert(6, f"  dbr         {r['views']} views ({r['recipe']}) × 2 fp16 distances = {human_bytes(r['bytes'])}; "
+                        f"full fp16 soft labels for the same views: {human_bytes(r['full_soft_label_bytes'])} "
+                        f"({r['full_soft_label_bytes'] / max(r['bytes'], 1):.1f}×)")
     return "\n".join(lines + _results_table(d["results"]))

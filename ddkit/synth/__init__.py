@@ -13,6 +13,7 @@ from ddkit.store import write_distilled
 from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer
 from ddkit.synth import baselines as _baselines  # noqa: F401  (registers)
 from ddkit.synth import infer as _infer  # noqa: F401  (registers)
+from ddkit.synth import nrr_dd as _nrr_dd  # noqa: F401  (registers)
 from ddkit.training import pick_device
 
 
