@@ -176,11 +176,12 @@ def test_composite_round_trip_and_static_labels(synthesized, teachers):
     torch.testing.assert_close(torch.from_numpy(logits).float(), ens.detach(), rtol=2e-3, atol=2e-3)
 
 
-def test_dynamic_labels_store_none(teachers, tmp_path):
+def test_dynamic_labels_store_none_and_the_same_instances(teachers, tmp_path, synthesized):
     out = tmp_path / "dyn.ddk.h5"
     run_synthesizer("infer", "procedural", teachers, 3, {"labels": "dynamic", **TINY}, seed=0, out=out)
-    with DistilledDataset(out) as ds:
-        assert ds.soft_schemes == [] and ds.header.config["labels"] == "dynamic" and len(ds) == 60
+    with DistilledDataset(out) as dyn, DistilledDataset(synthesized) as static:
+        assert dyn.soft_schemes == [] and dyn.header.config["labels"] == "dynamic" and len(dyn) == 60
+        assert torch.equal(dyn.pixels(), static.pixels())  # the label mode does not change the UFCs
 
 
 # -- resume ---------------------------------------------------------------------------------------

@@ -202,8 +202,10 @@ class Infer(Synthesizer):
         base = to_unit_float(dset.stored_images()).to(device)
         members = np.arange(num_classes)[None, :] * k + np.arange(k)[:, None]  # members[g] = rows of group g
 
+        # What a UFC depends on; the label mode does not change any work item.
+        ufc_settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "labels"}
         store = WorkItemStore(workdir, {
-            "method": self.name, "method_version": self.version, "config": dataclasses.asdict(config), "seed": seed,
+            "method": self.name, "method_version": self.version, "config": ufc_settings, "seed": seed,
             "ipc": ipc, "dataset": info.name, "source_ids_sha256": source.ids_sha256(),
             "teachers": [t.header.tensors_sha256 for t in teachers],
         })
