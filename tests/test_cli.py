@@ -1,6 +1,7 @@
 """The command line end to end on tiny data, and bad input through it: one clear message on
 stderr, a non-zero exit code, no traceback, nothing half-written."""
 
+import contextlib
 import json
 
 import h5py
@@ -11,12 +12,22 @@ import torch
 from ddkit.cli import main
 from ddkit.registries import all_registries
 from ddkit.store import DistilledDataset, DistilledSet, LogitsLabels, read_results, write_distilled
+from ddkit.store.h5io import seal
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DDKIT_PROGRESS", "0")
+
+
+@contextlib.contextmanager
+def edit(path):
+    """Edit a ddkit file with h5py and re-seal it: a crafted file that passes the byte-level seal,
+    so the deeper checks (content hash, schema, structure) are what must refuse it."""
+    with h5py.File(path, "r+") as f:
+        yield f
+    seal(path)
 
 
 def run(capsys, *args):
@@ -149,7 +160,7 @@ def test_damaged_files_are_refused(capsys, tmp_path, damage):
             f["x"] = np.zeros(3)
     else:
         bad.write_bytes(good.read_bytes())
-        with h5py.File(bad, "a") as f:
+        with edit(bad) as f:
             f.attrs["schema"] = 2
     for verb in (["info"], ["validate"], ["evaluate", "--steps", "1", "--seeds", "1"]):
         code, _, err = run(capsys, *verb, str(bad))

@@ -3,6 +3,8 @@ atomic writes (including a real kill -9), validation, description and rendering.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import pickle
@@ -21,6 +23,8 @@ from PIL import Image
 import ddkit.store.h5io as h5io
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
+from ddkit.store.h5io import seal
+from ddkit.store import Selection, write_selection
 from ddkit.store import (
     PAYLOADS,
     AdditiveComposite,
@@ -40,6 +44,15 @@ from ddkit.store import (
 )
 
 K, SHAPE = 4, (3, 8, 8)
+
+
+@contextlib.contextmanager
+def edit(path):
+    """Edit a ddkit file with h5py and re-seal it: a crafted file that passes the byte-level seal,
+    so the deeper checks (content hash, schema, structure) are what must refuse it."""
+    with h5py.File(path, "r+") as f:
+        yield f
+    seal(path)
 
 
 def make_source(n: int = 40, seed: int = 0) -> ImageDataset:
@@ -228,7 +241,7 @@ def test_content_hash_ignores_results_but_not_payload_bytes(tmp_path):
     assert ds.content_sha256 == digest
     assert ds.results == {"convnet-cpu": {"result": {"mean": 0.62}}}
     assert not list(tmp_path.glob("*.tmp"))
-    with h5py.File(path, "r+") as f:
+    with edit(path) as f:
         f["soft/logits/values"][0, 0] = np.float16(f["soft/logits/values"][0, 0] + 1)
     with pytest.raises(FileFormatError, match="content hash mismatch: the file was modified or corrupted"):
         DistilledDataset(path)
@@ -255,7 +268,7 @@ def test_truncated_file_is_refused(tmp_path):
     path = write(tmp_path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(FileFormatError, match="is not a readable HDF5 file"):
+    with pytest.raises(FileFormatError, match="is damaged: its bytes do not match the checksum"):
         DistilledDataset(path)
 
 
@@ -272,17 +285,21 @@ def test_foreign_hdf5_and_other_kinds_are_refused(tmp_path):
     plain = tmp_path / "plain.h5"
     with h5py.File(plain, "w") as f:
         f["images"] = np.zeros((2, *SHAPE))
-    with pytest.raises(FileFormatError, match="not a ddkit distilled dataset"):
+        f.attrs["format"] = "ddkit.distilled"  # even claiming the format does not make it a ddkit file
+    with pytest.raises(FileFormatError, match="not a ddkit distilled dataset.*without ddkit's seal"):
         DistilledDataset(plain)
-    with h5py.File(plain, "a") as f:
-        f.attrs["format"] = "ddkit.selection"
+    sealed_other_kind = tmp_path / "other.ddk.h5"
+    write(tmp_path)
+    write_selection(sealed_other_kind, Selection(method="m", method_version="1", config={}, seed=0,
+                                                 pool={"name": "p", "split": "train", "size": 5, "fingerprint": "f",
+                                                       "ids_sha256": "i"}, ids=np.arange(3)))
     with pytest.raises(FileFormatError, match="is a ddkit selection file"):
-        DistilledDataset(plain)
+        DistilledDataset(sealed_other_kind)
 
 
 def test_newer_schema_is_refused_with_upgrade_hint(tmp_path):
     path = write(tmp_path)
-    with h5py.File(path, "r+") as f:
+    with edit(path) as f:
         f.attrs["schema"] = 2
     with pytest.raises(FileFormatError, match="schema 2") as err:
         DistilledDataset(path)
@@ -305,7 +322,7 @@ def test_newer_schema_is_refused_with_upgrade_hint(tmp_path):
 )
 def test_damaged_files_are_refused_with_file_format_error(tmp_path, damage, message):
     path = write(tmp_path)
-    with h5py.File(path, "r+") as f:
+    with edit(path) as f:
         damage(f)
     with pytest.raises(FileFormatError, match=message):
         _ = DistilledDataset(path, verify=False).soft
@@ -429,7 +446,7 @@ def test_validate_finds_a_missing_class(tmp_path):
 
 def test_validate_finds_a_hash_mismatch_after_a_changed_pixel(tmp_path):
     path = write(tmp_path)
-    with h5py.File(path, "r+") as f:
+    with edit(path) as f:
         f["images"][0, 0, 0, 0] = np.float16(0.5) if f["images"][0, 0, 0, 0] != 0.5 else np.float16(0.25)
     report = validate_file(path)
     assert [p.split(":")[0] for p in report.problems] == ["content hash"]

@@ -1,5 +1,11 @@
 """Opening, refusing and writing ddkit HDF5 files: the logic both file kinds share.
 
+Every file ddkit writes is *sealed*: its 512-byte HDF5 user block (bytes HDF5 itself ignores, so
+any HDF5 reader still opens the file) holds a sha256 of the rest of the file. The seal is checked
+in plain Python before the HDF5 library parses a single byte, because a corrupted file can crash
+the HDF5 C library itself (a segfault is not an exception anyone can catch); a truncated, spliced
+or bit-flipped file is refused with a clear message instead.
+
 Every read of a store file goes through `open_store` (which refuses missing, non-HDF5, foreign and
 too-new files with one clear message) and runs inside `reading`, which turns whatever h5py, the OS
 or the JSON parser raises into a `FileFormatError` naming the file, so a damaged file never ends
@@ -9,6 +15,7 @@ in a raw traceback.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,7 +26,7 @@ import numpy as np
 import ddkit
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
-from ddkit.store.hashing import content_sha256
+from ddkit.store.hashing import content_sha256, header_sha256
 from ddkit.store.schema import DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
 
 KIND_NAMES = {
@@ -45,6 +52,55 @@ def reading(path: str | os.PathLike) -> Iterator[None]:
     except READ_ERRORS as exc:
         detail = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise FileFormatError(f"{path} could not be read: {detail}", DAMAGED_FIX) from exc
+
+
+SEAL_BYTES = 512  # the HDF5 user block
+_SEAL_MAGIC = b"ddkit-seal v1 sha256="
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _body_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(SEAL_BYTES)
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def seal(path: str | os.PathLike) -> None:
+    """Write the sha256 of everything after the user block into the user block."""
+    record = _SEAL_MAGIC + _body_sha256(path).encode() + b"\n"
+    with open(path, "r+b") as fh:
+        fh.write(record.ljust(SEAL_BYTES, b"\0"))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def check_seal(path: str | os.PathLike, full: bool = True, wanted: str = "ddkit file") -> None:
+    """Refuse a file that is not sealed by ddkit or (with `full`) whose bytes no longer match the seal."""
+    path = Path(path)
+    if not path.exists():
+        raise FileFormatError(f"{path} does not exist", "check the path")
+    if path.is_dir():
+        raise FileFormatError(f"{path} is a directory, not a file", "give the path of a .ddk.h5 or .sel.h5 file")
+    with open(path, "rb") as fh:
+        head = fh.read(SEAL_BYTES + len(_HDF5_SIGNATURE))
+    if not head.startswith(_SEAL_MAGIC):
+        if _HDF5_SIGNATURE in (head[:8], head[SEAL_BYTES:]):
+            raise FileFormatError(f"{path} is not a {wanted}: it is an HDF5 file without ddkit's seal", "give a file written by ddkit")
+        raise FileFormatError(
+            f"{path} is not a readable HDF5 file (truncated, corrupt or another format)",
+            "re-download or re-create the file; a partial download is the usual cause",
+        )
+    if not full:
+        return
+    recorded = head[len(_SEAL_MAGIC) : len(_SEAL_MAGIC) + 64].decode("ascii", "replace")
+    if _body_sha256(path) != recorded or len(head) < SEAL_BYTES + len(_HDF5_SIGNATURE):
+        raise FileFormatError(
+            f"{path} is damaged: its bytes do not match the checksum ddkit sealed it with (truncated, corrupt or edited HDF5)",
+            "re-download or re-create the file; a partial download is the usual cause",
+        )
 
 
 def open_h5(path: str | os.PathLike) -> h5py.File:
@@ -86,8 +142,11 @@ def check_identity(h5: h5py.File, path: str | os.PathLike, formats: tuple[str, .
     return fmt
 
 
-def open_store(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[h5py.File, str]:
-    """Open a ddkit file of one of `formats` read-only; the caller closes the returned file."""
+def open_store(path: str | os.PathLike, formats: tuple[str, ...], verify: bool | str = "auto") -> tuple[h5py.File, str]:
+    """Check the seal (fully when `verify` says so), then open a ddkit file of one of `formats`
+    read-only; the caller closes the returned file."""
+    wanted = " or ".join(KIND_NAMES[f] for f in formats)
+    check_seal(path, full=should_verify(path, verify) if Path(path).is_file() else True, wanted=wanted)
     h5 = open_h5(path)
     try:
         with reading(path):
@@ -98,10 +157,17 @@ def open_store(path: str | os.PathLike, formats: tuple[str, ...]) -> tuple[h5py.
 
 
 def verify_content(h5: h5py.File, path: str | os.PathLike) -> str:
-    """Recompute the content hash and refuse a file whose data does not match its recorded hash."""
+    """Recompute the content and header hashes; refuse a file whose data or header does not match."""
     with reading(path):
         recorded = attr_text(h5.attrs["content_sha256"])
         actual = content_sha256(h5)
+        recorded_header = attr_text(h5.attrs["header_sha256"])
+        actual_header = header_sha256(h5)
+    if recorded_header != actual_header:
+        raise FileFormatError(
+            f"{path}: header hash mismatch: the file's attributes were modified or corrupted",
+            "re-download or re-create the file",
+        )
     if actual != recorded:
         raise FileFormatError(
             f"{path}: content hash mismatch: the file was modified or corrupted "
@@ -165,7 +231,7 @@ def write_store(
     computed from the file as written, with the same function the reader uses. Returns the hash.
     """
     with atomic_output(path, overwrite) as tmp:
-        with h5py.File(tmp, "w") as h5:
+        with h5py.File(tmp, "w", userblock_size=SEAL_BYTES) as h5:
             for name, array in arrays.items():
                 create_dataset(h5, name, array, (chunks or {}).get(name))
             for name, attrs in (group_attrs or {}).items():
@@ -173,4 +239,6 @@ def write_store(
             write_attrs(h5, {"format": fmt, "schema": SCHEMA, **header_attrs})
             digest = content_sha256(h5)
             h5.attrs["content_sha256"] = digest
+            h5.attrs["header_sha256"] = header_sha256(h5)
+        seal(tmp)
     return digest

@@ -2,7 +2,9 @@
 
 `content_sha256` covers every dataset's path, dtype, shape and bytes in sorted path order, and
 nothing under `/results`: adding an evaluation card to a file does not change the identity of the
-data it evaluates. Attributes are not covered (DESIGN §4 hashes "every dataset's bytes").
+data it evaluates. Attributes are not covered (DESIGN §4 hashes "every dataset's bytes"); they
+have their own `header_sha256` (every attribute outside `/results` but the two hashes), so an edited
+or corrupted header (say, the normalization) is refused instead of silently trusted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import h5py
 import numpy as np
 
 EXCLUDED_GROUPS = ("results",)
+HASH_ATTRS = ("content_sha256", "header_sha256")
 _DOMAIN = b"ddkit.content.v1\0"
 _BLOCK_BYTES = 16 << 20  # read big datasets in blocks of about this size
 
@@ -49,4 +52,29 @@ def content_sha256(h5: h5py.Group) -> str:
         h.update(f"{path}\0{dataset.dtype.str}\0{tuple(dataset.shape)}\0".encode())
         for block in iter_blocks(dataset):
             h.update(np.ascontiguousarray(block).tobytes())
+    return h.hexdigest()
+
+
+def _attr_bytes(value) -> bytes:
+    if isinstance(value, bytes):
+        return b"b\0" + value
+    if isinstance(value, str):
+        return b"s\0" + value.encode("utf-8", "surrogatepass")
+    array = np.asarray(value)
+    if array.dtype.kind in "OSUV":
+        return b"o\0" + repr(array.tolist()).encode("utf-8", "surrogatepass")
+    return f"{array.dtype.str}\0{array.shape}\0".encode() + np.ascontiguousarray(array).tobytes()
+
+
+def header_sha256(h5: h5py.Group) -> str:
+    """Hex sha256 of every attribute (root and groups, sorted) outside `/results`, except the hashes."""
+    h = hashlib.sha256(b"ddkit.header.v1\0")
+    objects = [("", h5)]
+    h5.visititems(lambda name, obj: objects.append((name, obj)) if name.split("/")[0] not in EXCLUDED_GROUPS else None)
+    for name, obj in sorted(objects, key=lambda item: item[0]):
+        for key in sorted(obj.attrs):
+            if name == "" and key in HASH_ATTRS:
+                continue
+            h.update(f"{name}\0{key}\0".encode())
+            h.update(_attr_bytes(obj.attrs[key]))
     return h.hexdigest()

@@ -52,7 +52,7 @@ class DistilledDataset(torch.utils.data.Dataset):
         self.path = Path(path)
         self.transform = transform
         self.target_transform = target_transform
-        h5, _ = open_store(self.path, (DISTILLED_FORMAT,))
+        h5, _ = open_store(self.path, (DISTILLED_FORMAT,), verify)
         with h5:
             with reading(self.path):
                 self._load_metadata(h5)

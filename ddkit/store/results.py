@@ -14,7 +14,7 @@ import h5py
 
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output
-from ddkit.store.h5io import open_store, reading
+from ddkit.store.h5io import open_store, reading, seal
 from ddkit.store.schema import DISTILLED_FORMAT, SELECTION_FORMAT, attr_text, dump_json, load_json
 
 STORE_FORMATS = (DISTILLED_FORMAT, SELECTION_FORMAT)
@@ -55,6 +55,7 @@ def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
             if name in results:
                 del results[name]
             results.create_group(name).attrs["card"] = text
+        seal(tmp)
 
 
 def _arm(card: dict, key: str) -> tuple:

@@ -116,7 +116,7 @@ def write_selection(path: str | os.PathLike, sel: Selection, overwrite: bool = F
 
 def read_selection(path: str | os.PathLike, verify: bool | str = "auto") -> Selection:
     """Read a `.sel.h5` file, refusing damaged, foreign or too-new files (see DistilledDataset)."""
-    h5, _ = open_store(path, (SELECTION_FORMAT,))
+    h5, _ = open_store(path, (SELECTION_FORMAT,), verify)
     with h5:
         if should_verify(path, verify):
             verify_content(h5, path)

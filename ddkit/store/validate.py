@@ -70,7 +70,7 @@ def validate_file(
     kind: list[str] = []
 
     def identify() -> None:
-        h5, fmt = open_store(path, STORE_FORMATS)
+        h5, fmt = open_store(path, STORE_FORMATS, verify=True)  # validate always checks every byte
         h5.close()
         kind.append(fmt)
 
