@@ -1,0 +1,100 @@
+"""INFER choices studied on the validation split only (never the test split).
+
+The source is Fashion-MNIST's training split minus the deterministic 10% val split
+(`ddkit.data.train_val_split`, seed 0 — the teachers were trained on the same part); students are
+trained under a registered protocol by the evaluator's own trainer and scored on the val split.
+Each variant is compared with random real images of the same budget drawn from the same part,
+labeled the same way by the same teachers. Results go to `runs/infer/val_study.json`, which
+`scripts/bench_infer.py` renders into BENCHMARKS.md.
+
+    flock /tmp/ddkit-cpu.lock python scripts/infer_val_study.py --variant base --variant clamp_in_loop=true ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ddkit.config import build_config
+from ddkit.data import load_dataset
+from ddkit.data.base import class_balanced_indices, train_val_split
+from ddkit.evaluate import get_protocol
+from ddkit.evaluate.card import mean_std
+from ddkit.evaluate.trainer import StudentData, train_students
+from ddkit.models import parse_model_options
+from ddkit.models.teacher import load_teacher
+from ddkit.synth.infer import Infer, InferConfig, static_labels
+from ddkit.store.reader import to_unit_float
+
+TEACHERS = ["convnet-bn", "resnet8", "mobilenet"]
+
+
+def student_accuracy(protocol, images, labels, payload, seeds, info, val, teachers):
+    scheme = "logits" if payload is not None else None
+    data = [StudentData(images, labels, payload, scheme) for _ in seeds]
+    students = train_students(protocol, data, seeds, info, torch.device("cpu"), [t.model for t in teachers])
+    return students.accuracies(val.normalized(), val.labels)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--teachers-dir", default="runs/teachers")
+    parser.add_argument("--teachers", type=int, default=3)
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--protocol", default="stored-cpu")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variant", action="append", default=[], help="'base' or KEY=VALUE[,KEY=VALUE] infer options")
+    parser.add_argument("--out", default="runs/infer/val_study.json")
+    args = parser.parse_args()
+    seeds = list(range(args.seeds))
+    teachers = [load_teacher(Path(args.teachers_dir) / f"{args.dataset}-{t}.safetensors") for t in TEACHERS[: args.teachers]]
+    train, val = train_val_split(load_dataset(args.dataset, "train"), 0.1, seed=0)
+    info = train.info
+    protocol = get_protocol(args.protocol)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {}
+
+    def record(key, entry):
+        results[key] = entry
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1))
+        print(key, json.dumps(entry), flush=True)
+
+    base_key = f"random-real ipc{args.ipc} M{len(teachers)} {args.protocol}"
+    if base_key not in results:
+        accs = []
+        for s in seeds:  # one random subset per seed, as the evaluator's baseline does
+            part = train.subset(class_balanced_indices(train, args.ipc, s, salt="evaluation-baseline"))
+            images = part.normalized()
+            payload = static_labels(teachers, part.pixels(), info.normalization, "cpu") if protocol.label_source == "stored" else None
+            accs += student_accuracy(protocol, images, part.labels, payload, [s], info, val, teachers)
+        record(base_key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1]})
+
+    for variant in args.variant or ["base"]:
+        overrides = {} if variant == "base" else parse_model_options(variant.split(","))
+        key = f"infer ipc{args.ipc} M{len(teachers)} {args.protocol} {variant}"
+        if key in results:
+            continue
+        cfg = build_config(InferConfig, overrides, owner="infer")
+        start = time.perf_counter()
+        dset = Infer().synthesize(train, teachers, args.ipc, cfg, 0, torch.device("cpu"))
+        wall = time.perf_counter() - start
+        base = to_unit_float(dset.stored_images())
+        pixels = Infer.instance_pixels(base, dset.composite)
+        payload = torch.from_numpy(dset.soft["logits"].values).float() if protocol.label_source == "stored" else None
+        accs = student_accuracy(protocol, info.normalization.apply(pixels), dset.instance_labels(), payload, seeds, info,
+                                val, teachers)
+        loss = dset.composite.extra["final_loss"]
+        record(key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1],
+                     "synthesis_seconds": wall, "final_ce_mean": float(loss[:, 0].mean()),
+                     "final_bn_mean": float(loss[:, 1].mean()), "overrides": overrides})
+
+
+if __name__ == "__main__":
+    sys.exit(main())
