@@ -1,0 +1,275 @@
+"""NRR-DD on Fashion-MNIST (issue 5): the val-split choices, then the test-split benchmark.
+
+    # 1. choose the "(choose)" values on the deterministic val split (never the test split)
+    flock /tmp/ddkit-cpu.lock python scripts/bench_nrr_dd.py --teacher runs/teachers/fashion-mnist-convnet-bn.safetensors --tune
+    # 2. benchmark: NRR-DD (teacher mode, DBR mode), CIDD-only, RDED-style, random real; hard labels on each
+    flock /tmp/ddkit-cpu.lock python scripts/bench_nrr_dd.py --teacher runs/teachers/fashion-mnist-convnet-bn.safetensors --ipcs 10,1,50
+
+Results are saved after every measurement in runs/bench_nrr_dd/results.json (a killed run keeps what
+it measured and skips it when started again) and the `nrr-dd` section of BENCHMARKS.md is rewritten
+from that file each time, so a partial run shows exactly what was measured and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT, machine, pct, today, write_section  # noqa: E402
+
+OUT = ROOT / "runs" / "bench_nrr_dd"
+RESULTS = OUT / "results.json"
+
+# name → (synthesizer options, protocols it is evaluated under)
+VARIANTS = {
+    "nrr-dd": ({}, ["teacher-cpu", "hard-cpu"]),
+    "nrr-dd-dbr": ({"transfer": "dbr"}, ["dbr-cpu"]),
+    "cidd-only": ({"refine": "false"}, ["teacher-cpu", "hard-cpu"]),
+    "rded-style": ({"refine": "false", "select": "highest-confidence", "per_image": "confidence"}, ["teacher-cpu", "hard-cpu"]),
+}
+LABELS = {"nrr-dd": "NRR-DD (teacher mode)", "nrr-dd-dbr": "NRR-DD (DBR mode)", "cidd-only": "CIDD-only (no refinement)",
+          "rded-style": "RDED-style (highest confidence, no refinement)"}
+
+
+def load() -> dict:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {"tune": {}, "synth": {}, "eval": {}}
+
+
+def save(results: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True))
+    tmp.replace(RESULTS)
+
+
+# -- 1. choices on the val split ---------------------------------------------------------------------
+
+TUNE_GRID = {
+    "defaults": {},
+    "epsilon=0.3": {"epsilon": 0.3},
+    "epsilon=0.5": {"epsilon": 0.5},
+    "alpha_bn=1": {"alpha_bn": 1.0},
+    "reject_misclassified=false": {"reject_misclassified": False},
+    "refine=false (CIDD-only)": {"refine": False},
+    "RDED-style": {"refine": False, "select": "highest-confidence", "per_image": "confidence"},
+}
+
+
+def tune(args, results: dict) -> None:
+    """Synthesize from train[train], train students, measure accuracy on train[val]."""
+    import torch
+
+    from ddkit.data import load_dataset, train_val_split
+    from ddkit.data.base import class_balanced_indices
+    from ddkit.dbr import DBRTargets, ViewSchedule, get_recipe
+    from ddkit.evaluate import get_protocol
+    from ddkit.evaluate.trainer import StudentData, train_students
+    from ddkit.models.teacher import load_teacher
+    from ddkit.seeding import derive_seed
+    from ddkit.synth.nrr_dd import NRRDD, NRRDDConfig
+
+    device = torch.device("cpu")
+    teacher = load_teacher(args.teacher, device)
+    full = load_dataset(args.dataset, "train")
+    train, val = train_val_split(full, 0.1, seed=0)  # the teacher's own split: it never saw val
+    norm = train.info.normalization
+    val_x, val_y = val.normalized(), val.labels
+    seeds = list(range(args.tune_seeds))
+    ipc = args.tune_ipc
+
+    def score(key: str, images, labels, protocol, payload_for=None):
+        if key in results["tune"]:
+            return
+        x = norm.apply(images)
+        data = [StudentData(x, labels, payload_for(s) if payload_for else None, "dbr" if payload_for else None) for s in seeds]
+        start = time.perf_counter()
+        students = train_students(protocol, data, seeds, train.info, device, [teacher.model], desc=key)
+        accs = students.accuracies(val_x, val_y)
+        results["tune"][key] = {"val_accuracies": accs, "protocol": protocol.id, "ipc": ipc,
+                                "train_seconds": time.perf_counter() - start}
+        save(results)
+        print(f"{key}: val {accs}", flush=True)
+
+    teacher_cpu = get_protocol("teacher-cpu")
+    rand = train.subset(class_balanced_indices(train, ipc, 0, salt="evaluation-baseline"))
+    score("random real", rand.pixels(), rand.labels, teacher_cpu)
+    synthesized = {}
+    for name, changes in TUNE_GRID.items():
+        cfg = dataclasses.replace(NRRDDConfig(), **changes)
+        start = time.perf_counter()
+        dset = NRRDD().synthesize(train, [teacher], ipc, cfg, 0, device)
+        synthesized[name] = dset
+        results["tune"].setdefault(f"synth:{name}", {"seconds": time.perf_counter() - start})
+        score(name, dset.images, dset.labels, teacher_cpu)
+
+    # α_dbr of the dbr-cpu protocol, on the default NRR-DD images (DBR distances as a file stores them)
+    dset = synthesized["defaults"]
+    recipe = get_recipe("dbr-cpu@1")
+    for alpha in args.tune_alphas:
+        protocol = get_protocol("dbr-cpu").with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
+        score(f"DBR alpha_dbr={alpha:g}", dset.images, dset.labels, protocol,
+              lambda s: DBRTargets(ViewSchedule(recipe, derive_seed(s, "tune-dbr"), len(dset.labels)), None, (teacher.model,)))
+
+
+# -- 2. the benchmark ----------------------------------------------------------------------------------
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Run a command under /usr/bin/time -v; (wall seconds, peak RSS in MiB)."""
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout + proc.stderr)
+        raise SystemExit(f"command failed: {shlex.join(cmd)}")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return wall, (int(rss.group(1)) / 1024 if rss else float("nan"))
+
+
+def synth_cmd(args, ipc: int, variant: str) -> tuple[list[str], Path]:
+    path = OUT / f"{args.dataset}-ipc{ipc}-{variant}.ddk.h5"
+    cmd = ["ddkit", "synthesize", "--method", "nrr-dd", "--dataset", args.dataset, "--teacher", args.teacher,
+           "--ipc", str(ipc), "--seed", "0", "--device", "cpu", "--out", str(path), "--overwrite"]
+    for k, v in VARIANTS[variant][0].items():
+        cmd += ["--config", f"{k}={v}"]
+    return cmd, path
+
+
+def bench(args, results: dict) -> None:
+    from ddkit.evaluate import evaluate
+    from ddkit.store import info_dict
+
+    for ipc in args.ipcs:
+        for variant, (_, protocols) in VARIANTS.items():
+            cmd, path = synth_cmd(args, ipc, variant)
+            key = f"{ipc}/{variant}"
+            if key not in results["synth"] or not path.exists():
+                wall, rss = timed(cmd)
+                info = info_dict(path)
+                results["synth"][key] = {"wall_seconds": wall, "peak_rss_mib": rss, "command": shlex.join(cmd),
+                                         "budget": info["budget"], "dbr": info.get("dbr")}
+                save(results)
+                render(args, results)
+                print(f"synthesized {key} in {wall:.0f}s, peak {rss:.0f} MiB", flush=True)
+            for protocol in protocols:
+                ekey = f"{ipc}/{variant}/{protocol}"
+                if ekey in results["eval"]:
+                    continue
+                teachers = [] if protocol.startswith("hard") else [args.teacher]
+                card = evaluate(str(path), protocol, seeds=list(range(args.seeds)), teachers=teachers)
+                ecmd = ["ddkit", "evaluate", str(path), "--protocol", protocol, "--seeds", str(args.seeds)]
+                ecmd += sum((["--teacher", t] for t in teachers), [])
+                results["eval"][ekey] = {"card": card.to_dict(), "command": shlex.join(ecmd)}
+                save(results)
+                render(args, results)
+                print(f"{ekey}: {card.result.accuracies} vs random {card.random_baseline.accuracies}", flush=True)
+
+
+# -- the BENCHMARKS.md section ------------------------------------------------------------------------
+
+
+def render(args, results: dict) -> None:
+    from ddkit.evaluate.card import mean_std
+
+    lines = [
+        f"## NRR-DD on {args.dataset} (issue 5)",
+        "",
+        f"Teacher `{args.teacher}`. Machine: {machine()}. Date: {today()}. Script: `scripts/bench_nrr_dd.py` "
+        "(`--tune` for the val-split choices, then `--ipcs 10,1,50`), run under `flock /tmp/ddkit-cpu.lock`.",
+        "",
+    ]
+    tune_rows = [(k, v) for k, v in results["tune"].items() if not k.startswith("synth:")]
+    if tune_rows:
+        lines += [
+            "### Choices on the val split",
+            "",
+            "Synthesized from the teacher's training part of the train split (train_val_split, 10%, seed 0), "
+            f"students trained under the protocol named, accuracy on the held-out val part (the teacher never saw it), "
+            "mean ± std over the seeds listed. Only these numbers were used to pick the defaults.",
+            "",
+            "| setting | IPC | protocol | val acc (%) | per seed |",
+            "|---|---|---|---|---|",
+        ]
+        for k, v in tune_rows:
+            m, s = mean_std(v["val_accuracies"])
+            lines.append(f"| {k} | {v['ipc']} | {v['protocol']} | {pct(m, s)} | {' '.join(pct(a) for a in v['val_accuracies'])} |")
+        lines.append("")
+    if results["eval"]:
+        lines += [
+            "### Test accuracy",
+            "",
+            f"Final-step test accuracy, mean ± sample std over {args.seeds} student seeds (one synthesized file, seed 0; "
+            "for random real every seed is another subset), beside random real at the same budget under the same "
+            "protocol (computed by the evaluator; under `dbr-cpu` the random subset gets its own DBR distances on its "
+            "own views). Gain = mean − random mean, in points.",
+            "",
+            "| IPC | train set | protocol | test acc (%) | random real (%) | gain | full data (%) | command |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for ekey, v in sorted(results["eval"].items(), key=lambda kv: (int(kv[0].split("/")[0]), kv[0])):
+            ipc, variant, protocol = ekey.split("/")
+            c = v["card"]
+            r, b, f = c["result"], c["random_baseline"], c.get("full_data")
+            full = pct(f["mean"], f["std"]) if f else "—"
+            lines.append(f"| {ipc} | {LABELS[variant]} | {c['protocol']['id']} | {pct(r['mean'], r['std'])} | "
+                         f"{pct(b['mean'], b['std'])} | {100 * c['gain_over_random']:+.2f} | {full} | `{v['command']}` |")
+        lines.append("")
+    if results["synth"]:
+        lines += [
+            "### Synthesis cost and storage",
+            "",
+            "Wall time and peak resident memory of the whole `ddkit synthesize` process on the CPU (2 cores, shared), "
+            "bytes as stored. DBR: two fp16 distances per view for every view `dbr-cpu` replays, against what fp16 "
+            "soft labels (one 10-class vector per view) for the same views would take.",
+            "",
+            "| IPC | variant | wall (s) | peak RSS (MiB) | images | labels + payload | DBR views | DBR bytes | full soft labels, same views | command |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        from ddkit.store.describe import human_bytes
+
+        for key, v in sorted(results["synth"].items(), key=lambda kv: (int(kv[0].split("/")[0]), kv[0])):
+            ipc, variant = key.split("/")
+            b, d = v["budget"], v.get("dbr")
+            dbr = (str(d["views"]), human_bytes(d["bytes"]), human_bytes(d["full_soft_label_bytes"])) if d else ("—", "—", "—")
+            lines.append(f"| {ipc} | {variant} | {v['wall_seconds']:.0f} | {v['peak_rss_mib']:.0f} | {human_bytes(b['bytes_images'])} | "
+                         f"{human_bytes(b['bytes_labels'])} | {dbr[0]} | {dbr[1]} | {dbr[2]} | `{v['command']}` |")
+        lines.append("")
+    if not (tune_rows or results["eval"] or results["synth"]):
+        lines.append("Not measured yet.")
+    lines += ["", *results.get("notes", [])]
+    write_section("nrr-dd", "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--tune", action="store_true", help="run the val-split study instead of the benchmark")
+    parser.add_argument("--tune-ipc", type=int, default=10)
+    parser.add_argument("--tune-seeds", type=int, default=2)
+    parser.add_argument("--tune-alphas", type=lambda s: [float(v) for v in s.split(",")], default=[0.5, 1.0, 2.0])
+    parser.add_argument("--ipcs", type=lambda s: [int(v) for v in s.split(",")], default=[10, 1, 50])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph appended to the section")
+    args = parser.parse_args()
+    results = load()
+    if args.notes:
+        results["notes"] = args.notes
+        save(results)
+    if args.tune:
+        tune(args, results)
+    else:
+        bench(args, results)
+    render(args, results)
+
+
+if __name__ == "__main__":
+    main()
