@@ -124,14 +124,43 @@ def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, 
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
-def select(method, pool, teachers, budget, config_pairs, seed, device, out, overwrite):
-    """Select BUDGET samples from a pool into a .sel.h5 file."""
+@click.option("--labeled", default=None, type=click.Path(dir_okay=False), help="already-labeled samples (.sel.h5 of this pool); the output keeps them and adds BUDGET new ones")
+@click.option("--teacher-logits", default=None, type=click.Path(dir_okay=False), help="precomputed teacher logits for the pool (.npy N×C in pool order, or .h5 with logits + ids)")
+def select(method, pool, teachers, budget, config_pairs, seed, device, out, overwrite, labeled, teacher_logits):
+    """Select BUDGET samples from a pool into a .sel.h5 file (with --labeled: one active-learning round)."""
     from ddkit.models import parse_model_options
     from ddkit.selectors import run_selector
 
     digest = run_selector(method, pool, list(teachers), budget, parse_model_options(config_pairs), seed, out,
-                          overwrite=overwrite, device=device)
+                          overwrite=overwrite, device=device, labeled=labeled, teacher_logits=teacher_logits)
     click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
+
+
+@cli.command("active-learn")
+@click.option("--pool", default=DEFAULT_DATASET, show_default=True, help="dataset whose train split is the pool (labels act as the oracle)")
+@click.option("--pool-size", default=0, show_default=True, help="use a seeded random subset of this many pool samples (0: all)")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="teacher file")
+@click.option("--teacher-logits", default=None, type=click.Path(dir_okay=False), help="precomputed teacher logits for the pool")
+@click.option("--methods", default="pcoreset,random,entropy,coreset-features,pcoreset-teacher,class-balanced", show_default=True,
+              help="comma-separated acquisition rules to compare")
+@click.option("--rounds", default=10, show_default=True, help="acquisition rounds")
+@click.option("--queries", default=0, show_default=True, help="samples queried per round (0: the number of classes)")
+@click.option("--seeds", default=3, show_default=True, help="number of seeds (0..N-1)")
+@click.option("--distill", default="both", show_default=True, type=click.Choice(["both", "on", "off"]), help="ActiveKD distillation terms")
+@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="ActiveKD student option, e.g. steps_per_label=1")
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
+@click.option("--overwrite", is_flag=True)
+def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, queries, seeds, distill, config_pairs, device, out,
+                     overwrite):
+    """Run the active-learning loop (oracle = the pool's labels) for each method, with and without KD."""
+    from ddkit.models import parse_model_options
+    from ddkit.selectors.active import run_active_learning
+
+    result = run_active_learning(pool, out, [m.strip() for m in methods.split(",") if m.strip()], teacher, teacher_logits,
+                                 rounds, queries or None, seeds, distill, pool_size or None, parse_model_options(config_pairs),
+                                 device, overwrite, log=click.echo)
+    click.echo(f"wrote {result.files['table']}, {result.files['plot']}, {len(result.files.get('selections', []))} selection files")
 
 
 @cli.command()

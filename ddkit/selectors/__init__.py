@@ -8,25 +8,37 @@ from ddkit.config import build_config
 from ddkit.data import load_dataset
 from ddkit.fileio import check_output
 from ddkit.models.teacher import load_teacher
-from ddkit.selectors.base import SELECTORS, Selector, register_selector
+from ddkit.errors import InvalidInput
+from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, register_selector
 from ddkit.selectors import baselines as _baselines  # noqa: F401  (registers)
-from ddkit.store import write_selection
+from ddkit.selectors import pcoreset as _pcoreset  # noqa: F401  (registers)
+from ddkit.store import read_selection, write_selection
 from ddkit.training import pick_device
 
 
 def run_selector(method: str, pool: str, teacher_paths: list[str], budget: int, config_overrides: dict | None = None,
-                 seed: int = 0, out: str | Path | None = None, overwrite: bool = False, device: str | None = None) -> str:
-    """Load the pool (a dataset's train split) and teachers, select, write atomically; returns the content hash."""
+                 seed: int = 0, out: str | Path | None = None, overwrite: bool = False, device: str | None = None,
+                 labeled: str | Path | None = None, teacher_logits: str | Path | None = None) -> str:
+    """Load the pool (a dataset's train split) and teachers, select, write atomically; returns the content hash.
+
+    `labeled` (a `.sel.h5` of the same pool) and `teacher_logits` (precomputed pool logits) go to
+    selectors that take them (active-learning selectors); others refuse them with a clear error.
+    """
     selector: Selector = SELECTORS.create(method)
     config = build_config(selector.Config, config_overrides, owner=f"selector {method}")
     check_output(out, overwrite)
+    inputs = SelectionInputs(read_selection(labeled) if labeled else None, str(teacher_logits) if teacher_logits else None)
+    if inputs.given() and not selector.uses_inputs:
+        raise InvalidInput(f"selector {method} does not take {' or '.join(inputs.given())}",
+                           "use an active-learning selector (pcoreset, entropy, ...) or drop the option")
     dev = pick_device(device)
     data = load_dataset(pool, "train")
     teachers = [load_teacher(p, dev) for p in teacher_paths]
     for t in teachers:
         t.check_fits(data.info)
-    selection = selector.select(data, teachers, budget, config, seed, dev)
+    kwargs = {"inputs": inputs} if selector.uses_inputs else {}
+    selection = selector.select(data, teachers, budget, config, seed, dev, **kwargs)
     return write_selection(out, selection, overwrite=overwrite)
 
 
-__all__ = ["SELECTORS", "Selector", "register_selector", "run_selector"]
+__all__ = ["SELECTORS", "SelectionInputs", "Selector", "register_selector", "run_selector"]

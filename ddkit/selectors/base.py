@@ -21,13 +21,33 @@ from ddkit.store import Selection
 SELECTORS = Registry("selector")
 
 
+@dataclasses.dataclass
+class SelectionInputs:
+    """Optional inputs beyond the pool and teachers, for selectors that declare `uses_inputs`.
+
+    `labeled`: the already-labeled samples (a Selection of the same pool; active learning's L, the
+    initial centers of k-center rules). `teacher_logits`: path of precomputed teacher logits for the
+    pool (`.npy` N×C in pool order, or `.h5` with `logits` and `ids`), e.g. from a VLM run elsewhere.
+    """
+
+    labeled: Selection | None = None
+    teacher_logits: str | None = None
+
+    def given(self) -> list[str]:
+        return [name for name, flag in (("--labeled", self.labeled is not None), ("--teacher-logits", self.teacher_logits)) if flag]
+
+
 class Selector:
-    """Base class of every registered selector."""
+    """Base class of every registered selector.
+
+    Selectors with `uses_inputs = True` take a keyword `inputs: SelectionInputs | None` in `select`.
+    """
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
     Config: ClassVar[type]
     min_teachers: ClassVar[int] = 0
+    uses_inputs: ClassVar[bool] = False
 
     def check_budget(self, pool: ImageDataset, budget: int) -> None:
         if budget < 1 or budget > len(pool):

@@ -7,7 +7,8 @@ import numpy as np
 from ddkit.data.base import class_balanced_indices
 from ddkit.errors import InvalidInput
 from ddkit.seeding import numpy_rng
-from ddkit.selectors.base import RandomConfig, Selector, register_selector
+from ddkit.selectors.active import ActiveSelector
+from ddkit.selectors.base import RandomConfig, SelectionInputs, Selector, register_selector
 from ddkit.store import Selection, pool_record
 
 
@@ -18,8 +19,11 @@ class RandomSelector(Selector):
     name = "random"
     version = "1"
     Config = RandomConfig
+    uses_inputs = True  # --labeled: one active-learning round, uniform over the unlabeled samples
 
-    def select(self, pool, teachers, budget, config: RandomConfig, seed, device):
+    def select(self, pool, teachers, budget, config: RandomConfig, seed, device, inputs: SelectionInputs | None = None):
+        if inputs is not None and inputs.given():
+            return _RandomRound().select(pool, teachers, budget, _RandomRound.Config(distill=False), seed, device, inputs)
         self.check_budget(pool, budget)
         if config.balanced:
             if budget % pool.num_classes:
@@ -31,3 +35,34 @@ class RandomSelector(Selector):
         return Selection(method=self.name, method_version=self.version, config=config, seed=seed,
                          pool=pool_record(pool), ids=pool.ids[positions].numpy(),
                          teachers=[t.header.summary() for t in teachers])
+
+
+class _RandomRound(ActiveSelector):
+    """`random --labeled L`: uniform over the pool's unlabeled samples (no student, no teacher)."""
+
+    name = "random"
+    rule = "random"
+
+
+@register_selector
+class EntropySelector(ActiveSelector):
+    """Highest entropy of the ActiveKD student's combined p(x) (one AL round)."""
+
+    name = "entropy"
+    rule = "entropy"
+
+
+@register_selector
+class CoresetFeaturesSelector(ActiveSelector):
+    """k-center on the ActiveKD student's L2-normalized features (one AL round)."""
+
+    name = "coreset-features"
+    rule = "coreset-features"
+
+
+@register_selector
+class ClassBalancedSelector(ActiveSelector):
+    """Fill the rarest labeled class by the student's predicted class, randomly (one AL round)."""
+
+    name = "class-balanced"
+    rule = "class-balanced"
