@@ -78,7 +78,7 @@ def test_teacher_without_batchnorm_refused_where_needed(tmp_path):
         load_teacher(path).require_batchnorm()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "no-header", "tensor-bytes", "newer-schema"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "no-header", "tensor-bytes", "newer-schema", "edited-header"])
 def test_damaged_teacher_files_refused(tmp_path, trained, damage):
     src, _ = trained
     path = tmp_path / "bad.safetensors"
@@ -93,11 +93,16 @@ def test_damaged_teacher_files_refused(tmp_path, trained, damage):
         blob = bytearray(data)
         blob[-5] ^= 0xFF
         path.write_bytes(bytes(blob))
+    elif damage == "edited-header":
+        assert b"procedural" in data
+        path.write_bytes(data.replace(b"procedural", b"procedurax", 1))
     else:
         state = load_teacher(src).model.state_dict()
         header = json.loads(__import__("safetensors").safe_open(str(src), "pt").metadata()["ddkit"])
         header["schema"] = 99
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"ddkit": json.dumps(header)})
+        text = json.dumps(header)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+                  metadata={"ddkit": text, "ddkit_sha256": __import__("hashlib").sha256(text.encode()).hexdigest()})
     with pytest.raises(FileFormatError) as err:
         load_teacher(path)
     assert str(path) in str(err.value)

@@ -128,8 +128,9 @@ def save_teacher(path: str | Path, model: ImageClassifier, info: DatasetInfo, ov
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **fields,
     )
+    text = json.dumps(asdict(header))
     with atomic_output(path, overwrite) as tmp:
-        save_file(state, str(tmp), metadata={"ddkit": json.dumps(asdict(header))})
+        save_file(state, str(tmp), metadata={"ddkit": text, "ddkit_sha256": hashlib.sha256(text.encode()).hexdigest()})
     return header
 
 
@@ -159,6 +160,9 @@ def _open(path: str | Path, load_tensors: bool = False):
         )
     if len(raw) > _MAX_HEADER_BYTES:
         raise FileFormatError(f"{path}: teacher header is larger than 1 MiB", "the file is not a ddkit teacher")
+    if hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest() != meta.get("ddkit_sha256"):
+        raise FileFormatError(f"{path}: teacher header hash mismatch — the header was modified or corrupted",
+                              "re-download or retrain the teacher")
     try:
         data = json.loads(raw)
         if data.get("format") != TEACHER_FORMAT:
