@@ -17,6 +17,22 @@ from ddkit.data import DEFAULT_DATASET
 from ddkit.errors import DdkitError
 
 
+_ARGV: list[str] = []
+
+
+def _argv_without(option: str) -> list[str]:
+    """This invocation's arguments without `option` and its value (to relaunch under torchrun)."""
+    out, skip = [], False
+    for arg in _ARGV:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
 def _print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
@@ -174,14 +190,22 @@ def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, 
 @click.option("--steps", default=None, type=int, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
 @click.option("--sequential", is_flag=True, help="train seeds one at a time instead of as one batched model")
 @click.option("--no-write", is_flag=True, help="do not write the result card into the file")
+@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): the seeds are shared out, one student per rank")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, sequential, no_write, as_json):
+def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, sequential, no_write, nproc, as_json):
     """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
+    from ddkit import distributed
     from ddkit.evaluate import evaluate as run_evaluation
+
+    if nproc > 1 and distributed.world().size == 1:
+        distributed.launch(nproc, _argv_without("--nproc"))
+        return
 
     card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=list(teachers), device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
                           batched=False if sequential else None, write_card=not no_write)
+    if distributed.world().rank != 0:
+        return
     if as_json:
         _print_json(card.to_dict())
     else:
@@ -250,6 +274,7 @@ def quickstart(workdir, dataset, ipc, epochs, steps, seed):
 
 
 def main(argv=None) -> None:
+    _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=argv, prog_name="ddkit", standalone_mode=False)
         if isinstance(code, int) and code:

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ddkit import distributed
 from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.cache import load_reference, reference_key, store_reference
@@ -32,6 +33,21 @@ def _check_teachers(protocol: Protocol, source: TrainSource, teachers: list[Teac
                 "the teachers given are not the ones that made this file's stored labels",
                 "pass exactly the file's teachers (`ddkit info` lists their sha256), so the random baseline gets the same labels",
             )
+
+
+def _gather(accs: dict[str, dict[int, float]], names: list[str], seeds: list[int], w) -> dict[str, dict[int, float]]:
+    """Every rank's accuracies, on every rank: a (arm × seed) table summed over ranks, NaN = none."""
+    if w.size == 1:
+        return accs
+    table = torch.zeros(len(names), len(seeds), dtype=torch.float64)
+    owned = torch.zeros_like(table)
+    for i, name in enumerate(names):
+        for j, s in enumerate(seeds):
+            if s in accs.get(name, {}):
+                table[i, j], owned[i, j] = accs[name][s], 1.0
+    distributed.all_reduce_sum(table)
+    distributed.all_reduce_sum(owned)
+    return {name: {s: float(table[i, j]) for j, s in enumerate(seeds) if owned[i, j] > 0} for i, name in enumerate(names)}
 
 
 def _train(protocol, source: TrainSource, seeds, info, device, teachers, batched, desc) -> Students:
@@ -71,9 +87,16 @@ def evaluate(
     uses_teachers = proto.label_source != "hard"
     teacher_ids = sorted(t.header.tensors_sha256 for t in loaded) if uses_teachers else []
 
+    # Under torchrun each rank trains its share of the seeds (one seed per rank when there are as
+    # many ranks as seeds); a student is never split across ranks, so results do not depend on it.
+    w = distributed.init(dev)
+
     # Phase 1: train every student that has no cached accuracy. The test split is not touched.
-    trained: dict[str, tuple[Students, list[int]]] = {"result": (_train(proto, source, seeds, info, dev, loaded, batched, "students"), seeds)}
-    references: dict[str, tuple[TrainSource, str, dict[int, float]]] = {}
+    trained: dict[str, tuple[Students, list[int]]] = {}
+    if distributed.shard(seeds, w):
+        local = distributed.shard(seeds, w)
+        trained["result"] = (_train(proto, source, local, info, dev, loaded, batched, "students"), local)
+    references: dict[str, tuple[TrainSource, str, dict[int, float], dict]] = {}
     wanted = []
     if baseline and source.ipc is not None:
         wanted.append(("random_baseline", real_subset_source(source.dataset, source.ipc, proto, source.scheme, loaded)))
@@ -84,7 +107,7 @@ def evaluate(
                     "teachers": teacher_ids, "scheme": source.scheme}
         key = reference_key(**describe)
         cached = {s: a for s in seeds if (a := load_reference(key, s)) is not None}
-        missing = [s for s in seeds if s not in cached]
+        missing = distributed.shard([s for s in seeds if s not in cached], w)
         if missing:
             trained[name] = (_train(proto, ref, missing, info, dev, loaded, batched, name.replace("_", " ")), missing)
         references[name] = (ref, key, cached, describe)
@@ -93,11 +116,13 @@ def evaluate(
     test = load_dataset(source.dataset, "test")
     test_images, test_labels = test.normalized().to(dev), test.labels.to(dev)
     accs = {name: dict(zip(s, students.accuracies(test_images, test_labels))) for name, (students, s) in trained.items()}
+    accs = _gather(accs, ["result", *references], seeds, w)
 
     arms = {"result": Arm(source.label, [accs["result"][s] for s in seeds], source.ipc)}
     for name, (ref, key, cached, describe) in references.items():
         for s, a in accs.get(name, {}).items():
-            store_reference(key, s, a, describe)
+            if w.is_main and s not in cached:
+                store_reference(key, s, a, describe)
         merged = {**cached, **accs.get(name, {})}
         label = "random real" if name == "random_baseline" else "full data"
         arms[name] = Arm(label, [merged[s] for s in seeds], ref.ipc, cached_seeds=sorted(cached))
@@ -107,10 +132,10 @@ def evaluate(
         budget_bytes=source.budget_bytes, ipc=source.ipc, instances=source.instances, seeds=seeds,
         result=arms["result"], random_baseline=arms.get("random_baseline"), full_data=arms.get("full_data"),
         teachers=[t.header.summary() for t in loaded] if uses_teachers else [],
-        device=str(dev), world_size=1, batched=batched is not False and len(seeds) > 1,
+        device=str(dev), world_size=w.size, batched=any(st._stacked is not None for st, _ in trained.values()),
         wall_seconds=time.perf_counter() - start,
     )
-    if write_card and source.path:
+    if write_card and source.path and w.is_main:
         from ddkit.store import add_result
 
         add_result(source.path, proto.id if steps is None else proto.name, card.to_dict())
