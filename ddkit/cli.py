@@ -260,6 +260,18 @@ def show(path, out, per_class, what, overwrite):
 
 
 @cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .ddk.h5 file")
+@click.option("--overwrite", is_flag=True)
+def merge(files, out, overwrite):
+    """Merge distilled files of the same dataset, normalization, teachers and method (lineage recorded)."""
+    from ddkit.store import merge_files
+
+    digest = merge_files(list(files), out, overwrite=overwrite)
+    click.echo(f"wrote {out} from {len(files)} files (content_sha256 {digest[:16]}…)")
+
+
+@cli.command()
 @click.option("--workdir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False))
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
 @click.option("--ipc", default=10, show_default=True)

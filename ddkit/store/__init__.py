@@ -14,6 +14,7 @@ too-new files with a `FileFormatError`.
 from ddkit.store.composite import AdditiveComposite
 from ddkit.store.describe import describe, info_dict
 from ddkit.store.distilled import DistilledSet
+from ddkit.store.merge import merge_files
 from ddkit.store.payloads import PAYLOADS, DBRLabels, GenericPayload, LabelPayload, LogitsLabels, TopKLabels
 from ddkit.store.reader import DistilledDataset
 from ddkit.store.render import render_grid
@@ -34,6 +35,6 @@ __all__ = [
     "AdditiveComposite", "Budget", "DBRLabels", "DISTILLED_FORMAT", "DatasetRecord", "DistilledDataset",
     "DistilledHeader", "DistilledSet", "GenericPayload", "LabelPayload", "LogitsLabels", "PAYLOADS",
     "SCHEMA", "SELECTION_FORMAT", "Selection", "TopKLabels", "ValidationReport",
-    "add_result", "describe", "info_dict", "pool_record", "read_results", "read_selection", "render_grid",
+    "add_result", "describe", "merge_files", "info_dict", "pool_record", "read_results", "read_selection", "render_grid",
     "resolve_selection", "summarize_card", "validate_file", "write_distilled", "write_selection",
 ]

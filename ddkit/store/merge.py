@@ -1,0 +1,106 @@
+"""`merge`: combine distilled files made independently (e.g. different classes by different teams)
+into one, refusing parents that do not describe the same thing, and recording them as lineage.
+
+Parents must share the schema, the method and its version, the source dataset (name, split, class
+list, shape and id-list hash), the normalization, the teachers (by tensor hash) and the set of
+label schemes. Instances keep their order within each parent; stored images come first, then the
+composed instances, exactly as a single file orders them, and every per-instance label payload is
+reordered to match.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.store.composite import AdditiveComposite
+from ddkit.store.distilled import DistilledSet
+from ddkit.store.payloads import LabelPayload
+from ddkit.store.reader import DistilledDataset
+from ddkit.store.writer import write_distilled
+
+
+def _same(what: str, values: list, paths: list[str]) -> None:
+    if any(v != values[0] for v in values[1:]):
+        first_bad = next(i for i, v in enumerate(values) if v != values[0])
+        raise IncompatibleError(
+            f"cannot merge: {paths[first_bad]} differs from {paths[0]} in its {what}",
+            "merge only files distilled from the same dataset, normalization, teachers and method",
+        )
+
+
+def _merge_rows(arrays: list[np.ndarray], stored: list[int]) -> np.ndarray:
+    """Per-instance rows of several parents in merged order: every parent's stored rows, then composed rows."""
+    head = [a[:n] for a, n in zip(arrays, stored)]
+    tail = [a[n:] for a, n in zip(arrays, stored)]
+    return np.concatenate(head + tail)
+
+
+def merge_files(paths: list[str | os.PathLike], out: str | os.PathLike, overwrite: bool = False) -> str:
+    """Merge distilled files into `out` (atomic); returns the merged content_sha256."""
+    paths = [str(p) for p in paths]
+    if len(paths) < 2:
+        raise InvalidInput("merge needs at least two files", "give two or more .ddk.h5 files")
+    parents = [DistilledDataset(p, verify=True) for p in paths]
+    try:
+        headers = [p.header for p in parents]
+        _same("schema or ddkit format", [1 for _ in parents], paths)
+        _same("method", [(h.method, h.method_version) for h in headers], paths)
+        _same("source dataset", [h.dataset.to_dict() for h in headers], paths)
+        _same("normalization", [h.normalization.to_dict() for h in headers], paths)
+        _same("teachers", [sorted(t.get("sha256", "") for t in h.teachers) for h in headers], paths)
+        _same("label schemes", [p.soft_schemes for p in parents], paths)
+        _same("image storage dtype", [p._h5()["images"].dtype.str for p in parents], paths)
+        _same("composite kind", [p.composite is not None for p in parents], paths)
+
+        stored_counts = [p.num_stored for p in parents]
+        images = torch.cat([p.pixels(np.arange(p.num_stored)) for p in parents])
+        labels = torch.cat([torch.from_numpy(p._h5()["labels"][()]) for p in parents])
+        dtype = parents[0]._h5()["images"].dtype.name
+
+        composite = None
+        if parents[0].composite is not None:
+            offsets = np.cumsum([0, *stored_counts[:-1]])
+            comps = [p.composite for p in parents]
+            extra_keys = set(comps[0].extra)
+            composite = AdditiveComposite(
+                compensators=np.concatenate([c.compensators for c in comps]),
+                members=np.concatenate([c.members + off for c, off in zip(comps, offsets)]),
+                extra={k: np.concatenate([c.extra[k] for c in comps]) for k in extra_keys if all(k in c.extra for c in comps)},
+            )
+
+        soft: dict[str, LabelPayload] = {}
+        for scheme in parents[0].soft_schemes:
+            payloads = [p.soft[scheme] for p in parents]
+            if payloads[0].rows is None:
+                raise IncompatibleError(
+                    f"cannot merge label payloads of scheme {scheme!r}: they are not one row per instance",
+                    "merge the files without that payload, or re-create the labels for the merged set",
+                )
+            arrays = {name: _merge_rows([pl.arrays()[name] for pl in payloads], stored_counts)
+                      for name in payloads[0].arrays()}
+            soft[scheme] = type(payloads[0]).from_stored(arrays, payloads[0].fields(), dict(payloads[0].meta))
+
+        num_classes = headers[0].num_classes
+        num_stored = len(images) + (len(composite.compensators) if composite is not None else 0)
+        lineage = [{"path": os.path.basename(p.path), "content_sha256": p.content_sha256, "seed": h.seed,
+                    "config": h.config, "ipc": h.budget.ipc_stored} for p, h in zip(parents, headers)]
+        merged = DistilledSet(
+            method=headers[0].method, method_version=headers[0].method_version,
+            config={"merged_from": lineage}, seed=headers[0].seed, dataset=headers[0].dataset,
+            images=images, labels=labels, ipc=math.ceil(num_stored / num_classes),
+            bytes_source=headers[0].budget.bytes_source, teachers=list(headers[0].teachers), soft=soft,
+            composite=composite, normalization=headers[0].normalization, license_note=headers[0].license_note,
+            image_dtype=dtype,
+        )
+    finally:
+        for p in parents:
+            p.close()
+    return write_distilled(out, merged, overwrite=overwrite)
+
+
+__all__ = ["merge_files"]
