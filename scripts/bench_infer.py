@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="smoke runs only: fewer student steps (a renamed protocol)")
+    parser.add_argument("--val-study", default="runs/infer/val_study.json", help="results of scripts/infer_val_study.py to include")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
@@ -185,6 +186,22 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *byte_rows,
     ])
+    study = Path(args.val_study)
+    if study.exists():
+        entries = json.loads(study.read_text())
+        body += "\n".join([
+            "",
+            "",
+            "Choices studied on the validation split (`scripts/infer_val_study.py`: synthesized from the training "
+            "split minus the 10% val split, students scored on the val split, never the test split; random real drawn "
+            "from the same part and labeled the same way):",
+            "",
+            "| train set | val acc (%) | per seed | final CE / L_BN of the UFCs | synthesis (s) |",
+            "|---|---|---|---|---|",
+            *(f"| {key} | {pct(e['mean'], e['std'])} | {' '.join(pct(a) for a in e['val_accuracies'])} | "
+              + (f"{e['final_ce_mean']:.3f} / {e['final_bn_mean']:.2f} | {e['synthesis_seconds']:.0f} |" if "final_ce_mean" in e else "— | — |")
+              for key, e in entries.items()),
+        ])
     if args.no_write:
         print(body)
     else:
