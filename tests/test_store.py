@@ -389,15 +389,18 @@ import ddkit.store.h5io as h5io
 from ddkit.store import write_distilled
 from test_store import make_set
 
-original = h5io.create_dataset
+import contextlib
+original = h5io.atomic_output
 
-def slow(group, name, *args, **kwargs):
-    original(group, name, *args, **kwargs)
-    if name == "images":
+@contextlib.contextmanager
+def slow(path, overwrite=False):
+    # Stop after the bytes are on disk under the temporary name, before the rename.
+    with original(path, overwrite) as tmp:
+        yield tmp
         Path({marker!r}).touch()
         time.sleep(120)
 
-h5io.create_dataset = slow
+h5io.atomic_output = slow
 dset = make_set(per_class=2000, with_composite=False, schemes=())  # 8000 images, 3 MB as float16
 write_distilled({out!r}, dset)
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -68,13 +69,32 @@ def _body_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def seal_bytes(data: bytes) -> bytes:
+    """The file image `data` with the sha256 of everything after the user block written into it."""
+    record = _SEAL_MAGIC + hashlib.sha256(memoryview(data)[SEAL_BYTES:]).hexdigest().encode() + b"\n"
+    return record.ljust(SEAL_BYTES, b"\0") + data[SEAL_BYTES:]
+
+
 def seal(path: str | os.PathLike) -> None:
-    """Write the sha256 of everything after the user block into the user block."""
-    record = _SEAL_MAGIC + _body_sha256(path).encode() + b"\n"
-    with open(path, "r+b") as fh:
-        fh.write(record.ljust(SEAL_BYTES, b"\0"))
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Re-seal a file in place (for tools and tests that edit a ddkit file with h5py)."""
+    Path(path).write_bytes(seal_bytes(Path(path).read_bytes()))
+
+
+@contextlib.contextmanager
+def building(image: bytes | None = None) -> Iterator[tuple[h5py.File, list]]:
+    """An HDF5 file built in memory (from `image`, or new); yields (file, out) and puts the
+    sealed file image in `out[0]` when the block ends.
+
+    Building in memory and writing the finished bytes with plain file I/O keeps the HDF5 library
+    away from disk errors: a full disk or a file-size limit surfaces as an ordinary OSError (which
+    `atomic_output` turns into a clear message), never as a half-closed HDF5 file that can crash
+    the library when it is cleaned up.
+    """
+    buffer = io.BytesIO(image or b"")
+    out: list[bytes] = []
+    with h5py.File(buffer, "r+" if image else "w", **({} if image else {"userblock_size": SEAL_BYTES})) as h5:
+        yield h5, out
+    out.append(seal_bytes(buffer.getvalue()))
 
 
 def check_seal(path: str | os.PathLike, full: bool = True, wanted: str = "ddkit file") -> None:
@@ -230,15 +250,15 @@ def write_store(
     The caller has validated everything; any failure here leaves no file under `path`. The hash is
     computed from the file as written, with the same function the reader uses. Returns the hash.
     """
+    with building() as (h5, image):
+        for name, array in arrays.items():
+            create_dataset(h5, name, array, (chunks or {}).get(name))
+        for name, attrs in (group_attrs or {}).items():
+            write_attrs(h5.require_group(name), attrs)
+        write_attrs(h5, {"format": fmt, "schema": SCHEMA, **header_attrs})
+        digest = content_sha256(h5)
+        h5.attrs["content_sha256"] = digest
+        h5.attrs["header_sha256"] = header_sha256(h5)
     with atomic_output(path, overwrite) as tmp:
-        with h5py.File(tmp, "w", userblock_size=SEAL_BYTES) as h5:
-            for name, array in arrays.items():
-                create_dataset(h5, name, array, (chunks or {}).get(name))
-            for name, attrs in (group_attrs or {}).items():
-                write_attrs(h5.require_group(name), attrs)
-            write_attrs(h5, {"format": fmt, "schema": SCHEMA, **header_attrs})
-            digest = content_sha256(h5)
-            h5.attrs["content_sha256"] = digest
-            h5.attrs["header_sha256"] = header_sha256(h5)
-        seal(tmp)
+        tmp.write_bytes(image[0])
     return digest

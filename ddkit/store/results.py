@@ -8,13 +8,11 @@ identity of the data. A card is a JSON attribute `card` on the group `/results/<
 from __future__ import annotations
 
 import os
-import shutil
 
-import h5py
 
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output
-from ddkit.store.h5io import open_store, reading, seal
+from ddkit.store.h5io import building, open_store, reading
 from ddkit.store.schema import DISTILLED_FORMAT, SELECTION_FORMAT, attr_text, dump_json, load_json
 
 STORE_FORMATS = (DISTILLED_FORMAT, SELECTION_FORMAT)
@@ -48,14 +46,15 @@ def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
             f"the card is for content {str(card['content_sha256'])[:12]}…, but {path} holds content {recorded[:12]}…",
             "write the card into the file that was evaluated",
         )
+    with open(path, "rb") as fh:
+        current = fh.read()
+    with building(current) as (h5, image):
+        results = h5.require_group("results")
+        if name in results:
+            del results[name]
+        results.create_group(name).attrs["card"] = text
     with atomic_output(path, overwrite=True) as tmp:
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "r+") as h5:
-            results = h5.require_group("results")
-            if name in results:
-                del results[name]
-            results.create_group(name).attrs["card"] = text
-        seal(tmp)
+        tmp.write_bytes(image[0])
 
 
 def _arm(card: dict, key: str) -> tuple:
