@@ -27,6 +27,8 @@ from benchlib import ROOT, machine, pct, today, write_section  # noqa: E402
 
 OUT = ROOT / "runs" / "bench_nrr_dd"
 RESULTS = OUT / "results.json"
+SMOKE_STEPS: int | None = None  # --smoke: a few steps, results in /tmp, BENCHMARKS.md untouched
+SMOKE_SYNTH = {"iterations": 3, "mipc": 20}
 
 # name → (synthesizer options, protocols it is evaluated under)
 VARIANTS = {
@@ -98,12 +100,12 @@ def tune(args, results: dict) -> None:
         save(results)
         print(f"{key}: val {accs}", flush=True)
 
-    teacher_cpu = get_protocol("teacher-cpu")
+    teacher_cpu = _protocol("teacher-cpu")
     rand = train.subset(class_balanced_indices(train, ipc, 0, salt="evaluation-baseline"))
     score("random real", rand.pixels(), rand.labels, teacher_cpu)
     synthesized = {}
     for name, changes in TUNE_GRID.items():
-        cfg = dataclasses.replace(NRRDDConfig(), **changes)
+        cfg = dataclasses.replace(NRRDDConfig(), **changes, **(SMOKE_SYNTH if SMOKE_STEPS else {}))
         start = time.perf_counter()
         dset = NRRDD().synthesize(train, [teacher], ipc, cfg, 0, device)
         synthesized[name] = dset
@@ -114,9 +116,16 @@ def tune(args, results: dict) -> None:
     dset = synthesized["defaults"]
     recipe = get_recipe("dbr-cpu@1")
     for alpha in args.tune_alphas:
-        protocol = get_protocol("dbr-cpu").with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
+        protocol = _protocol("dbr-cpu").with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
         score(f"DBR alpha_dbr={alpha:g}", dset.images, dset.labels, protocol,
               lambda s: DBRTargets(ViewSchedule(recipe, derive_seed(s, "tune-dbr"), len(dset.labels)), None, (teacher.model,)))
+
+
+def _protocol(name: str):
+    from ddkit.evaluate import get_protocol
+
+    protocol = get_protocol(name)
+    return protocol.with_overrides(steps=SMOKE_STEPS) if SMOKE_STEPS else protocol
 
 
 # -- 2. the benchmark ----------------------------------------------------------------------------------
@@ -138,7 +147,7 @@ def synth_cmd(args, ipc: int, variant: str) -> tuple[list[str], Path]:
     path = OUT / f"{args.dataset}-ipc{ipc}-{variant}.ddk.h5"
     cmd = ["ddkit", "synthesize", "--method", "nrr-dd", "--dataset", args.dataset, "--teacher", args.teacher,
            "--ipc", str(ipc), "--seed", "0", "--device", "cpu", "--out", str(path), "--overwrite"]
-    for k, v in VARIANTS[variant][0].items():
+    for k, v in {**VARIANTS[variant][0], **(SMOKE_SYNTH if SMOKE_STEPS else {})}.items():
         cmd += ["--config", f"{k}={v}"]
     return cmd, path
 
@@ -164,7 +173,8 @@ def bench(args, results: dict) -> None:
                 if ekey in results["eval"]:
                     continue
                 teachers = [] if protocol.startswith("hard") else [args.teacher]
-                card = evaluate(str(path), protocol, seeds=list(range(args.seeds)), teachers=teachers)
+                card = evaluate(str(path), _protocol(protocol), seeds=list(range(args.seeds)), teachers=teachers,
+                                write_card=not SMOKE_STEPS)
                 ecmd = ["ddkit", "evaluate", str(path), "--protocol", protocol, "--seeds", str(args.seeds)]
                 ecmd += sum((["--teacher", t] for t in teachers), [])
                 results["eval"][ekey] = {"card": card.to_dict(), "command": shlex.join(ecmd)}
@@ -178,6 +188,9 @@ def bench(args, results: dict) -> None:
 
 def render(args, results: dict) -> None:
     from ddkit.evaluate.card import mean_std
+
+    if SMOKE_STEPS:
+        return
 
     lines = [
         f"## NRR-DD on {args.dataset} (issue 5)",
@@ -259,7 +272,13 @@ def main() -> None:
     parser.add_argument("--ipcs", type=lambda s: [int(v) for v in s.split(",")], default=[10, 1, 50])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph appended to the section")
+    parser.add_argument("--smoke", type=int, default=0, metavar="STEPS",
+                        help="check the script end to end: STEPS-step protocols, results under /tmp, BENCHMARKS.md untouched")
     args = parser.parse_args()
+    if args.smoke:
+        global OUT, RESULTS, SMOKE_STEPS
+        OUT, SMOKE_STEPS = Path("/tmp/bench_nrr_dd_smoke"), args.smoke
+        RESULTS = OUT / "results.json"
     results = load()
     if args.notes:
         results["notes"] = args.notes

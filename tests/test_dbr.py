@@ -136,18 +136,24 @@ def test_synthesize_info_evaluate_end_to_end(tmp_path, teacher):
     from ddkit.store import DistilledDataset, describe, info_dict
     from ddkit.synth import run_synthesizer
 
+    assert get_recipe("dbr-cpu@1").epochs(10) == 1000  # dbr-cpu at IPC 1 on 10 classes: 1000 steps × 10 views
     out = tmp_path / "dbr.ddk.h5"
-    run_synthesizer("nrr-dd", "procedural", [teacher.path], 1,
-                    {"transfer": "dbr", "refine": False, "mipc": 10, "num_crop": 2}, seed=0, out=out)
+    run_synthesizer("nrr-dd", "procedural", [teacher.path], 1, {"transfer": "dbr", "dbr_views": RECIPE.name,
+                    "refine": False, "mipc": 10, "num_crop": 2}, seed=0, out=out)
+    epochs = RECIPE.epochs(10)
     with DistilledDataset(out) as ds:
         payload = ds.soft["dbr"]
-        assert payload.protocol == "dbr-cpu@1" and payload.d_org.shape == (1000, 10)  # 1000 steps × 10 views
+        assert payload.protocol == RECIPE.name and payload.d_org.shape == (epochs, 10)
     d = info_dict(out)["dbr"]
-    assert d["views"] == 10_000 and d["full_soft_label_bytes"] == 10_000 * 10 * 2
+    assert d["views"] == epochs * 10 and d["full_soft_label_bytes"] == epochs * 10 * 10 * 2
     assert "full fp16 soft labels for the same views" in describe(out)
-    protocol = get_protocol("dbr-cpu").with_overrides(steps=4)
+    dbr_cpu = get_protocol("dbr-cpu")
+    protocol = dbr_cpu.with_overrides(steps=4, extra={**dbr_cpu.extra, "views": RECIPE.name})
     card = evaluate(str(out), protocol, seeds=[0, 1], teachers=[teacher.path], full_reference=False, write_card=False)
     assert len(card.result.accuracies) == 2 and card.random_baseline is not None
-    with pytest.raises(IncompatibleError, match="dbr-cpu"):
+    with pytest.raises(IncompatibleError, match=RECIPE.name):  # the real dbr-cpu replays other views
+        evaluate(str(out), dbr_cpu.with_overrides(steps=2), seeds=[0], teachers=[teacher.path],
+                 baseline=False, full_reference=False, write_card=False)
+    with pytest.raises(IncompatibleError, match="not a DBR protocol"):
         evaluate(str(out), get_protocol("stored-cpu").with_overrides(steps=2), seeds=[0], teachers=[teacher.path],
                  baseline=False, full_reference=False, write_card=False)
