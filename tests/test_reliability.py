@@ -57,3 +57,39 @@ def test_concurrent_readers_in_processes_and_workers(distilled):
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err
         assert float(out) == pytest.approx(float(expected.sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("method,config", [("infer", ["iterations=300"]), ("nrr-dd", ["iterations=60", "mipc=12"])])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, method, config):
+    """`kill -9` of a synthesize run once some work items are done, then `--resume`: the same data
+    (content hash) as an uninterrupted run, and never a partial file under the final name."""
+    import os
+    import signal
+    import time
+
+    from ddkit.store import DistilledDataset
+    from ddkit.teachers import train_teacher
+
+    teacher = tmp_path / "t.safetensors"
+    train_teacher(teacher, "procedural", "convnet-bn", {"width": 8}, epochs=2, batch_size=32)
+    args = [sys.executable, "-m", "ddkit", "synthesize", "--method", method, "--dataset", "procedural",
+            "--teacher", str(teacher), "--ipc", "3", *sum((["--config", c] for c in config), [])]
+    env = {**os.environ, "DDKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole.ddk.h5"
+    assert subprocess.run(args + ["--out", str(whole)], env=env, capture_output=True).returncode == 0
+    out = tmp_path / "killed.ddk.h5"
+    work = tmp_path / "killed.ddk.h5.work"
+    proc = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (work.exists() and list(work.glob("*.npz"))):
+        assert proc.poll() is None, "the run ended before it could be killed; make it longer"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    resumed = subprocess.run(args + ["--out", str(out), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    with DistilledDataset(whole) as a, DistilledDataset(out) as b:
+        assert a.content_sha256 == b.content_sha256
+    assert not work.exists(), "the work folder is removed once the file is written"
