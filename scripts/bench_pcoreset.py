@@ -194,7 +194,7 @@ def main() -> None:
         f"**CPU scale-down, stated plainly:** steps per round = max({cfg.min_steps}, {cfg.steps_per_label:g}·|L|) "
         f"instead of the paper's 200·|L|/64; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
         "random-resized-crop (kornia's resized crop costs more than the student on this CPU); a small ConvNet from "
-        "scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
+        f"scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
         f"- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
         "selectors that look at the student (entropy, coreset-features, pcoreset, class-balanced) then see that student.",
         "",
