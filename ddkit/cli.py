@@ -120,14 +120,22 @@ def teacher_eval(path, dataset, split, device, as_json):
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .ddk.h5 file")
 @click.option("--overwrite", is_flag=True)
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items")
-def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume):
+@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): work items are shared out, rank 0 writes")
+def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume, nproc):
     """Distill DATASET into a compact .ddk.h5 training set."""
+    from ddkit import distributed
     from ddkit.models import parse_model_options
     from ddkit.synth import run_synthesizer
 
+    if nproc > 1 and distributed.world().size == 1:
+        distributed.launch(nproc, _argv_without("--nproc"))
+        click.echo(f"wrote {out} ({nproc} processes)")
+        return
+
     digest = run_synthesizer(method, dataset, list(teachers), ipc, parse_model_options(config_pairs), seed, out,
                              overwrite=overwrite, resume=resume, device=device)
-    click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
+    if distributed.world().is_main:
+        click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
 
 
 @cli.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from ddkit import distributed
 from ddkit.config import build_config
 from ddkit.data import load_dataset
 from ddkit.fileio import check_output
@@ -23,23 +24,30 @@ def run_synthesizer(method: str, dataset: str, teacher_paths: list[str], ipc: in
     """Load, check, synthesize, write atomically; returns the file's content_sha256.
 
     Work in progress of a resumable method lives in `OUT.work/` beside the output and is removed
-    once the file is written.
+    once the file is written. Under torchrun every rank computes its share of the work items into
+    that folder and rank 0 alone writes the file (other ranks return its hash too).
     """
     synth: Synthesizer = SYNTHESIZERS.create(method)
     config = build_config(synth.Config, config_overrides, owner=f"method {method}")
     check_output(out, overwrite)  # fail before the work, not after
     dev = pick_device(device)
+    w = distributed.init(dev)
     source = load_dataset(dataset, "train")
     teachers = [load_teacher(p, dev) for p in teacher_paths]
     for t in teachers:
         t.check_fits(source.info)
     synth.check_teachers(teachers)
     workdir = Path(f"{out}.work")
-    if workdir.exists() and not resume:
+    if workdir.exists() and not resume and w.is_main:
         shutil.rmtree(workdir)
+    distributed.barrier()
     dset = synth.synthesize(source, teachers, ipc, config, seed, dev, workdir)
+    if not w.is_main:
+        distributed.barrier()  # wait for rank 0's file
+        return ""
     digest = write_distilled(out, dset, overwrite=overwrite)
     shutil.rmtree(workdir, ignore_errors=True)
+    distributed.barrier()
     return digest
 
 

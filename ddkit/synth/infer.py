@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from ddkit.data.base import Normalization, class_balanced_indices
 from ddkit.errors import InvalidInput
-from ddkit.progress import progress
 from ddkit.seeding import generator
 from ddkit.store import AdditiveComposite, DistilledSet, LogitsLabels
 from ddkit.store.reader import to_unit_float
@@ -210,24 +209,18 @@ class Infer(Synthesizer):
             "teachers": [t.header.tensors_sha256 for t in teachers],
         })
         keys = [(g, t, self.item_key(g, t)) for g in range(k) for t in range(m)]
-        done = set(store.done(key for _, _, key in keys))
+        done = store.done(key for _, _, key in keys)
         if done:
             _say(f"infer: resuming, {len(done)} of {len(keys)} (group, teacher) work items already finished")
-        results: dict[str, dict[str, np.ndarray]] = {}
-        bar = progress(total=len(keys), desc="infer UFCs (group, teacher)", initial=len(done))
-        for g, t, key in keys:
-            if key in done:
-                continue
+        by_key = {key: (g, t) for g, t, key in keys}
+
+        def compute(key: str) -> dict[str, np.ndarray]:
+            g, t = by_key[key]
             gen = generator(seed, "infer-ufc", g, t)
             u, last = optimize_ufc(teachers[t].model, base[torch.from_numpy(members[g])], info.normalization, config, gen)
-            results[key] = {"u": u[0].cpu().numpy(), "loss": np.array([last["ce"], last["bn"]], np.float32)}
-            store.save(key, results[key])
-            bar.set_postfix(ce=f"{last['ce']:.3f}", bn=f"{last['bn']:.3f}")
-            bar.update(1)
-        bar.close()
-        for _, _, key in keys:
-            if key not in results:
-                results[key] = store.load(key)
+            return {"u": u[0].cpu().numpy(), "loss": np.array([last["ce"], last["bn"]], np.float32)}
+
+        results = store.run([key for _, _, key in keys], compute, desc="infer UFCs (group, teacher)")
 
         rows = np.array([[g, t] for g, t, _ in keys], dtype=np.int64).reshape(-1, 2)
         dset.composite = AdditiveComposite(

@@ -49,7 +49,6 @@ from ddkit.augment import RandomResizedCrop
 from ddkit.data.base import Normalization
 from ddkit.dbr import dbr_payload, get_recipe
 from ddkit.errors import InvalidInput
-from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
 from ddkit.store import DistilledSet
 from ddkit.synth.base import Synthesizer, register_synthesizer
@@ -267,18 +266,10 @@ class NRRDD(Synthesizer):
             "method": self.name, "version": self.version, "config": dataclasses.asdict(config), "seed": seed,
             "ipc": ipc, "dataset": source.fingerprint(), "teacher": teacher.header.tensors_sha256,
         })
-        items = []
-        bar = progress(total=len(by_class), desc="nrr-dd classes")
-        for c, idx in enumerate(by_class):
-            key = f"class{c:05d}"
-            if store.has(key):
-                item = store.load(key)
-            else:
-                item = self.class_item(model, norm, source, idx, c, ipc, factor, config, seed, device)
-                store.save(key, item)
-            items.append(item)
-            bar.update(1)
-        bar.close()
+        keys = [f"class{c:05d}" for c in range(len(by_class))]
+        done = store.run(keys, lambda key: self.class_item(model, norm, source, by_class[int(key[5:])], int(key[5:]), ipc,
+                                                           factor, config, seed, device), desc="nrr-dd classes")
+        items = [done[key] for key in keys]
         images = torch.from_numpy(np.concatenate([it["images"] for it in items]))
         labels = torch.arange(len(by_class)).repeat_interleave(ipc)
         soft = {}

@@ -12,6 +12,10 @@ Layout of the work folder (`OUT.work/` from `run_synthesizer`):
 - `<key>.npz`: one finished item, its named arrays (numpy, `allow_pickle=False`), written atomically.
 
 Without a folder (`root=None`, e.g. a library call without a work folder) the store keeps nothing.
+
+Under torchrun, `run` gives each rank its share of the items (round robin by key order); every rank
+saves its items into the shared folder, and after a barrier every rank loads all of them, so rank 0
+writes the same file a single process would.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from ddkit import distributed
+from ddkit.progress import progress
 
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
@@ -89,3 +97,24 @@ class WorkItemStore:
                 return {name: data[name] for name in data.files}
         except (OSError, ValueError) as exc:
             raise FileFormatError(f"work item {path} is unreadable ({exc})", f"delete it (or {self.root}) and resume") from None
+
+    def run(self, keys: list[str], compute: Callable[[str], dict[str, np.ndarray]], desc: str,
+            on_done: Callable[[str, dict], None] | None = None) -> dict[str, dict[str, np.ndarray]]:
+        """Every item of `keys`: finished ones are loaded, this rank's unfinished ones computed and
+        saved (a progress bar counts them), the other ranks' collected after a barrier."""
+        w = distributed.world()
+        if w.size > 1 and self.root is None:
+            raise InvalidInput("a distributed run needs a work folder to exchange work items")
+        done = set(self.done(keys))
+        mine = [k for k in distributed.shard(keys, w) if k not in done]
+        results: dict[str, dict[str, np.ndarray]] = {}
+        bar = progress(total=len(mine), desc=desc)
+        for key in mine:
+            results[key] = compute(key)
+            self.save(key, results[key])
+            if on_done is not None:
+                on_done(key, results[key])
+            bar.update(1)
+        bar.close()
+        distributed.barrier()
+        return {key: results[key] if key in results else self.load(key) for key in keys}
