@@ -14,7 +14,6 @@ import ctypes
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -195,12 +194,32 @@ def dense_kcenter(x: torch.Tensor, budget: int, first: int, steps: int) -> list[
     return picks
 
 
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> int:
+    """Reset the peak-RSS mark (VmHWM) to the current RSS and return it, in KiB.
+
+    (ru_maxrss would not do: Linux carries it over from the parent across fork + exec.)
+    """
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_kb("VmRSS")
+
+
+def peak_rss() -> int:
+    return _status_kb("VmHWM")
+
+
 def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: str | None) -> dict:
     """Run in a child process so ru_maxrss is this configuration's own peak."""
     from ddkit import index
 
     x = np.random.default_rng(2).standard_normal((n, d), dtype=np.float32)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = reset_peak_rss()
     out = {"kind": kind, "n": n, "d": d, "budget": budget, "steps": steps}
     first = int(index.kcenter(x[:1], 1, seed=0).indices[0])  # warm-up (imports, thread pools)
     start = time.perf_counter()
@@ -221,7 +240,7 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
     except (RuntimeError, MemoryError) as exc:
         out["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         out["seconds"] = time.perf_counter() - start
-    out["peak_extra_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    out["peak_extra_mb"] = (peak_rss() - base) / 1024
     out["data_mb"] = x.nbytes / 2**20
     return out
 

@@ -55,6 +55,9 @@ class RunningMin:
         for (s, e), block in self._blocks():
             self.norms[s:e] = (block * block).sum(1)
         self.values = torch.full((points.n,), float("inf"), device=self.device)
+        # One scratch vector reused by every update: a fresh multi-MiB allocation per pick would cost
+        # page faults comparable to the pass itself.
+        self._scratch = torch.empty(min(points.block_rows, max(points.n, 1)), device=self.device)
 
     def _mean(self) -> torch.Tensor:
         total = np.zeros(self.points.d, np.float64)
@@ -78,11 +81,20 @@ class RunningMin:
         return self.centered(self.points.take(positions))
 
     def add_center(self, center: torch.Tensor) -> None:
-        """Fold one (centered) center into the running minimum: one pass over the points."""
+        """Fold one (centered) center into the running minimum: one pass over the points.
+
+        Three vector passes besides the GEMV (‖x‖² − 2x·c, + ‖c‖², min); no clamping here: a
+        rounding-negative distance of a duplicate only matters when reported (`distance`).
+        """
         c_norm = (center * center).sum()
         for (s, e), block in self._blocks():
-            dist = torch.addmv(self.norms[s:e], block, center, alpha=-2.0).add_(c_norm).clamp_min_(0.0)
-            torch.minimum(self.values[s:e], dist, out=self.values[s:e])
+            dist = torch.addmv(self.norms[s:e], block, center, alpha=-2.0, out=self._scratch[: e - s])
+            torch.minimum(self.values[s:e], dist.add_(c_norm), out=self.values[s:e])
+
+    def distance(self, position: int) -> float:
+        """The L2 distance of a point to its nearest center (inf before any center)."""
+        value = float(self.values[position])
+        return float(np.sqrt(max(value, 0.0))) if np.isfinite(value) else float("inf")
 
     def add_centers(self, centers: torch.Tensor) -> None:
         """Fold many (centered) centers in with one GEMM per block and chunk of centers."""
@@ -130,8 +142,7 @@ def kcenter(points, budget: int, *, center_positions=None, centers=None, seed: i
             pick = int(numpy_rng(seed, "kcenter-first").integers(pts.n))
         else:
             pick = int(torch.argmax(state.values))
-        value = float(state.values[pick])
-        picks[t], min_distance[t] = pick, np.sqrt(value) if np.isfinite(value) else np.inf
+        picks[t], min_distance[t] = pick, state.distance(pick)
         state.mark_taken([pick])
         if t + 1 < budget:
             state.add_center(state.rows(np.array([pick]))[0])

@@ -46,7 +46,7 @@ def _init_plus_plus(points, k: int, seed: int) -> np.ndarray:
     chosen = [int(rng.integers(points.n))]
     for _ in range(1, k):
         state.add_center(state.rows(np.array(chosen[-1:]))[0])
-        weights = state.values.double().cpu().numpy()
+        weights = np.maximum(state.values.double().cpu().numpy(), 0.0)  # rounding can leave -ε at duplicates
         total = weights.sum()
         chosen.append(int(rng.choice(points.n, p=weights / total)) if total > 0 else int(rng.integers(points.n)))
     return points.take(np.array(chosen))
