@@ -369,5 +369,7 @@ def run_active_learning(pool_name: str, out_dir: str | os.PathLike, rules=DEFAUL
     for t in teachers:
         t.check_fits(pool.info)
     logits, records = resolve_teacher(pool, teachers, teacher_logits_path, dev)
+    if log:
+        log(index.backend().describe())
     return active_learn(pool, test, list(rules), logits, records, cfg, rounds, queries, tuple(range(seeds)), modes[distill],
                         out_dir=out_dir, device=dev, overwrite=overwrite, log=log)
