@@ -90,6 +90,23 @@ def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, 
                f"test accuracy {100 * h.test_accuracy:.2f}%, {result.wall_seconds:.1f}s")
 
 
+@teacher.command("import")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="the dataset it was trained on")
+@click.option("--model", required=True, help="the registered model the checkpoint is a state dict of")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE")
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .safetensors file")
+@click.option("--overwrite", is_flag=True)
+def teacher_import(checkpoint, dataset, model, model_opt, device, out, overwrite):
+    """Import a foreign PyTorch state dict (read with weights_only=True; nothing is unpickled as code)."""
+    from ddkit.models import parse_model_options
+    from ddkit.teachers import import_teacher
+
+    h = import_teacher(checkpoint, out, dataset, model, parse_model_options(model_opt), device, overwrite)
+    click.echo(f"wrote {out}: {h.arch} imported with torch.load(weights_only=True), test accuracy {100 * h.test_accuracy:.2f}%")
+
+
 @teacher.command("eval")
 @click.argument("path", type=click.Path())
 @click.option("--dataset", default=None, help="defaults to the dataset the teacher was trained on")

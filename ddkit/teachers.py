@@ -71,3 +71,49 @@ def evaluate_teacher(path: str | Path, dataset: str | None = None, split: str = 
     acc = accuracy(teacher.model, data.normalized().to(dev), data.labels.to(dev))
     return {"teacher": str(path), "arch": teacher.header.arch, "dataset": data.info.name, "split": split,
             "accuracy": acc, "samples": len(data), "recorded_test_accuracy": teacher.header.test_accuracy}
+
+
+def import_teacher(checkpoint: str | Path, out: str | Path, dataset: str, model: str, model_kwargs: dict | None = None,
+                   device: str | None = None, overwrite: bool = False) -> TeacherHeader:
+    """Turn a foreign PyTorch checkpoint into a ddkit teacher file.
+
+    The checkpoint is read with `torch.load(weights_only=True)`: tensors and plain containers only,
+    no code from the file is ever run. It must hold a state dict of the registered `model` (at the
+    top level or under "state_dict" / "model"); the test accuracy is measured and recorded.
+    """
+    import torch
+
+    from ddkit.errors import FileFormatError
+
+    check_output(out, overwrite)
+    try:
+        blob = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileFormatError(f"checkpoint {checkpoint} does not exist", "check the path") from None
+    except Exception as exc:  # UnpicklingError for anything beyond tensors, or a corrupt file
+        raise FileFormatError(
+            f"{checkpoint} cannot be loaded with torch.load(weights_only=True): {str(exc).splitlines()[0][:300]}",
+            "ddkit imports plain state dicts only (nothing in a checkpoint is executed); re-save it with "
+            "torch.save(model.state_dict(), path)",
+        ) from None
+    state = blob
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FileFormatError(f"{checkpoint} does not hold a state dict of tensors", "save model.state_dict()")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    data = load_dataset(dataset, "train")
+    info = data.info
+    net = create_model(model, info.image_shape[0], info.image_shape[1], info.num_classes, **(model_kwargs or {}))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FileFormatError(f"{checkpoint} does not fit the registered model {model!r}: {str(exc)[:300]}",
+                              "pass the --model (and --model-opt) the checkpoint was trained as") from None
+    dev = pick_device(device)
+    net.to(dev).eval()
+    test = load_dataset(dataset, "test")
+    test_acc = accuracy(net, test.normalized().to(dev), test.labels.to(dev))
+    return save_teacher(out, net.cpu(), info, overwrite=overwrite, test_accuracy=test_acc,
+                        train={"imported_from": Path(checkpoint).name, "loader": "torch.load(weights_only=True)"})

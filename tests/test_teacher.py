@@ -106,3 +106,26 @@ def test_damaged_teacher_files_refused(tmp_path, trained, damage):
     with pytest.raises(FileFormatError) as err:
         load_teacher(path)
     assert str(path) in str(err.value)
+
+
+class _Boom:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_import_foreign_checkpoint_weights_only(tmp_path, trained):
+    src, _ = trained
+    model = load_teacher(src).model
+    ckpt = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    from ddkit.teachers import import_teacher
+
+    out = tmp_path / "imported.safetensors"
+    h = import_teacher(ckpt, out, "procedural", "convnet-bn", {"width": 8})
+    assert h.train["loader"] == "torch.load(weights_only=True)"
+    assert h.tensors_sha256 == read_teacher_header(src).tensors_sha256
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": _Boom()}, evil)
+    with pytest.raises(FileFormatError, match="weights_only=True"):
+        import_teacher(evil, tmp_path / "x.safetensors", "procedural", "convnet-bn", {"width": 8})
+    assert not (tmp_path / "x.safetensors").exists()
