@@ -50,7 +50,9 @@ def kill_and_resume(teacher: Path, work: Path, trials: int) -> tuple[int, int]:
     args = [sys.executable, "-m", "ddkit", "synthesize", "--method", "infer", "--dataset", "procedural",
             "--teacher", str(teacher), "--ipc", "6", "--config", "iterations=300"]
     whole = work / "whole.ddk.h5"
+    start = time.perf_counter()
     subprocess.run(args + ["--out", str(whole)], env=env, check=True, capture_output=True)
+    duration = time.perf_counter() - start
     from ddkit.store import DistilledDataset
 
     reference = DistilledDataset(whole).content_sha256
@@ -59,7 +61,7 @@ def kill_and_resume(teacher: Path, work: Path, trials: int) -> tuple[int, int]:
     for trial in range(trials):
         out = work / f"k{trial}.ddk.h5"
         proc = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(float(rng.uniform(3.0, 12.0)))  # a random point of the run
+        time.sleep(float(rng.uniform(0.3, 0.8)) * duration)  # a random point of the run
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial = out.exists()
