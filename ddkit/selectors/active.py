@@ -172,6 +172,7 @@ class ActiveSelector(Selector):
         rule = get_rule(self.rule)
         view, oracle = split_pool(pool)
         labeled = _labeled_positions(pool, inputs.labeled)
+        self.check_budget_left(pool, labeled, budget)
         labels = oracle.query(labeled)
         needs_student = bool(rule.needs & {"probs", "features"})
         logits, records = resolve_teacher(pool, teachers, inputs.teacher_logits, device)
@@ -181,7 +182,6 @@ class ActiveSelector(Selector):
         prior = inputs.labeled
         round_index = int(prior.round.max()) + 1 if prior is not None and len(prior) else 1
         state, _ = prepare_round(view, labeled, labels, logits, rule.needs, config, seed, round_index, device)
-        self.check_budget_left(pool, labeled, budget)
         got = acquire(self.rule, state, budget, seed)
         old_md = prior.extra.get("min_distance") if prior is not None else None
         return round_selection(
