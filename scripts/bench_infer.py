@@ -95,19 +95,38 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="smoke runs only: fewer student steps (a renamed protocol)")
     parser.add_argument("--val-study", default="runs/infer/val_study.json", help="results of scripts/infer_val_study.py to include")
+    parser.add_argument("--render-only", action="store_true", help="re-render the last run's rows (e.g. after the val study)")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args()
+    out = Path(args.out)
+    state_file = out / f"{args.dataset}-bench-state.json"
+    if args.render_only:
+        state = json.loads(state_file.read_text())
+    else:
+        state = run_all(args, out)
+        state_file.write_text(json.dumps(state, indent=1))
+    render(state, args)
+
+
+def run_all(args, out: Path) -> dict:
+    """Synthesize and evaluate every configuration; the table rows (rendered by `render`)."""
     seeds = list(range(args.seeds))
     paths = [str(Path(args.teachers_dir) / f"{args.dataset}-{t}.safetensors") for t in TEACHERS]
     headers = [read_teacher_header(p) for p in paths]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    teacher_rows = [f"| {h.arch} {h.arch_kwargs or ''} | {pct(h.val_accuracy)} | {pct(h.test_accuracy)} | `{p}` |"
+    teacher_rows = [f"| {h.arch} {h.arch_kwargs or ''} | {pct(h.val_accuracy) if h.val_accuracy is not None else '—'} | {pct(h.test_accuracy) if h.test_accuracy is not None else '—'} | `{p}` |"
                     for h, p in zip(headers, paths)]
-    runs = [(ipc, 3) for ipc in (int(v) for v in args.ipcs.split(","))]
-    runs += [(args.ablation_ipc, m) for m in (1, 2) if args.ablation_ipc]
+    ipcs = [int(v) for v in args.ipcs.split(",")]
+    runs = [(ipcs[0], 3)] + [(args.ablation_ipc, m) for m in (1, 2) if args.ablation_ipc] + [(ipc, 3) for ipc in ipcs[1:]]
     main_rows, ablation_rows, cost_rows, byte_rows, full_rows = [], [], [], [], {}
+
+    def state() -> dict:
+        return {"command": shlex.join(sys.argv), "iterations": args.iterations, "seeds": args.seeds, "date": today(),
+                "machine": machine(), "teacher_rows": teacher_rows, "main_rows": main_rows,
+                "ablation_rows": [row for _, row in sorted(ablation_rows)], "full_rows": full_rows,
+                "cost_rows": cost_rows, "byte_rows": byte_rows}
+
     for ipc, m in runs:
         teachers = paths[:m]
         file = out / f"{args.dataset}-infer-m{m}-ipc{ipc}.ddk.h5"
@@ -137,11 +156,18 @@ def main() -> None:
         random_real = random_real_bytes(d, ipc)
         byte_rows.append(f"| {ipc} | {m} | {d['instances']} | {b['bytes_images']} | {c['bytes_compensators']} | "
                          f"{c['bytes_mapping']} | {b['bytes_labels']} | {stored} | {plain} | {plain / stored:.1f}× | {random_real} |")
+        (out / f"{args.dataset}-bench-state.json").write_text(json.dumps(state(), indent=1))  # progress so far
+    return state()
 
+
+def render(state: dict, args) -> None:
+    """Write (or print) the `infer` section from the rows of a run and the val-split study."""
+    teacher_rows, main_rows, ablation_rows = state["teacher_rows"], state["main_rows"], state["ablation_rows"]
+    full_rows, cost_rows, byte_rows = state["full_rows"], state["cost_rows"], state["byte_rows"]
     body = "\n".join([
         f"## INFER on {args.dataset} (issue 4)",
         "",
-        f"Machine: {machine()}. Date: {today()}. Script: `flock /tmp/ddkit-cpu.lock python {shlex.join(sys.argv)}`.",
+        f"Machine: {state['machine']}. Date: {state['date']}. Script: `flock /tmp/ddkit-cpu.lock python {state['command']}`.",
         "",
         "Teachers (trained by `scripts/bench_teachers.py` with `ddkit teacher train` on the training split minus the "
         "10% val split):",
@@ -150,9 +176,9 @@ def main() -> None:
         "|---|---|---|---|",
         *teacher_rows,
         "",
-        f"UFC optimization: T = {args.iterations} Adam steps (lr 0.25, betas (0.5, 0.9), cosine to 0), r_bn 1.0, first "
+        f"UFC optimization: T = {state['iterations']} Adam steps (lr 0.25, betas (0.5, 0.9), cosine to 0), r_bn 1.0, first "
         "BN layer ×10, roll jitter 0..4 px, u initialized to 0; synthesis seed 0. Students: "
-        f"{args.seeds} seeds, final-step test accuracy, mean ± sample std. `stored-cpu` trains on the file's static "
+        f"{state['seeds']} seeds, final-step test accuracy, mean ± sample std. `stored-cpu` trains on the file's static "
         "ensemble logits mixed with mixup's λ (KL at T=30); `dynamic-cpu` is the same recipe with the teacher ensemble "
         "relabeling every augmented, mixed view (INFER+Dyn; the fixed 1000-step budget already matches step counts, "
         "which is what the paper's epochs/(M+1) does). Random real: class-balanced real images at the same IPC, "
@@ -162,7 +188,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
         *main_rows,
         "",
-        "Full-data reference (all 60k training images, same protocol and teachers): "
+        "Full-data reference (the whole training split, same protocol and teachers): "
         + ", ".join(f"{p}: {v}" for p, v in full_rows.items()) + ".",
         "",
         f"Ablation at IPC {args.ablation_ipc}, `stored-cpu`, teachers added in the order {', '.join(TEACHERS)} "
@@ -170,7 +196,7 @@ def main() -> None:
         "",
         "| method | IPC | M | K | instances/class | protocol | test acc (%) | random real (%) | gain | command |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *(row for _, row in sorted(ablation_rows)),
+        *ablation_rows,
         "",
         "Synthesis cost on this machine (one process, `torch` default threads; peak = max resident set size):",
         "",
