@@ -1,7 +1,6 @@
 """The command line end to end on tiny data, and bad input through it: one clear message on
 stderr, a non-zero exit code, no traceback, nothing half-written."""
 
-import contextlib
 import json
 
 import h5py
@@ -9,36 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from ddkit.cli import main
+from helpers import edit, run_cli as run
+
 from ddkit.registries import all_registries
 from ddkit.store import DistilledDataset, DistilledSet, LogitsLabels, read_results, write_distilled
-from ddkit.store.h5io import seal
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DDKIT_PROGRESS", "0")
-
-
-@contextlib.contextmanager
-def edit(path):
-    """Edit a ddkit file with h5py and re-seal it: a crafted file that passes the byte-level seal,
-    so the deeper checks (content hash, schema, structure) are what must refuse it."""
-    with h5py.File(path, "r+") as f:
-        yield f
-    seal(path)
-
-
-def run(capsys, *args):
-    """Run `ddkit ARGS` in-process; return (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helpers import run_cli as _cli
 import ddkit.synth.infer as infer_mod
-from ddkit.cli import main
 from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.labels import STORED_LOSSES, MixInfo
@@ -273,16 +273,6 @@ def test_trainer_mixes_stored_logits_with_the_images_lambda_and_partner(monkeypa
 
 
 # -- the command line -----------------------------------------------------------------------------
-
-
-def _cli(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_end_to_end(capsys, tmp_path, teachers):

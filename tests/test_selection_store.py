@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 
 import h5py
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 import torch
 
 import ddkit.store.selection as selection_module
+from helpers import edit
+
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
-from ddkit.store.h5io import seal
 from ddkit.store import (
     DistilledDataset,
     Selection,
@@ -27,15 +27,6 @@ from ddkit.store import (
     write_selection,
 )
 from ddkit.store.selection import ids_to_positions
-
-
-@contextlib.contextmanager
-def edit(path):
-    """Edit a ddkit file with h5py and re-seal it: a crafted file that passes the byte-level seal,
-    so the deeper checks (content hash, schema, structure) are what must refuse it."""
-    with h5py.File(path, "r+") as f:
-        yield f
-    seal(path)
 
 
 def make_pool(n: int = 30, seed: int = 0) -> ImageDataset:

@@ -1,0 +1,30 @@
+"""Helpers shared by several test files (importable: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import h5py
+
+from ddkit.cli import main
+from ddkit.store.h5io import seal
+
+
+@contextlib.contextmanager
+def edit(path):
+    """Edit a ddkit file with h5py and re-seal it: a crafted file that passes the byte-level seal,
+    so the deeper checks (content hash, schema, structure) are what must refuse it."""
+    with h5py.File(path, "r+") as f:
+        yield f
+    seal(path)
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `ddkit ARGS` in-process; return (exit code, stdout, stderr)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return code, out.out, out.err
