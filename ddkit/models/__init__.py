@@ -98,3 +98,5 @@ def parse_model_options(pairs) -> dict:
 
 
 __all__ = ["MODELS", "ImageClassifier", "ModelOutput", "create_model", "has_batchnorm", "make_norm", "parse_model_options"]
+
+from ddkit.models import kd3_student as _kd3_student  # noqa: E402,F401  (registers kd3-student)
