@@ -80,7 +80,7 @@ def full_disk(work: Path, limits: list[int]) -> tuple[int, int]:
     for limit in limits:
         script = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
                   f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); from ddkit.cli import main; "
-                  f"main(['synthesize', '--dataset', 'fashion-mnist-mini', '--ipc', '30', '--out', {str(target)!r}, '--overwrite'])")
+                  f"main(['synthesize', '--dataset', 'fashion-mnist-mini', '--ipc', '300', '--out', {str(target)!r}, '--overwrite'])")
         proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
         ok = (proc.returncode == 2 and "no space left" in proc.stderr and "Traceback" not in proc.stderr
               and target.read_bytes() == before and sorted(p.name for p in work.glob(".disk*")) == [])
