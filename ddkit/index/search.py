@@ -23,6 +23,7 @@ from ddkit.index.source import Points, as_points, check_int
 QUERY_ROWS = 512
 DB_ROWS = 4096
 GROUPS = 16  # column groups of the two-stage top-k (see block_topk)
+PAD_TO = 1  # inner GEMM size d + 1 rounded up to a multiple of this
 
 _gpu_resources = None
 _gpu_lock = threading.Lock()
@@ -46,13 +47,21 @@ def _faiss_search(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np
     return faiss.knn(queries, database, k)
 
 
+def _pad(d: int) -> int:
+    """Zero columns appended after the augmented column, so the GEMM's inner size is a multiple of PAD_TO."""
+    return (-(d + 1)) % PAD_TO
+
+
 def _prepare_database(block: torch.Tensor) -> torch.Tensor:
-    """[−2y, ‖y‖²] rows, so one GEMM with [x, 1] gives ‖y‖² − 2x·y."""
-    return torch.cat([block * -2.0, (block * block).sum(1, keepdim=True)], 1)
+    """[−2y, ‖y‖², 0…] rows, so one GEMM with [x, 1, 0…] gives ‖y‖² − 2x·y."""
+    zeros = torch.zeros(len(block), _pad(block.shape[1]), dtype=block.dtype, device=block.device)
+    return torch.cat([block * -2.0, (block * block).sum(1, keepdim=True), zeros], 1)
 
 
 def _augment_queries(queries: torch.Tensor) -> torch.Tensor:
-    return torch.cat([queries, torch.ones(len(queries), 1, dtype=queries.dtype, device=queries.device)], 1)
+    n, d = queries.shape
+    ones = torch.ones(n, 1, dtype=queries.dtype, device=queries.device)
+    return torch.cat([queries, ones, torch.zeros(n, _pad(d), dtype=queries.dtype, device=queries.device)], 1)
 
 
 def _merge(best_v, best_i, v, i, k):
