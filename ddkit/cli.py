@@ -41,6 +41,7 @@ def _print_json(obj) -> None:
 @click.version_option(ddkit.__version__, prog_name="ddkit")
 def cli():
     """ddkit: distill datasets, select samples with a teacher, evaluate honestly."""
+    from ddkit.data import pools as _pools  # noqa: F401  (registers pool:PATH for every command)
 
 
 # -- registries ---------------------------------------------------------------------------------
@@ -123,6 +124,64 @@ def teacher_eval(path, dataset, split, device, as_json):
     else:
         click.echo(f"{result['arch']} on {result['dataset']}/{result['split']}: {100 * result['accuracy']:.2f}% "
                    f"({result['samples']} samples)")
+
+
+# -- pools ------------------------------------------------------------------------------------
+@cli.group()
+def pool():
+    """Unlabeled image pools (.pool.h5) for selectors such as KD³: build, dedup."""
+
+
+@pool.command("build")
+@click.option("--task", required=True, help="registered dataset whose classes, image shape and normalization the pool serves")
+@click.option("--from", "sources", multiple=True, required=True, metavar="DATASET[@SPLIT]",
+              help="images from a registered dataset (or imagefolder:PATH), split train by default; repeatable. "
+                   "Their labels are kept aside, never used for training or selection")
+@click.option("--name", default=None, help="pool name (default: from the file name)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .pool.h5 file")
+@click.option("--overwrite", is_flag=True)
+def pool_build(task, sources, name, out, overwrite):
+    """Build a chunked HDF5 pool with stable ids and a fingerprint."""
+    from ddkit.data import load_dataset
+    from ddkit.data.pools import build_pool, dataset_part
+    from ddkit.errors import InvalidInput
+
+    parts = []
+    for spec in sources:
+        dataset, _, split = spec.rpartition("@") if "@" in spec else (spec, "", "train")
+        if split not in ("train", "test"):
+            raise InvalidInput(f"--from {spec}: split must be train or test", "e.g. --from fashion-mnist@train")
+        parts.append(dataset_part(load_dataset(dataset, split), origin=f"{dataset}@{split}"))
+    s = build_pool(out, parts, load_dataset(task, "train").info, name=name, provenance={"sources": list(sources)}, overwrite=overwrite)
+    click.echo(f"wrote {out}: pool {s.name}, {s.size} images ({', '.join(f'{k}: {v}' for k, v in s.origins.items())}), "
+               f"fingerprint {s.fingerprint[:16]}…")
+
+
+@pool.command("dedup")
+@click.argument("pool_path", type=click.Path(dir_okay=False))
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher whose embeddings compare images")
+@click.option("--test", "test_dataset", default=None, help="dataset whose TEST split must not leak into the pool (default: the pool's task)")
+@click.option("--threshold", default=0.1, show_default=True, help="L2 distance between unit embeddings that counts as a near-duplicate")
+@click.option("--test-threshold", default=None, type=float, help="threshold against test images (default: --threshold)")
+@click.option("--embedding", default="map", show_default=True, type=click.Choice(["map", "pooled"]))
+@click.option("--k", default=16, show_default=True, help="neighbours searched per sample")
+@click.option("--device", default=None)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .pool.h5 (the pool without the dropped samples)")
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def pool_dedup(pool_path, teacher, test_dataset, threshold, test_threshold, embedding, k, device, out, overwrite, as_json):
+    """Drop near-duplicates inside POOL and pool samples that near-duplicate test images (FAISS)."""
+    from ddkit.data.pools import dedup_pool
+
+    report = dedup_pool(pool_path, teacher, out, test_dataset=test_dataset, threshold=threshold, test_threshold=test_threshold,
+                        k=k, embedding=embedding, device=device, overwrite=overwrite)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(f"wrote {out}: {report['size_after']} of {report['size_before']} kept; dropped "
+                   f"{report['dropped_test_contamination']} near-copies of {report['test_dataset']} test images and "
+                   f"{report['dropped_in_pool_duplicates']} in-pool near-duplicates (threshold {report['threshold']:g}, "
+                   f"{report['embedding'].split(':')[0]} embeddings)")
 
 
 # -- the verbs of the flow ----------------------------------------------------------------------

@@ -12,6 +12,8 @@ from ddkit.errors import InvalidInput
 from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, register_selector
 from ddkit.selectors import baselines as _baselines  # noqa: F401  (registers)
 from ddkit.selectors import pcoreset as _pcoreset  # noqa: F401  (registers)
+from ddkit.selectors import kd3 as _kd3  # noqa: F401  (registers)
+from ddkit.data import pools as _pools  # noqa: F401  (registers the pool:PATH dataset)
 from ddkit.store import read_selection, write_selection
 from ddkit.training import pick_device
 
@@ -37,6 +39,8 @@ def run_selector(method: str, pool: str, teacher_paths: list[str], budget: int, 
     for t in teachers:
         t.check_fits(data.info)
     kwargs = {"inputs": inputs} if selector.uses_inputs else {}
+    if getattr(selector, "writes_files", False):  # side outputs (e.g. KD³'s student) follow --overwrite
+        kwargs["overwrite"] = overwrite
     selection = selector.select(data, teachers, budget, config, seed, dev, **kwargs)
     return write_selection(out, selection, overwrite=overwrite)
 
