@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -54,14 +55,14 @@ def save(results: dict) -> None:
 
 # -- 1. choices on the val split ---------------------------------------------------------------------
 
-TUNE_GRID = {
+TUNE_GRID = {  # in order of importance: a killed study keeps the most useful rows
     "defaults": {},
-    "epsilon=0.3": {"epsilon": 0.3},
-    "epsilon=0.5": {"epsilon": 0.5},
-    "alpha_bn=1": {"alpha_bn": 1.0},
-    "reject_misclassified=false": {"reject_misclassified": False},
     "refine=false (CIDD-only)": {"refine": False},
     "RDED-style": {"refine": False, "select": "highest-confidence", "per_image": "confidence"},
+    "alpha_bn=1": {"alpha_bn": 1.0},
+    "epsilon=0.3": {"epsilon": 0.3},
+    "reject_misclassified=false": {"reject_misclassified": False},
+    "epsilon=0.5": {"epsilon": 0.5},
 }
 
 
@@ -88,6 +89,7 @@ def tune(args, results: dict) -> None:
     ipc = args.tune_ipc
 
     def score(key: str, images, labels, protocol, payload_for=None):
+        key = f"{key} [{protocol.name.split('[')[0]}, {protocol.total_steps(len(labels))} steps]"
         if key in results["tune"]:
             return
         x = norm.apply(images)
@@ -100,11 +102,13 @@ def tune(args, results: dict) -> None:
         save(results)
         print(f"{key}: val {accs}", flush=True)
 
-    teacher_cpu = _protocol("teacher-cpu")
+    teacher_cpu = _protocol("teacher-cpu", args.tune_steps)
     rand = train.subset(class_balanced_indices(train, ipc, 0, salt="evaluation-baseline"))
     score("random real", rand.pixels(), rand.labels, teacher_cpu)
     synthesized = {}
     for name, changes in TUNE_GRID.items():
+        if args.tune_variants and name not in args.tune_variants:
+            continue
         cfg = dataclasses.replace(NRRDDConfig(), **changes, **(SMOKE_SYNTH if SMOKE_STEPS else {}))
         start = time.perf_counter()
         dset = NRRDD().synthesize(train, [teacher], ipc, cfg, 0, device)
@@ -116,25 +120,28 @@ def tune(args, results: dict) -> None:
     dset = synthesized["defaults"]
     recipe = get_recipe("dbr-cpu@1")
     for alpha in args.tune_alphas:
-        protocol = _protocol("dbr-cpu").with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
+        protocol = _protocol("dbr-cpu", args.tune_steps).with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
         score(f"DBR alpha_dbr={alpha:g}", dset.images, dset.labels, protocol,
               lambda s: DBRTargets(ViewSchedule(recipe, derive_seed(s, "tune-dbr"), len(dset.labels)), None, (teacher.model,)))
 
 
-def _protocol(name: str):
+def _protocol(name: str, steps: int | None = None):
+    """A registered protocol; for the val study optionally shortened (a derived, renamed protocol)."""
     from ddkit.evaluate import get_protocol
 
+    steps = SMOKE_STEPS or steps
     protocol = get_protocol(name)
-    return protocol.with_overrides(steps=SMOKE_STEPS) if SMOKE_STEPS else protocol
+    return protocol.with_overrides(steps=steps) if steps and steps != protocol.steps else protocol
 
 
 # -- 2. the benchmark ----------------------------------------------------------------------------------
 
 
-def timed(cmd: list[str]) -> tuple[float, float]:
+def timed(cmd: list[str], threads: int) -> tuple[float, float]:
     """Run a command under /usr/bin/time -v; (wall seconds, peak RSS in MiB)."""
     start = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -161,7 +168,7 @@ def bench(args, results: dict) -> None:
             cmd, path = synth_cmd(args, ipc, variant)
             key = f"{ipc}/{variant}"
             if key not in results["synth"] or not path.exists():
-                wall, rss = timed(cmd)
+                wall, rss = timed(cmd, args.threads)
                 info = info_dict(path)
                 results["synth"][key] = {"wall_seconds": wall, "peak_rss_mib": rss, "command": shlex.join(cmd),
                                          "budget": info["budget"], "dbr": info.get("dbr")}
@@ -195,11 +202,11 @@ def render(args, results: dict) -> None:
     lines = [
         f"## NRR-DD on {args.dataset} (issue 5)",
         "",
-        f"Teacher `{args.teacher}`. Machine: {machine()}. Date: {today()}. Script: `scripts/bench_nrr_dd.py` "
+        f"Teacher `{args.teacher}`. Machine: {machine()}, torch threads {args.threads}. Date: {today()}. Script: `scripts/bench_nrr_dd.py` "
         "(`--tune` for the val-split choices, then `--ipcs 10,1,50`), run under `flock /tmp/ddkit-cpu.lock`.",
         "",
     ]
-    tune_rows = [(k, v) for k, v in results["tune"].items() if not k.startswith("synth:")]
+    tune_rows = [(k, v) for k, v in results["tune"].items() if not k.startswith("synth:") and "[" in k]
     if tune_rows:
         lines += [
             "### Choices on the val split",
@@ -268,7 +275,11 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="run the val-split study instead of the benchmark")
     parser.add_argument("--tune-ipc", type=int, default=10)
     parser.add_argument("--tune-seeds", type=int, default=2)
-    parser.add_argument("--tune-alphas", type=lambda s: [float(v) for v in s.split(",")], default=[0.5, 1.0, 2.0])
+    parser.add_argument("--tune-alphas", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.0])
+    parser.add_argument("--tune-steps", type=int, default=None, help="shorter student training for the val study")
+    parser.add_argument("--tune-variants", type=lambda s: s.split(";"), default=None, help="';'-separated TUNE_GRID names")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine more threads oversubscribe and run slower)")
     parser.add_argument("--ipcs", type=lambda s: [int(v) for v in s.split(",")], default=[10, 1, 50])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph appended to the section")
@@ -279,6 +290,9 @@ def main() -> None:
         global OUT, RESULTS, SMOKE_STEPS
         OUT, SMOKE_STEPS = Path("/tmp/bench_nrr_dd_smoke"), args.smoke
         RESULTS = OUT / "results.json"
+    import torch
+
+    torch.set_num_threads(args.threads)
     results = load()
     if args.notes:
         results["notes"] = args.notes
