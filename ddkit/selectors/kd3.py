@@ -201,8 +201,10 @@ def train_kd3(images: torch.Tensor, teacher, config: KD3Config, seed: int, devic
     n = len(images)
     tmodel = teacher.model.to(device).eval()
     student = build_student(teacher, config, seed, device)
-    head_s = Embedding(student.feature_dim, config.embed_dim).to(device)
-    head_t = Embedding(tmodel.feature_dim, config.embed_dim).to(device)
+    with torch.random.fork_rng(devices=[]):  # the heads' initial weights depend only on the seed
+        torch.manual_seed(derive_seed(seed, "kd3-heads"))
+        head_s = Embedding(student.feature_dim, config.embed_dim).to(device)
+        head_t = Embedding(tmodel.feature_dim, config.embed_dim).to(device)
     params = [p for p in student.parameters() if p.requires_grad]
     if config.mix_distribution:
         params += list(head_s.parameters()) + list(head_t.parameters())
