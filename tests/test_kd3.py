@@ -171,7 +171,7 @@ def test_selection_never_reads_pool_labels_and_records_per_sample(teacher_file, 
     with np.load(trace_out, allow_pickle=False) as trace:
         assert trace["ids"].shape == (n,) and trace["kept"].sum() == len(sel)
         assert set(trace["ids"][trace["kept"]]) == set(sel.ids)
-        assert trace["epoch_alpha"].tolist() == pytest.approx([alpha_schedule(e, 3) for e in range(2)])
+        assert trace["epoch_alpha"].tolist() == pytest.approx([alpha_schedule(e, 2) for e in range(2)])
         assert trace["epochs_selected"].sum() == trace["epoch_selected_count"].sum()
 
 
