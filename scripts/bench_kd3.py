@@ -160,7 +160,6 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     args.base = dict(epochs=args.epochs, batch_size=args.batch_size, student=args.student, student_width=args.student_width)
     device = pick_device(args.device)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     raw, clean = work / "pool.pool.h5", work / "pool.dedup.pool.h5"
     if not raw.exists():

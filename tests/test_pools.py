@@ -16,6 +16,15 @@ from ddkit.models.teacher import save_teacher
 from helpers import run_cli
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster than two fighting over a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):
     data = load_dataset("procedural", "train")
