@@ -31,14 +31,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, pct, today, write_section  # noqa: E402
+from benchlib import machine, pct, today, write_section
 
-from ddkit.data import load_dataset  # noqa: E402
-from ddkit.data.pools import PoolPart, build_pool, dedup_pool, load_pool, read_aside, read_dedup_record  # noqa: E402
-from ddkit.models.teacher import load_teacher  # noqa: E402
-from ddkit.seeding import generator  # noqa: E402
-from ddkit.selectors.kd3 import KD3Config, train_kd3  # noqa: E402
-from ddkit.training import accuracy, pick_device  # noqa: E402
+from ddkit.data import load_dataset
+from ddkit.data.pools import (
+    PoolPart,
+    build_pool,
+    dedup_pool,
+    load_pool,
+    read_aside,
+    read_dedup_record,
+)
+from ddkit.models.teacher import load_teacher
+from ddkit.seeding import generator
+from ddkit.selectors.kd3 import KD3Config, train_kd3
+from ddkit.training import accuracy, pick_device
 
 KD = dict(selection="none", share_classifier=False, kl_weight=1.0, feature_alignment=False, mix_distribution=False)
 VARIANTS = {
@@ -128,7 +135,7 @@ def run_variant(name: str, overrides: dict, seed: int, args, pool, teacher, test
     kept_ids = pool.ids.numpy()[stats["kept"]]
     kept_origins = [origin_of_id[int(i)] for i in kept_ids]
     return {"variant": name, "seed": seed, "config": asdict(cfg), "test_accuracy": acc, "wall_seconds": round(wall, 1),
-            "kept_total": int(len(kept_ids)), "kept_in_distribution": sum(o in IN_DISTRIBUTION for o in kept_origins),
+            "kept_total": len(kept_ids), "kept_in_distribution": sum(o in IN_DISTRIBUTION for o in kept_origins),
             "kept_out_of_distribution": sum(o not in IN_DISTRIBUTION for o in kept_origins),
             "selected_per_epoch": [h["selected"] for h in history]}
 

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ddkit.data import load_dataset
 from ddkit.data.base import ImageDataset
@@ -14,8 +13,16 @@ from ddkit.errors import InvalidInput
 from ddkit.models import create_model
 from ddkit.models.teacher import load_teacher, save_teacher
 from ddkit.selectors.kd3 import KD3Config, KD3Selector, train_kd3
-from ddkit.selectors.kd3_losses import (alignment_weights, alpha_schedule, class_thresholds, mix_distribution, nt_xent,
-                                        select_instances, step_lr_factor, weighted_feature_alignment)
+from ddkit.selectors.kd3_losses import (
+    alignment_weights,
+    alpha_schedule,
+    class_thresholds,
+    mix_distribution,
+    nt_xent,
+    select_instances,
+    step_lr_factor,
+    weighted_feature_alignment,
+)
 from ddkit.teachers import evaluate_teacher
 from ddkit.training import OptimConfig, TrainConfig, train_supervised
 

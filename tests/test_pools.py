@@ -6,15 +6,23 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 from ddkit.data import load_dataset
-from ddkit.data.pools import (DROP_IN_POOL, DROP_TEST, PoolPart, build_pool, dataset_part, dedup_pool, load_pool, read_aside,
-                              read_dedup_record)
+from ddkit.data.pools import (
+    DROP_IN_POOL,
+    DROP_TEST,
+    PoolPart,
+    build_pool,
+    dataset_part,
+    dedup_pool,
+    load_pool,
+    read_aside,
+    read_dedup_record,
+)
 from ddkit.errors import FileFormatError, InvalidInput, OutputExists
 from ddkit.models import create_model
 from ddkit.models.teacher import save_teacher
-from helpers import run_cli
-
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -142,7 +142,7 @@ def build_pool(out: str | os.PathLike, parts: list[PoolPart], task: DatasetInfo,
         raise InvalidInput(f"origin names repeat: {origins}", "give each source its own origin name")
     images = torch.cat([to_uint8(p.images) for p in parts])
     n = len(images)
-    fill = lambda arr, k: (np.full(k, -1, np.int64) if arr is None else arr.numpy().astype(np.int64))  # noqa: E731
+    fill = lambda arr, k: (np.full(k, -1, np.int64) if arr is None else arr.numpy().astype(np.int64))
     aside = {
         "labels": np.concatenate([fill(p.labels, len(p.images)) for p in parts]),
         "source_ids": np.concatenate([fill(p.source_ids, len(p.images)) for p in parts]),
@@ -349,9 +349,9 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
         "distance": np.concatenate([test_dist[test_pos], dup_dist]).astype(np.float32),
     }
     report = {
-        "pool": str(Path(pool_path)), "pool_fingerprint": pool.fingerprint(), "size_before": int(len(ids)),
-        "size_after": int(len(kept_pos)), "dropped_test_contamination": int(len(test_pos)),
-        "dropped_in_pool_duplicates": int(len(dropped_dup)), "test_dataset": test_name, "test_size": int(len(test)),
+        "pool": str(Path(pool_path)), "pool_fingerprint": pool.fingerprint(), "size_before": len(ids),
+        "size_after": len(kept_pos), "dropped_test_contamination": len(test_pos),
+        "dropped_in_pool_duplicates": len(dropped_dup), "test_dataset": test_name, "test_size": len(test),
         "threshold": float(threshold), "test_threshold": float(test_threshold), "k": int(k),
         "embedding": f"{embedding}: L2-normalized teacher features of clean views, L2 distance", "truncated_rows": int(truncated),
         "teacher": teacher.header.summary(), "index_backend": index.backend().describe(),

@@ -37,8 +37,16 @@ from ddkit.models import create_model
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
 from ddkit.selectors.base import Selector, register_selector
-from ddkit.selectors.kd3_losses import (alignment_weights, alpha_schedule, mix_distribution, nt_xent, sample_mix,
-                                        select_instances, step_lr_factor, weighted_feature_alignment)
+from ddkit.selectors.kd3_losses import (
+    alignment_weights,
+    alpha_schedule,
+    mix_distribution,
+    nt_xent,
+    sample_mix,
+    select_instances,
+    step_lr_factor,
+    weighted_feature_alignment,
+)
 from ddkit.store import Selection, pool_record
 
 SELECTION_MODES = ("dynamic", "teacher", "none")
