@@ -142,3 +142,12 @@ def test_pool_cli_build_dedup_and_kd3_select(tmp_path, teacher_file, capsys):
     assert 1 <= len(chosen) <= 50 and chosen.ids.max() < 400
     code, out, err = run_cli(capsys, "teacher", "eval", student, "--dataset", "procedural")
     assert code == 0 and "kd3-student on procedural/test" in out, err
+
+
+def test_dedup_refuses_bad_options_before_writing(tmp_path, teacher_file):
+    path, _ = _planted_pool(tmp_path)
+    with pytest.raises(InvalidInput, match="threshold"):
+        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", threshold=-1)
+    with pytest.raises(InvalidInput, match="embedding"):
+        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", embedding="pixels")
+    assert not (tmp_path / "o.pool.h5").exists()
