@@ -63,6 +63,12 @@ TUNE_GRID = {  # in order of importance: a killed study keeps the most useful ro
     "epsilon=0.3": {"epsilon": 0.3},
     "reject_misclassified=false": {"reject_misclassified": False},
     "epsilon=0.5": {"epsilon": 0.5},
+    # why NRR-DD loses to RDED-style here: the inversion and the refinement, one at a time
+    "select=highest-confidence (CAM-ratio crops, no refinement)": {"refine": False, "select": "highest-confidence"},
+    "RDED-style + refinement": {"select": "highest-confidence", "per_image": "confidence"},
+    "RDED-style + refinement lr=0.01": {"select": "highest-confidence", "per_image": "confidence", "lr": 0.01},
+    "lr=0.01": {"lr": 0.01},
+    "mipc=50, no refinement": {"refine": False, "mipc": 50},
 }
 
 
@@ -117,7 +123,9 @@ def tune(args, results: dict) -> None:
         score(name, dset.images, dset.labels, teacher_cpu)
 
     # α_dbr of the dbr-cpu protocol, on the default NRR-DD images (DBR distances as a file stores them)
-    dset = synthesized["defaults"]
+    if not args.tune_alphas:
+        return
+    dset = synthesized.get("defaults") or NRRDD().synthesize(train, [teacher], ipc, NRRDDConfig(), 0, device)
     recipe = get_recipe("dbr-cpu@1")
     for alpha in args.tune_alphas:
         protocol = _protocol("dbr-cpu", args.tune_steps).with_overrides(extra={**get_protocol("dbr-cpu").extra, "alpha_dbr": alpha})
@@ -275,7 +283,7 @@ def main() -> None:
     parser.add_argument("--tune", action="store_true", help="run the val-split study instead of the benchmark")
     parser.add_argument("--tune-ipc", type=int, default=10)
     parser.add_argument("--tune-seeds", type=int, default=2)
-    parser.add_argument("--tune-alphas", type=lambda s: [float(v) for v in s.split(",")], default=[1.0, 3.0])
+    parser.add_argument("--tune-alphas", type=lambda s: [float(v) for v in s.split(",") if v], default=[1.0, 3.0])
     parser.add_argument("--tune-steps", type=int, default=None, help="shorter student training for the val study")
     parser.add_argument("--tune-variants", type=lambda s: s.split(";"), default=None, help="';'-separated TUNE_GRID names")
     parser.add_argument("--threads", type=int, default=1,
