@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--variants", default="all", help="comma-separated variant indices (0-based) or all")
     parser.add_argument("--seed", type=int, default=0, help="pool-building seed")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-table", action="store_true", help="write report.md in the workdir only, not BENCHMARKS.md")
     args = parser.parse_args()
     if args.smoke:
         args.seeds, args.epochs, args.shifted, args.digits, args.gratings, args.noise, args.planted = 1, 2, 600, 100, 50, 50, 40
@@ -199,7 +200,7 @@ def main() -> None:
             results_path.write_text(json.dumps(results, indent=1))
             print(f"    test accuracy {100 * results[-1]['test_accuracy']:.2f}%, kept {results[-1]['kept_total']}", flush=True)
 
-    lines = [f"## KD³ on a shifted Fashion-MNIST web pool ({'SMOKE — not a benchmark' if args.smoke else today()})", "",
+    lines = [f"## KD³ on a shifted Fashion-MNIST web pool ({'SMOKE — not a benchmark' if args.smoke else today()}{', preliminary' if args.no_table else ''})", "",
              f"Machine: {machine()}. Teacher `{args.teacher}` (clean Fashion-MNIST train; recorded test accuracy "
              f"{pct(teacher.header.test_accuracy or float('nan'))}%). Pool before dedup: "
              + ", ".join(f"{o} {n}" for o, n in counts.items()) + ".", "",
@@ -224,7 +225,7 @@ def main() -> None:
     text = "\n".join(lines)
     (work / "report.md").write_text(text + "\n")
     print(text)
-    if not args.smoke:
+    if not (args.smoke or args.no_table):
         write_section("kd3", text)
 
 
