@@ -80,7 +80,7 @@ class NRRDDConfig:
     alpha_bn: float = 0.01  # weight of the BN-statistics loss (val; spec range 0.01–1)
     first_bn_weight: float = 10.0  # SRe2L: the first BN layer counts 10×
     iterations: int = 300  # spec range 300–1000
-    lr: float = 0.1  # Adam learning rate in [0, 1] pixel units, cosine-decayed to 0 (val)
+    lr: float = 0.01  # Adam learning rate in [0, 1] pixel units, cosine-decayed to 0 (val: 0.1 cost 7–8 points)
     beta1: float = 0.5  # SRe2L's Adam betas
     beta2: float = 0.9
     jitter: int = 2  # random roll of up to ± pixels per step (SRe2L; scaled to 28 px)
