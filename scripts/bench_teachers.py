@@ -29,11 +29,12 @@ def main() -> None:
     parser.add_argument("--out", default="runs/teachers")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--reuse", action="store_true", help="keep teacher files that exist; report them from their headers")
+    parser.add_argument("--models", default=",".join(m for m, _, _ in TEACHERS), help="comma-separated subset to train/report")
     args = parser.parse_args()
     from ddkit.models.teacher import read_teacher_header
 
     rows = []
-    for model, opts, epochs in TEACHERS:
+    for model, opts, epochs in (t for t in TEACHERS if t[0] in args.models.split(",")):
         path = Path(args.out) / f"{args.dataset}-{model}.safetensors"
         cmd = ["ddkit", "teacher", "train", "--dataset", args.dataset, "--model", model, *opts,
                "--epochs", str(epochs), "--seed", "0", "--out", str(path), "--overwrite"]
