@@ -29,7 +29,8 @@ from ddkit.evaluate import evaluate  # noqa: E402
 from ddkit.models.teacher import read_teacher_header  # noqa: E402
 from ddkit.store import info_dict  # noqa: E402
 
-TEACHERS = ["convnet-bn", "resnet8", "mobilenet"]
+# Teacher files `{dataset}-{name}.safetensors` in --teachers-dir, in the order the ablation adds them.
+TEACHERS = ["convnet-bn", "resnet8", "mobilenet-w8"]
 
 
 def timed(cmd: list[str]) -> tuple[float, float, str]:
@@ -88,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--teachers-dir", default="runs/teachers")
+    parser.add_argument("--teachers", default=",".join(TEACHERS), help="teacher file names, in ablation order")
     parser.add_argument("--out", default="runs/infer")
     parser.add_argument("--ipcs", default="10,50")
     parser.add_argument("--ablation-ipc", type=int, default=10)
@@ -111,7 +113,7 @@ def main() -> None:
 def run_all(args, out: Path) -> dict:
     """Synthesize and evaluate every configuration; the table rows (rendered by `render`)."""
     seeds = list(range(args.seeds))
-    paths = [str(Path(args.teachers_dir) / f"{args.dataset}-{t}.safetensors") for t in TEACHERS]
+    paths = [str(Path(args.teachers_dir) / f"{args.dataset}-{t}.safetensors") for t in args.teachers.split(",")]
     headers = [read_teacher_header(p) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
 
@@ -191,7 +193,7 @@ def render(state: dict, args) -> None:
         "Full-data reference (the whole training split, same protocol and teachers): "
         + ", ".join(f"{p}: {v}" for p, v in full_rows.items()) + ".",
         "",
-        f"Ablation at IPC {args.ablation_ipc}, `stored-cpu`, teachers added in the order {', '.join(TEACHERS)} "
+        f"Ablation at IPC {args.ablation_ipc}, `stored-cpu`, teachers added in the order {', '.join(args.teachers.split(','))} "
         "(the random baseline is labeled by the same teachers as the row):",
         "",
         "| method | IPC | M | K | instances/class | protocol | test acc (%) | random real (%) | gain | command |",

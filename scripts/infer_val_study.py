@@ -31,7 +31,7 @@ from ddkit.models.teacher import load_teacher
 from ddkit.synth.infer import Infer, InferConfig, static_labels
 from ddkit.store.reader import to_unit_float
 
-TEACHERS = ["convnet-bn", "resnet8", "mobilenet"]
+TEACHERS = ["convnet-bn", "resnet8", "mobilenet-w8"]
 
 
 def student_accuracy(protocol, images, labels, payload, seeds, info, val, teachers):
