@@ -91,8 +91,13 @@ def real_subset_source(dataset: str, per_class: float, protocol: Protocol, schem
     if per_class <= 0 or total > len(train):
         raise InvalidInput(f"budget of {per_class:g} images per class does not fit {dataset} ({len(train)} images)")
 
+    labeled = getattr(train, "labeled", True)  # an unlabeled pool's labels carry no information
+    if not labeled and protocol.label_source != "teacher":
+        raise IncompatibleError(f"{dataset} is an unlabeled pool: protocol {protocol.id} would train on placeholder labels",
+                                "evaluate under a teacher protocol (e.g. --protocol teacher-cpu --teacher T)")
+
     def make(seed: int):
-        if float(per_class).is_integer():
+        if float(per_class).is_integer() and labeled:
             idx = class_balanced_indices(train, int(per_class), seed, salt="evaluation-baseline")
         else:
             idx = np.sort(numpy_rng(seed, "random-uniform", dataset, total).choice(len(train), total, replace=False))
@@ -158,6 +163,9 @@ def selection_source(path: str, protocol: Protocol) -> TrainSource:
 
     selection = read_selection(path)
     chosen: ImageDataset = resolve_selection(selection)
+    if str(selection.pool.get("name", "")).startswith("pool:") and protocol.label_source != "teacher":
+        raise IncompatibleError(f"{path} selects from an unlabeled pool: protocol {protocol.id} would train on placeholder labels",
+                                "evaluate under a teacher protocol (e.g. --protocol teacher-cpu --teacher T)")
     images, labels = chosen.normalized(), chosen.labels
 
     def make(seed: int):
