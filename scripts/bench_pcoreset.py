@@ -57,6 +57,36 @@ def make_teacher(train, test, per_class: int, epochs: int, device) -> tuple[Path
     return path, slice_pos.tolist()
 
 
+def choose_lr(cfg: ActiveKDConfig, lrs: list[float], pool, logits, val, device) -> tuple[ActiveKDConfig, list[str]]:
+    """Pick the learning rate on a validation slice of the train split (outside the pool and the
+    teacher's slice; never the test split): mean accuracy over |L| ∈ {10, 100} × distillation on/off."""
+    from ddkit.selectors.activekd import student_accuracy, train_student
+
+    cache = WORK / "lr-choice.json"
+    key = json.dumps({"cfg": dataclasses.asdict(cfg), "lrs": lrs, "pool": len(pool), "val": len(val)}, sort_keys=True)
+    stored = json.loads(cache.read_text()) if cache.exists() else {}
+    if stored.get("key") != key:
+        scores = {}
+        for lr in lrs:
+            accs = []
+            for n_labeled in (10, 100):
+                labeled = class_balanced_indices(pool, n_labeled // pool.num_classes, 0, salt="lr-choice")
+                for kd in (True, False):
+                    c = dataclasses.replace(cfg, lr=lr, distill=kd)
+                    student = train_student(pool.normalized(), labeled, pool.labels.numpy()[labeled], logits, c,
+                                            pool.num_classes, 0, 1, device)
+                    accs.append(student_accuracy(student, val, c))
+            scores[str(lr)] = accs
+            print(f"lr {lr}: val accuracies {[round(100 * a, 1) for a in accs]}", flush=True)
+        stored = {"key": key, "scores": scores}
+        cache.write_text(json.dumps(stored))
+    scores = stored["scores"]
+    best = max(scores, key=lambda lr: np.mean(scores[lr]))
+    rows = [f"| {lr}{' (chosen)' if lr == best else ''} | {' | '.join(f'{100 * a:.1f}' for a in accs)} | {100 * np.mean(accs):.2f} |"
+            for lr, accs in scores.items()]
+    return dataclasses.replace(cfg, lr=float(best)), rows
+
+
 def load_runs(path: Path, key: dict) -> dict:
     """Finished runs of this exact setup (pool, teacher, rounds, queries, config)."""
     runs = {}
@@ -106,8 +136,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rules", default=",".join(DEFAULT_RULES))
-    parser.add_argument("--config", nargs="*", default=["steps_per_label=1", "min_steps=60", "augmentation=crop-flip"],
+    parser.add_argument("--config", nargs="*", default=["width=16", "min_steps=200", "augmentation=crop-flip"],
                         help="ActiveKD overrides (KEY=VALUE)")
+    parser.add_argument("--lrs", default="0.001,0.003", help="learning rates to choose from on a validation slice")
+    parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--report-only", action="store_true", help="write the section from the runs measured so far")
     parser.add_argument("--smoke", action="store_true", help="check the script: its own work folder, no BENCHMARKS.md/plot")
     args = parser.parse_args()
@@ -133,6 +165,8 @@ def main() -> None:
         save_teacher_logits(logits_path, teacher_pool_logits(teacher, pool, device).numpy(), pool)
     logits, _ = load_teacher_logits(logits_path, pool)
     teacher_pool_acc = float((logits.argmax(1) == pool.labels).float().mean())
+    val_pos = np.sort(numpy_rng(0, "pcoreset-bench-val").choice(np.setdiff1d(rest, pool.ids.numpy()), args.val_size, replace=False))
+    cfg, lr_rows = choose_lr(cfg, [float(v) for v in args.lrs.split(",")], pool, logits, train.subset(val_pos), device)
     key = {"pool_size": args.pool_size, "teacher": teacher.header.tensors_sha256[:16], "rounds": args.rounds,
            "queries": args.queries, "config": dataclasses.asdict(cfg)}
     runs_path = WORK / "runs.jsonl"
@@ -188,11 +222,12 @@ def main() -> None:
         "through the precomputed-logits file (`--teacher-logits`).",
         f"- **Protocol:** 1 seed label per class, {args.queries} queries per round, {args.rounds} rounds, "
         f"{args.seeds} seeds (seed set, student init and batches change with the seed). Student: ConvNet-3 width "
-        f"{cfg.width}, {cfg.norm} norm, dual head, re-initialized every round; AdamW {cfg.lr} (wd {cfg.weight_decay}), "
+        f"{cfg.width}, {cfg.norm} norm, dual head, re-initialized every round; AdamW lr {cfg.lr:g} (chosen on val among {args.lrs}; the paper: 1e-3), wd {cfg.weight_decay}, "
         f"{int(100 * cfg.warmup_fraction)}% warm-up then linear decay; batches of {cfg.batch_size} labeled + "
         f"{cfg.batch_size} unlabeled; KD T = {cfg.temperature}, p(x) with α = {cfg.alpha}, β = {cfg.beta}. "
         f"**CPU scale-down, stated plainly:** steps per round = max({cfg.min_steps}, {cfg.steps_per_label:g}·|L|) "
-        f"instead of the paper's 200·|L|/64; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
+        f"(the paper's 200·|L|/64 = 3.125·|L| with a floor, since a from-scratch student needs more steps to absorb the "
+        f"teacher); a width-{cfg.width} student; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
         "random-resized-crop (kornia's resized crop costs more than the student on this CPU); a small ConvNet from "
         f"scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
         f"- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
@@ -203,6 +238,14 @@ def main() -> None:
         f"Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
         "",
         results_table(done),
+        "",
+        f"Learning rate chosen on a validation slice of {args.val_size:,} train images (outside the pool and the "
+        "teacher's slice; the test split is not used for any choice): val accuracy (%) of one round's student "
+        "trained on a class-balanced labeled set.",
+        "",
+        "| lr | \\|L\\|=10, KD | \\|L\\|=10, no KD | \\|L\\|=100, KD | \\|L\\|=100, no KD | mean |",
+        "|---|---|---|---|---|---|",
+        *lr_rows,
         "",
         "**Distillation effect** (KD on − KD off, same selector; percentage points):",
         "",
