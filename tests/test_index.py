@@ -10,7 +10,7 @@ from ddkit import index
 from ddkit.errors import InvalidInput
 from ddkit.index import device as backend_module
 
-ENGINES = ["faiss", "torch"]
+ENGINES = ["faiss", "torch", "faiss:1", "torch:1"]
 
 
 def brute_knn(q, x, k):
@@ -89,6 +89,7 @@ def test_knn_engines_agree_across_block_edges():
     (lambda x, q: index.knn(q, x, len(x) + 1), "out of range"),
     (lambda x, q: index.knn(q, x, 1.5), "integer"),
     (lambda x, q: index.knn(q, x, 1, engine="blas"), "engine"),
+    (lambda x, q: index.knn(q, x, 1, engine="faiss:0"), "engine"),
     (lambda x, q: index.knn(q[0], x, 1), "2-D"),
     (lambda x, q: index.knn(np.full((2, x.shape[1]), np.nan), x, 1), "NaN"),
     (lambda x, q: index.kmeans(x, 3, seed=0, init="best"), "init"),

@@ -2,19 +2,24 @@
 
 - A GPU and `faiss-gpu`: FAISS on the GPU.
 - A GPU without `faiss-gpu`: torch on the GPU (cuBLAS distance blocks), with a hint to install it.
-- No GPU: the CPU. There the distance blocks (‖x‖² − 2x·y + ‖y‖², then the top-k) run either in
-  FAISS or in torch, whichever a short measured check finds faster for the problem's dimension and
-  k regime. Why a check: the PyPI `faiss-cpu` wheel bundles an OpenBLAS (0.3.15) that does not know
-  recent CPUs and its per-pair top-k reduction is scalar, so on some machines torch's BLAS (MKL) with
-  a vectorized top-k is several times faster, on others FAISS is; measuring is cheaper than guessing.
-  The check runs once per (dimension bucket, k regime) per process and its numbers are in the report.
+- No GPU: the CPU. There an *engine* runs the distance blocks (‖x‖² − 2x·y + ‖y‖², then the
+  top-k): FAISS or torch, each with the process's thread count or single-threaded (`faiss:1`,
+  `torch:1`), whichever a short measured check finds fastest for the problem's dimension and
+  k regime. Why a check and why single-threaded candidates: the PyPI `faiss-cpu` wheel runs its
+  OpenMP threads with spin-waiting, and on a small machine whose cores are shared (or
+  oversubscribed) its multi-threaded search collapses to a fraction of what one thread does, while
+  on an idle many-core machine the threads win; its bundled OpenBLAS (0.3.15) also predates some
+  CPUs (it reports Zen 4 as "Zen"). Measuring is cheaper and more honest than guessing. The check
+  runs once per (dimension bucket, k regime) per process; its numbers are in the report.
 
-`DDKIT_INDEX_ENGINE=faiss|torch` pins the engine (e.g. for bit-identical reruns); every function
-also takes `engine=`. Nothing here changes global settings (thread counts, BLAS core types).
+`DDKIT_INDEX_ENGINE=faiss|torch|faiss:1|torch:1` pins the engine (e.g. for bit-identical reruns);
+every function also takes `engine=`. Nothing here changes global settings: a single-threaded
+engine sets the library's thread count for the duration of the call and restores it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -25,7 +30,7 @@ import torch
 
 from ddkit.errors import InvalidInput
 
-ENGINES = ("faiss", "torch")
+ENGINES = ("faiss", "torch")  # libraries; an engine is "<library>" or "<library>:<threads>"
 # Below this many multiply-adds a call is too small for the engine choice to matter: use FAISS.
 _SMALL_WORK = 1 << 26
 
@@ -50,8 +55,8 @@ class Backend:
         if self.pinned_engine:
             text += f"; engine pinned to {self.pinned_engine} by DDKIT_INDEX_ENGINE"
         for key, check in sorted(self.checks.items()):
-            text += (f"; distance blocks {key}: faiss {check['faiss']:.1f}, torch {check['torch']:.1f} GFLOP/s "
-                     f"-> {check['chosen']}")
+            rates = ", ".join(f"{e} {v:.1f}" for e, v in check.items() if e != "chosen")
+            text += f"; distance blocks {key}: {rates} GFLOP/s -> {check['chosen']}"
         return text
 
     def to_dict(self) -> dict:
@@ -71,8 +76,12 @@ def _faiss():
 
 def _detect() -> Backend:
     pinned = os.environ.get("DDKIT_INDEX_ENGINE") or None
-    if pinned is not None and pinned not in ENGINES + ("auto",):
-        raise InvalidInput(f"DDKIT_INDEX_ENGINE={pinned!r} is not one of faiss, torch, auto", "unset it or use one of those")
+    if pinned is not None and pinned != "auto":
+        try:
+            parse_engine(pinned)
+        except InvalidInput:
+            raise InvalidInput(f"DDKIT_INDEX_ENGINE={pinned!r} is not one of faiss, torch, faiss:1, torch:1, auto",
+                               "unset it or use one of those") from None
     pinned = None if pinned == "auto" else pinned
     try:
         faiss = _faiss()
@@ -116,10 +125,49 @@ def _bucket(d: int) -> int:
     return 1 << max(4, int(np.ceil(np.log2(max(d, 1)))))
 
 
+def parse_engine(engine: str) -> tuple[str, int | None]:
+    """"faiss" -> ("faiss", None): library and thread count (None: the process's default)."""
+    library, sep, threads = str(engine).partition(":")
+    if library not in ENGINES or (sep and not threads.isdigit()) or (sep and int(threads) < 1):
+        raise InvalidInput(f"engine must be 'auto', 'faiss', 'torch' or one of those with ':<threads>' (e.g. 'faiss:1'), got {engine!r}")
+    return library, (int(threads) if sep else None)
+
+
 def check_engine(engine: str) -> str:
-    if engine not in ENGINES + ("auto",):
-        raise InvalidInput(f"engine must be 'auto', 'faiss' or 'torch', got {engine!r}")
+    if engine != "auto":
+        parse_engine(engine)
     return engine
+
+
+@contextlib.contextmanager
+def engine_threads(engine: str):
+    """Run the block with the engine's thread count, restoring the library's setting afterwards."""
+    library, threads = parse_engine(engine)
+    if threads is None:
+        yield
+        return
+    if library == "faiss":
+        import faiss
+
+        old = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(threads)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(old)
+    else:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+
+
+def candidate_engines() -> list[str]:
+    """The CPU engines the measured check compares."""
+    many = max(torch.get_num_threads(), _faiss().omp_get_max_threads()) > 1
+    return ["faiss", "torch"] + (["faiss:1", "torch:1"] if many else [])
 
 
 def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
@@ -127,7 +175,7 @@ def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
     check_engine(engine)
     b = backend()
     if engine != "auto":
-        if engine == "faiss" and b.library in ("torch-cpu",):
+        if parse_engine(engine)[0] == "faiss" and b.library in ("torch-cpu",):
             raise InvalidInput("engine 'faiss' was asked but faiss is not installed", "pip install faiss-cpu")
         return engine
     if b.pinned_engine:
@@ -147,20 +195,22 @@ def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
 
 
 def _measure(d: int, k: int, reps: int = 3) -> dict:
-    """GFLOP/s of both CPU engines on one synthetic search of dimension `d` (about 1 GFLOP)."""
+    """GFLOP/s of each CPU engine on one synthetic search of dimension `d` (about 2 GFLOP: big
+    enough that per-call overheads do not decide, small enough to cost about a second)."""
     from ddkit.index.search import search_blocks
 
     rng = np.random.default_rng(0)
-    nq = 1024
-    nb = int(np.clip((1 << 29) // (nq * d), 4096, 65536))
+    nq = 2048
+    nb = int(np.clip((1 << 30) // (nq * d), 4096, 65536))
     queries = rng.standard_normal((nq, d), dtype=np.float32)
     database = rng.standard_normal((nb, d), dtype=np.float32)
-    best = {e: float("inf") for e in ENGINES}
+    engines = candidate_engines()
+    best = {e: float("inf") for e in engines}
     for _ in range(reps):
-        for e in ENGINES:  # alternate, so a burst of load elsewhere hits both
+        for e in engines:  # alternate, so a burst of load elsewhere hits every engine
             start = time.perf_counter()
             search_blocks(queries, database, k, e, torch.device("cpu"))
             best[e] = min(best[e], time.perf_counter() - start)
     flops = 2.0 * nq * nb * d
-    rates = {e: flops / best[e] / 1e9 for e in ENGINES}
-    return {**rates, "chosen": max(ENGINES, key=lambda e: rates[e])}
+    rates = {e: flops / best[e] / 1e9 for e in engines}
+    return {**rates, "chosen": max(engines, key=lambda e: rates[e])}

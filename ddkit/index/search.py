@@ -1,10 +1,11 @@
 """Exact k-nearest-neighbour search (squared L2), the distance kernel of the whole index layer.
 
-Two engines compute the same thing block by block:
+Two engines compute the same thing block by block (each optionally single-threaded, `faiss:1`,
+`torch:1`; see `ddkit.index.device` for why and how one is chosen):
 - `faiss`: `faiss.knn` (CPU) or `faiss.knn_gpu` (GPU);
 - `torch`: one GEMM per block on augmented vectors, score(x, y) = [x, 1]·[−2y, ‖y‖²] = ‖y‖² − 2x·y
   (the ‖x‖² term does not change a query's ranking, so it is added only to the k survivors), then a
-  vectorized top-k (`min` when k = 1) and a merge into the running best k.
+  two-stage top-k (`block_topk`) and a merge into the running best k.
 Results are sorted by (distance, index), so equal distances come back in one defined order.
 """
 
@@ -15,7 +16,7 @@ import threading
 import numpy as np
 import torch
 
-from ddkit.index.device import backend, choose_engine
+from ddkit.index.device import backend, choose_engine, engine_threads, parse_engine
 from ddkit.index.source import Points, as_points, check_int
 
 # Block shapes of the torch engine: a score block of QUERY_ROWS × DB_ROWS floats stays near the
@@ -136,6 +137,11 @@ def search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: str
 
     k may exceed the database size: missing neighbours are (inf, -1).
     """
+    with engine_threads(engine):
+        return _search_blocks(queries, database, k, parse_engine(engine)[0], device)
+
+
+def _search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: str, device: torch.device):
     kk = min(k, len(database))
     if engine == "faiss":
         d, i = _faiss_search(queries, database, kk) if kk else (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
