@@ -92,7 +92,10 @@ def cpu_id() -> str:
 
 
 # -- kNN and k-means ------------------------------------------------------------------------------
-def knn_table(matmul: float, nq: int, nb: int, dims, ks) -> list[str]:
+COLUMNS = ("faiss-cpu (PyPI), before", "faiss:1", "torch", "torch:1", "ddkit.index (auto), after")
+
+
+def knn_table(matmul: float, nq: int, nb: int, dims, ks, reps: int = 2) -> list[str]:
     import faiss
 
     from ddkit import index
@@ -105,14 +108,11 @@ def knn_table(matmul: float, nq: int, nb: int, dims, ks) -> list[str]:
         x = rng.standard_normal((nb, d), dtype=np.float32)
         flops = 2.0 * nq * nb * d
         for k in ks:
-            rates = {
-                "faiss-cpu (PyPI)": flops / best_time(lambda: faiss.knn(q, x, k)) / 1e9,
-                "ddkit torch blocks": flops / best_time(lambda: index.knn(q, x, k, engine="torch")) / 1e9,
-                "ddkit.index (auto)": flops / best_time(lambda: index.knn(q, x, k)) / 1e9,
-            }
+            timers = [lambda: faiss.knn(q, x, k)] + [lambda e=e: index.knn(q, x, k, engine=e) for e in ("faiss:1", "torch", "torch:1", "auto")]
+            rates = [flops / best_time(fn, reps) / 1e9 for fn in timers]
             chosen = search.choose_engine(d, k, nq * nb * d)
-            cells = " | ".join(f"{v:.1f} ({100 * v / matmul:.0f}%)" for v in rates.values())
-            rows.append(f"| kNN | {nq}×{nb}, d={d}, k={k} | {cells} | {chosen} |")
+            cells = " | ".join(f"{v:.1f} ({100 * v / matmul:.0f}%)" for v in rates)
+            rows.append(f"| kNN | {nq}×{nb:,}, d={d}, k={k} | {cells} | {chosen} |")
             print(rows[-1], flush=True)
     return rows
 
@@ -121,21 +121,27 @@ def kmeans_table(matmul: float, n: int, d: int, k: int, iterations: int) -> list
     import faiss
 
     from ddkit import index
+    from ddkit.index import search
 
     x = np.random.default_rng(1).standard_normal((n, d), dtype=np.float32)
     pass_flops = 2.0 * n * k * d
-
     stats = {}
 
-    def run_faiss():
-        km = faiss.Kmeans(d, k, niter=iterations, seed=1, max_points_per_centroid=n, verbose=False)
-        km.train(x)
+    def run_faiss(threads=None):
+        old = faiss.omp_get_max_threads()
+        if threads:
+            faiss.omp_set_num_threads(threads)
+        try:
+            km = faiss.Kmeans(d, k, niter=iterations, seed=1, max_points_per_centroid=n, verbose=False)
+            km.train(x)
+        finally:
+            faiss.omp_set_num_threads(old)
         last = km.iteration_stats[-1]  # cumulative seconds
-        stats["search_share"] = last["time_search"] / max(last["time"], 1e-12)
+        stats.setdefault("search_share", last["time_search"] / max(last["time"], 1e-12))
 
-    t_faiss = best_time(run_faiss, 2)
-    rates = {"faiss-cpu (PyPI)": iterations * pass_flops / t_faiss / 1e9}
-    for label, engine in (("ddkit torch blocks", "torch"), ("ddkit.index (auto)", "auto")):
+    rates = [iterations * pass_flops / best_time(run_faiss, 2) / 1e9,
+             iterations * pass_flops / best_time(lambda: run_faiss(1), 2) / 1e9]
+    for engine in ("torch", "torch:1", "auto"):
         result = {}
 
         def run(engine=engine, result=result):
@@ -143,14 +149,26 @@ def kmeans_table(matmul: float, n: int, d: int, k: int, iterations: int) -> list
 
         t = best_time(run, 2)
         passes = len(result["km"].history) + 1  # assignment passes: one per iteration plus the final one
-        rates[label] = passes * pass_flops / t / 1e9
-    from ddkit.index import search
-
-    cells = " | ".join(f"{v:.1f} ({100 * v / matmul:.0f}%)" for v in rates.values())
-    row = (f"| k-means | N={n}, d={d}, k={k}, {iterations} iterations (faiss: {100 * stats['search_share']:.0f}% of its time "
-           f"in the assignment search) | {cells} | {search.choose_engine(d, 1, n * k * d)} |")
+        rates.append(passes * pass_flops / t / 1e9)
+    cells = " | ".join(f"{v:.1f} ({100 * v / matmul:.0f}%)" for v in rates)
+    row = (f"| k-means | N={n:,}, d={d}, k={k}, {iterations} iterations (faiss.Kmeans: {100 * stats['search_share']:.0f}% "
+           f"of its time in the assignment search) | {cells} | {search.choose_engine(d, 1, n * k * d)} |")
     print(row, flush=True)
     return [row]
+
+
+def faiss_threads(threads: int, nq: int, nb: int, d: int, k: int) -> float:
+    import faiss
+
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((nq, d), dtype=np.float32)
+    x = rng.standard_normal((nb, d), dtype=np.float32)
+    old = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(threads)
+    try:
+        return 2.0 * nq * nb * d / best_time(lambda: faiss.knn(q, x, k)) / 1e9
+    finally:
+        faiss.omp_set_num_threads(old)
 
 
 def faiss_with_env(env: dict, nq: int, nb: int, d: int, k: int) -> float:
@@ -330,7 +348,7 @@ def main() -> None:
     bandwidth = copy_bandwidth(128 if quick else 512)
     lib, blas_config, corename = bundled_openblas()
     print(f"matmul {matmul:.1f} GFLOP/s, copy {bandwidth:.1f} GB/s, {blas_config}, core {corename}", flush=True)
-    nq, nb = (1024, 16384) if quick else (4096, 100_000)
+    nq, nb = (1024, 16384) if quick else (2048, 100_000)
     knn_rows = knn_table(matmul, nq, nb, (64,) if quick else (64, 128, 256), (1, 10))
     km_rows = kmeans_table(matmul, 20_000 if quick else 100_000, 64, 256 if quick else 1024, 3 if quick else 10)
     matmul_after = matmul_gflops(2048 if quick else 4096)
@@ -343,16 +361,28 @@ def main() -> None:
             diag.append(f"| GEMM of one faiss distance block, 4096×1024×{dd} | {openblas_sgemm_gflops(lib, 4096, 1024, dd):.1f} | "
                         f"{torch_gemm_gflops(4096, 1024, dd):.1f} (torch/MKL, same shape) |")
         diag.append(f"| square GEMM 4096³ | {openblas_sgemm_gflops(lib, 4096, 4096, 4096):.1f} | {matmul:.1f} (torch/MKL) |")
+    dq = 4096 if not quick else 1024
+    shape = f"faiss.knn {dq}×{nb:,}, d={d}, k=10"
+    for threads in (1, 2):
+        diag.append(f"| {shape}, {threads} OpenMP thread{'s' if threads > 1 else ''} (in process) | "
+                    f"{faiss_threads(threads, dq, nb, d, 10):.1f} | |")
     for bs in (1024, 16384):
-        diag.append(f"| faiss.knn 4096×{nb}, d={d}, k=10, distance_compute_blas_database_bs={bs} | "
-                    f"{faiss_with_database_block(bs, 4096 if not quick else 1024, nb, d, 10):.1f} | |")
+        diag.append(f"| {shape}, distance_compute_blas_database_bs={bs} | {faiss_with_database_block(bs, dq, nb, d, 10):.1f} | |")
     env_note = os.environ.get("OPENBLAS_CORETYPE", "(unset)")
-    for core in ("Haswell", "SkylakeX"):
+    for name, env in (("OMP_WAIT_POLICY=PASSIVE", {"OMP_WAIT_POLICY": "PASSIVE"}),
+                      ("OPENBLAS_CORETYPE=Haswell", {"OPENBLAS_CORETYPE": "Haswell"}),
+                      ("OPENBLAS_CORETYPE=SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}),
+                      ("OPENBLAS_CORETYPE=Prescott", {"OPENBLAS_CORETYPE": "Prescott"})):
         try:
-            rate = faiss_with_env({"OPENBLAS_CORETYPE": core}, 4096 if not quick else 1024, nb, d, 10)
-            diag.append(f"| faiss.knn 4096×{nb}, d={d}, k=10, child process with OPENBLAS_CORETYPE={core} | {rate:.1f} | |")
+            rate = faiss_with_env(env, dq, nb, d, 10)
+            diag.append(f"| {shape}, default threads, child process with {name} | {rate:.1f} | |")
         except subprocess.CalledProcessError as exc:
-            diag.append(f"| OPENBLAS_CORETYPE={core} | failed: {exc.stderr.strip()[-80:]} | |")
+            diag.append(f"| {name} | failed: {exc.stderr.strip()[-80:]} | |")
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    matmul_1 = matmul_gflops(2048 if quick else 4096)
+    torch.set_num_threads(torch_threads)
+    diag.append(f"| fp32 matmul 4096³, torch/MKL, 1 thread | | {matmul_1:.1f} |")
 
     kc_rows = kcenter_table(bandwidth, (20_000,) if quick else (60_000, 1_000_000), 64, 0.10,
                             max_steps=200 if quick else 1000, dense_max_steps=200 if quick else 6000)
@@ -371,10 +401,14 @@ def main() -> None:
         "",
         "### kNN and k-means: GFLOP/s (share of the matmul throughput)",
         "",
-        "GFLOP/s = 2·(queries)·(database)·d per search (k-means: per assignment pass) ÷ wall time; best of 3.",
+        "GFLOP/s = 2·(queries)·(database)·d per search (k-means: per assignment pass) ÷ wall time; best of 2 after a "
+        "warm-up. Columns: `faiss.knn` / `faiss.Kmeans` of the PyPI wheel with its default threads (before); the same "
+        "single-threaded (`faiss:1`); ddkit's torch distance blocks with torch's default threads (`torch`) and single-"
+        "threaded (`torch:1`); `ddkit.index` with the engine its measured check chose (after). ddkit's k-means is its own "
+        "Lloyd loop with the engine doing the assignment.",
         "",
-        "| task | shape | faiss-cpu (PyPI), before | ddkit torch blocks | ddkit.index (auto), after | engine chosen |",
-        "|---|---|---|---|---|---|",
+        "| task | shape | " + " | ".join(COLUMNS) + " | engine chosen by the check |",
+        "|---|---|---|---|---|---|---|---|",
         *knn_rows,
         *km_rows,
         "",

@@ -140,6 +140,7 @@ def main() -> None:
                         help="ActiveKD overrides (KEY=VALUE)")
     parser.add_argument("--lrs", default="0.001,0.003", help="learning rates to choose from on a validation slice")
     parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--report-only", action="store_true", help="write the section from the runs measured so far")
     parser.add_argument("--smoke", action="store_true", help="check the script: its own work folder, no BENCHMARKS.md/plot")
     args = parser.parse_args()
@@ -147,6 +148,9 @@ def main() -> None:
     if args.smoke:
         WORK = WORK.with_name("pcoreset-smoke")
     torch.manual_seed(0)
+    # One torch thread: on this shared 2-vCPU machine two intra-op threads made a student step ~20×
+    # slower (spin-waiting OpenMP threads; measured 580 vs 30 ms per step).
+    torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     WORK.mkdir(parents=True, exist_ok=True)
     from ddkit.config import build_config
@@ -211,7 +215,8 @@ def main() -> None:
         "## Active learning with a weak teacher: PCoreSet / ActiveKD on Fashion-MNIST (issue 6)",
         "",
         f"Machine: {machine()}. Date: {today()}. Script: `flock /tmp/ddkit-cpu.lock python scripts/bench_pcoreset.py` "
-        f"(runs resume from `runs/pcoreset/runs.jsonl`). Total compute of the runs: {total_s / 60:.0f} min.",
+        f"(runs resume from `runs/pcoreset/runs.jsonl`; torch threads: {args.threads}). Total compute of the runs: "
+        f"{total_s / 60:.0f} min.",
         "",
         f"- **Pool:** {args.pool_size:,} images drawn (seeded) from the 60,000 Fashion-MNIST training images, minus the "
         f"teacher's slice; labels hidden behind the oracle (the loop sees a label-free view of the pool and reads a label "

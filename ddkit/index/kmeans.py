@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ddkit.errors import InvalidInput
 from ddkit.index.kcenter import RunningMin
@@ -82,13 +81,18 @@ def kmeans(points, k: int, *, seed: int, iterations: int = 20, init: str = "rand
 
 
 def _update(points, assign: np.ndarray, dist: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """New centroids = cluster means (float64 sums: per block, rows sorted by cluster, then
+    `np.add.reduceat`; plain numpy, so no thread pool is involved)."""
     k, d = old.shape
-    sums = torch.zeros(k, d, dtype=torch.float64)
+    sums = np.zeros((k, d), np.float64)
     for start, block in points.blocks():
-        index = torch.from_numpy(assign[start : start + len(block)])
-        sums.index_add_(0, index, torch.from_numpy(block).double())
+        a = assign[start : start + len(block)]
+        order = np.argsort(a, kind="stable")
+        sorted_a = a[order]
+        starts = np.flatnonzero(np.r_[True, sorted_a[1:] != sorted_a[:-1]])
+        sums[sorted_a[starts]] += np.add.reduceat(block[order].astype(np.float64), starts, axis=0)
     counts = np.bincount(assign, minlength=k)
-    centroids = (sums.numpy() / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
     empty = np.flatnonzero(counts == 0)
     if len(empty):  # re-seed empty clusters at the worst-served points, farthest first
         far = np.argsort(-dist, kind="stable")[: len(empty)]
