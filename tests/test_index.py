@@ -261,3 +261,25 @@ def test_two_stage_block_topk_is_exact(k):
         torch.testing.assert_close(values.sort(1).values, torch.topk(scores, k, 1, largest=False).values)
         torch.testing.assert_close(scores.gather(1, idx), values)
         assert all(len(set(row)) == k for row in idx.tolist())
+
+
+def test_kcenter_thread_choice_does_not_change_picks(cloud, monkeypatch):
+    """Above the size threshold the per-pick pass times torch's threads against one thread; the picks
+    are the same whichever wins."""
+    import importlib
+
+    import torch
+
+    kcenter_module = importlib.import_module("ddkit.index.kcenter")  # the module, not the function
+    x, _ = cloud
+    plain = index.kcenter(x, 30, center_positions=[1, 2])
+    monkeypatch.setattr(kcenter_module, "_MEASURE_THREADS_AT", 0)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        measured = index.kcenter(x, 30, center_positions=[1, 2])
+    finally:
+        torch.set_num_threads(old)
+    assert measured.threads in (1, 2)
+    np.testing.assert_array_equal(measured.indices, plain.indices)
+    np.testing.assert_array_equal(measured.min_distance, plain.min_distance)

@@ -11,13 +11,14 @@ The same vector gives k-means++ seeding (D² sampling instead of the argmax), se
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
-from ddkit.index.device import backend
+from ddkit.index.device import backend, engine_threads
 from ddkit.index.source import Points, as_points, check_int, check_positions
 from ddkit.seeding import numpy_rng
 
@@ -26,13 +27,52 @@ _CENTER_CHUNK = 1024
 _TAKEN = -1.0  # running-min value of a point that is a center (never picked again)
 
 
+# Points × dimension above which the CPU thread count of the per-pick pass is chosen by measuring.
+_MEASURE_THREADS_AT = 1 << 20
+
+
 @dataclass
 class KCenterResult:
     """`indices`: picked row positions, in pick order. `min_distance`: each pick's L2 distance to its
-    nearest center at the time it was picked (inf for a first pick made without any center)."""
+    nearest center at the time it was picked (inf for a first pick made without any center).
+    `threads`: torch threads used for the per-pick passes (None: torch's default / a GPU)."""
 
     indices: np.ndarray
     min_distance: np.ndarray
+    threads: int | None = None
+
+
+class _ThreadChoice:
+    """Times the first per-pick passes with torch's thread count and with one thread, alternating,
+    then keeps the faster. On a small machine whose cores are shared, one thread is often faster
+    for this memory-bound pass; on an idle many-core machine more threads are. The picks do not
+    depend on the choice (each point's distance is one dot product either way)."""
+
+    def __init__(self, active: bool, trials: int = 3):
+        default = torch.get_num_threads()
+        self.options = [default, 1] if active and default > 1 else [None]
+        self.times = {o: [] for o in self.options}
+        self.trials = trials
+        self.chosen = None if len(self.options) > 1 else self.options[0]
+
+    def run(self, update) -> None:
+        if self.chosen is not None or len(self.options) == 1:
+            self._with(self.chosen, update)
+            return
+        option = min(self.options, key=lambda o: len(self.times[o]))
+        start = time.perf_counter()
+        self._with(option, update)
+        self.times[option].append(time.perf_counter() - start)
+        if all(len(t) >= self.trials for t in self.times.values()):
+            self.chosen = min(self.options, key=lambda o: min(self.times[o]))
+
+    @staticmethod
+    def _with(threads, update) -> None:
+        if threads is None:
+            update()
+            return
+        with engine_threads(f"torch:{threads}"):
+            update()
 
 
 class RunningMin:
@@ -137,6 +177,7 @@ def kcenter(points, budget: int, *, center_positions=None, centers=None, seed: i
         state.mark_taken(given)
     picks = np.empty(budget, np.int64)
     min_distance = np.empty(budget, np.float64)
+    threads = _ThreadChoice(state.device.type == "cpu" and pts.n * pts.d >= _MEASURE_THREADS_AT)
     for t in range(budget):
         if t == 0 and not len(given) and (extra is None or extra.n == 0):
             pick = int(numpy_rng(seed, "kcenter-first").integers(pts.n))
@@ -145,5 +186,6 @@ def kcenter(points, budget: int, *, center_positions=None, centers=None, seed: i
         picks[t], min_distance[t] = pick, state.distance(pick)
         state.mark_taken([pick])
         if t + 1 < budget:
-            state.add_center(state.rows(np.array([pick]))[0])
-    return KCenterResult(picks, min_distance)
+            center = state.rows(np.array([pick]))[0]
+            threads.run(lambda: state.add_center(center))
+    return KCenterResult(picks, min_distance, threads.chosen)
