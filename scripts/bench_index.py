@@ -250,6 +250,7 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
         if kind == "ddkit":
             res = index.kcenter(x, steps, seed=0)
             out["picks"] = res.indices[:50].tolist()
+            out["threads"] = res.threads
         elif kind == "ddkit-h5":
             import h5py
 
@@ -288,7 +289,8 @@ def kcenter_table(bandwidth: float, sizes, d: int, fraction: float, max_steps: i
         per_step = ours["seconds"] / steps
         total = per_step * budget
         note = "" if steps == budget else f" (first {steps} picks timed, ×{budget // steps} extrapolated)"
-        rows.append(f"| ddkit.index.kcenter (O(N) running min) | {n:,} | {budget:,} | {1e3 * per_step:.2f} | "
+        threads = ours.get("threads") or torch.get_num_threads()
+        rows.append(f"| ddkit.index.kcenter (O(N) running min; torch threads chosen: {threads}) | {n:,} | {budget:,} | {1e3 * per_step:.2f} | "
                     f"{per_step / bound:.2f}× | {total:.1f}{note} | {ours['peak_extra_mb']:.0f} |")
         print(rows[-1], flush=True)
         if n <= 100_000:
