@@ -241,6 +241,8 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
     """Run in a child process so ru_maxrss is this configuration's own peak."""
     from ddkit import index
 
+    if os.environ.get("BENCH_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
     x = np.random.default_rng(2).standard_normal((n, d), dtype=np.float32)
     base = reset_peak_rss()
     out = {"kind": kind, "n": n, "d": d, "budget": budget, "steps": steps}
@@ -269,9 +271,10 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
     return out
 
 
-def run_worker(*args) -> dict:
+def run_worker(*args, threads: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"BENCH_TORCH_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['killed'])[-1][:160]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -308,7 +311,7 @@ def kcenter_table(bandwidth: float, sizes, d: int, fraction: float, max_steps: i
             print(rows[-1], flush=True)
         dense_gb = budget * n * 4 / 1e9
         dense_steps = min(budget, dense_max_steps)
-        ref = run_worker("dense", n, d, budget, dense_steps, "-")
+        ref = run_worker("dense", n, d, budget, dense_steps, "-", threads=ours.get("threads"))  # same threads as ddkit
         if "error" in ref and "seconds" not in ref:
             rows.append(f"| dense budget×N reference | {n:,} | {budget:,} | — | — | did not run: {ref['error']} | needs {dense_gb:,.0f} GB |")
         elif "error" in ref:
@@ -318,7 +321,7 @@ def kcenter_table(bandwidth: float, sizes, d: int, fraction: float, max_steps: i
             rps = ref["seconds"] / dense_steps
             agree = ref["picks"] == ours["picks"][: len(ref["picks"])]
             note = "" if dense_steps == budget else f" (first {dense_steps} picks timed, extrapolated)"
-            rows.append(f"| dense budget×N reference{'' if agree else ' (picks differ!)'} | {n:,} | {budget:,} | "
+            rows.append(f"| dense budget×N reference (same torch threads){'' if agree else ' (picks differ!)'} | {n:,} | {budget:,} | "
                         f"{1e3 * rps:.2f} | {rps / bound:.2f}× | {rps * budget:.1f}{note} | {ref['peak_extra_mb']:.0f} |")
         print(rows[-1], flush=True)
     return rows
