@@ -203,6 +203,11 @@ def bench(args, results: dict) -> None:
 # -- the BENCHMARKS.md section ------------------------------------------------------------------------
 
 
+def _rel(command: str) -> str:
+    """A recorded command as run from the repository root."""
+    return command.replace(f"{ROOT}/", "")
+
+
 def render(args, results: dict) -> None:
     from ddkit.evaluate.card import mean_std
 
@@ -255,13 +260,18 @@ def render(args, results: dict) -> None:
             "| IPC | train set | protocol | test acc (%) | random real (%) | gain | full data (%) | command |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for ekey, v in sorted(results["eval"].items(), key=lambda kv: (int(kv[0].split("/")[0]), kv[0])):
+        def arm_rank(kv):
+            ipc, variant, protocol = kv[0].split("/")
+            arm = (variant, protocol)
+            return int(ipc), ARMS.index(arm) if arm in ARMS else len(ARMS), kv[0]
+
+        for ekey, v in sorted(results["eval"].items(), key=arm_rank):
             ipc, variant, protocol = ekey.split("/")
             c = v["card"]
             r, b, f = c["result"], c["random_baseline"], c.get("full_data")
             full = pct(f["mean"], f["std"]) if f else "—"
             lines.append(f"| {ipc} | {LABELS[variant]} | {c['protocol']['id']} | {pct(r['mean'], r['std'])} | "
-                         f"{pct(b['mean'], b['std'])} | {100 * c['gain_over_random']:+.2f} | {full} | `{v['command']}` |")
+                         f"{pct(b['mean'], b['std'])} | {100 * c['gain_over_random']:+.2f} | {full} | `{_rel(v['command'])}` |")
         lines.append("")
     if results["synth"]:
         lines += [
@@ -281,7 +291,7 @@ def render(args, results: dict) -> None:
             b, d = v["budget"], v.get("dbr")
             dbr = (str(d["views"]), human_bytes(d["bytes"]), human_bytes(d["full_soft_label_bytes"])) if d else ("—", "—", "—")
             lines.append(f"| {ipc} | {variant} | {v['wall_seconds']:.0f} | {v['peak_rss_mib']:.0f} | {human_bytes(b['bytes_images'])} | "
-                         f"{human_bytes(b['bytes_labels'])} | {dbr[0]} | {dbr[1]} | {dbr[2]} | `{v['command']}` |")
+                         f"{human_bytes(b['bytes_labels'])} | {dbr[0]} | {dbr[1]} | {dbr[2]} | `{_rel(v['command'])}` |")
         lines.append("")
     if not (tune_rows or results["eval"] or results["synth"]):
         lines.append("Not measured yet.")
