@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ddkit.config import build_config
@@ -50,13 +51,16 @@ def main() -> None:
     parser.add_argument("--protocol", default="stored-cpu")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[], help="'base' or KEY=VALUE[,KEY=VALUE] infer options")
+    parser.add_argument("--protocol-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="a derived protocol (renamed, e.g. stored-cpu[steps=3000]) for this study only")
     parser.add_argument("--out", default="runs/infer/val_study.json")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
     teachers = [load_teacher(Path(args.teachers_dir) / f"{args.dataset}-{t}.safetensors") for t in TEACHERS[: args.teachers]]
     train, val = train_val_split(load_dataset(args.dataset, "train"), 0.1, seed=0)
     info = train.info
-    protocol = get_protocol(args.protocol)
+    protocol = get_protocol(args.protocol).with_overrides(**parse_model_options(args.protocol_opt))
+    cache = Path(args.out).with_suffix("")  # synthesized sets, reused across protocols
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
 
@@ -66,7 +70,7 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=1))
         print(key, json.dumps(entry), flush=True)
 
-    base_key = f"random-real ipc{args.ipc} M{len(teachers)} {args.protocol}"
+    base_key = f"random-real ipc{args.ipc} M{len(teachers)} {protocol.id}"
     if base_key not in results:
         accs = []
         for s in seeds:  # one random subset per seed, as the evaluator's baseline does
@@ -78,22 +82,33 @@ def main() -> None:
 
     for variant in args.variant or ["base"]:
         overrides = {} if variant == "base" else parse_model_options(variant.split(","))
-        key = f"infer ipc{args.ipc} M{len(teachers)} {args.protocol} {variant}"
+        key = f"infer ipc{args.ipc} M{len(teachers)} {protocol.id} {variant}"
         if key in results:
             continue
-        cfg = build_config(InferConfig, overrides, owner="infer")
+        pixels, labels, logits, meta = synthesized(cache / f"ipc{args.ipc}-M{len(teachers)}-{variant}.npz", train, teachers,
+                                                   args.ipc, build_config(InferConfig, overrides, owner="infer"))
+        payload = logits if protocol.label_source == "stored" else None
+        accs = student_accuracy(protocol, info.normalization.apply(pixels), labels, payload, seeds, info, val, teachers)
+        record(key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1], **meta,
+                     "overrides": overrides})
+
+
+def synthesized(path: Path, train, teachers, ipc: int, cfg: InferConfig):
+    """INFER's instances (pixels, labels, static logits) for this variant, synthesized once and cached."""
+    if not path.exists():
         start = time.perf_counter()
-        dset = Infer().synthesize(train, teachers, args.ipc, cfg, 0, torch.device("cpu"))
+        dset = Infer().synthesize(train, teachers, ipc, cfg, 0, torch.device("cpu"))
         wall = time.perf_counter() - start
-        base = to_unit_float(dset.stored_images())
-        pixels = Infer.instance_pixels(base, dset.composite)
-        payload = torch.from_numpy(dset.soft["logits"].values).float() if protocol.label_source == "stored" else None
-        accs = student_accuracy(protocol, info.normalization.apply(pixels), dset.instance_labels(), payload, seeds, info,
-                                val, teachers)
+        pixels = Infer.instance_pixels(to_unit_float(dset.stored_images()), dset.composite)
         loss = dset.composite.extra["final_loss"]
-        record(key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1],
-                     "synthesis_seconds": wall, "final_ce_mean": float(loss[:, 0].mean()),
-                     "final_bn_mean": float(loss[:, 1].mean()), "overrides": overrides})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, pixels=pixels.numpy(), labels=dset.instance_labels().numpy(),
+                 logits=dset.soft["logits"].values.astype(np.float32),
+                 meta=np.array([wall, loss[:, 0].mean(), loss[:, 1].mean()], np.float64))
+    with np.load(path, allow_pickle=False) as z:
+        wall, ce, bn = (float(v) for v in z["meta"])
+        return (torch.from_numpy(z["pixels"]), torch.from_numpy(z["labels"]), torch.from_numpy(z["logits"]),
+                {"synthesis_seconds": wall, "final_ce_mean": ce, "final_bn_mean": bn})
 
 
 if __name__ == "__main__":
