@@ -101,6 +101,16 @@ def check_pixels(images: torch.Tensor, image_shape: Sequence[int] | None = None,
         )
 
 
+def transformed_sample(x: torch.Tensor, y: int, transform=None, target_transform=None) -> tuple:
+    """One (image, label) sample after the optional torchvision-style transforms: the `__getitem__`
+    contract shared by every ddkit dataset (real datasets and distilled files)."""
+    if transform is not None:
+        x = transform(x)
+    if target_transform is not None:
+        y = target_transform(y)
+    return x, y
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """A labeled image set held in memory, in the torchvision dataset style.
 
@@ -143,13 +153,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int):
-        x = self.info.normalization.apply(self.pixels(index))
-        y = int(self.labels[index])
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.target_transform is not None:
-            y = self.target_transform(y)
-        return x, y
+        return transformed_sample(self.info.normalization.apply(self.pixels(index)), int(self.labels[index]),
+                                  self.transform, self.target_transform)
 
     def __repr__(self) -> str:
         lines = [

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 
-from ddkit.data.base import DatasetInfo
+from ddkit.data.base import DatasetInfo, transformed_sample
 from ddkit.errors import FileFormatError
 from ddkit.store.composite import AdditiveComposite, instance_labels, read_composite
 from ddkit.store.distilled import IMAGE_DTYPES, check_labels
@@ -119,13 +119,8 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         i = operator.index(index)
-        x = self.header.normalization.apply(self.pixels([i])[0])
-        y = int(self.labels[i])
-        if self.transform is not None:
-            x = self.transform(x)
-        if self.target_transform is not None:
-            y = self.target_transform(y)
-        return x, y
+        return transformed_sample(self.header.normalization.apply(self.pixels([i])[0]), int(self.labels[i]),
+                                  self.transform, self.target_transform)
 
     def __repr__(self) -> str:
         d = self.header.dataset
