@@ -272,11 +272,12 @@ def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, 
 @click.option("--no-baseline", is_flag=True, help="skip the random-subset baseline (not recommended)")
 @click.option("--no-full", is_flag=True, help="skip the full-data reference")
 @click.option("--steps", default=None, type=int, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
-@click.option("--sequential", is_flag=True, help="train seeds one at a time instead of as one batched model")
+@click.option("--batched/--sequential", default=None,
+              help="train the seeds as one vmapped model, or one at a time (default: batched on a GPU, one at a time on a CPU)")
 @click.option("--no-write", is_flag=True, help="do not write the result card into the file")
 @click.option("--nproc", default=1, show_default=True, help="processes (torchrun): the seeds are shared out, one student per rank")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, sequential, no_write, nproc, as_json):
+def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, no_write, nproc, as_json):
     """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
     from ddkit import distributed
     from ddkit.evaluate import evaluate as run_evaluation
@@ -287,7 +288,7 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
 
     card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=list(teachers), device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
-                          batched=False if sequential else None, write_card=not no_write)
+                          batched=batched, write_card=not no_write)
     if distributed.world().rank != 0:
         return
     if as_json:
