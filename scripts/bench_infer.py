@@ -124,7 +124,7 @@ def run_all(args, out: Path) -> dict:
     main_rows, ablation_rows, cost_rows, byte_rows, full_rows = [], [], [], [], {}
 
     def state() -> dict:
-        return {"command": shlex.join(sys.argv), "iterations": args.iterations, "seeds": args.seeds, "date": today(),
+        return {"command": shlex.join(sys.argv), "threads": os.environ.get("OMP_NUM_THREADS", "default"), "iterations": args.iterations, "seeds": args.seeds, "date": today(),
                 "machine": machine(), "teacher_rows": teacher_rows, "main_rows": main_rows,
                 "ablation_rows": [row for _, row in sorted(ablation_rows)], "full_rows": full_rows,
                 "cost_rows": cost_rows, "byte_rows": byte_rows}
@@ -171,11 +171,9 @@ def render(state: dict, args) -> None:
         "",
         f"Machine: {state['machine']}. Date: {state['date']}. Script: `flock /tmp/ddkit-cpu.lock python {state['command']}`.",
         "",
-        "Teachers, all trained with `ddkit teacher train` on the training split minus the 10% val split: convnet-bn and "
-        "resnet8 by `scripts/bench_teachers.py` (section `teachers`); the default-width MobileNet did not finish there "
-        "on the shared CPU, so the third, a width-8 MobileNet (inverted residuals, depthwise convolutions), was trained "
-        "for this benchmark with `ddkit teacher train --dataset fashion-mnist --model mobilenet --model-opt width=8 "
-        "--model-opt head=128 --epochs 3 --seed 0 --out runs/teachers/fashion-mnist-mobilenet-w8.safetensors`:",
+        "Teachers, three BN architectures (plain ConvNet, ResNet, MobileNet with inverted residuals and depthwise "
+        "convolutions), all trained with `ddkit teacher train` on the training split minus the 10% val split by "
+        "`scripts/bench_teachers.py` (section `teachers`, with the commands):",
         "",
         "| teacher | val acc (%) | test acc (%) | file |",
         "|---|---|---|---|",
@@ -203,7 +201,8 @@ def render(state: dict, args) -> None:
         "|---|---|---|---|---|---|---|---|---|---|",
         *ablation_rows,
         "",
-        "Synthesis cost on this machine (one process, `torch` default threads; peak = max resident set size):",
+        f"Synthesis cost on this machine (one process, torch threads: {state.get('threads', 'default')}; "
+        "peak = max resident set size):",
         "",
         "| IPC | M | K | UFCs | wall (min) | peak memory (MiB) | command |",
         "|---|---|---|---|---|---|---|",
