@@ -129,7 +129,7 @@ def teacher_eval(path, dataset, split, device, as_json):
 # -- pools ------------------------------------------------------------------------------------
 @cli.group()
 def pool():
-    """Unlabeled image pools (.pool.h5) for selectors such as KD³: build, dedup."""
+    """Unlabeled image pools (.pool.h5) for selectors such as KD³: build, dedup, score, kcenter."""
 
 
 @pool.command("build")
@@ -182,6 +182,58 @@ def pool_dedup(pool_path, teacher, test_dataset, threshold, test_threshold, embe
                    f"{report['dropped_test_contamination']} near-copies of {report['test_dataset']} test images and "
                    f"{report['dropped_in_pool_duplicates']} in-pool near-duplicates (threshold {report['threshold']:g}, "
                    f"{report['embedding'].split(':')[0]} embeddings)")
+
+
+@pool.command("score")
+@click.argument("pool_path")
+@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher file (.safetensors)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .scores.h5 (logits, probs, embeddings, ids)")
+@click.option("--embedding", default="pooled", show_default=True, type=click.Choice(["pooled", "map", "none"]),
+              help="also store L2-normalized embeddings: the classifier's input, or the flattened last feature map")
+@click.option("--probs/--no-probs", default=True, show_default=True, help="also store the softmax of the logits (/probs)")
+@click.option("--batch-size", default=512, show_default=True, help="images per teacher batch (a fixed grid: results do not depend on --nproc)")
+@click.option("--device", default=None)
+@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): shards of the batch grid are shared out, rank 0 writes")
+@click.option("--resume", is_flag=True, help="reuse the finished shards of an interrupted run (OUT.work/)")
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, nproc, resume, overwrite, as_json):
+    """Teacher logits (and probs, embeddings) of every sample of POOL (a .pool.h5, or a dataset's train
+    split) into a chunked HDF5 file, by sharded inference; `--teacher-logits` and `pool kcenter` read it."""
+    from ddkit import distributed
+    from ddkit.data.scores import score_pool
+
+    if nproc > 1 and distributed.world().size == 1:
+        distributed.launch(nproc, _argv_without("--nproc"))
+        return
+    header = score_pool(pool_path, teacher, out, embedding=None if embedding == "none" else embedding, probs=probs,
+                        batch_size=batch_size, device=device, overwrite=overwrite, resume=resume,
+                        log=lambda m: click.echo(m, err=True))
+    if header is None:  # a rank other than 0
+        return
+    if as_json:
+        _print_json(header)
+    else:
+        fields = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in header["fields"].items())
+        click.echo(f"wrote {out}: {fields} (pool fingerprint {header['pool_fingerprint'][:16]}…)")
+
+
+@pool.command("kcenter")
+@click.argument("scores")
+@click.option("--field", default="embeddings", show_default=True, type=click.Choice(["embeddings", "probs", "logits"]),
+              help="the dataset of the scores file whose rows are compared (L2)")
+@click.option("--budget", required=True, type=int, help="number of new samples to pick")
+@click.option("--labeled", default=None, type=click.Path(dir_okay=False), help="already-labeled samples (.sel.h5 of the scored pool): initial centers, kept in the output")
+@click.option("--seed", default=0, show_default=True, help="draws the first pick when there is no labeled sample")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .sel.h5 file")
+@click.option("--overwrite", is_flag=True)
+def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite):
+    """Greedy k-center on a field of a SCORES file, streamed in row blocks (O(N) memory), into a .sel.h5."""
+    from ddkit.selectors.kcenter_scores import kcenter_from_scores
+
+    sel, digest = kcenter_from_scores(scores, field, budget, out, labeled=labeled, seed=seed, overwrite=overwrite)
+    click.echo(f"wrote {out}: {budget} picks by k-center on /{field} ({len(sel)} samples in all; last pick "
+               f"{sel.score[-1]:.4g} from its nearest center; content_sha256 {digest[:16]}…)")
 
 
 # -- the verbs of the flow ----------------------------------------------------------------------

@@ -152,12 +152,17 @@ def build_pool(out: str | os.PathLike, parts: list[PoolPart], task: DatasetInfo,
                       origins, provenance, overwrite=overwrite, chunk_rows=chunk_rows)
 
 
-def _open(path: str | os.PathLike) -> h5py.File:
+def open_pool(path: str | os.PathLike, cache_bytes: int | None = None) -> h5py.File:
+    """The pool file opened read-only, its format and schema checked (the caller closes it).
+
+    `cache_bytes`: HDF5 chunk cache per dataset; row blocks smaller than a chunk then decompress
+    each chunk once instead of once per block.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"pool file {path} does not exist", "build one with `ddkit pool build`")
     try:
-        h5 = h5py.File(path, "r")
+        h5 = h5py.File(path, "r", **({"rdcc_nbytes": cache_bytes} if cache_bytes else {}))
     except OSError as exc:
         raise FileFormatError(f"{path} is not a readable HDF5 pool ({exc})", "rebuild it with `ddkit pool build`") from None
     fmt = h5.attrs.get("format")
@@ -186,12 +191,17 @@ class PoolDataset(ImageDataset):
         self._pool_fingerprint = fingerprint
 
     def ids_sha256(self) -> str:
-        h = hashlib.sha256(f"{POOL_FORMAT}/{self.pool_name}/".encode())
-        h.update(self.ids.numpy().astype("<i8").tobytes())
-        return h.hexdigest()
+        return pool_ids_sha256(self.pool_name, self.ids.numpy())
 
     def fingerprint(self) -> str:
         return self._pool_fingerprint
+
+
+def pool_ids_sha256(pool_name: str, ids: np.ndarray) -> str:
+    """Hash of a pool's name and id list (`PoolDataset.ids_sha256`, also computable without the pixels)."""
+    h = hashlib.sha256(f"{POOL_FORMAT}/{pool_name}/".encode())
+    h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    return h.hexdigest()
 
 
 def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset:
@@ -200,7 +210,7 @@ def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset:
     With `verify`, the fingerprint is recomputed from the ids and pixels and must match the header.
     """
     path = Path(path).resolve()
-    with _open(path) as h5:
+    with open_pool(path) as h5:
         try:
             task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
             ids = h5["ids"][()]
@@ -219,14 +229,14 @@ def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset:
 
 
 def pool_task(path: str | os.PathLike) -> DatasetInfo:
-    with _open(path) as h5:
+    with open_pool(path) as h5:
         return DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
 
 
 def read_aside(path: str | os.PathLike) -> dict:
     """The analysis-only side data: `ids`, `labels` (−1 unknown), `origin` (names per sample),
     `source_ids`, and the `origins` list. Never used by training or selection."""
-    with _open(path) as h5:
+    with open_pool(path) as h5:
         origins = json.loads(h5.attrs["origins"])
         out = {key: h5["aside"][key][()] for key in h5["aside"]}
         out["ids"] = h5["ids"][()]
@@ -237,7 +247,7 @@ def read_aside(path: str | os.PathLike) -> dict:
 
 def read_dedup_record(path: str | os.PathLike) -> dict | None:
     """What `ddkit pool dedup` dropped (arrays and the report), or None for a pool never deduplicated."""
-    with _open(path) as h5:
+    with open_pool(path) as h5:
         if "dedup" not in h5:
             return None
         g = h5["dedup"]
@@ -267,7 +277,31 @@ DROP_TEST = 2  # near-duplicate of a test image (contamination)
 EMBEDDINGS = ("map", "pooled")
 
 
+def check_embedding(embedding: str) -> str:
+    if embedding not in EMBEDDINGS:
+        raise InvalidInput(f"unknown embedding {embedding!r}", f"use one of {', '.join(EMBEDDINGS)}")
+    return embedding
+
+
 @torch.no_grad()
+def teacher_outputs(teacher, images: torch.Tensor, normalization, embedding: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One batch of clean images ([0, 1] pixels, uint8 or float) through a teacher: its logits and,
+    with `embedding`, the L2-normalized embeddings (both float32 on the CPU).
+
+    The only view is the teacher's normalization (no augmentation), so the outputs are a
+    deterministic function of the pixels: the one place teacher scores of pool images come from.
+    """
+    device = next(teacher.model.parameters()).device
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    result = teacher.model.forward_all(normalization.apply(x).to(device))
+    vectors = None
+    if embedding is not None:
+        vectors = result.feature_map.flatten(1) if check_embedding(embedding) == "map" else result.pooled
+        vectors = torch.nn.functional.normalize(vectors.float(), dim=1).cpu()
+    return result.logits.float().cpu(), vectors
+
+
 def teacher_embeddings(teacher, images: torch.Tensor, normalization, embedding: str = "map", batch_size: int = 512) -> np.ndarray:
     """L2-normalized teacher embeddings of clean images ([0, 1] pixels, uint8 or float).
 
@@ -275,16 +309,9 @@ def teacher_embeddings(teacher, images: torch.Tensor, normalization, embedding: 
     similar images of a class); `pooled`: the classifier's input (more invariant: distinct images
     of one class come close, so it over-reports duplicates).
     """
-    if embedding not in EMBEDDINGS:
-        raise InvalidInput(f"unknown embedding {embedding!r}", f"use one of {', '.join(EMBEDDINGS)}")
-    device = next(teacher.model.parameters()).device
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = images[start : start + batch_size]
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        result = teacher.model.forward_all(normalization.apply(x).to(device))
-        vectors = result.feature_map.flatten(1) if embedding == "map" else result.pooled
-        out.append(torch.nn.functional.normalize(vectors.float(), dim=1).cpu())
+    check_embedding(embedding)
+    out = [teacher_outputs(teacher, images[start : start + batch_size], normalization, embedding)[1]
+           for start in range(0, len(images), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -357,7 +384,7 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
         "teacher": teacher.header.summary(), "index_backend": index.backend().describe(),
         "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample", str(DROP_TEST): "near-duplicate of a test image"},
     }
-    with _open(pool_path) as h5:
+    with open_pool(pool_path) as h5:
         aside = {key: h5["aside"][key][()][kept_pos] for key in h5["aside"]}
         origins = json.loads(h5.attrs["origins"])
         provenance = json.loads(h5.attrs["provenance"])
