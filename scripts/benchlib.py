@@ -49,13 +49,19 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
 
 def write_section(name: str, body: str) -> None:
     """Replace (or append) the section between `<!-- BEGIN name -->` and `<!-- END name -->`."""
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n<!-- END {name} -->"
-    pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    tmp = BENCHMARKS.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, BENCHMARKS)
+    import fcntl
+
+    # Several benchmark scripts run at once and each rewrites the whole file: the lock makes each
+    # read-modify-write whole, so no script's section is lost to another's stale copy.
+    with open(BENCHMARKS.with_suffix(".md.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
+        block = f"<!-- BEGIN {name} -->\n{body.rstrip()}\n<!-- END {name} -->"
+        pattern = re.compile(rf"<!-- BEGIN {re.escape(name)} -->.*?<!-- END {re.escape(name)} -->", re.S)
+        text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+        tmp = BENCHMARKS.with_suffix(f".md.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, BENCHMARKS)
 
 
 def pct(mean: float, std: float | None = None) -> str:
