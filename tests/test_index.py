@@ -186,6 +186,21 @@ def test_kcenter_streaming_equals_in_memory(cloud, tmp_path):
     np.testing.assert_array_equal(streamed.indices, mem.indices)
     np.testing.assert_array_equal(streamed.min_distance, mem.min_distance)
     assert mem.indices.tolist() == brute_kcenter(x - 100.0, 40, given=[3, 9])
+    # a read-only memmap is streamed too (no whole-array centered copy), with the same answer
+    np.save(tmp_path / "x.npy", x)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    assert index.as_points(mapped).streamed
+    from_map = index.kcenter(mapped, 40, center_positions=[3, 9], block_rows=256)
+    np.testing.assert_array_equal(from_map.indices, mem.indices)
+    np.testing.assert_array_equal(from_map.min_distance, mem.min_distance)
+
+
+def test_streamed_rows_are_checked_on_the_first_pass(tmp_path):
+    x = np.random.default_rng(1).standard_normal((500, 4)).astype(np.float32)
+    x[333, 2] = np.nan
+    np.save(tmp_path / "bad.npy", x)
+    with pytest.raises(InvalidInput, match="NaN"):
+        index.kcenter(np.load(tmp_path / "bad.npy", mmap_mode="r"), 3, block_rows=128)
 
 
 # -- near-duplicates --------------------------------------------------------------------------------

@@ -80,13 +80,19 @@ class RunningMin:
 
     In-memory points are centered once (a float32 copy on the backend's device); streamed points
     are read and centered block by block on every update, with the same block boundaries, so both
-    give bit-identical values.
+    give bit-identical values (on the CPU into one reused buffer, in numpy: a subtraction rounds
+    the same in numpy and torch, and numpy takes a read-only memmap without a copy).
     """
 
     def __init__(self, points: Points, device: torch.device | None = None):
         self.points = points
         self.device = device or torch.device(backend().device)
         self.mean = self._mean()
+        self._center = None
+        if points.streamed and self.device.type == "cpu":
+            self._mean_np = self.mean.numpy()
+            self._center = np.empty((min(points.block_rows, max(points.n, 1)), points.d), np.float32)
+            self._center_t = torch.from_numpy(self._center)
         self.bounds = [(s, min(s + points.block_rows, points.n)) for s in range(0, points.n, points.block_rows)]
         self.data = None
         if not points.streamed:
@@ -109,6 +115,9 @@ class RunningMin:
         for s, e in self.bounds:
             if self.data is not None:
                 yield (s, e), self.data[s:e]
+            elif self._center is not None:
+                np.subtract(self.points.rows(s, e), self._mean_np, out=self._center[: e - s])
+                yield (s, e), self._center_t[: e - s]
             else:
                 yield (s, e), torch.from_numpy(self.points.rows(s, e)).to(self.device) - self.mean
 

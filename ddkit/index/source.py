@@ -1,9 +1,12 @@
-"""Point sets for `ddkit.index`: an in-memory numpy array or a chunked HDF5 dataset read in blocks.
+"""Point sets for `ddkit.index`: an in-memory numpy array, or rows read in blocks from a chunked
+HDF5 dataset or a memory-mapped file (`np.memmap`, `np.load(..., mmap_mode="r")`).
 
 Every index function takes its points through `as_points`, which validates once (2-D, real, finite
 per block, a known row count) and hides where the rows live. Computations walk the rows in fixed
 blocks, for in-memory and streamed inputs alike, so a streamed run does exactly the same arithmetic
-as an in-memory one and returns the same answer.
+as an in-memory one and returns the same answer. A memmap is streamed rather than taken as an
+in-memory array, so nothing makes a whole-array copy of it (k-center's centered copy would double
+the memory of a 10M × 64 file to ~5 GB; streamed, it needs one block).
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ DEFAULT_BLOCK_BYTES = 8 << 20
 
 @dataclass
 class Points:
-    """N×d float32 rows, in memory (`array`) or in an HDF5 dataset (`h5`), read by `blocks()`."""
+    """N×d float32 rows, in memory (`array`) or in an HDF5 dataset or memmap (`h5`), read by `blocks()`.
+
+    Streamed rows are checked for NaN/inf as they are read until one full pass has been made;
+    later passes (k-center makes one per pick) read them unchecked.
+    """
 
     name: str
     n: int
     d: int
     array: np.ndarray | None = None
-    h5: object | None = None  # h5py.Dataset
+    h5: object | None = None  # h5py.Dataset or np.memmap
     block_rows: int = 0
+    checked: bool = False  # every row has been read and found finite
 
     @property
     def streamed(self) -> bool:
@@ -40,12 +48,13 @@ class Points:
         rows = block_rows or self.block_rows
         for start in range(0, self.n, rows):
             yield start, self.rows(start, min(start + rows, self.n))
+        self.checked = True
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         if self.array is not None:
             return self.array[start:stop]
         block = np.ascontiguousarray(self.h5[start:stop], dtype=np.float32)
-        if not np.isfinite(block).all():
+        if not self.checked and not np.isfinite(block).all():
             raise InvalidInput(f"{self.name} has NaN or inf values in rows {start}..{stop - 1}", "drop or repair those rows")
         return block
 
@@ -79,22 +88,22 @@ def _is_h5_dataset(x) -> bool:
 
 
 def as_points(x, name: str = "points", *, block_rows: int | None = None, allow_empty: bool = False) -> Points:
-    """Validate `x` (numpy-like N×d or an h5py.Dataset) and wrap it as `Points`.
+    """Validate `x` (numpy-like N×d, an h5py.Dataset or an np.memmap) and wrap it as `Points`.
 
     In-memory inputs are converted to C-contiguous float32 once (a copy only if they are not
-    already); an HDF5 dataset is never read whole: its rows are read in blocks aligned to its
-    chunks, so inputs larger than memory work.
+    already); an HDF5 dataset or a memmap is never read whole: its rows are read in blocks (aligned
+    to an HDF5 dataset's chunks), so inputs larger than memory work.
     """
     if isinstance(x, Points):
         return x
-    if _is_h5_dataset(x):
+    if _is_h5_dataset(x) or isinstance(x, np.memmap):
         if x.ndim != 2:
             raise InvalidInput(f"{name} must be a 2-D dataset (N×d), got shape {x.shape}", "store one vector per row")
         if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
             raise InvalidInput(f"{name} has dtype {x.dtype}, expected a real number type", "store float32 vectors")
         n, d = (int(s) for s in x.shape)
         rows = block_rows or _rows_for(d)
-        if x.chunks:  # read whole chunks: a block is a multiple of the chunk height
+        if getattr(x, "chunks", None):  # read whole chunks: a block is a multiple of the chunk height
             rows = max(x.chunks[0], rows // x.chunks[0] * x.chunks[0])
         points = Points(name, n, d, h5=x, block_rows=rows)
     else:
