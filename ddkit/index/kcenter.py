@@ -80,8 +80,8 @@ class RunningMin:
 
     In-memory points are centered once (a float32 copy on the backend's device); streamed points
     are read and centered block by block on every update, with the same block boundaries, so both
-    give bit-identical values (on the CPU into one reused buffer, in numpy: a subtraction rounds
-    the same in numpy and torch, and numpy takes a read-only memmap without a copy).
+    give bit-identical values (on the CPU read and centered in one reused buffer, in numpy: a
+    subtraction rounds the same in numpy and torch, and numpy takes a read-only memmap as it is).
     """
 
     def __init__(self, points: Points, device: torch.device | None = None):
@@ -116,7 +116,8 @@ class RunningMin:
             if self.data is not None:
                 yield (s, e), self.data[s:e]
             elif self._center is not None:
-                np.subtract(self.points.rows(s, e), self._mean_np, out=self._center[: e - s])
+                block = self.points.rows(s, e, out=self._center)  # read into the buffer when reading copies
+                np.subtract(block, self._mean_np, out=self._center[: e - s])
                 yield (s, e), self._center_t[: e - s]
             else:
                 yield (s, e), torch.from_numpy(self.points.rows(s, e)).to(self.device) - self.mean

@@ -50,10 +50,17 @@ class Points:
             yield start, self.rows(start, min(start + rows, self.n))
         self.checked = True
 
-    def rows(self, start: int, stop: int) -> np.ndarray:
+    def rows(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows start..stop−1 as float32. `out` (float32, ≥ stop − start rows × d) is where rows of an
+        HDF5 dataset are read when given, instead of a fresh array; other inputs ignore it (the
+        result is then a view of the points, or a copy)."""
         if self.array is not None:
             return self.array[start:stop]
-        block = np.ascontiguousarray(self.h5[start:stop], dtype=np.float32)
+        if out is not None and _is_h5_dataset(self.h5) and self.h5.dtype == np.float32:
+            block = out[: stop - start]
+            self.h5.read_direct(block, np.s_[start:stop])
+        else:
+            block = np.ascontiguousarray(self.h5[start:stop], dtype=np.float32)
         if not self.checked and not np.isfinite(block).all():
             raise InvalidInput(f"{self.name} has NaN or inf values in rows {start}..{stop - 1}", "drop or repair those rows")
         return block
