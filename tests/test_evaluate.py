@@ -89,6 +89,7 @@ def test_batched_seeds_equal_independent_runs(protocol_name):
     protocol = tiny(protocol_name)
     seeds = [0, 1, 2]
     data = [_toy_data(seed=s) for s in seeds]
+    torch.manual_seed(0)  # the toy teacher and eval batch do not depend on which tests ran before
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10))
     teachers = [teacher] if protocol.label_source == "teacher" else []
     batched = train_students(protocol, data, seeds, INFO, torch.device("cpu"), teachers, batched=True)
@@ -100,8 +101,14 @@ def test_batched_seeds_equal_independent_runs(protocol_name):
         single = train_students(protocol, [data[i]], [seed], INFO, torch.device("cpu"), teachers, batched=False)
         for key, value in single.state_dicts()[0].items():
             torch.testing.assert_close(batched_states[i][key], value, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(batched.predict(x_eval)[i], single.predict(x_eval)[0], rtol=1e-3, atol=1e-4)
-        assert batched.accuracies(x_eval, y_eval)[i] == single.accuracies(x_eval, y_eval)[0]
+        b_logits, s_logits = batched.predict(x_eval)[i], single.predict(x_eval)[0]
+        torch.testing.assert_close(b_logits, s_logits, rtol=1e-3, atol=1e-4)
+        # Same predictions wherever the top two logits are not a float-rounding tie.
+        top2 = s_logits.topk(2, dim=1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 1e-3
+        assert torch.equal(b_logits.argmax(1)[clear], s_logits.argmax(1)[clear])
+        if clear.all():
+            assert batched.accuracies(x_eval, y_eval)[i] == single.accuracies(x_eval, y_eval)[0]
 
 
 def test_batchnorm_students_fall_back_to_one_at_a_time():
