@@ -140,6 +140,16 @@ def run_variant(name: str, overrides: dict, seed: int, args, pool, teacher, test
             "selected_per_epoch": [h["selected"] for h in history]}
 
 
+def state_commands(work: Path, command: str) -> list[str]:
+    """The commands that produced the results in `work`, this one appended if new."""
+    path = work / "commands.json"
+    commands = json.loads(path.read_text()) if path.exists() else []
+    if command not in commands:
+        commands.append(command)
+        path.write_text(json.dumps(commands, indent=1))
+    return commands
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--teacher", default="runs/teachers/fashion-mnist-convnet-bn.safetensors")
@@ -213,7 +223,7 @@ def main() -> None:
              f"{args.batch_size}, final-epoch Fashion-MNIST test accuracy, mean ± std over seeds; kept = samples the final "
              "selection pass keeps (in-distribution = shifted Fashion-MNIST; out = digits, gratings, noise).", "",
              "| variant | test acc. (%) | seeds | kept ID | kept OOD | wall s/run |", "|---|---|---|---|---|---|"]
-    for name in names:
+    for name in VARIANTS:  # every variant measured so far (a run may have measured only some of them)
         rs = [r for r in results if r["variant"] == name]
         if not rs:
             continue
@@ -221,7 +231,9 @@ def main() -> None:
         lines.append(f"| {name} | {pct(acc.mean(), acc.std(ddof=1) if len(acc) > 1 else 0.0)} | {len(rs)} | "
                      f"{np.mean([r['kept_in_distribution'] for r in rs]):.0f} | {np.mean([r['kept_out_of_distribution'] for r in rs]):.0f} | "
                      f"{np.mean([r['wall_seconds'] for r in rs]):.0f} |")
-    lines += ["", f"Command: `{shlex.join(['python', 'scripts/bench_kd3.py', *sys.argv[1:]])}`"]
+    commands = state_commands(work, shlex.join(["python", "scripts/bench_kd3.py", *sys.argv[1:]]))
+    lines += ["", "Commands (in order; each run resumes from the results file of the previous ones):", "",
+              *(f"- `{c}`" for c in commands)]
     text = "\n".join(lines)
     (work / "report.md").write_text(text + "\n")
     print(text)
