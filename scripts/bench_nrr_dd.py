@@ -245,6 +245,9 @@ def render(args, results: dict) -> None:
             return (0 if name == "random real" else grid.index(name) + 1 if name in grid else 99, item[0])
 
         for k, v in sorted(tune_rows, key=rank):
+            if "row" in v:  # kept verbatim from an earlier run's table (its per-seed values were not stored)
+                lines.append(v["row"])
+                continue
             m, s = mean_std(v["val_accuracies"])
             lines.append(f"| {k} | {v['ipc']} | {pct(m, s)} | {' '.join(pct(a) for a in v['val_accuracies'])} |")
         lines.append("")
