@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--lrs", default="0.001,0.003", help="learning rates to choose from on a validation slice")
     parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--only-seeds", default=None, help="comma-separated seeds this process runs (several processes can share a benchmark)")
     parser.add_argument("--report-only", action="store_true", help="write the section from the runs measured so far")
     parser.add_argument("--smoke", action="store_true", help="check the script: its own work folder, no BENCHMARKS.md/plot")
     args = parser.parse_args()
@@ -177,7 +178,8 @@ def main() -> None:
     runs = load_runs(runs_path, json.loads(json.dumps(key)))
     cache: dict = {}
     start = time.perf_counter()
-    for seed in range(args.seeds):
+    own_seeds = [int(v) for v in args.only_seeds.split(",")] if args.only_seeds else range(args.seeds)
+    for seed in own_seeds:
         if args.report_only:
             break
         initial = seed_set(pool, 1, seed)
