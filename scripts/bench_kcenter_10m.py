@@ -164,9 +164,10 @@ def main() -> None:
     bandwidth = copy_bandwidth(512)
     bound_s = data_gb / bandwidth
     print(f"copy bandwidth {bandwidth:.1f} GB/s → one pass over the points ≥ {bound_s:.3f} s", flush=True)
-    results = {}
+    results, load = {}, [os.getloadavg()[0]]
     for variant, path in (("h5", h5_path), ("memmap", npy_path)):
         results[variant] = run_worker(variant, path, args.picks)
+        load.append(os.getloadavg()[0])
         print(json.dumps({k: v for k, v in results[variant].items() if k != "per_pick_s"}), flush=True)
     same = results["h5"]["first_picks"] == results["memmap"]["first_picks"] and \
         results["h5"]["min_distance"] == results["memmap"]["min_distance"]
@@ -185,7 +186,9 @@ def main() -> None:
         f"both files were in the page cache (just written; {_total_ram_gb():.0f} GB RAM), so this measures memory, not "
         f"disk. Each variant is one `ddkit.index.kcenter(points, {args.picks}, seed=0)` call in a fresh process; "
         f"bound: peak RSS < {args.limit_gb:g} GB. Copy bandwidth measured in the same run: {bandwidth:.1f} GB/s "
-        f"(read + written bytes), so one pass over the points takes ≥ {bound_s:.3f} s (the bandwidth bound of a pick).",
+        f"(read + written bytes), so one pass over the points takes ≥ {bound_s:.3f} s (the bandwidth bound of a pick). "
+        f"The machine is shared: 1-minute load average {' → '.join(f'{v:.1f}' for v in load)} (before, after each variant) "
+        f"on {os.cpu_count()} cores.",
         "",
         "| points read from | N | picks | peak RSS, GB (< bound) | of which before the call (Python, torch, h5py), GB | added by k-center, GB | setup, s (mean + norm passes) | "
         "time per pick, s (median after the thread trials) | mean over all picks, s | median vs bound | torch threads | same picks |",
