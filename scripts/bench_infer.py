@@ -98,12 +98,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="smoke runs only: fewer student steps (a renamed protocol)")
     parser.add_argument("--val-study", default="runs/infer/val_study.json", help="results of scripts/infer_val_study.py to include")
     parser.add_argument("--render-only", action="store_true", help="re-render the last run's rows (e.g. after the val study)")
+    parser.add_argument("--note", dest="notes", action="append", default=[], help="with --render-only: a paragraph appended to the section (kept in the state)")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     args = parser.parse_args()
     out = Path(args.out)
     state_file = out / f"{args.dataset}-bench-state.json"
     if args.render_only:
         state = json.loads(state_file.read_text())
+        if args.notes:
+            state["notes"] = args.notes
+            state_file.write_text(json.dumps(state, indent=1))
     else:
         state = run_all(args, out)
         state_file.write_text(json.dumps(state, indent=1))
@@ -232,6 +236,7 @@ def render(state: dict, args) -> None:
               + (f"{e['final_ce_mean']:.3f} / {e['final_bn_mean']:.2f} | {e['synthesis_seconds']:.0f} |" if "final_ce_mean" in e else "— | — |")
               for key, e in entries.items()),
         ])
+    body += "".join(f"\n\n{note}" for note in state.get("notes", []))
     if args.no_write:
         print(body)
     else:
