@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 
 import h5py
+import pytest
+import torch
 
 from ddkit.cli import main
 from ddkit.store.h5io import seal
@@ -28,3 +30,12 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
         code = exc.code if isinstance(exc.code, int) else 1
     out = capsys.readouterr()
     return code, out.out, out.err
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread is faster than two fighting over a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

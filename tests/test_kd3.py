@@ -25,6 +25,7 @@ from ddkit.selectors.kd3_losses import (
 )
 from ddkit.teachers import evaluate_teacher
 from ddkit.training import OptimConfig, TrainConfig, train_supervised
+from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
 
@@ -147,13 +148,6 @@ class LabelRecordingDataset(ImageDataset):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 
 from ddkit.data import load_dataset
 from ddkit.data.pools import (
@@ -25,13 +25,6 @@ from ddkit.models import create_model
 from ddkit.models.teacher import save_teacher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def teacher_file(tmp_path_factory):

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 
 from ddkit import index
 from ddkit.data import load_dataset
@@ -29,13 +29,6 @@ from ddkit.store import read_selection
 BATCH = 48  # does not divide the 400-image pool: the last batch and shard are short
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -149,19 +149,15 @@ def engine_threads(engine: str):
     if library == "faiss":
         import faiss
 
-        old = faiss.omp_get_max_threads()
-        faiss.omp_set_num_threads(threads)
-        try:
-            yield
-        finally:
-            faiss.omp_set_num_threads(old)
+        get, set_ = faiss.omp_get_max_threads, faiss.omp_set_num_threads
     else:
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
+        get, set_ = torch.get_num_threads, torch.set_num_threads
+    old = get()
+    set_(threads)
+    try:
+        yield
+    finally:
+        set_(old)
 
 
 def candidate_engines() -> list[str]:
