@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="re-render the last run's rows (e.g. after the val study)")
     parser.add_argument("--note", dest="notes", action="append", default=[], help="with --render-only: a paragraph appended to the section (kept in the state)")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of configurations the last run finished; run only the rest")
     args = parser.parse_args()
     out = Path(args.out)
     state_file = out / f"{args.dataset}-bench-state.json"
@@ -126,14 +127,24 @@ def run_all(args, out: Path) -> dict:
     ipcs = [int(v) for v in args.ipcs.split(",")]
     runs = [(ipcs[0], 3)] + [(args.ablation_ipc, m) for m in (1, 2) if args.ablation_ipc] + [(ipc, 3) for ipc in ipcs[1:]]
     main_rows, ablation_rows, cost_rows, byte_rows, full_rows = [], [], [], [], {}
+    state_file = out / f"{args.dataset}-bench-state.json"
+    notes = []
+    if args.resume and state_file.exists():
+        done = json.loads(state_file.read_text())
+        notes = done.get("notes", [])
+        main_rows, cost_rows, byte_rows, full_rows = done["main_rows"], done["cost_rows"], done["byte_rows"], done["full_rows"]
+        ablation_rows = [(int(row.split("|")[3]), row) for row in done["ablation_rows"]]
 
     def state() -> dict:
         return {"command": shlex.join(sys.argv), "threads": os.environ.get("OMP_NUM_THREADS", "default"), "iterations": args.iterations, "seeds": args.seeds, "date": today(),
                 "machine": machine(), "teacher_rows": teacher_rows, "main_rows": main_rows,
                 "ablation_rows": [row for _, row in sorted(ablation_rows)], "full_rows": full_rows,
-                "cost_rows": cost_rows, "byte_rows": byte_rows}
+                "cost_rows": cost_rows, "byte_rows": byte_rows, "notes": notes}
 
     for ipc, m in runs:
+        if any(row.startswith(f"| {ipc} | {m} |") for row in cost_rows):
+            print(f"ipc {ipc}, {m} teacher(s): kept from the last run", flush=True)
+            continue
         teachers = paths[:m]
         file = out / f"{args.dataset}-infer-m{m}-ipc{ipc}.ddk.h5"
         syn = synthesize(args.dataset, ipc, teachers, args.iterations, file)
@@ -162,7 +173,7 @@ def run_all(args, out: Path) -> dict:
         random_real = random_real_bytes(d, ipc)
         byte_rows.append(f"| {ipc} | {m} | {d['instances']} | {b['bytes_images']} | {c['bytes_compensators']} | "
                          f"{c['bytes_mapping']} | {b['bytes_labels']} | {stored} | {plain} | {plain / stored:.1f}× | {random_real} |")
-        (out / f"{args.dataset}-bench-state.json").write_text(json.dumps(state(), indent=1))  # progress so far
+        state_file.write_text(json.dumps(state(), indent=1))  # progress so far
     return state()
 
 

@@ -298,3 +298,33 @@ def test_kcenter_thread_choice_does_not_change_picks(cloud, monkeypatch):
     assert measured.threads in (1, 2)
     np.testing.assert_array_equal(measured.indices, plain.indices)
     np.testing.assert_array_equal(measured.min_distance, plain.min_distance)
+
+
+def test_kcenter_thread_race_is_run_again_under_changing_load(monkeypatch):
+    import importlib
+    import types
+
+    import torch
+
+    kcenter_module = importlib.import_module("ddkit.index.kcenter")
+    clock = [0.0]
+    monkeypatch.setattr(kcenter_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    cost = {1: 1.0, 2: 5.0}  # seconds per pass by thread count, under the load of the moment
+
+    def update():
+        clock[0] += cost[torch.get_num_threads()]
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        choice = kcenter_module._ThreadChoice(True, trials=1, recheck=4)
+        for _ in range(3):
+            choice.run(update)
+        assert choice.chosen == 1
+        cost.update({1: 5.0, 2: 1.0})  # the load changed
+        for _ in range(3):
+            choice.run(update)
+        assert choice.chosen == 2
+        assert torch.get_num_threads() == 2  # the library's setting is restored
+    finally:
+        torch.set_num_threads(old)

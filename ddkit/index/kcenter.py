@@ -35,7 +35,7 @@ _MEASURE_THREADS_AT = 1 << 20
 class KCenterResult:
     """`indices`: picked row positions, in pick order. `min_distance`: each pick's L2 distance to its
     nearest center at the time it was picked (inf for a first pick made without any center).
-    `threads`: torch threads used for the per-pick passes (None: torch's default / a GPU)."""
+    `threads`: torch threads of the per-pick passes at the end, as last measured (None: torch's default / a GPU)."""
 
     indices: np.ndarray
     min_distance: np.ndarray
@@ -43,20 +43,26 @@ class KCenterResult:
 
 
 class _ThreadChoice:
-    """Times the first per-pick passes with torch's thread count and with one thread, alternating,
-    then keeps the faster. On a small machine whose cores are shared, one thread is often faster
-    for this memory-bound pass; on an idle many-core machine more threads are. The picks do not
-    depend on the choice (each point's distance is one dot product either way)."""
+    """Times per-pick passes with torch's thread count and with one thread, alternating, and keeps
+    the faster; the race is run again every `recheck` passes, because the load on a shared machine
+    changes during a long selection. On a small machine whose cores are shared, one thread is often
+    faster for this memory-bound pass; on an idle machine more threads are. The picks do not depend
+    on the choice (each point's distance is one dot product either way)."""
 
-    def __init__(self, active: bool, trials: int = 3):
+    def __init__(self, active: bool, trials: int = 3, recheck: int = 500):
         default = torch.get_num_threads()
         self.options = [default, 1] if active and default > 1 else [None]
-        self.times = {o: [] for o in self.options}
-        self.trials = trials
+        self.trials, self.recheck = trials, recheck
         self.chosen = None if len(self.options) > 1 else self.options[0]
+        self.times = {o: [] for o in self.options}
+        self.passes = 0
 
     def run(self, update) -> None:
-        if self.chosen is not None or len(self.options) == 1:
+        self.passes += 1
+        if len(self.options) > 1 and self.passes % self.recheck == 0:
+            self.times = {o: [] for o in self.options}  # race again under the load of now
+        racing = len(self.options) > 1 and any(len(t) < self.trials for t in self.times.values())
+        if not racing:
             self._with(self.chosen, update)
             return
         option = min(self.options, key=lambda o: len(self.times[o]))
