@@ -72,3 +72,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def open_checked_h5(path: str | os.PathLike, *, fmt: str, schema: int, kind: str, remedy: str,
+                    cache_bytes: int | None = None):
+    """A ddkit side file (pool, scores) opened read-only, its `format` and `schema` attributes checked.
+
+    `kind` names the file in messages ("pool", "pool-scores"); `remedy` says how to make a good one
+    (e.g. "build one with `ddkit pool build`"). `cache_bytes`: HDF5 chunk cache per dataset. Raises
+    FileFormatError for a missing, unreadable, foreign or newer file; the caller closes the result.
+    """
+    import h5py
+
+    from ddkit.errors import FileFormatError
+    from ddkit.store.schema import attr_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{kind} file {path} does not exist", remedy)
+    try:
+        f = h5py.File(path, "r", **({"rdcc_nbytes": cache_bytes} if cache_bytes else {}))
+    except OSError as exc:
+        raise FileFormatError(f"{path} is not a readable HDF5 {kind} file ({exc})", remedy) from None
+    found = attr_text(f.attrs.get("format", ""))
+    if found != fmt:
+        f.close()
+        raise FileFormatError(f"{path} is not a ddkit {kind} file (format {found!r})", remedy)
+    if int(f.attrs.get("schema", 0)) > schema:
+        written = f.attrs["schema"]
+        f.close()
+        raise FileFormatError(f"{path} was written by a newer ddkit ({kind} schema {written})", "upgrade ddkit")
+    return f

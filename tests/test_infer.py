@@ -138,6 +138,37 @@ def test_one_step_against_hand_computation():
     torch.testing.assert_close(u, expected, rtol=1e-4, atol=1e-6)
 
 
+
+def test_flip_option_flips_the_composite_on_the_drawn_steps():
+    """With flip=True a step whose draw says "flip" takes the gradient through the mirrored composite."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          nn.Flatten(), nn.Linear(12, 4)).eval()
+    group = torch.rand(4, 1, 6, 6)
+    norm = load_dataset("procedural", "train").info.normalization
+
+    def by_hand(mirror: bool) -> torch.Tensor:  # one Adam step on CE alone (r_bn = 0)
+        v = torch.zeros(1, 1, 6, 6, requires_grad=True)
+        x = (group - norm.mean[0]) / norm.std[0] + v
+        x = x.flip(3) if mirror else x
+        (g,) = torch.autograd.grad(F.cross_entropy(model(x), torch.arange(4)), v)
+        return -0.25 * g / (g.abs() + 1e-8) * norm.std[0]
+
+    def drawn_flip(seed: int) -> bool:
+        gen = torch.Generator().manual_seed(seed)
+        torch.randint(0, 1, (2,), generator=gen)  # the roll offsets come first
+        return bool(torch.rand(1, generator=gen) < 0.5)
+
+    draws = {seed: drawn_flip(seed) for seed in range(8)}
+    assert set(draws.values()) == {True, False}
+    for seed, mirrored in draws.items():
+        cfg = InferConfig(iterations=1, jitter=0, flip=True, r_bn=0.0)
+        got = optimize_ufc(model, group, norm, cfg, torch.Generator().manual_seed(seed))[0]
+        torch.testing.assert_close(got, by_hand(mirror=mirrored), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(by_hand(mirror=True), by_hand(mirror=False))
+    unflipped = optimize_ufc(model, group, norm, InferConfig(iterations=1, jitter=0, r_bn=0.0), torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(unflipped, by_hand(mirror=False), rtol=1e-4, atol=1e-6)
+
 def test_ufc_is_shared_by_all_classes_of_a_group(synthesized):
     with DistilledDataset(synthesized) as ds:
         comp = ds.composite

@@ -34,7 +34,7 @@ import ddkit
 from ddkit.data import DATASETS, load_dataset
 from ddkit.data.base import DatasetInfo, ImageDataset, check_pixels
 from ddkit.errors import FileFormatError, InvalidInput
-from ddkit.fileio import atomic_output
+from ddkit.fileio import atomic_output, open_checked_h5
 
 POOL_FORMAT = "ddkit.pool"
 POOL_SCHEMA = 1
@@ -158,22 +158,8 @@ def open_pool(path: str | os.PathLike, cache_bytes: int | None = None) -> h5py.F
     `cache_bytes`: HDF5 chunk cache per dataset; row blocks smaller than a chunk then decompress
     each chunk once instead of once per block.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"pool file {path} does not exist", "build one with `ddkit pool build`")
-    try:
-        h5 = h5py.File(path, "r", **({"rdcc_nbytes": cache_bytes} if cache_bytes else {}))
-    except OSError as exc:
-        raise FileFormatError(f"{path} is not a readable HDF5 pool ({exc})", "rebuild it with `ddkit pool build`") from None
-    fmt = h5.attrs.get("format")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-    if fmt != POOL_FORMAT:
-        h5.close()
-        raise FileFormatError(f"{path} is not a ddkit pool (format {fmt!r})", "build one with `ddkit pool build`")
-    if int(h5.attrs.get("schema", 0)) > POOL_SCHEMA:
-        h5.close()
-        raise FileFormatError(f"{path} was written by a newer ddkit (pool schema {h5.attrs['schema']})", "upgrade ddkit")
-    return h5
+    return open_checked_h5(path, fmt=POOL_FORMAT, schema=POOL_SCHEMA, kind="pool",
+                           remedy="build one with `ddkit pool build`", cache_bytes=cache_bytes)
 
 
 class PoolDataset(ImageDataset):

@@ -39,7 +39,8 @@ import ddkit
 from ddkit import distributed
 from ddkit.data.base import DatasetInfo
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output, check_output
+from ddkit.fileio import atomic_output, check_output, open_checked_h5
+from ddkit.store.schema import attr_text
 from ddkit.progress import progress
 
 SCORES_FORMAT = "ddkit.pool-scores"
@@ -98,7 +99,7 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
             task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
             ids = np.asarray(h5["ids"][()], np.int64)
             images = h5["images"]
-            fingerprint, name = (_text(h5.attrs[k]) for k in ("fingerprint", "name"))
+            fingerprint, name = (attr_text(h5.attrs[k]) for k in ("fingerprint", "name"))
         except (KeyError, ValueError, OSError) as exc:
             h5.close()
             raise FileFormatError(f"{path}: damaged pool file ({exc})", "rebuild it with `ddkit pool build`") from None
@@ -117,10 +118,6 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
     data = load_dataset(text, "train")
     return PoolSource(data.info, data.ids.numpy().astype(np.int64), data.fingerprint(), pool_record(data),
                       lambda s, e: data.images[s:e], lambda: None, lambda: None)
-
-
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def shard_grid(rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -146,7 +143,7 @@ def _shard_is_whole(path: Path, run: ScoreRun, start: int, stop: int) -> bool:
     """A shard file of this very run and row range, with every field it should have."""
     try:
         with h5py.File(path, "r") as f:
-            if _text(f.attrs.get("run", "")) != run.to_json() or (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
+            if attr_text(f.attrs.get("run", "")) != run.to_json() or (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
                 return False
             return all(name in f and f[name].shape[0] == stop - start for name in _fields(run))
     except (OSError, KeyError, ValueError):
@@ -274,28 +271,15 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
 # -- reading ----------------------------------------------------------------------------------------
 def open_scores(path: str | os.PathLike) -> h5py.File:
     """A scores file opened read-only, its format and schema checked (the caller closes it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"scores file {path} does not exist", "compute it with `ddkit pool score`")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise FileFormatError(f"{path} is not a readable HDF5 file ({exc})", "compute it again with `ddkit pool score`") from None
-    fmt = _text(f.attrs.get("format", ""))
-    if fmt != SCORES_FORMAT:
-        f.close()
-        raise FileFormatError(f"{path} is not a ddkit pool-scores file (format {fmt!r})", "compute one with `ddkit pool score`")
-    if int(f.attrs.get("schema", 0)) > SCORES_SCHEMA:
-        f.close()
-        raise FileFormatError(f"{path} was written by a newer ddkit (scores schema {f.attrs['schema']})", "upgrade ddkit")
-    return f
+    return open_checked_h5(path, fmt=SCORES_FORMAT, schema=SCORES_SCHEMA, kind="pool-scores",
+                           remedy="compute it with `ddkit pool score`")
 
 
 def scores_header(f: h5py.File) -> dict:
     """The root attributes of an open scores file, JSON fields decoded, plus each field's shape."""
     header = {}
     for key, value in f.attrs.items():
-        value = _text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value
+        value = attr_text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value
         header[key] = json.loads(value) if key in ("pool", "teacher", "normalization") else value
     header["fields"] = {name: list(f[name].shape) for name in FIELDS if name in f}
     return header

@@ -57,6 +57,7 @@ class InferConfig:
     jitter: int = 4  # random roll of 0..jitter pixels in H and in W each step (as the official code)
     labels: str = "static"  # static: stored ensemble logits; dynamic: no stored labels (teacher protocol)
     clamp_in_loop: bool = False  # feed the teacher clamp(base + u) while optimizing (official: unclamped)
+    flip: bool = False  # also a random horizontal flip each step (the spec's ImageNet recipe; CIFAR: off)
 
     def check(self, image_hw: tuple[int, int]) -> None:
         if self.labels not in LABEL_MODES:
@@ -112,7 +113,7 @@ def optimize_ufc(model: torch.nn.Module, group: torch.Tensor, normalization: Nor
     """The compensator u (1×C_in×H×W, pixel units, float32 on the group's device) for one group.
 
     `group` holds C pixel images in [0, 1], row i of class i. Each of `cfg.iterations` Adam steps
-    rolls `group + u` by a random offset, and minimizes CE(f(x), [0..C−1]) + r_bn·L_BN(x) over the
+    rolls `group + u` by a random offset (and flips it half the time with `cfg.flip`), and minimizes CE(f(x), [0..C−1]) + r_bn·L_BN(x) over the
     shared u; the LR follows a cosine from `lr` to 0. `gen` (CPU) draws the roll offsets.
     Returns u and the last step's loss terms.
     """
@@ -131,6 +132,8 @@ def optimize_ufc(model: torch.nn.Module, group: torch.Tensor, normalization: Nor
                 x = x.clamp(0.0, 1.0)
             dy, dx = (int(s) for s in torch.randint(0, cfg.jitter + 1, (2,), generator=gen))
             x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+            if cfg.flip and bool(torch.rand(1, generator=gen) < 0.5):
+                x = x.flip(3)
             ce = F.cross_entropy(model(normalization.apply(x)), targets)
             bn_loss = bn.loss()
             loss = ce + cfg.r_bn * bn_loss
