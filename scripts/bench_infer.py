@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=None, help="smoke runs only: fewer student steps (a renamed protocol)")
     parser.add_argument("--val-study", default="runs/infer/val_study.json", help="results of scripts/infer_val_study.py to include")
+    parser.add_argument("--diagnostics", default="runs/infer/label_diagnostics.json", help="results of scripts/infer_label_diagnostics.py to include")
     parser.add_argument("--render-only", action="store_true", help="re-render the last run's rows (e.g. after the val study)")
     parser.add_argument("--note", dest="notes", action="append", default=[], help="with --render-only: a paragraph appended to the section (kept in the state)")
     parser.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
@@ -246,6 +247,21 @@ def render(state: dict, args) -> None:
             *(f"| {key} | {pct(e['mean'], e['std'])} | {' '.join(pct(a) for a in e['val_accuracies'])} | "
               + (f"{e['final_ce_mean']:.3f} / {e['final_bn_mean']:.2f} | {e['synthesis_seconds']:.0f} |" if "final_ce_mean" in e else "— | — |")
               for key, e in entries.items()),
+        ])
+    diagnostics = Path(args.diagnostics)
+    if diagnostics.exists():
+        from infer_label_diagnostics import markdown_table
+
+        d = json.loads(diagnostics.read_text())
+        body += "\n".join([
+            "",
+            "",
+            f"What the teacher ensemble says on the student's views (`python scripts/infer_label_diagnostics.py`, val-split "
+            f"synthesis `{d['cache']}`, no student, no test image; {d['views']} crop-flip and crop-flip+mixup views per "
+            f"instance, T = {d['temperature']:g}; \"λ-majority\": the class of the image with mixup weight ≥ 0.5; margin: "
+            "top-1 minus top-2 ensemble logit):",
+            "",
+            *markdown_table(d["results"]),
         ])
     body += "".join(f"\n\n{note}" for note in state.get("notes", []))
     if args.no_write:

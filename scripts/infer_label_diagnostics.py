@@ -83,6 +83,17 @@ def study(name: str, images: torch.Tensor, labels: torch.Tensor, static: torch.T
     return out
 
 
+def markdown_table(results: dict) -> list[str]:
+    rows = ["| instances | count | clean: ensemble correct | clean margin | crop-flip view: correct | view margin | "
+            "mixup view: KL(static‖dynamic) at T | static target = λ-majority | dynamic target = λ-majority |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        rows.append(f"| {name} | {r['count']} | {100 * r['clean_correct']:.1f}% | {r['clean_margin']:.1f} | "
+                    f"{100 * r['view_correct']:.1f}% | {r['view_margin']:.1f} | {r['kl_static_dynamic']:.4f} | "
+                    f"{100 * r['static_majority']:.1f}% | {100 * r['dynamic_majority']:.1f}% |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dataset", default="fashion-mnist")
@@ -109,13 +120,7 @@ def main() -> None:
                          args.views, args.temperature, 0))
     Path(args.out).write_text(json.dumps({"views": args.views, "temperature": args.temperature, "cache": args.cache,
                                           "results": results}, indent=1))
-    print("| instances | count | clean: ensemble correct | clean margin | crop-flip view: correct | view margin | "
-          "mixup view: KL(static‖dynamic) at T | static target = λ-majority | dynamic target = λ-majority |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        print(f"| {name} | {r['count']} | {100 * r['clean_correct']:.1f}% | {r['clean_margin']:.1f} | {100 * r['view_correct']:.1f}% | "
-              f"{r['view_margin']:.1f} | {r['kl_static_dynamic']:.4f} | {100 * r['static_majority']:.1f}% | {100 * r['dynamic_majority']:.1f}% |")
-
+    print("\n".join(markdown_table(results)))
 
 if __name__ == "__main__":
     main()
