@@ -170,7 +170,8 @@ def test_select_pcoreset_teacher_reads_the_file(files, scored, tmp_path, capsys)
     assert code == 0 and "6 picks" in out, err
     a, b = read_selection(tmp_path / "pc.sel.h5"), read_selection(tmp_path / "kc.sel.h5")
     np.testing.assert_array_equal(a.ids, b.ids)
-    assert a.pool == b.pool and a.teachers[0]["arch"] == "precomputed-logits" and b.teachers[0]["arch"] == "convnet-bn"
+    assert a.pool == b.pool and a.teachers[0]["arch"] == b.teachers[0]["arch"] == "convnet-bn"
+    assert a.teachers[0]["sha256"] == b.teachers[0]["sha256"]  # the scores file's teacher, not a hash of the file
     # the k-center selection is an ordinary selection of the pool: the next round can use it as --labeled
     code, _, err = run_cli(capsys, "select", "--method", "pcoreset-teacher", "--pool", pool, "--teacher-logits", scored,
                            "--budget", 2, "--labeled", tmp_path / "kc.sel.h5", "--out", tmp_path / "next.sel.h5")
@@ -189,7 +190,7 @@ def test_active_learn_reads_the_file(files, tmp_path, capsys):
                              "--out", tmp_path / "al")
     assert code == 0, err
     sel = read_selection(tmp_path / "al" / "selections" / "pcoreset-teacher-kd-seed0.sel.h5")
-    assert sel.teachers[0]["arch"] == "precomputed-logits" and sel.teachers[0]["path"] == scores.name
+    assert sel.teachers[0]["arch"] == "convnet-bn" and sel.teachers[0]["logits_from"] == scores.name
 
 
 def test_refusals(files, scored, tmp_path, capsys):

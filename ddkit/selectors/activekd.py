@@ -272,7 +272,7 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"teacher logits file {path} does not exist", "compute the pool logits first (save_teacher_logits)")
-    ids = None
+    ids, teacher = None, None
     if path.suffix == ".npy":
         try:
             logits = np.load(path, allow_pickle=False)
@@ -286,6 +286,7 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
                 logits = f["logits"][()]
                 ids = f["ids"][()] if "ids" in f else None
                 stored = f.attrs.get("pool_fingerprint")
+                teacher = _scores_teacher(f)
         except OSError as exc:
             raise FileFormatError(f"{path} is not a readable HDF5 file ({exc})", "re-create it") from None
         if stored is not None and ids is not None and len(ids) == len(pool):
@@ -301,9 +302,26 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
         logits = _rows_for_pool(logits, np.asarray(ids, np.int64), pool, path)
     logits = logits.astype(np.float32)
     check_teacher_logits(logits, pool, str(path))
-    record = {"arch": "precomputed-logits", "sha256": sha256_file(path), "path": path.name,
-              "num_classes": int(logits.shape[1])}
+    if teacher is not None:  # a `ddkit pool score` file names its teacher: record that, not a hash of the file
+        record = {**teacher, "logits_from": path.name, "num_classes": int(logits.shape[1])}
+    else:
+        record = {"arch": "precomputed-logits", "sha256": sha256_file(path), "path": path.name,
+                  "num_classes": int(logits.shape[1])}
     return torch.from_numpy(logits), record
+
+
+def _scores_teacher(f: h5py.File) -> dict | None:
+    """The teacher summary of a `ddkit pool score` file (None for other HDF5 files)."""
+    from ddkit.data.scores import SCORES_FORMAT
+    from ddkit.store.schema import attr_text, load_json
+
+    if attr_text(f.attrs.get("format", "")) != SCORES_FORMAT or "teacher" not in f.attrs:
+        return None
+    try:
+        teacher = load_json(f.attrs["teacher"], "teacher")
+    except ValueError:
+        return None
+    return teacher if isinstance(teacher, dict) and teacher.get("sha256") else None
 
 
 def _rows_for_pool(logits: np.ndarray, ids: np.ndarray, pool: ImageDataset, path) -> np.ndarray:
