@@ -338,7 +338,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=6, default=None)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check the script")
+    parser.add_argument("--render-only", action="store_true", help="re-write the section from the last run (runs/bench_index.json)")
+    parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph appended to the section (kept with the run)")
     args = parser.parse_args()
+    state_file = Path("runs/bench_index.json")
+    if args.render_only:
+        state = json.loads(state_file.read_text())
+        state["notes"] = args.notes or state.get("notes", [])
+        state_file.write_text(json.dumps(state, indent=1))
+        write_section("index", state["body"] + "".join(f"\n\n{n}" for n in state["notes"]))
+        return
     if args.worker:
         kind, n, d, budget, steps, h5 = args.worker
         print(json.dumps(kcenter_worker(kind, int(n), int(d), int(budget), int(steps), h5)))
@@ -436,7 +445,9 @@ def main() -> None:
     if quick:
         print(body)
     else:
-        write_section("index", body)
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"body": body, "notes": args.notes}, indent=1))
+        write_section("index", body + "".join(f"\n\n{n}" for n in args.notes))
 
 
 if __name__ == "__main__":
