@@ -29,7 +29,7 @@ from ddkit.evaluate.card import mean_std
 from ddkit.evaluate.trainer import StudentData, train_students
 from ddkit.models import parse_model_options
 from ddkit.models.teacher import load_teacher
-from ddkit.synth.infer import Infer, InferConfig, static_labels
+from ddkit.synth.infer import Infer, InferConfig, real_per_class, static_labels
 from ddkit.store.reader import to_unit_float
 
 TEACHERS = ["convnet-bn", "resnet8", "mobilenet-w8"]
@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="'base' or KEY=VALUE[,KEY=VALUE] infer options")
     parser.add_argument("--protocol-opt", action="append", default=[], metavar="KEY=VALUE",
                         help="a derived protocol (renamed, e.g. stored-cpu[steps=3000]) for this study only")
+    parser.add_argument("--instances", choices=("all", "real-bases"), default="all",
+                        help="real-bases: train on the K·C real base images only (the UFC-composed instances left out)")
     parser.add_argument("--out", default="runs/infer/val_study.json")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
@@ -82,11 +84,14 @@ def main() -> None:
 
     for variant in args.variant or ["base"]:
         overrides = {} if variant == "base" else parse_model_options(variant.split(","))
-        key = f"infer ipc{args.ipc} M{len(teachers)} {protocol.id} {variant}"
+        key = f"infer ipc{args.ipc} M{len(teachers)} {protocol.id} {variant}" + (" real bases only" if args.instances == "real-bases" else "")
         if key in results:
             continue
         pixels, labels, logits, meta = synthesized(cache / f"ipc{args.ipc}-M{len(teachers)}-{variant}.npz", train, teachers,
                                                    args.ipc, build_config(InferConfig, overrides, owner="infer"))
+        if args.instances == "real-bases":  # the reader's order: the K·C bases first, then the composites
+            bases = real_per_class(args.ipc, info.num_classes, len(teachers)) * info.num_classes
+            pixels, labels, logits = pixels[:bases], labels[:bases], logits[:bases]
         payload = logits if protocol.label_source == "stored" else None
         accs = student_accuracy(protocol, info.normalization.apply(pixels), labels, payload, seeds, info, val, teachers)
         record(key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1], **meta,
