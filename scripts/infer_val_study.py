@@ -55,6 +55,7 @@ def main() -> None:
                         help="a derived protocol (renamed, e.g. stored-cpu[steps=3000]) for this study only")
     parser.add_argument("--instances", choices=("all", "real-bases"), default="all",
                         help="real-bases: train on the K·C real base images only (the UFC-composed instances left out)")
+    parser.add_argument("--baseline-only", action="store_true", help="only the random-real row at this IPC (no synthesis)")
     parser.add_argument("--out", default="runs/infer/val_study.json")
     args = parser.parse_args()
     seeds = list(range(args.seeds))
@@ -82,7 +83,7 @@ def main() -> None:
             accs += student_accuracy(protocol, images, part.labels, payload, [s], info, val, teachers)
         record(base_key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1]})
 
-    for variant in args.variant or ["base"]:
+    for variant in [] if args.baseline_only else args.variant or ["base"]:
         overrides = {} if variant == "base" else parse_model_options(variant.split(","))
         key = f"infer ipc{args.ipc} M{len(teachers)} {protocol.id} {variant}" + (" real bases only" if args.instances == "real-bases" else "")
         if key in results:

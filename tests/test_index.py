@@ -278,53 +278,16 @@ def test_two_stage_block_topk_is_exact(k):
         assert all(len(set(row)) == k for row in idx.tolist())
 
 
-def test_kcenter_thread_choice_does_not_change_picks(cloud, monkeypatch):
-    """Above the size threshold the per-pick pass times torch's threads against one thread; the picks
-    are the same whichever wins."""
-    import importlib
-
-    import torch
-
-    kcenter_module = importlib.import_module("ddkit.index.kcenter")  # the module, not the function
-    x, _ = cloud
-    plain = index.kcenter(x, 30, center_positions=[1, 2])
-    monkeypatch.setattr(kcenter_module, "_MEASURE_THREADS_AT", 0)
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        measured = index.kcenter(x, 30, center_positions=[1, 2])
-    finally:
-        torch.set_num_threads(old)
-    assert measured.threads in (1, 2)
-    np.testing.assert_array_equal(measured.indices, plain.indices)
-    np.testing.assert_array_equal(measured.min_distance, plain.min_distance)
-
-
-def test_kcenter_thread_race_is_run_again_under_changing_load(monkeypatch):
-    import importlib
-    import types
-
-    import torch
-
-    kcenter_module = importlib.import_module("ddkit.index.kcenter")
-    clock = [0.0]
-    monkeypatch.setattr(kcenter_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    cost = {1: 1.0, 2: 5.0}  # seconds per pass by thread count, under the load of the moment
-
-    def update():
-        clock[0] += cost[torch.get_num_threads()]
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        choice = kcenter_module._ThreadChoice(True, trials=1, recheck=4)
-        for _ in range(3):
-            choice.run(update)
-        assert choice.chosen == 1
-        cost.update({1: 5.0, 2: 1.0})  # the load changed
-        for _ in range(3):
-            choice.run(update)
-        assert choice.chosen == 2
-        assert torch.get_num_threads() == 2  # the library's setting is restored
-    finally:
-        torch.set_num_threads(old)
+def test_kcenter_equals_brute_force_greedy():
+    """The CPU kernel (numpy GEMV into the running minimum) picks what a float64 brute force picks."""
+    x = np.random.default_rng(7).standard_normal((300, 8)).astype(np.float32)
+    res = index.kcenter(x, 20, center_positions=[0])
+    assert res.kernel
+    x64 = x.astype(np.float64)
+    nearest = ((x64 - x64[0]) ** 2).sum(1)
+    nearest[0] = -1.0
+    for pick, distance in zip(res.indices, res.min_distance):
+        assert pick == int(np.argmax(nearest))
+        assert distance == pytest.approx(np.sqrt(nearest[pick]), rel=1e-4)
+        nearest = np.minimum(nearest, ((x64 - x64[pick]) ** 2).sum(1))
+        nearest[pick] = -1.0

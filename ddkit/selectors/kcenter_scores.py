@@ -60,7 +60,7 @@ def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, lab
     prior_md = np.asarray(old_md, np.float64) if old_md is not None else np.full(len(given), np.nan)
     config = {"field": field, "scores": Path(scores).name, "scores_created": header.get("created"),
               "embedding": header.get("embedding"), "budget": int(budget), "block_rows": block_rows,
-              "index_backend": index.backend().to_dict(), "kcenter_threads": result.threads}
+              "index_backend": index.backend().to_dict(), "kcenter_kernel": result.kernel}
     return Selection(
         method="kcenter", method_version="1", config=config, seed=seed, pool=pool,
         ids=np.concatenate([ids[given], ids[result.indices]]),
