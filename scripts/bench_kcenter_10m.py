@@ -113,7 +113,7 @@ def worker(variant: str, path: str, picks: int) -> dict:
     per_pick = np.diff(stamps + [end])  # picks 2..P: one update and the next argmax each
     return {
         "variant": variant, "picks": picks, "setup_s": stamps[0] - start if stamps else end - start,
-        "per_pick_s": per_pick.tolist(), "threads": res.threads, "first_picks": res.indices[:10].tolist(),
+        "per_pick_s": per_pick.tolist(), "kernel": res.kernel, "first_picks": res.indices[:10].tolist(),
         "min_distance": res.min_distance[:10].tolist(), "rss_before_mb": before / 1024,
         "peak_rss_mb": _status_kb("VmHWM") / 1024,
     }
@@ -135,7 +135,7 @@ def row(label: str, r: dict, n: int, bound_s: float, limit_gb: float, same: str)
     peak_gb = r["peak_rss_mb"] * 2**20 / 1e9
     ok = "yes" if peak_gb < limit_gb else "**no**"
     return (f"| {label} | {n:,} | {r['picks']} | {peak_gb:.2f} ({ok}) | {r['rss_before_mb'] * 2**20 / 1e9:.2f} | {(r['peak_rss_mb'] - r['rss_before_mb']) * 2**20 / 1e9:.2f} | "
-            f"{r['setup_s']:.1f} | {median:.3f} | {per.mean():.3f} | {median / bound_s:.1f}× | {r['threads'] or 'default'} | {same} |")
+            f"{r['setup_s']:.1f} | {median:.3f} | {per.mean():.3f} | {median / bound_s:.1f}× | {r.get("kernel", "?")} | {same} |")
 
 
 def main() -> None:
@@ -191,7 +191,7 @@ def main() -> None:
         f"on {os.cpu_count()} cores.",
         "",
         "| points read from | N | picks | peak RSS, GB (< bound) | of which before the call (Python, torch, h5py), GB | added by k-center, GB | setup, s (mean + norm passes) | "
-        "time per pick, s (median after the thread trials) | mean over all picks, s | median vs bound | torch threads | same picks |",
+        "time per pick, s (median) | mean over all picks, s | median vs bound | kernel | same picks |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
         row("h5py dataset (chunked HDF5), streamed in blocks", results["h5"], args.n, bound_s, args.limit_gb, "—"),
         row("np.load(mmap_mode='r') memmap, streamed in blocks", results["memmap"], args.n, bound_s, args.limit_gb,
