@@ -135,7 +135,7 @@ def row(label: str, r: dict, n: int, bound_s: float, limit_gb: float, same: str)
     peak_gb = r["peak_rss_mb"] * 2**20 / 1e9
     ok = "yes" if peak_gb < limit_gb else "**no**"
     return (f"| {label} | {n:,} | {r['picks']} | {peak_gb:.2f} ({ok}) | {r['rss_before_mb'] * 2**20 / 1e9:.2f} | {(r['peak_rss_mb'] - r['rss_before_mb']) * 2**20 / 1e9:.2f} | "
-            f"{r['setup_s']:.1f} | {median:.3f} | {per.mean():.3f} | {median / bound_s:.1f}× | {r.get("kernel", "?")} | {same} |")
+            f"{r['setup_s']:.1f} | {median:.3f} | {per.mean():.3f} | {median / bound_s:.1f}× | {r.get('kernel', '?')} | {same} |")
 
 
 def main() -> None:
