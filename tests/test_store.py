@@ -457,7 +457,7 @@ def test_validate_reports_unreadable_files_instead_of_raising(tmp_path):
 
 def test_describe_and_info_dict(tmp_path):
     path = write(tmp_path)
-    add_result(path, "convnet-cpu", {"result": {"mean": 61.5, "std": 0.4}, "random_baseline": {"mean": 50.25, "std": 1.0}})
+    add_result(path, "convnet-cpu", {"result": {"mean": 0.615, "std": 0.004}, "random_baseline": {"mean": 0.5025, "std": 0.01}})  # fractions, as ddkit evaluate writes them
     info = info_dict(path)
     json.dumps(info)
     assert info["instances"] == 16 and info["compensators"] == 2 and info["instances_per_class"]["class0"] == 4

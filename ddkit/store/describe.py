@@ -86,15 +86,16 @@ def _teachers(teachers: list) -> str:
     parts = []
     for t in teachers:
         accuracy = t.get("accuracy", t.get("test_accuracy"))  # teacher headers say test_accuracy
-        acc = f", acc {accuracy}" if accuracy is not None else ""
+        acc = f", test acc {_percent(accuracy)}%" if isinstance(accuracy, (int, float)) else ""
         parts.append(f"{t.get('arch', '?')} (sha256 {str(t.get('sha256', '?'))[:12]}{acc})")
     return "; ".join(parts)
 
 
-def _number(x, signed: bool = False) -> str:
+def _percent(x, signed: bool = False) -> str:
+    """An accuracy (a fraction, as result cards and teacher headers store it) in percent, 2 decimals."""
     if not isinstance(x, (int, float)):
         return "—"
-    return f"{x:+.2f}" if signed else f"{x:.2f}"
+    return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
 def _results_table(results: dict) -> list[str]:
@@ -102,11 +103,12 @@ def _results_table(results: dict) -> list[str]:
         return ["  results     none (run `ddkit evaluate`)"]
     rows = [summarize_card(name, card) for name, card in sorted(results.items())]
     width = max(8, *(len(r["protocol"]) for r in rows))
-    lines = ["  results", f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}"]
+    lines = ["  results     test accuracy (%), mean ± std over seeds; random real at the same budget; gain in points",
+             f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}"]
     for r in rows:
-        acc = f"{_number(r['mean'])} ± {_number(r['std'])}"
-        rnd = f"{_number(r['random_mean'])} ± {_number(r['random_std'])}"
-        lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_number(r['gain'], True):>7}")
+        acc = f"{_percent(r['mean'])} ± {_percent(r['std'])}"
+        rnd = f"{_percent(r['random_mean'])} ± {_percent(r['random_std'])}"
+        lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_percent(r['gain'], True):>7}")
     return lines
 
 
