@@ -164,7 +164,7 @@ def test_results_validate_and_describe_work_on_selections(tmp_path):
     pool = make_pool()
     path = tmp_path / "pick.sel.h5"
     digest = write_selection(path, make_selection(pool))
-    card = {"result": {"mean": 40.0, "std": 1.0}, "random_baseline": {"mean": 35.0}, "content_sha256": digest}
+    card = {"result": {"mean": 0.40, "std": 0.01}, "random_baseline": {"mean": 0.35}, "content_sha256": digest}  # fractions
     add_result(path, "convnet-cpu", card)
     assert read_results(path) == {"convnet-cpu": card}
     report = validate_file(path)
