@@ -70,7 +70,10 @@ def main() -> None:
     def record(key, entry):
         results[key] = entry
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=1))
+        merged = {**(json.loads(out.read_text()) if out.exists() else {}), key: entry}  # another lane may have written
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(merged, indent=1))
+        tmp.replace(out)
         print(key, json.dumps(entry), flush=True)
 
     base_key = f"random-real ipc{args.ipc} M{len(teachers)} {protocol.id}"
