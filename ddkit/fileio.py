@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ddkit.errors import DdkitError, OutputExists
+from ddkit.errors import DdkitError, FileFormatError, OutputExists
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
@@ -84,8 +84,7 @@ def open_checked_h5(path: str | os.PathLike, *, fmt: str, schema: int, kind: str
     """
     import h5py
 
-    from ddkit.errors import FileFormatError
-    from ddkit.store.schema import attr_text
+    from ddkit.store.schema import attr_text  # here: ddkit.store imports this module
 
     path = Path(path)
     if not path.is_file():

@@ -256,8 +256,6 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
     """Run in a child process so ru_maxrss is this configuration's own peak."""
     from ddkit import index
 
-    if os.environ.get("BENCH_TORCH_THREADS"):
-        torch.set_num_threads(int(os.environ["BENCH_TORCH_THREADS"]))
     x = np.random.default_rng(2).standard_normal((n, d), dtype=np.float32)
     base = reset_peak_rss()
     out = {"kind": kind, "n": n, "d": d, "budget": budget, "steps": steps}
@@ -289,10 +287,9 @@ def kcenter_worker(kind: str, n: int, d: int, budget: int, steps: int, h5_path: 
     return out
 
 
-def run_worker(*args, threads: int | None = None) -> dict:
+def run_worker(*args) -> dict:
     cmd = [sys.executable, __file__, "--worker", *map(str, args)]
-    env = {**os.environ, **({"BENCH_TORCH_THREADS": str(threads)} if threads else {})}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {(proc.stderr.strip().splitlines() or ['killed'])[-1][:160]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -356,6 +353,13 @@ def total_ram_gb() -> float:
     return float("nan")
 
 
+def save_and_write(state_file: Path, state: dict) -> None:
+    """Keep the run's body and notes (for --render-only) and write the section: body, then notes."""
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    state_file.write_text(json.dumps(state, indent=1))
+    write_section("index", state["body"] + "".join(f"\n\n{n}" for n in state["notes"]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", nargs=6, default=None)
@@ -367,8 +371,7 @@ def main() -> None:
     if args.render_only:
         state = json.loads(state_file.read_text())
         state["notes"] = args.notes or state.get("notes", [])
-        state_file.write_text(json.dumps(state, indent=1))
-        write_section("index", state["body"] + "".join(f"\n\n{n}" for n in state["notes"]))
+        save_and_write(state_file, state)
         return
     if args.worker:
         kind, n, d, budget, steps, h5 = args.worker
@@ -469,9 +472,7 @@ def main() -> None:
     if quick:
         print(body)
     else:
-        state_file.parent.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps({"body": body, "notes": args.notes}, indent=1))
-        write_section("index", body + "".join(f"\n\n{n}" for n in args.notes))
+        save_and_write(state_file, {"body": body, "notes": args.notes})
 
 
 if __name__ == "__main__":

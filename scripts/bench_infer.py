@@ -232,42 +232,46 @@ def render(state: dict, args) -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *byte_rows,
     ])
-    study = Path(args.val_study)
-    if study.exists():
-        entries = json.loads(study.read_text())
-        body += "\n".join([
-            "",
-            "",
-            "Choices studied on the validation split (`scripts/infer_val_study.py`: synthesized from the training "
-            "split minus the 10% val split, students scored on the val split, never the test split; random real drawn "
-            "from the same part and labeled the same way):",
-            "",
-            "| train set | val acc (%) | per seed | final CE / L_BN of the UFCs | synthesis (s) |",
-            "|---|---|---|---|---|",
-            *(f"| {key} | {pct(e['mean'], e['std'])} | {' '.join(pct(a) for a in e['val_accuracies'])} | "
-              + (f"{e['final_ce_mean']:.3f} / {e['final_bn_mean']:.2f} | {e['synthesis_seconds']:.0f} |" if "final_ce_mean" in e else "— | — |")
-              for key, e in entries.items()),
-        ])
-    diagnostics = Path(args.diagnostics)
-    if diagnostics.exists():
-        from infer_label_diagnostics import markdown_table
-
-        d = json.loads(diagnostics.read_text())
-        body += "\n".join([
-            "",
-            "",
-            f"What the teacher ensemble says on the student's views (`python scripts/infer_label_diagnostics.py`, val-split "
-            f"synthesis `{d['cache']}`, no student, no test image; {d['views']} crop-flip and crop-flip+mixup views per "
-            f"instance, T = {d['temperature']:g}; \"λ-majority\": the class of the image with mixup weight ≥ 0.5; margin: "
-            "top-1 minus top-2 ensemble logit):",
-            "",
-            *markdown_table(d["results"]),
-        ])
+    body += results_block(Path(args.val_study), val_study_lines) + results_block(Path(args.diagnostics), diagnostics_lines)
     body += "".join(f"\n\n{note}" for note in state.get("notes", []))
     if args.no_write:
         print(body)
     else:
         write_section("infer", body)
+
+
+def results_block(path: Path, lines_of) -> str:
+    """The section's paragraph + table for the JSON results at `path` (a study run apart), or nothing."""
+    if not path.exists():
+        return ""
+    return "\n".join(["", "", *lines_of(json.loads(path.read_text()))])
+
+
+def val_study_lines(entries: dict) -> list[str]:
+    return [
+        "Choices studied on the validation split (`scripts/infer_val_study.py`: synthesized from the training "
+        "split minus the 10% val split, students scored on the val split, never the test split; random real drawn "
+        "from the same part and labeled the same way):",
+        "",
+        "| train set | val acc (%) | per seed | final CE / L_BN of the UFCs | synthesis (s) |",
+        "|---|---|---|---|---|",
+        *(f"| {key} | {pct(e['mean'], e['std'])} | {' '.join(pct(a) for a in e['val_accuracies'])} | "
+          + (f"{e['final_ce_mean']:.3f} / {e['final_bn_mean']:.2f} | {e['synthesis_seconds']:.0f} |" if "final_ce_mean" in e else "— | — |")
+          for key, e in entries.items()),
+    ]
+
+
+def diagnostics_lines(d: dict) -> list[str]:
+    from infer_label_diagnostics import markdown_table
+
+    return [
+        f"What the teacher ensemble says on the student's views (`python scripts/infer_label_diagnostics.py`, val-split "
+        f"synthesis `{d['cache']}`, no student, no test image; {d['views']} crop-flip and crop-flip+mixup views per "
+        f"instance, T = {d['temperature']:g}; \"λ-majority\": the class of the image with mixup weight ≥ 0.5; margin: "
+        "top-1 minus top-2 ensemble logit):",
+        "",
+        *markdown_table(d["results"]),
+    ]
 
 
 if __name__ == "__main__":

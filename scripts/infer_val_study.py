@@ -27,6 +27,7 @@ from ddkit.data.base import class_balanced_indices, train_val_split
 from ddkit.evaluate import get_protocol
 from ddkit.evaluate.card import mean_std
 from ddkit.evaluate.trainer import StudentData, train_students
+from ddkit.fileio import atomic_output
 from ddkit.models import parse_model_options
 from ddkit.models.teacher import load_teacher
 from ddkit.synth.infer import Infer, InferConfig, real_per_class, static_labels
@@ -69,11 +70,9 @@ def main() -> None:
 
     def record(key, entry):
         results[key] = entry
-        out.parent.mkdir(parents=True, exist_ok=True)
         merged = {**(json.loads(out.read_text()) if out.exists() else {}), key: entry}  # another lane may have written
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(merged, indent=1))
-        tmp.replace(out)
+        with atomic_output(out, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(merged, indent=1))
         print(key, json.dumps(entry), flush=True)
 
     base_key = f"random-real ipc{args.ipc} M{len(teachers)} {protocol.id}"

@@ -40,8 +40,8 @@ from ddkit import distributed
 from ddkit.data.base import DatasetInfo
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, check_output, open_checked_h5
-from ddkit.store.schema import attr_text
 from ddkit.progress import progress
+from ddkit.store.schema import attr_text
 
 SCORES_FORMAT = "ddkit.pool-scores"
 SCORES_SCHEMA = 1

@@ -113,8 +113,9 @@ def optimize_ufc(model: torch.nn.Module, group: torch.Tensor, normalization: Nor
     """The compensator u (1×C_in×H×W, pixel units, float32 on the group's device) for one group.
 
     `group` holds C pixel images in [0, 1], row i of class i. Each of `cfg.iterations` Adam steps
-    rolls `group + u` by a random offset (and flips it half the time with `cfg.flip`), and minimizes CE(f(x), [0..C−1]) + r_bn·L_BN(x) over the
-    shared u; the LR follows a cosine from `lr` to 0. `gen` (CPU) draws the roll offsets.
+    rolls `group + u` by a random offset (and mirrors it half the time with `cfg.flip`), and
+    minimizes CE(f(x), [0..C−1]) + r_bn·L_BN(x) over the shared u; the LR follows a cosine from
+    `lr` to 0. `gen` (CPU) draws the roll offsets and the flips.
     Returns u and the last step's loss terms.
     """
     device = group.device
