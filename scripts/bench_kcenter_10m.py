@@ -200,8 +200,8 @@ def main() -> None:
         "",
         "- Time per pick is one pass over all points (read a block into a reused buffer, subtract the mean, one GEMV, "
         f"a running minimum) plus the argmax; the median is taken after the first {WARMUP_PICKS} passes. The GEMV is "
-        "numpy's BLAS since this session (torch's addmv before); an A/B at 2M points streamed from HDF5 measured "
-        "0.10–0.11 s per pass with either kernel, 0.09 s of it reading and centering the blocks. Setup is two passes (mean, squared norms) and the NaN/inf check of every row.",
+        "numpy's BLAS since this session (torch's addmv before); streamed from HDF5, reading and centering the blocks "
+        "is most of a pass (section `index-kernels`, 2M points), so the kernel hardly matters there. Setup is two passes (mean, squared norms) and the NaN/inf check of every row.",
         "- Peak RSS of the memmap variant counts the mapped file's pages that are resident (file-backed, "
         "reclaimable page cache shared with other readers), not private memory; the HDF5 variant reads each block "
         "into one reused buffer, so what k-center adds is its O(N) state (float32 N-vectors: squared norms, running "

@@ -90,9 +90,10 @@ _SUM_ROWS = 8192
 def _update(points, assign: np.ndarray, dist: np.ndarray, old: np.ndarray) -> np.ndarray:
     """New centroids = cluster means.
 
-    Per run of `_SUM_ROWS` rows, a float32 `index_add_` on one thread (serial, so deterministic,
-    and several times faster than a sort-and-reduce in numpy; torch's multi-threaded `index_add_`
-    is slower still), folded into float64 totals.
+    Per run of `_SUM_ROWS` rows, a float32 `index_add_` on one thread, folded into float64 totals:
+    several times faster than a sort-and-reduce in numpy (section `index-kernels`). One thread keeps
+    the order of additions fixed (deterministic) and does not collapse when the cores are shared,
+    which torch's multi-threaded `index_add_` did here, though it is faster on an idle machine.
     """
     k, d = old.shape
     sums = torch.zeros((k, d), dtype=torch.float64)
