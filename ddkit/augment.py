@@ -14,6 +14,8 @@ import kornia
 import torch
 import torch.nn.functional as F
 
+from ddkit.registry import Registry
+
 Params = dict
 
 
@@ -135,31 +137,36 @@ class ColorJitterDSA(Transform):
 
 
 @dataclass(repr=False)
-class RandomScaleRotate(Transform):
-    """DSA's scale (per-axis factor in [1/s, s]) and rotation (±degrees), one affine warp."""
+class RandomScale(Transform):
+    """DSA's scale: per-axis factors in [1/s, s] about the image centre (factor > 1 shrinks the content,
+    as DSA's sampling-grid convention has it), zero padding; kornia's differentiable warp."""
 
     scale: float = 1.2
-    degrees: float = 15.0
-    name = "scale_rotate"
+    name = "scale"
 
     def sample(self, shape, generator):
         b = shape[0]
-        return {
-            "sx": _uniform(b, 1 / self.scale, self.scale, generator),
-            "sy": _uniform(b, 1 / self.scale, self.scale, generator),
-            "angle": _uniform(b, -self.degrees, self.degrees, generator),
-        }
+        return {"sx": _uniform(b, 1 / self.scale, self.scale, generator),
+                "sy": _uniform(b, 1 / self.scale, self.scale, generator)}
 
     def apply(self, x, params):
-        b, _, h, w = x.shape
-        theta = params["angle"].to(x) * math.pi / 180
-        sx, sy = params["sx"].to(x), params["sy"].to(x)
-        cos, sin = torch.cos(theta), torch.sin(theta)
-        # Affine in normalized coordinates (rotation ∘ scale), centred on the image.
-        mat = torch.stack([torch.stack([sx * cos, -sy * sin, torch.zeros_like(sx)], 1),
-                           torch.stack([sx * sin, sy * cos, torch.zeros_like(sx)], 1)], 1)
-        grid = F.affine_grid(mat, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, align_corners=False)
+        # DSA scales the sampling grid by (sx, sy); kornia scales the content, hence the reciprocal.
+        factor = torch.stack([params["sx"], params["sy"]], 1).to(x).reciprocal()
+        return kornia.geometry.transform.scale(x, factor, align_corners=True)
+
+
+@dataclass(repr=False)
+class RandomRotate(Transform):
+    """DSA's rotation: an angle in ±`degrees` about the image centre, zero padding (kornia)."""
+
+    degrees: float = 15.0
+    name = "rotate"
+
+    def sample(self, shape, generator):
+        return {"angle": _uniform(shape[0], -self.degrees, self.degrees, generator)}
+
+    def apply(self, x, params):
+        return kornia.geometry.transform.rotate(x, params["angle"].to(x), align_corners=True)
 
 
 @dataclass(repr=False)
@@ -201,6 +208,84 @@ class Compose(Transform):
         for t, p in zip(self.transforms, params["steps"]):
             x = t.apply(x, p)
         return x
+
+
+def take_rows(params: Params, rows: torch.Tensor) -> Params:
+    """The parameters of the samples at `rows`, from a nest of dicts/lists of per-sample tensors."""
+    if isinstance(params, dict):
+        return {k: take_rows(v, rows) for k, v in params.items()}
+    if isinstance(params, list):
+        return [take_rows(v, rows) for v in params]
+    return params[rows.to(params.device)]
+
+
+DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+
+
+class DSA(Transform):
+    """Differentiable Siamese Augmentation (Zhao & Bilen, ICML 2021) in the `single` mode of the DC/DSA/DM
+    code: each unit of samples gets ONE group of the strategy, with per-sample strengths.
+
+    Groups and their published strengths: `color` (brightness shift ±0.5, saturation ×U(0, 2), contrast
+    ×U(0.5, 1.5), in turn), `crop` (a translation of up to 0.125 × size, zero padded), `cutout` (a zero
+    square of 0.5 × size), `flip` (p = 0.5), `scale` (per axis in [1/1.2, 1.2]), `rotate` (±15°). Every op
+    is differentiable w.r.t. the pixels, so gradients reach synthetic images.
+
+    Siamese use: sample once, apply to the real and the synthetic batch alike — row i of either batch of
+    a unit sees the parameters of row i (`take_rows` picks them), which is what DSA's re-seeding achieves.
+    `sample(shape, g, units=U)` splits the rows into U equal consecutive units (e.g. one per class), each
+    with its own group; plain `__call__` treats the whole batch as one unit, as DSA's evaluation does.
+    """
+
+    name = "dsa"
+
+    def __init__(self, strategy: str = DSA_STRATEGY, crop: float = 0.125, cutout: float = 0.5, flip: float = 0.5,
+                 scale: float = 1.2, degrees: float = 15.0):
+        groups = tuple(strategy.split("_"))
+        unknown = sorted(set(groups) - {"color", "crop", "cutout", "flip", "scale", "rotate"})
+        if unknown or not strategy:
+            raise ValueError(f"DSA strategy {strategy!r}: unknown group(s) {unknown}; use e.g. {DSA_STRATEGY}")
+        self.strategy, self.crop, self.cutout, self.flip, self.scale, self.degrees = strategy, crop, cutout, flip, scale, degrees
+        self.groups = groups
+
+    def _op(self, group: str, shape) -> Transform:
+        if group == "color":
+            return ColorJitterDSA()
+        if group == "crop":
+            return RandomCropPad(int(shape[-1] * self.crop + 0.5))
+        if group == "cutout":
+            return RandomCutout(self.cutout)
+        if group == "flip":
+            return RandomHorizontalFlip(self.flip)
+        if group == "scale":
+            return RandomScale(self.scale)
+        return RandomRotate(self.degrees)
+
+    def sample(self, shape, generator, units: int = 1):
+        b = shape[0]
+        if units < 1 or b % units:
+            raise ValueError(f"{b} rows do not split into {units} equal units")
+        pick = torch.randint(0, len(self.groups), (units,), generator=generator, device=generator.device)
+        params: Params = {"group": pick.repeat_interleave(b // units)}
+        for group in self.groups:
+            params[group] = self._op(group, shape).sample(shape, generator)
+        return params
+
+    def apply(self, x, params):
+        group = params["group"].to(x.device)
+        if len(group) != len(x):
+            raise ValueError(f"DSA parameters for {len(group)} rows applied to {len(x)} images (use take_rows)")
+        present = torch.unique(group).tolist()
+        if len(present) == 1:
+            name = self.groups[present[0]]
+            return self._op(name, x.shape).apply(x, params[name])
+        pieces, order = [], []
+        for g in present:  # each group on its own rows, then the rows back in place
+            rows = torch.nonzero(group == g).flatten()
+            name = self.groups[g]
+            pieces.append(self._op(name, x.shape).apply(x[rows], take_rows(params[name], rows)))
+            order.append(rows)
+        return torch.cat(pieces)[torch.argsort(torch.cat(order))]
 
 
 # -- batch mixing: one λ and one partner permutation per batch ----------------------------------
@@ -280,20 +365,25 @@ def _gamma(alpha: float, generator: torch.Generator) -> float:
             return d * v * boost
 
 
-AUGMENTATIONS = {
-    "none": lambda: Compose([]),
-    "crop-flip": lambda: Compose([RandomCropPad(4), RandomHorizontalFlip()]),
-    "resized-crop-flip": lambda: Compose([RandomResizedCrop((0.5, 1.0)), RandomHorizontalFlip()]),
-    # Differentiable Siamese Augmentation's evaluation chain (color, crop, cutout, flip, scale, rotate).
-    "dsa": lambda: Compose([ColorJitterDSA(), RandomCropPad(4), RandomCutout(0.5), RandomHorizontalFlip(),
-                            RandomScaleRotate(1.2, 15.0)]),
-}
-MIXES = {"none": None, "mixup": lambda: MixUp(0.8), "cutmix": lambda: CutMix(1.0)}
+AUGMENTATIONS = Registry("augmentation")
+AUGMENTATIONS.register("none", summary="no augmentation")(lambda: Compose([]))
+AUGMENTATIONS.register("crop-flip", summary="4-pixel zero-pad crop + horizontal flip")(
+    lambda: Compose([RandomCropPad(4), RandomHorizontalFlip()]))
+AUGMENTATIONS.register("resized-crop-flip", summary="random resized crop (area 0.5–1) + horizontal flip")(
+    lambda: Compose([RandomResizedCrop((0.5, 1.0)), RandomHorizontalFlip()]))
+AUGMENTATIONS.register("dsa", summary="DSA single mode: one of color/crop/cutout/flip/scale/rotate per batch")(DSA)
+
+MIXES = Registry("mix")
+MIXES.register("none", summary="no mixing")(lambda: None)
+MIXES.register("mixup", summary="MixUp, λ ~ Beta(0.8, 0.8), one λ per batch")(lambda: MixUp(0.8))
+MIXES.register("cutmix", summary="CutMix, λ ~ Beta(1, 1), one box per batch")(lambda: CutMix(1.0))
 
 
-def build_augmentation(name: str) -> Compose:
-    from ddkit.errors import InvalidInput
+def build_augmentation(name: str) -> Transform:
+    """A fresh augmentation by registered name (`ddkit list augmentations`)."""
+    return AUGMENTATIONS.create(name)
 
-    if name not in AUGMENTATIONS:
-        raise InvalidInput(f"unknown augmentation {name!r}", f"use one of {', '.join(AUGMENTATIONS)}")
-    return AUGMENTATIONS[name]()
+
+def build_mix(name: str) -> Transform | None:
+    """A fresh batch-mixing transform by registered name; None for `none`."""
+    return MIXES.create(name)

@@ -46,7 +46,7 @@ def cli():
 
 # -- registries ---------------------------------------------------------------------------------
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "synthesizers", "selectors", "protocols"]))
+@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
     from ddkit.registries import all_registries

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddkit.augment import MIXES, build_augmentation
+from ddkit.augment import MIXES, build_augmentation, build_mix
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.registry import Registry
 from ddkit.seeding import generator
@@ -146,7 +146,7 @@ class ViewSchedule:
         gen = generator(self.seed, "dbr-chunk", epoch, chunk)  # CPU: the same draws on any device
         augment = build_augmentation(self.recipe.augmentation)
         x = augment(images[idx], gen)
-        mixer = MIXES[self.recipe.mix]()
+        mixer = build_mix(self.recipe.mix)
         params = mixer.sample(x.shape, gen)
         x = mixer.apply(x, params)
         y = labels[idx]

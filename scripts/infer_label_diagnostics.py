@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ddkit.augment import build_augmentation
-from ddkit.augment import MIXES
+from ddkit.augment import build_mix
 from ddkit.data import load_dataset
 from ddkit.data.base import class_balanced_indices, train_val_split
 from ddkit.evaluate.sources import ensemble_logits
@@ -50,7 +50,7 @@ def study(name: str, images: torch.Tensor, labels: torch.Tensor, static: torch.T
           views: int, temperature: float, seed: int) -> dict:
     """Statistics per kind of instance; `images` normalized, `static` the stored (clean) logits."""
     augment = build_augmentation("crop-flip")
-    mix = MIXES["mixup"]()
+    mix = build_mix("mixup")
     generator = torch.Generator().manual_seed(seed)
     clean = ensemble_logits(images, teachers)
     rows = {kind: {"clean_correct": [], "clean_margin": [], "view_correct": [], "view_margin": [],

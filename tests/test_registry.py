@@ -36,7 +36,7 @@ def test_unknown_name_suggests_close_match():
         reg.get("convnt")
 
 
-@pytest.mark.parametrize("kind", ["models", "datasets", "synthesizers", "selectors", "protocols"])
+@pytest.mark.parametrize("kind", ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes"])
 def test_every_registry_is_populated(kind):
     registry = all_registries()[kind]
     assert len(registry) > 0

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from ddkit.augment import MIXES, build_augmentation
+from ddkit.augment import build_augmentation, build_mix
 from ddkit.dbr import DBRTargets
 from ddkit.data.base import DatasetInfo
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets, require_stored_scheme
@@ -144,7 +144,7 @@ def train_students(
     total_steps = protocol.total_steps(next(iter(sizes)))
     opt, sched = build_optimizer(trainable, protocol.optim, total_steps)
     augment = build_augmentation(protocol.augmentation)
-    mixer = MIXES[protocol.mix]() if MIXES.get(protocol.mix) else None
+    mixer = build_mix(protocol.mix)
     samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches")) for d, s in zip(data, seeds)]
     aug_gens = [generator(s, "eval-augment", device=device) for s in seeds]
     streams = [_replay_stream(d, protocol, total_steps) for d in data]
