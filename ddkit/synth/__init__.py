@@ -13,6 +13,8 @@ from ddkit.models.teacher import load_teacher
 from ddkit.store import write_distilled
 from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer
 from ddkit.synth import baselines as _baselines  # noqa: F401  (registers)
+from ddkit.synth import coresets as _coresets  # noqa: F401  (registers)
+from ddkit.synth import dm as _dm  # noqa: F401  (registers)
 from ddkit.synth import infer as _infer  # noqa: F401  (registers)
 from ddkit.synth import nrr_dd as _nrr_dd  # noqa: F401  (registers)
 from ddkit.training import pick_device

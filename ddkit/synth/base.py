@@ -8,16 +8,20 @@ happen once, in `run_synthesizer`.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from pathlib import Path
 from typing import ClassVar
 
 import torch
+from tqdm.auto import tqdm
 
-from ddkit.data.base import ImageDataset
+from ddkit.data.base import ImageDataset, Normalization
 from ddkit.errors import InvalidInput
 from ddkit.models.teacher import Teacher
 from ddkit.registry import Registry
 from ddkit.store import DistilledSet
+from ddkit.training import predict_logits
 
 SYNTHESIZERS = Registry("synthesizer")
 
@@ -54,3 +58,15 @@ def register_synthesizer(cls: type[Synthesizer]) -> type[Synthesizer]:
     summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
     SYNTHESIZERS.register(cls.name, summary=summary)(cls)
     return cls
+
+
+def static_labels(teachers, pixels: torch.Tensor, normalization: Normalization, device) -> torch.Tensor:
+    """The ensemble's mean logits on un-augmented pixel images (1/M Σ_m f_m(s)), float32 on CPU."""
+    x = normalization.apply(pixels)
+    return torch.stack([predict_logits(t.model, x, device=device) for t in teachers]).mean(0)
+
+
+def say(message: str) -> None:
+    """One log line on stderr (rank 0), printed so that it does not break a progress bar."""
+    if os.environ.get("RANK", "0") == "0":
+        tqdm.write(message, file=sys.stderr)

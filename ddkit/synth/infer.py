@@ -23,23 +23,20 @@ stores no labels: train under a teacher protocol (`dynamic-cpu`) with the same t
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ddkit.data.base import Normalization, class_balanced_indices
 from ddkit.errors import InvalidInput
 from ddkit.seeding import generator
 from ddkit.store import AdditiveComposite, DistilledSet, LogitsLabels
 from ddkit.store.reader import to_unit_float
-from ddkit.synth.base import Synthesizer, register_synthesizer
+from ddkit.synth.base import Synthesizer, register_synthesizer, say as _say, static_labels
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.workitems import WorkItemStore
-from ddkit.training import predict_logits
 
 LABEL_MODES = ("static", "dynamic")
 
@@ -144,20 +141,6 @@ def optimize_ufc(model: torch.nn.Module, group: torch.Tensor, normalization: Nor
             sched.step()
             last = {"ce": ce.detach().item(), "bn": bn_loss.detach().item()}
     return (v.detach() * std), last
-
-
-def static_labels(teachers, pixels: torch.Tensor, normalization: Normalization, device) -> torch.Tensor:
-    """The ensemble's mean logits on un-augmented pixel images (1/M Σ_m f_m(s)), float32 on CPU."""
-    x = normalization.apply(pixels)
-    return torch.stack([predict_logits(t.model, x, device=device) for t in teachers]).mean(0)
-
-
-def _say(message: str) -> None:
-    """One log line on stderr (rank 0), printed so that it does not break a progress bar."""
-    import os
-
-    if os.environ.get("RANK", "0") == "0":
-        tqdm.write(message, file=sys.stderr)
 
 
 # -- the synthesizer -----------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Distribution Matching (Zhao & Bilen, "Dataset Condensation with Distribution Matching", WACV 2023).
+
+Synthetic images, initialised from real images of their class, are moved so that a randomly initialised
+network embeds them, on average per class, where it embeds that class's real images:
+
+    L = Σ_c ‖ mean_i φ_θ(A_ω(x_c,i)) − mean_j φ_θ(A_ω(s_c,j)) ‖²
+
+with a fresh, frozen θ every iteration, the same DSA parameters ω for the real and the synthetic rows of
+a class, real embeddings detached, and SGD with momentum on the pixels. No teacher is needed; when
+teachers are given, their mean logits on the final images are stored as soft labels.
+
+All classes go through the embedding network in one batched forward pass (the per-class loop of the
+original code gives the same loss for a network without batch statistics); a network with batch norm
+is run class by class, so each class keeps its own batch statistics as in the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ddkit.augment import DSA, DSA_STRATEGY, take_rows
+from ddkit.data.base import Normalization, class_balanced_indices
+from ddkit.errors import InvalidInput
+from ddkit.models import create_model, has_batchnorm, parse_model_options
+from ddkit.progress import progress
+from ddkit.seeding import derive_seed, generator
+from ddkit.store import DistilledSet, LogitsLabels
+from ddkit.synth.base import Synthesizer, register_synthesizer, say, static_labels
+from ddkit.synth.workitems import WorkItemStore
+
+
+@dataclass
+class DMConfig:
+    """DM's options. The paper's values are lr_img 1, momentum 0.5, batch_real 256 and 20 000 iterations
+    with a width-128 ConvNet; the defaults here are the CPU choice (see BENCHMARKS.md, section `matching`)."""
+
+    iterations: int = 1000
+    lr_img: float = 1.0  # on normalized pixels, as in the paper
+    momentum: float = 0.5
+    batch_real: int = 128  # real images per class per iteration
+    init: str = "real"  # real | noise
+    dsa: str = DSA_STRATEGY  # DSA groups joined by "_", or "none"
+    net: str = "convnet"  # any registered model; its embedding is the classifier's input
+    net_options: str = "depth=3,width=32,norm=instance"  # the CPU protocols' student; "" for the model's defaults
+    checkpoint_every: int = 100  # iterations between resumable checkpoints in the work folder
+
+    def check(self) -> None:
+        if self.iterations < 0 or self.batch_real < 1 or self.checkpoint_every < 1:
+            raise InvalidInput("dm: iterations must be ≥ 0, batch_real and checkpoint_every ≥ 1")
+        if self.init not in ("real", "noise"):
+            raise InvalidInput(f"dm: init must be real or noise, got {self.init!r}")
+        if self.lr_img <= 0 or not 0 <= self.momentum < 1:
+            raise InvalidInput("dm: lr_img must be > 0 and momentum in [0, 1)")
+        self.augmentation()  # unknown DSA groups fail before any work
+
+    def augmentation(self) -> DSA | None:
+        if self.dsa in ("", "none"):
+            return None
+        try:
+            return DSA(self.dsa)
+        except ValueError as exc:
+            raise InvalidInput(f"dm: {exc}") from None
+
+    def net_kwargs(self) -> dict:
+        return parse_model_options([p for p in self.net_options.split(",") if p.strip()])
+
+
+def class_means(embeddings: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per-class mean of class-major rows (equal rows per class): C×D."""
+    return embeddings.view(num_classes, -1, embeddings.shape[-1]).mean(1)
+
+
+def embed(net, x: torch.Tensor) -> torch.Tensor:
+    """The features a DM network matches: the classifier's input (pooled last feature map)."""
+    return net.pool(net.features(x))
+
+
+def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for class-major `real` (C·B rows) and `syn` (C·S rows).
+
+    One DSA parameter set is sampled per class (C units of max(B, S) rows); row i of class c's real and
+    synthetic batch share parameter row i, as DSA's siamese re-seeding does.
+    """
+    b, s = len(real) // num_classes, len(syn) // num_classes
+    if dsa is not None:
+        width = max(b, s)
+        params = dsa.sample((num_classes * width, *real.shape[1:]), gen, units=num_classes)
+        base = torch.arange(num_classes).view(-1, 1) * width
+        real = dsa.apply(real, take_rows(params, (base + torch.arange(b)).flatten()))
+        syn = dsa.apply(syn, take_rows(params, (base + torch.arange(s)).flatten()))
+    if has_batchnorm(net):  # batch statistics must stay per class, as in the paper's per-class passes
+        with torch.no_grad():
+            mean_real = torch.stack([embed(net, r).mean(0) for r in real.split(b)])
+        mean_syn = torch.stack([embed(net, x).mean(0) for x in syn.split(s)])
+    else:
+        with torch.no_grad():
+            mean_real = class_means(embed(net, real), num_classes)
+        mean_syn = class_means(embed(net, syn), num_classes)
+    return (mean_real - mean_syn).square().sum()
+
+
+def real_batch(by_class: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` random rows of every class (all of a smaller class's rows, repeated to size), class-major."""
+    rows = []
+    for images in by_class:
+        order = torch.randperm(len(images), generator=gen)
+        rows.append(images[order.repeat(size // len(images) + 1)[:size]])
+    return torch.cat(rows)
+
+
+def clamp_pixels(z: torch.Tensor, normalization: Normalization) -> torch.Tensor:
+    """Normalized images whose pixels lie in [0, 1]."""
+    return normalization.apply(normalization.invert(z).clamp_(0.0, 1.0))
+
+
+@dataclass
+class DMState:
+    """Where a DM optimisation stands: normalized images (class-major), their momentum, iterations done."""
+
+    images: torch.Tensor
+    velocity: torch.Tensor
+    iteration: int = 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"iteration": np.array([self.iteration]), "images": self.images.cpu().numpy(),
+                "velocity": self.velocity.cpu().numpy()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], device) -> "DMState":
+        return cls(torch.from_numpy(arrays["images"]).to(device), torch.from_numpy(arrays["velocity"]).to(device),
+                   int(arrays["iteration"][0]))
+
+
+def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
+    """The seeded, class-balanced real images DM starts from (or noise), and their source rows."""
+    picked = source.subset(class_balanced_indices(source, ipc, seed, salt="dm-init"))  # class-major
+    if config.init == "real":
+        z = picked.normalized()
+    else:
+        z = source.info.normalization.apply(torch.rand(picked.pixels().shape, generator=generator(seed, "dm-noise")))
+    return DMState(z.to(device), torch.zeros_like(z, device=device)), picked
+
+
+def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None):
+    """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding the
+    loss after each one; every iteration's randomness depends only on (seed, iteration), so a resumed
+    run equals an uninterrupted one."""
+    config.check()
+    info = source.info
+    by_class = [source.normalized(idx).to(device) for idx in source.class_indices()]
+    dsa, net_kwargs = config.augmentation(), config.net_kwargs()
+    for it in range(state.iteration, config.iterations if stop is None else stop):
+        gen = generator(seed, "dm-iteration", it)
+        net = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
+                           seed=derive_seed(seed, "dm-net", it), **net_kwargs).to(device)
+        net.train()  # batch-norm nets use batch statistics, as in the paper
+        for p in net.parameters():
+            p.requires_grad_(False)
+        real = real_batch(by_class, config.batch_real, gen)
+        z = state.images.requires_grad_(True)
+        loss = matching_loss(net, real, z, info.num_classes, dsa, gen)
+        (grad,) = torch.autograd.grad(loss, z)
+        z.requires_grad_(False)
+        with torch.no_grad():
+            state.velocity.mul_(config.momentum).add_(grad)
+            z.sub_(config.lr_img * state.velocity)
+            z.copy_(clamp_pixels(z, info.normalization))
+        state.iteration = it + 1
+        yield float(loss.detach())
+
+
+@register_synthesizer
+class DM(Synthesizer):
+    """Distribution Matching (Zhao & Bilen 2023): match per-class mean embeddings of random networks."""
+
+    name = "dm"
+    version = "1"
+    Config = DMConfig
+
+    def synthesize(self, source, teachers, ipc, config: DMConfig, seed, device, workdir=None):
+        config.check()
+        info = source.info
+        state, picked = initial_state(source, ipc, config, seed, device)
+        create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes, **config.net_kwargs())
+
+        store = WorkItemStore(workdir, {
+            "method": self.name, "method_version": self.version, "config": dataclasses.asdict(config), "seed": seed,
+            "ipc": ipc, "dataset": info.name, "source_ids_sha256": source.ids_sha256(),
+        })
+        every = config.checkpoint_every
+        done = store.done(self.checkpoint_key(i) for i in range(every, config.iterations + 1, every))
+        if done:
+            state = DMState.from_arrays(store.load(done[-1]), device)
+            say(f"dm: resuming at iteration {state.iteration} of {config.iterations}")
+
+        losses = []
+        bar = progress(total=config.iterations, initial=state.iteration, desc=f"dm ipc {ipc}")
+        for loss in optimize(source, state, config, seed, device):
+            losses.append(loss)
+            bar.update(1)
+            if state.iteration % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if state.iteration % every == 0:
+                store.save(self.checkpoint_key(state.iteration), state.arrays())
+        bar.close()
+
+        pixels = info.normalization.invert(state.images.cpu()).clamp_(0.0, 1.0)
+        derived = {"init_source_ids": picked.ids.tolist(), "net_kwargs": config.net_kwargs(),
+                   "final_loss": float(np.mean(losses[-10:])) if losses else None}
+        dset = DistilledSet.from_source(
+            source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
+            seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[t.header.summary() for t in teachers],
+        )
+        if teachers:
+            dset.soft["logits"] = LogitsLabels(static_labels(teachers, pixels, info.normalization, device), meta={
+                "recipe": "mean of the teachers' logits on the final distilled images",
+                "teachers": [t.header.tensors_sha256 for t in teachers],
+            })
+        return dset
+
+    @staticmethod
+    def checkpoint_key(iteration: int) -> str:
+        return f"iter-{iteration:07d}"
