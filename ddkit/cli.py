@@ -415,11 +415,12 @@ def merge(files, out, overwrite):
 @click.option("--epochs", default=5, show_default=True, help="teacher epochs")
 @click.option("--steps", default=None, type=int, help="evaluation steps (default: the protocol's)")
 @click.option("--seed", default=0, show_default=True)
-def quickstart(workdir, dataset, ipc, epochs, steps, seed):
+@click.option("--iterations", default=300, show_default=True, help="distribution-matching iterations")
+def quickstart(workdir, dataset, ipc, epochs, steps, seed, iterations):
     """The main job end to end on the embedded dataset: teacher → distilled file → info → show → evaluate."""
     from ddkit.quickstart import run_quickstart
 
-    run_quickstart(workdir, dataset, ipc, epochs, steps, seed, echo=click.echo)
+    run_quickstart(workdir, dataset, ipc, epochs, steps, seed, iterations, echo=click.echo)
 
 
 def main(argv=None) -> None:

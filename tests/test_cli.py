@@ -190,11 +190,11 @@ def test_nan_images_refused_and_nothing_written(tmp_path):
 
 
 def test_quickstart_runs_end_to_end(capsys, tmp_path):
-    """The README's main job, shrunk: teacher → random-real file → info → show → evaluate."""
+    """The README's main job, shrunk: teacher → DM file → info → show → evaluate."""
     work = tmp_path / "qs"
     code, out, err = run(capsys, "quickstart", "--workdir", str(work), "--dataset", "procedural", "--ipc", "2",
-                         "--epochs", "1", "--steps", "3")
+                         "--epochs", "1", "--steps", "3", "--iterations", "2")
     assert code == 0, err
-    for name in ("teacher.safetensors", "random-real-ipc2.ddk.h5", "random-real-ipc2.png"):
+    for name in ("teacher.safetensors", "dm-ipc2.ddk.h5", "dm-ipc2.png"):
         assert (work / name).is_file()
     assert "gain over random" in out and "[5/5]" in out
