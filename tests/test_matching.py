@@ -69,6 +69,8 @@ def test_matching_loss_equals_the_per_class_loop_of_the_paper():
         s = dsa.apply(syn[2 * c:2 * c + 2], take_rows(params, rows[:2]))
         total += float((embed(net, r).mean(0) - embed(net, s).mean(0)).square().sum())
     assert float(batched) == pytest.approx(total, rel=1e-5)
+    chunked = matching_loss(net, real, syn, classes, dsa, torch.Generator().manual_seed(5), chunk=7)
+    assert float(chunked) == pytest.approx(float(batched), rel=1e-5)  # chunking changes speed, not the loss
 
 
 def test_matching_loss_without_dsa_by_hand_and_batchnorm_nets_run_per_class():

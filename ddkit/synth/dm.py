@@ -9,9 +9,10 @@ with a fresh, frozen θ every iteration, the same DSA parameters ω for the real
 a class, real embeddings detached, and SGD with momentum on the pixels. No teacher is needed; when
 teachers are given, their mean logits on the final images are stored as soft labels.
 
-All classes go through the embedding network in one batched forward pass (the per-class loop of the
-original code gives the same loss for a network without batch statistics); a network with batch norm
-is run class by class, so each class keeps its own batch statistics as in the paper.
+All classes go through the embedding network together, in one pass on a GPU and in cache-sized chunks on
+a CPU (the per-class loop of the original code gives the same loss for a network without batch
+statistics); a network with batch norm is run class by class, so each class keeps its own batch
+statistics as in the paper.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class DMConfig:
     net: str = "convnet"  # any registered model; its embedding is the classifier's input
     net_options: str = "depth=3,width=32,norm=instance"  # the CPU protocols' student; "" for the model's defaults
     checkpoint_every: int = 100  # iterations between resumable checkpoints in the work folder
+    forward_chunk: int = 0  # images per forward pass: 0 = 32 on a CPU (cache-sized), all at once on a GPU
 
     def check(self) -> None:
-        if self.iterations < 0 or self.batch_real < 1 or self.checkpoint_every < 1:
-            raise InvalidInput("dm: iterations must be ≥ 0, batch_real and checkpoint_every ≥ 1")
+        if self.iterations < 0 or self.batch_real < 1 or self.checkpoint_every < 1 or self.forward_chunk < 0:
+            raise InvalidInput("dm: iterations and forward_chunk must be ≥ 0, batch_real and checkpoint_every ≥ 1")
         if self.init not in ("real", "noise"):
             raise InvalidInput(f"dm: init must be real or noise, got {self.init!r}")
         if self.lr_img <= 0 or not 0 <= self.momentum < 1:
@@ -74,13 +76,17 @@ def class_means(embeddings: torch.Tensor, num_classes: int) -> torch.Tensor:
     return embeddings.view(num_classes, -1, embeddings.shape[-1]).mean(1)
 
 
-def embed(net, x: torch.Tensor) -> torch.Tensor:
-    """The features a DM network matches: the classifier's input (pooled last feature map)."""
-    return net.pool(net.features(x))
+def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+    """The features a DM network matches: the classifier's input (pooled last feature map), computed
+    `chunk` images at a time (0: all at once). Without batch statistics the result does not depend on
+    the chunking; on a CPU, cache-sized chunks run faster than one large batch."""
+    if chunk <= 0 or len(x) <= chunk:
+        return net.pool(net.features(x))
+    return torch.cat([net.pool(net.features(part)) for part in x.split(chunk)])
 
 
 def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
-                  gen: torch.Generator) -> torch.Tensor:
+                  gen: torch.Generator, chunk: int = 0) -> torch.Tensor:
     """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for class-major `real` (C·B rows) and `syn` (C·S rows).
 
     One DSA parameter set is sampled per class (C units of max(B, S) rows); row i of class c's real and
@@ -98,9 +104,10 @@ def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, 
             mean_real = torch.stack([embed(net, r).mean(0) for r in real.split(b)])
         mean_syn = torch.stack([embed(net, x).mean(0) for x in syn.split(s)])
     else:
-        with torch.no_grad():
-            mean_real = class_means(embed(net, real), num_classes)
-        mean_syn = class_means(embed(net, syn), num_classes)
+        with torch.inference_mode():
+            mean_real = class_means(embed(net, real, chunk), num_classes)
+        mean_real = mean_real.clone()  # a normal tensor again, usable beside the autograd graph
+        mean_syn = class_means(embed(net, syn, chunk), num_classes)
     return (mean_real - mean_syn).square().sum()
 
 
@@ -154,6 +161,7 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
     info = source.info
     by_class = [source.normalized(idx).to(device) for idx in source.class_indices()]
     dsa, net_kwargs = config.augmentation(), config.net_kwargs()
+    chunk = config.forward_chunk or (32 if torch.device(device).type == "cpu" else 0)
     for it in range(state.iteration, config.iterations if stop is None else stop):
         gen = generator(seed, "dm-iteration", it)
         net = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
@@ -163,7 +171,7 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
             p.requires_grad_(False)
         real = real_batch(by_class, config.batch_real, gen)
         z = state.images.requires_grad_(True)
-        loss = matching_loss(net, real, z, info.num_classes, dsa, gen)
+        loss = matching_loss(net, real, z, info.num_classes, dsa, gen, chunk)
         (grad,) = torch.autograd.grad(loss, z)
         z.requires_grad_(False)
         with torch.no_grad():
