@@ -15,7 +15,6 @@ hits both alike. Writes the `matching-speed` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path

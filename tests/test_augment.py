@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from ddkit.augment import AUGMENTATIONS, MIXES, RandomCropPad, RandomHorizontalFlip, _beta, build_augmentation, build_mix
+from ddkit.augment import (
+    AUGMENTATIONS,
+    MIXES,
+    RandomCropPad,
+    RandomHorizontalFlip,
+    _beta,
+    build_augmentation,
+    build_mix,
+)
 
 ALL = [build_augmentation(n) for n in AUGMENTATIONS] + [build_mix(n) for n in MIXES if n != "none"]
 

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_cli as _cli
+
 from ddkit.augment import DSA, take_rows
 from ddkit.data import load_dataset
 from ddkit.errors import InvalidInput

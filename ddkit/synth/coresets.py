@@ -79,9 +79,11 @@ class Coreset(Synthesizer):
         if space not in ("teacher", "random"):
             raise InvalidInput(f"{self.name}: features must be auto, teacher or random, got {config.features!r}")
         if space == "teacher" and not teachers:
-            raise InvalidInput(f"{self.name}: features=teacher needs a teacher", "pass --teacher T, or use features=random")
+            raise InvalidInput(f"{self.name}: features=teacher needs a teacher",
+                               "pass --teacher T, or use features=random")
         if space == "teacher":
-            model, described = teachers[0].model, f"teacher {teachers[0].header.arch} ({teachers[0].header.tensors_sha256[:12]})"
+            header = teachers[0].header
+            model, described = teachers[0].model, f"teacher {header.arch} ({header.tensors_sha256[:12]})"
         else:
             kwargs = parse_model_options([p for p in config.net_options.split(",") if p.strip()])
             model = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
