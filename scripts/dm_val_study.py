@@ -7,7 +7,7 @@ evaluator's own trainer) and scored on the val split, beside random real images 
 drawn from the same part. Results go to `runs/matching/dm_val_study.json`, which
 `scripts/bench_matching.py` renders into BENCHMARKS.md.
 
-    flock /tmp/ddkit-cpu.lock python scripts/dm_val_study.py --ipc 10 --batch-real 64 --milestones 0,100,300,600,1000
+    flock /tmp/ddkit-cpu.lock python scripts/dm_val_study.py --ipc 10 --batch-real 64 [--lr-img 1] --milestones 0,100,300,600,1000
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--batch-real", type=int, default=64)
+    parser.add_argument("--lr-img", type=float, default=1.0)
     parser.add_argument("--milestones", default="0,100,300,600,1000")
     parser.add_argument("--protocol", default="hard-cpu")
     parser.add_argument("--seeds", type=int, default=3)
@@ -69,7 +70,7 @@ def main() -> None:
             accs += val_accuracy(protocol, part.normalized(), part.labels, [s], info, val)
         record(base_key, {"val_accuracies": accs, "mean": mean_std(accs)[0], "std": mean_std(accs)[1]})
 
-    config = build_config(DMConfig, {"iterations": milestones[-1], "batch_real": args.batch_real})
+    config = build_config(DMConfig, {"iterations": milestones[-1], "batch_real": args.batch_real, "lr_img": args.lr_img})
     state, picked = initial_state(train, args.ipc, config, 0, torch.device("cpu"))
     labels = picked.labels
     elapsed, losses = 0.0, []
@@ -77,7 +78,8 @@ def main() -> None:
         start = time.perf_counter()
         losses += list(optimize(train, state, config, 0, torch.device("cpu"), stop=milestone))
         elapsed += time.perf_counter() - start
-        key = f"dm ipc{args.ipc} batch_real{args.batch_real} iterations{milestone} {protocol.id}"
+        lr = "" if args.lr_img == 1.0 else f" lr_img{args.lr_img:g}"
+        key = f"dm ipc{args.ipc} batch_real{args.batch_real}{lr} iterations{milestone} {protocol.id}"
         if key in done:
             continue
         accs = val_accuracy(protocol, state.images.clone(), labels, seeds, info, val)
