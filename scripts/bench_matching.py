@@ -56,7 +56,7 @@ def processed_images(method: str, ipc: int, options: dict, source_size: int, num
     """Source images a synthesis run pushes through a network (for images/s)."""
     if method == "dm":
         dm = options.get("dm", {})
-        return int(dm.get("iterations", 1000)) * int(dm.get("batch_real", 128)) * num_classes
+        return int(dm.get("iterations", 1000)) * int(dm.get("batch_real", 64)) * num_classes
     if method in CORESETS:
         return source_size
     return 0

@@ -42,7 +42,7 @@ class DMConfig:
     iterations: int = 1000
     lr_img: float = 1.0  # on normalized pixels, as in the paper
     momentum: float = 0.5
-    batch_real: int = 128  # real images per class per iteration
+    batch_real: int = 64  # real images per class per iteration (paper: 256)
     init: str = "real"  # real | noise
     dsa: str = DSA_STRATEGY  # DSA groups joined by "_", or "none"
     net: str = "convnet"  # any registered model; its embedding is the classifier's input
