@@ -31,10 +31,11 @@ from ddkit.data import load_dataset  # noqa: E402
 from ddkit.data.base import class_balanced_indices  # noqa: E402
 from ddkit.models import create_model  # noqa: E402
 from ddkit.models.teacher import load_teacher, save_teacher  # noqa: E402
+from ddkit.pools.logits import load_teacher_logits, save_teacher_logits, teacher_pool_logits  # noqa: E402
 from ddkit.seeding import numpy_rng  # noqa: E402
 from ddkit.selectors.active import DEFAULT_RULES, LoopResult, run_loop, seed_set, split_pool  # noqa: E402
 from ddkit.selectors.active_report import curves, plot_curves, results_table  # noqa: E402
-from ddkit.selectors.activekd import ActiveKDConfig, load_teacher_logits, save_teacher_logits, teacher_pool_logits  # noqa: E402
+from ddkit.selectors.activekd import ActiveKDConfig  # noqa: E402
 from ddkit.training import OptimConfig, TrainConfig, accuracy, train_supervised  # noqa: E402
 
 WORK = ROOT / "runs" / "pcoreset"

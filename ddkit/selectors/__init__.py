@@ -13,7 +13,6 @@ from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, register_
 from ddkit.selectors import baselines as _baselines  # noqa: F401  (registers)
 from ddkit.selectors import pcoreset as _pcoreset  # noqa: F401  (registers)
 from ddkit.selectors import kd3 as _kd3  # noqa: F401  (registers)
-from ddkit.data import pools as _pools  # noqa: F401  (registers the pool:PATH dataset)
 from ddkit.store import read_selection, write_selection
 from ddkit.training import pick_device
 

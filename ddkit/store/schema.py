@@ -20,6 +20,7 @@ import numpy as np
 
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import InvalidInput
+from ddkit.fileio import attr_text  # noqa: F401  (part of this module's reading helpers)
 
 DISTILLED_FORMAT = "ddkit.distilled"
 SELECTION_FORMAT = "ddkit.selection"
@@ -188,11 +189,6 @@ def dump_json(value: Any, what: str) -> str:
             "store large arrays as datasets, not in a header attribute",
         )
     return text
-
-
-def attr_text(value: Any) -> str:
-    """A string attribute as str: h5py returns str for ddkit's own, bytes for some foreign writers."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def load_json(text: Any, what: str) -> Any:

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from ddkit import index
-from ddkit.data.scores import FIELDS, open_scores, scores_header
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import check_output
+from ddkit.pools.scores import FIELDS, open_scores, scores_header
 from ddkit.store import Selection, read_selection, write_selection
 from ddkit.store.selection import ids_to_positions
 

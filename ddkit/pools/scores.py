@@ -15,9 +15,9 @@ selection files' pool record), `teacher` (JSON summary, with its `sha256`), `tea
 `embedding` ("pooled", "map" or "none"), `normalization` (JSON), `batch_size`, `created`,
 `ddkit_version`; datasets `/ids` (int64, pool order), `/logits` (N×C float32), optional `/probs`
 (N×C float32, the softmax of each logit row, so k-center on probabilities streams without a
-transform) and `/embeddings` (N×D float32, L2-normalized as in `pools.teacher_embeddings`); float
+transform) and `/embeddings` (N×D float32, L2-normalized as in `pools.embed.teacher_embeddings`); float
 datasets are chunked by rows (about 1 MiB per chunk), uncompressed for fast streaming.
-`activekd.load_teacher_logits` reads the file as precomputed logits (`--teacher-logits`).
+`pools.logits.load_teacher_logits` reads the file as precomputed logits (`--teacher-logits`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,16 @@ import torch
 
 import ddkit
 from ddkit import distributed
+from ddkit.data import DATASETS, load_dataset
 from ddkit.data.base import DatasetInfo
+from ddkit.data.poolfile import open_pool, pool_fingerprint, pool_ids_sha256
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output, check_output, open_checked_h5
+from ddkit.fileio import atomic_output, attr_text, check_output, open_checked_h5
+from ddkit.models.teacher import load_teacher
+from ddkit.pools.embed import check_embedding, teacher_outputs
 from ddkit.progress import progress
-from ddkit.store.schema import attr_text
+from ddkit.store.selection import pool_record
+from ddkit.training import pick_device
 
 SCORES_FORMAT = "ddkit.pool-scores"
 SCORES_SCHEMA = 1
@@ -87,9 +92,6 @@ class PoolSource:
 def open_pool_source(pool: str | os.PathLike) -> PoolSource:
     """A `.pool.h5` file (also written `pool:PATH`; read in row blocks) or a registered dataset's
     train split (in memory, as `select --pool` and `active-learn --pool` load it)."""
-    from ddkit.data import DATASETS, load_dataset
-    from ddkit.data.pools import open_pool, pool_fingerprint, pool_ids_sha256
-
     text = str(pool)
     path = Path(text[len("pool:"):] if text.startswith("pool:") else text)
     if text.startswith("pool:") or text.endswith(".h5") or path.is_file() or text.split(":")[0] not in DATASETS.names():
@@ -113,8 +115,6 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
                                       "rebuild the pool; scores of it cannot be trusted")
 
         return PoolSource(info, ids, fingerprint, record, lambda s, e: torch.from_numpy(images[s:e]), verify, h5.close)
-    from ddkit.store.selection import pool_record
-
     data = load_dataset(text, "train")
     return PoolSource(data.info, data.ids.numpy().astype(np.int64), data.fingerprint(), pool_record(data),
                       lambda s, e: data.images[s:e], lambda: None, lambda: None)
@@ -155,8 +155,6 @@ def _fields(run: ScoreRun) -> list[str]:
 
 
 def _score_shard(source: PoolSource, teacher, run: ScoreRun, start: int, stop: int, path: Path, bar) -> None:
-    from ddkit.data.pools import teacher_outputs
-
     out: dict[str, list[np.ndarray]] = {name: [] for name in _fields(run)}
     embedding = None if run.embedding == "none" else run.embedding
     for s in range(start, stop, run.batch_size):
@@ -219,10 +217,6 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
     `probs`: also store the softmax of the logits. Under torchrun every rank scores its share; rank
     0 writes the file and returns its header (other ranks return None once it exists).
     """
-    from ddkit.data.pools import check_embedding
-    from ddkit.models.teacher import load_teacher
-    from ddkit.training import pick_device
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInput(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     if embedding is not None and embedding != "none":
