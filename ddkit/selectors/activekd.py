@@ -32,6 +32,7 @@ from ddkit.errors import InvalidInput
 from ddkit.models import ImageClassifier, create_model
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
+from ddkit.training import optimizer_step
 
 
 @dataclass
@@ -192,10 +193,7 @@ def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray,
                                  cfg.temperature)
         else:
             loss = F.cross_entropy(z_ce, labels_t[rows.to(device)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(opt, loss, sched)
     return student.eval()
 
 

@@ -48,6 +48,7 @@ from ddkit.selectors.kd3_losses import (
     weighted_feature_alignment,
 )
 from ddkit.store import Selection, pool_record
+from ddkit.training import optimizer_step
 
 SELECTION_MODES = ("dynamic", "teacher", "none")
 ALPHA_SCHEDULE = "paper-scaled"  # α(e) = 1 − exp(−5((e+1)/E_r − 1)²) for e < 0.75·E_r, E_r = 2E/3; exact at E = 240
@@ -245,9 +246,7 @@ def train_kd3(images: torch.Tensor, teacher, config: KD3Config, seed: int, devic
                 continue
             x = augment(images[idx], aug_gen)
             loss = kd3_loss(student, tmodel, head_s, head_t, x, config, mix_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         record = {"epoch": epoch + 1, "alpha": alpha, "selected": int(keep.sum()), "loss": total / count if count else float("nan")}

@@ -60,7 +60,7 @@ from ddkit.synth.base import Synthesizer, register_synthesizer
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.cam import cam_ratio, class_confidence, normalized_cam
 from ddkit.synth.workitems import WorkItemStore
-from ddkit.training import OptimConfig, build_optimizer
+from ddkit.training import OptimConfig, build_optimizer, optimizer_step
 
 PER_IMAGE = ("cam-ratio", "confidence")
 SELECT = ("lowest-confidence", "highest-confidence")
@@ -228,11 +228,8 @@ def refine(model, norm: Normalization, images: torch.Tensor, cls: int, cfg: NRRD
             loss = F.cross_entropy(model(norm.apply(view)), target)
             if bn is not None:
                 loss = loss + cfg.alpha_bn * bn.loss()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             before = x.detach().clone()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
             with torch.no_grad():  # mask Adam's step: M = 0 leaves a pixel exactly as it was
                 x.copy_((before + mask * (x - before)).clamp_(0, 1))
     finally:
