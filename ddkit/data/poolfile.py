@@ -23,7 +23,6 @@ set the pool's students are evaluated on).
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -34,10 +33,10 @@ import h5py
 import numpy as np
 import torch
 
-import ddkit
 from ddkit.data.base import DatasetInfo, ImageDataset
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, open_checked_h5
+from ddkit.provenance import Stamp
 
 POOL_FORMAT = "ddkit.pool"
 POOL_SCHEMA = 1
@@ -104,8 +103,7 @@ def write_pool(out: str | os.PathLike, images: torch.Tensor, ids: np.ndarray, ta
             h5.attrs.update({
                 "format": POOL_FORMAT, "schema": POOL_SCHEMA, "name": name, "task": json.dumps(task.to_dict()),
                 "fingerprint": fingerprint, "size": len(ids), "origins": json.dumps(list(origins)),
-                "provenance": json.dumps(provenance or {}), "ddkit_version": ddkit.__version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "provenance": json.dumps(provenance or {}), **Stamp().to_dict(),
             })
     counts = np.bincount(np.asarray(aside["origin"], dtype=np.int64), minlength=len(origins))
     return PoolSummary(str(out), name, len(ids), fingerprint, {o: int(c) for o, c in zip(origins, counts)})
@@ -129,8 +127,10 @@ class PoolDataset(ImageDataset):
 
     labeled = False
 
-    def __init__(self, info: DatasetInfo, images: torch.Tensor, ids: torch.Tensor, fingerprint: str, pool_name: str, path: str):
-        super().__init__(info, "train", images, torch.zeros(len(images), dtype=torch.long), ids, source=f"pool {pool_name} ({path})")
+    def __init__(self, info: DatasetInfo, images: torch.Tensor, ids: torch.Tensor, fingerprint: str, pool_name: str,
+                 path: str):
+        placeholder = torch.zeros(len(images), dtype=torch.long)
+        super().__init__(info, "train", images, placeholder, ids, source=f"pool {pool_name} ({path})")
         self.pool_name = pool_name
         self.path = path
         self._pool_fingerprint = fingerprint

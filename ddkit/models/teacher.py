@@ -7,7 +7,6 @@ sha256 of the tensors, so a teacher can be checked against a dataset before it i
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ from ddkit.data.base import DatasetInfo, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError
 from ddkit.fileio import atomic_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
+from ddkit.provenance import utc_now
 
 TEACHER_FORMAT = "ddkit.teacher"
 TEACHER_SCHEMA = 1
@@ -125,7 +125,7 @@ def save_teacher(path: str | Path, model: ImageClassifier, info: DatasetInfo, ov
         dataset=info.name,
         normalization=info.normalization.to_dict(),
         tensors_sha256=tensors_sha256(state),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_now(),
         **fields,
     )
     text = json.dumps(asdict(header))

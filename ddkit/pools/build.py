@@ -44,7 +44,8 @@ def _check_task_info(info: DatasetInfo, part: PoolPart) -> None:
 
 
 def build_pool(out: str | os.PathLike, parts: list[PoolPart], task: DatasetInfo, name: str | None = None,
-               provenance: dict | None = None, overwrite: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> PoolSummary:
+               provenance: dict | None = None, overwrite: bool = False,
+               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> PoolSummary:
     """Concatenate `parts` into a pool for `task`; sample ids are the rows in build order (0..N−1)."""
     if not parts:
         raise InvalidInput("a pool needs at least one source", "pass --from DATASET (repeatable)")
@@ -55,7 +56,10 @@ def build_pool(out: str | os.PathLike, parts: list[PoolPart], task: DatasetInfo,
         raise InvalidInput(f"origin names repeat: {origins}", "give each source its own origin name")
     images = torch.cat([to_uint8(p.images) for p in parts])
     n = len(images)
-    fill = lambda arr, k: (np.full(k, -1, np.int64) if arr is None else arr.numpy().astype(np.int64))
+
+    def fill(arr, k):
+        return np.full(k, -1, np.int64) if arr is None else arr.numpy().astype(np.int64)
+
     aside = {
         "labels": np.concatenate([fill(p.labels, len(p.images)) for p in parts]),
         "source_ids": np.concatenate([fill(p.source_ids, len(p.images)) for p in parts]),

@@ -40,7 +40,8 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
     """
     for name, value in (("threshold", threshold), ("test_threshold", test_threshold)):
         if value is not None and not (np.isfinite(value) and value >= 0):
-            raise InvalidInput(f"{name} must be a distance ≥ 0, got {value}", "distances are between unit vectors: 0..2")
+            raise InvalidInput(f"{name} must be a distance ≥ 0, got {value}",
+                               "distances are between unit vectors: 0..2")
     test_threshold = threshold if test_threshold is None else test_threshold
     pool = load_pool(pool_path)
     dev = pick_device(device)
@@ -75,7 +76,8 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
     dropped_pos = np.concatenate([test_pos, dropped_dup])
     record = {
         "dropped_ids": ids[dropped_pos],
-        "reason": np.concatenate([np.full(len(test_pos), DROP_TEST, np.int8), np.full(len(dropped_dup), DROP_IN_POOL, np.int8)]),
+        "reason": np.concatenate([np.full(len(test_pos), DROP_TEST, np.int8),
+                                  np.full(len(dropped_dup), DROP_IN_POOL, np.int8)]),
         "matched_id": np.concatenate([test.ids.numpy()[nearest[test_pos, 0]], ids[rep]]).astype(np.int64),
         "distance": np.concatenate([test_dist[test_pos], dup_dist]).astype(np.float32),
     }
@@ -84,9 +86,11 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
         "size_after": len(kept_pos), "dropped_test_contamination": len(test_pos),
         "dropped_in_pool_duplicates": len(dropped_dup), "test_dataset": test_name, "test_size": len(test),
         "threshold": float(threshold), "test_threshold": float(test_threshold), "k": int(k),
-        "embedding": f"{embedding}: L2-normalized teacher features of clean views, L2 distance", "truncated_rows": int(truncated),
+        "embedding": f"{embedding}: L2-normalized teacher features of clean views, L2 distance",
+        "truncated_rows": int(truncated),
         "teacher": teacher.header.summary(), "index_backend": index.backend().describe(),
-        "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample", str(DROP_TEST): "near-duplicate of a test image"},
+        "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample",
+                    str(DROP_TEST): "near-duplicate of a test image"},
     }
     with open_pool(pool_path) as h5:
         aside = {key: h5["aside"][key][()][kept_pos] for key in h5["aside"]}

@@ -38,7 +38,8 @@ def teacher_outputs(teacher, images: torch.Tensor, normalization, embedding: str
     return result.logits.float().cpu(), vectors
 
 
-def teacher_embeddings(teacher, images: torch.Tensor, normalization, embedding: str = "map", batch_size: int = 512) -> np.ndarray:
+def teacher_embeddings(teacher, images: torch.Tensor, normalization, embedding: str = "map",
+                       batch_size: int = 512) -> np.ndarray:
     """L2-normalized teacher embeddings of clean images ([0, 1] pixels, uint8 or float).
 
     `map`: the flattened last feature map (keeps the layout, so copies stand out from merely

@@ -43,10 +43,12 @@ def save_teacher_logits(path: str | os.PathLike, logits, pool: ImageDataset, ove
 
 def check_teacher_logits(logits: np.ndarray, pool: ImageDataset, source: str) -> None:
     if logits.ndim != 2:
-        raise InvalidInput(f"teacher logits in {source} must be N×C, got shape {logits.shape}", "store one row of class logits per pool sample")
+        raise InvalidInput(f"teacher logits in {source} must be N×C, got shape {logits.shape}",
+                           "store one row of class logits per pool sample")
     if len(logits) != len(pool):
         raise IncompatibleError(
-            f"teacher logits in {source} have {len(logits)} rows but the pool {pool.info.name} ({pool.split}) has {len(pool)} samples",
+            f"teacher logits in {source} have {len(logits)} rows but the pool {pool.info.name} ({pool.split}) "
+            f"has {len(pool)} samples",
             "compute the logits on exactly this pool (or store an `ids` dataset so rows can be matched)",
         )
     if logits.shape[1] != pool.num_classes:
@@ -66,18 +68,21 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
     """
     path = Path(path)
     if not path.is_file():
-        raise FileFormatError(f"teacher logits file {path} does not exist", "compute the pool logits first (save_teacher_logits)")
+        raise FileFormatError(f"teacher logits file {path} does not exist",
+                              "compute the pool logits first (save_teacher_logits)")
     ids, teacher = None, None
     if path.suffix == ".npy":
         try:
             logits = np.load(path, allow_pickle=False)
         except ValueError as exc:
-            raise FileFormatError(f"{path} is not a plain numpy array ({exc})", "save the logits with numpy.save, without pickles") from None
+            raise FileFormatError(f"{path} is not a plain numpy array ({exc})",
+                                  "save the logits with numpy.save, without pickles") from None
     elif path.suffix in (".h5", ".hdf5"):
         try:
             with h5py.File(path, "r") as f:
                 if "logits" not in f:
-                    raise FileFormatError(f"{path} has no `logits` dataset", "store the N×C logits as /logits (and the sample ids as /ids)")
+                    raise FileFormatError(f"{path} has no `logits` dataset",
+                                          "store the N×C logits as /logits (and the sample ids as /ids)")
                 logits = f["logits"][()]
                 ids = f["ids"][()] if "ids" in f else None
                 stored = f.attrs.get("pool_fingerprint")
@@ -87,10 +92,12 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
         if stored is not None and ids is not None and len(ids) == len(pool):
             stored = attr_text(stored)
             if stored != pool.fingerprint():
-                raise IncompatibleError(f"teacher logits in {path} were computed on a different pool (fingerprint {stored[:12]}…)",
+                raise IncompatibleError(f"teacher logits in {path} were computed on a different pool "
+                                        f"(fingerprint {stored[:12]}…)",
                                         "compute the logits on this pool")
     else:
-        raise FileFormatError(f"teacher logits file {path} must be .npy or .h5", "save N×C logits with numpy.save or save_teacher_logits")
+        raise FileFormatError(f"teacher logits file {path} must be .npy or .h5",
+                              "save N×C logits with numpy.save or save_teacher_logits")
     if not np.issubdtype(logits.dtype, np.floating):
         raise InvalidInput(f"teacher logits in {path} have dtype {logits.dtype}, expected floats")
     if ids is not None:

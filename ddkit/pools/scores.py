@@ -22,7 +22,6 @@ datasets are chunked by rows (about 1 MiB per chunk), uncompressed for fast stre
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
@@ -35,7 +34,6 @@ import h5py
 import numpy as np
 import torch
 
-import ddkit
 from ddkit import distributed
 from ddkit.data import DATASETS, load_dataset
 from ddkit.data.base import DatasetInfo
@@ -45,6 +43,7 @@ from ddkit.fileio import atomic_output, attr_text, check_output, open_checked_h5
 from ddkit.models.teacher import load_teacher
 from ddkit.pools.embed import check_embedding, teacher_outputs
 from ddkit.progress import progress
+from ddkit.provenance import Stamp
 from ddkit.store.selection import pool_record
 from ddkit.training import pick_device
 
@@ -111,7 +110,8 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
 
         def verify() -> None:
             if pool_fingerprint(ids, images) != fingerprint:
-                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or corrupted)",
+                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint "
+                                      "(changed or corrupted)",
                                       "rebuild the pool; scores of it cannot be trusted")
 
         return PoolSource(info, ids, fingerprint, record, lambda s, e: torch.from_numpy(images[s:e]), verify, h5.close)
@@ -143,7 +143,9 @@ def _shard_is_whole(path: Path, run: ScoreRun, start: int, stop: int) -> bool:
     """A shard file of this very run and row range, with every field it should have."""
     try:
         with h5py.File(path, "r") as f:
-            if attr_text(f.attrs.get("run", "")) != run.to_json() or (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
+            if attr_text(f.attrs.get("run", "")) != run.to_json():
+                return False
+            if (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
                 return False
             return all(name in f and f[name].shape[0] == stop - start for name in _fields(run))
     except (OSError, KeyError, ValueError):
@@ -203,7 +205,7 @@ def _write_final(out: Path, overwrite: bool, source: PoolSource, teacher, run: S
                 "pool": json.dumps(source.record), "teacher": json.dumps(teacher.header.summary()),
                 "teacher_sha256": run.teacher_sha256, "embedding": run.embedding,
                 "normalization": json.dumps(source.info.normalization.to_dict()), "batch_size": run.batch_size,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "ddkit_version": ddkit.__version__,
+                **Stamp().to_dict(),
             })
 
 
@@ -252,7 +254,8 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
             return None
         missing = [(s, e) for s, e in shards if not _shard_is_whole(_shard_path(workdir, s, e), run, s, e)]
         if missing:
-            raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run (rows {missing[0]}, ...)",
+            raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run "
+                                    f"(rows {missing[0]}, ...)",
                                     "run again without --resume")
         _write_final(out, overwrite, source, teacher, run, shards, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -273,7 +276,10 @@ def scores_header(f: h5py.File) -> dict:
     """The root attributes of an open scores file, JSON fields decoded, plus each field's shape."""
     header = {}
     for key, value in f.attrs.items():
-        value = attr_text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value
+        if isinstance(value, (bytes, str)):
+            value = attr_text(value)
+        elif hasattr(value, "item"):
+            value = value.item()
         header[key] = json.loads(value) if key in ("pool", "teacher", "normalization") else value
     header["fields"] = {name: list(f[name].shape) for name in FIELDS if name in f}
     return header

@@ -13,7 +13,6 @@ import json
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,11 +28,6 @@ SCHEMA = 1  # the newest schema this ddkit writes and reads, for both file kinds
 # A structured attribute larger than this is refused on write and on read: it is certainly not a
 # header, and parsing an arbitrary-size JSON string from an untrusted file is a memory hazard.
 MAX_JSON_ATTR_BYTES = 1 << 20
-
-
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string with a `Z` suffix (the `created` attribute)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- records nested in the header -----------------------------------------------------------------
