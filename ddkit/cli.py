@@ -16,7 +16,6 @@ import ddkit
 from ddkit.data import DEFAULT_DATASET
 from ddkit.errors import DdkitError
 
-
 _ARGV: list[str] = []
 
 

@@ -238,12 +238,12 @@ def main() -> None:
         f"teacher); a width-{cfg.width} student; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
         "random-resized-crop (kornia's resized crop costs more than the student on this CPU); a small ConvNet from "
         f"scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
-        f"- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
+        "- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
         "selectors that look at the student (entropy, coreset-features, pcoreset, class-balanced) then see that student.",
         "",
         "" if complete else f"**Incomplete:** not every selector × distillation has all seeds yet; cells average the seeds done ({progress_note}).",
         "",
-        f"Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
+        "Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
         "",
         results_table(done),
         "",

@@ -30,8 +30,8 @@ from ddkit.evaluate.trainer import StudentData, train_students
 from ddkit.fileio import atomic_output
 from ddkit.models import parse_model_options
 from ddkit.models.teacher import load_teacher
-from ddkit.synth.infer import Infer, InferConfig, real_per_class, static_labels
 from ddkit.store.reader import to_unit_float
+from ddkit.synth.infer import Infer, InferConfig, real_per_class, static_labels
 
 TEACHERS = ["convnet-bn", "resnet8", "mobilenet-w8"]
 

@@ -8,8 +8,19 @@ import pytest
 import torch
 
 from ddkit.data import load_dataset
-from ddkit.dbr import (VIEW_RECIPES, DBRTargets, ViewRecipe, ViewSchedule, ViewStream, dbr_distances, dbr_loss,
-                       dbr_payload, get_recipe, register_recipe, targets_from_payload)
+from ddkit.dbr import (
+    VIEW_RECIPES,
+    DBRTargets,
+    ViewRecipe,
+    ViewSchedule,
+    ViewStream,
+    dbr_distances,
+    dbr_loss,
+    dbr_payload,
+    get_recipe,
+    register_recipe,
+    targets_from_payload,
+)
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate import evaluate, get_protocol
 from ddkit.evaluate.trainer import StudentData, train_students

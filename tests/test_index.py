@@ -8,8 +8,7 @@ import pytest
 
 from ddkit import index
 from ddkit.errors import InvalidInput
-from ddkit.index import device as backend_module
-from ddkit.index import search as search_module
+from ddkit.index import device as backend_module, search as search_module
 
 ENGINES = ["faiss", "torch", "faiss:1", "torch:1"]
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_cli as _cli
 from torch import nn
 
-from helpers import run_cli as _cli
 import ddkit.synth.infer as infer_mod
 from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput

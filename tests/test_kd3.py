@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from ddkit.data import load_dataset
 from ddkit.data.base import ImageDataset
@@ -25,7 +26,6 @@ from ddkit.selectors.kd3_losses import (
 )
 from ddkit.teachers import evaluate_teacher
 from ddkit.training import OptimConfig, TrainConfig, train_supervised
-from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
 
@@ -99,9 +99,9 @@ def test_mix_distribution_keeps_shape_and_mixes_statistics(channels):
     out = mix_distribution(x, lam, perm)
     assert out.shape == x.shape
     mu, sd = x.mean((2, 3)), (x.var((2, 3), unbiased=False) + 1e-6).sqrt()
-    l = lam.view(4, 1)
-    torch.testing.assert_close(out.mean((2, 3)), l * mu + (1 - l) * mu[perm], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close((out.var((2, 3), unbiased=False) + 1e-6).sqrt(), l * sd + (1 - l) * sd[perm], rtol=1e-3, atol=1e-3)
+    w = lam.view(4, 1)
+    torch.testing.assert_close(out.mean((2, 3)), w * mu + (1 - w) * mu[perm], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((out.var((2, 3), unbiased=False) + 1e-6).sqrt(), w * sd + (1 - w) * sd[perm], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(out[0], x[0], rtol=1e-4, atol=1e-4)  # λ = 1: unchanged
     # λ = 0: the content of image 1 with exactly image 2's statistics
     z1 = (x[1] - mu[1].view(-1, 1, 1)) / sd[1].view(-1, 1, 1)

@@ -6,13 +6,15 @@ from pathlib import Path
 
 from ddkit.config import build_config
 from ddkit.data import load_dataset
+from ddkit.errors import InvalidInput
 from ddkit.fileio import check_output
 from ddkit.models.teacher import load_teacher
-from ddkit.errors import InvalidInput
+from ddkit.selectors import (
+    baselines as _baselines,  # noqa: F401  (registers)
+    kd3 as _kd3,  # noqa: F401  (registers)
+    pcoreset as _pcoreset,  # noqa: F401  (registers)
+)
 from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, register_selector
-from ddkit.selectors import baselines as _baselines  # noqa: F401  (registers)
-from ddkit.selectors import pcoreset as _pcoreset  # noqa: F401  (registers)
-from ddkit.selectors import kd3 as _kd3  # noqa: F401  (registers)
 from ddkit.store import read_selection, write_selection
 from ddkit.training import pick_device
 
