@@ -28,6 +28,21 @@ TEACHER_SCHEMA = 1
 _MAX_HEADER_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
+class TeacherRecord:
+    """What a file made with a teacher records about it (distilled, selection, pool-scores and student
+    files): enough to name the teacher and to check a teacher file is the same one (its tensors' sha256)."""
+
+    arch: str
+    arch_kwargs: dict
+    sha256: str
+    dataset: str
+    test_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class TeacherHeader:
     arch: str
@@ -51,10 +66,12 @@ class TeacherHeader:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    def record(self) -> TeacherRecord:
+        return TeacherRecord(self.arch, self.arch_kwargs, self.tensors_sha256, self.dataset, self.test_accuracy)
+
     def summary(self) -> dict:
-        """The short record a distilled file keeps about each teacher it used."""
-        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "sha256": self.tensors_sha256,
-                "dataset": self.dataset, "test_accuracy": self.test_accuracy}
+        """The teacher's record as JSON-ready dict (what files made with it store)."""
+        return self.record().to_dict()
 
 
 @dataclass
