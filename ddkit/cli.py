@@ -44,7 +44,9 @@ def cli():
 
 # -- registries ---------------------------------------------------------------------------------
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "synthesizers", "selectors", "protocols"]))
+@click.argument("kind", required=False, type=click.Choice(
+    ["models", "datasets", "synthesizers", "selectors", "protocols", "acquisition-rules", "label-payloads",
+     "stored-label-losses", "baseline-payloads", "view-recipes"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
     from ddkit.registries import all_registries
