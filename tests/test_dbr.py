@@ -27,7 +27,8 @@ from ddkit.evaluate.trainer import StudentData, train_students
 from ddkit.models import create_model
 from ddkit.models.teacher import load_teacher, save_teacher
 
-RECIPE = ViewRecipe("test-views@1", steps=20, batch_size=16, chunk=8, augmentation="resized-crop-flip", mix="cutmix")
+RECIPE = ViewRecipe("test-views@1", steps=20, batch_size=16, chunk=8, augmentation="resized-crop-flip", mix="cutmix",
+                    summary="20 steps × 16 views for the DBR tests")
 if RECIPE.name not in VIEW_RECIPES:
     register_recipe(RECIPE)
 
