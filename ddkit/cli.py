@@ -16,7 +16,6 @@ import ddkit
 from ddkit.data import DEFAULT_DATASET
 from ddkit.errors import DdkitError
 
-
 _ARGV: list[str] = []
 
 
@@ -41,12 +40,14 @@ def _print_json(obj) -> None:
 @click.version_option(ddkit.__version__, prog_name="ddkit")
 def cli():
     """ddkit: distill datasets, select samples with a teacher, evaluate honestly."""
-    from ddkit.data import pools as _pools  # noqa: F401  (registers pool:PATH for every command)
 
 
 # -- registries ---------------------------------------------------------------------------------
 @cli.command("list")
-@click.argument("kind", required=False, type=click.Choice(["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes"]))
+@click.argument("kind", required=False, type=click.Choice(
+    ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes",
+     "acquisition-rules", "label-payloads",
+     "stored-label-losses", "baseline-payloads", "view-recipes"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
     from ddkit.registries import all_registries
@@ -143,8 +144,8 @@ def pool():
 def pool_build(task, sources, name, out, overwrite):
     """Build a chunked HDF5 pool with stable ids and a fingerprint."""
     from ddkit.data import load_dataset
-    from ddkit.data.pools import build_pool, dataset_part
     from ddkit.errors import InvalidInput
+    from ddkit.pools.build import build_pool, dataset_part
 
     parts = []
     for spec in sources:
@@ -171,7 +172,7 @@ def pool_build(task, sources, name, out, overwrite):
 @click.option("--json", "as_json", is_flag=True)
 def pool_dedup(pool_path, teacher, test_dataset, threshold, test_threshold, embedding, k, device, out, overwrite, as_json):
     """Drop near-duplicates inside POOL and pool samples that near-duplicate test images (FAISS)."""
-    from ddkit.data.pools import dedup_pool
+    from ddkit.pools.dedup import dedup_pool
 
     report = dedup_pool(pool_path, teacher, out, test_dataset=test_dataset, threshold=threshold, test_threshold=test_threshold,
                         k=k, embedding=embedding, device=device, overwrite=overwrite)
@@ -201,7 +202,7 @@ def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, np
     """Teacher logits (and probs, embeddings) of every sample of POOL (a .pool.h5, or a dataset's train
     split) into a chunked HDF5 file, by sharded inference; `--teacher-logits` and `pool kcenter` read it."""
     from ddkit import distributed
-    from ddkit.data.scores import score_pool
+    from ddkit.pools.scores import score_pool
 
     if nproc > 1 and distributed.world().size == 1:
         distributed.launch(nproc, _argv_without("--nproc"))
@@ -229,7 +230,7 @@ def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, np
 @click.option("--overwrite", is_flag=True)
 def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite):
     """Greedy k-center on a field of a SCORES file, streamed in row blocks (O(N) memory), into a .sel.h5."""
-    from ddkit.selectors.kcenter_scores import kcenter_from_scores
+    from ddkit.pools.kcenter import kcenter_from_scores
 
     sel, digest = kcenter_from_scores(scores, field, budget, out, labeled=labeled, seed=seed, overwrite=overwrite)
     click.echo(f"wrote {out}: {budget} picks by k-center on /{field} ({len(sel)} samples in all; last pick "

@@ -1,9 +1,13 @@
 """Method configurations are typed dataclasses with the spec's defaults; CLI `KEY=VALUE` options
-override fields by name, and the resolved config is dumped whole into the output file."""
+override fields by name, and the resolved config is dumped whole into the output file.
+
+A config class may define `check()` (no arguments) to refuse bad values: `build_config` calls it,
+so a bad option fails before any dataset or teacher is loaded."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 
 from ddkit.errors import InvalidInput
@@ -28,4 +32,8 @@ def build_config(cls: type, overrides: dict | None = None, owner: str = "method"
         except (KeyError, ValueError):
             raise InvalidInput(f"{owner} option {key}={value!r} is not a valid {getattr(kind, '__name__', kind)}") from None
         values[key] = value
-    return cls(**values)
+    config = cls(**values)
+    check = getattr(config, "check", None)
+    if callable(check) and all(p.default is not p.empty for p in inspect.signature(check).parameters.values()):
+        check()
+    return config

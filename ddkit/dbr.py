@@ -7,7 +7,7 @@ distances from each CutMix view x of samples i and j to the two one-hot labels m
     L = λ·CE(S(x), y_i) + (1−λ)·CE(S(x), y_j) + α·(|CE(S(x), y_i) − d_org| + |CE(S(x), y_j) − d_aug|)
 
 (NRR-DD, arXiv 2503.18267, §3.4; the absolute-gap form and α are ddkit's reading of the paper's
-"reduce the distance between d^T and d^S", see ../shared/specs/nrr_dd.md).
+"reduce the distance between d^T and d^S").
 
 This only works if the student sees exactly the views the teacher saw, so the views are defined
 here and nowhere else, by a named `ViewRecipe` and a seed, independent of batch size and world size:

@@ -74,6 +74,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def attr_text(value) -> str:
+    """A string attribute as str: h5py returns str for ddkit's own, bytes for some foreign writers."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def open_checked_h5(path: str | os.PathLike, *, fmt: str, schema: int, kind: str, remedy: str,
                     cache_bytes: int | None = None):
     """A ddkit side file (pool, scores) opened read-only, its `format` and `schema` attributes checked.
@@ -83,8 +88,6 @@ def open_checked_h5(path: str | os.PathLike, *, fmt: str, schema: int, kind: str
     FileFormatError for a missing, unreadable, foreign or newer file; the caller closes the result.
     """
     import h5py
-
-    from ddkit.store.schema import attr_text  # here: ddkit.store imports this module
 
     path = Path(path)
     if not path.is_file():

@@ -1,5 +1,6 @@
-"""Shared supervised-training machinery: device choice, optimizer + schedule from a small typed
-config, and a single-model loop over an in-memory tensor dataset (teachers, students of selectors).
+"""Shared training machinery: device choice, optimizer + schedule from a small typed config, the
+one optimizer step every loop in ddkit takes (`optimizer_step`), and a single-model loop over an
+in-memory tensor dataset (teachers, students of selectors).
 
 Small image sets live on the device whole and are batched by index, so there is no DataLoader
 worker overhead; augmentation is the seeded, replayable kind from `ddkit.augment`.
@@ -66,6 +67,19 @@ def build_optimizer(params, cfg: OptimConfig, total_steps: int):
         return 1.0
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, sched=None) -> None:
+    """One step on `loss`: clear the gradients, backpropagate, step the optimizer, then the schedule.
+
+    Every training loop in ddkit (teachers, evaluation students, selector students, synthesized
+    pixels) steps through here, so the order of these calls is the same everywhere.
+    """
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
 
 
 @torch.no_grad()
@@ -136,10 +150,7 @@ def train_supervised(
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = augment(images[idx], aug_gen)
             loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
             total += loss.item() * len(idx)
             count += len(idx)
             bar.update(1)

@@ -32,7 +32,6 @@ from ddkit.evaluate.trainer import StudentData, train_students  # noqa: E402
 from ddkit.models import create_model  # noqa: E402
 from ddkit.seeding import derive_seed  # noqa: E402
 
-
 OURS = "ddkit, default (on a CPU: seeds one at a time)"
 
 

@@ -34,15 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine, pct, today, write_section
 
 from ddkit.data import load_dataset
-from ddkit.data.pools import (
-    PoolPart,
-    build_pool,
-    dedup_pool,
-    load_pool,
-    read_aside,
-    read_dedup_record,
-)
+from ddkit.data.poolfile import load_pool, read_aside, read_dedup_record
 from ddkit.models.teacher import load_teacher
+from ddkit.pools.build import PoolPart, build_pool
+from ddkit.pools.dedup import dedup_pool
 from ddkit.seeding import generator
 from ddkit.selectors.kd3 import KD3Config, train_kd3
 from ddkit.training import accuracy, pick_device

@@ -227,7 +227,7 @@ def render(args, results: dict) -> None:
             "### Choices on the val split",
             "",
             "Synthesized from the teacher's training part of the train split (train_val_split, 10%, seed 0), "
-            f"students trained under the protocol named, accuracy on the held-out val part (the teacher never saw it), "
+            "students trained under the protocol named, accuracy on the held-out val part (the teacher never saw it), "
             "mean ± std over the seeds listed. Only these numbers were used to pick the defaults.",
             "",
             "`defaults` is the configuration before the study (lr 0.1; ε 0.4, α_bn 0.01, mipc 300, 300 iterations, "

@@ -31,10 +31,11 @@ from ddkit.data import load_dataset  # noqa: E402
 from ddkit.data.base import class_balanced_indices  # noqa: E402
 from ddkit.models import create_model  # noqa: E402
 from ddkit.models.teacher import load_teacher, save_teacher  # noqa: E402
+from ddkit.pools.logits import load_teacher_logits, save_teacher_logits, teacher_pool_logits  # noqa: E402
 from ddkit.seeding import numpy_rng  # noqa: E402
 from ddkit.selectors.active import DEFAULT_RULES, LoopResult, run_loop, seed_set, split_pool  # noqa: E402
 from ddkit.selectors.active_report import curves, plot_curves, results_table  # noqa: E402
-from ddkit.selectors.activekd import ActiveKDConfig, load_teacher_logits, save_teacher_logits, teacher_pool_logits  # noqa: E402
+from ddkit.selectors.activekd import ActiveKDConfig  # noqa: E402
 from ddkit.training import OptimConfig, TrainConfig, accuracy, train_supervised  # noqa: E402
 
 WORK = ROOT / "runs" / "pcoreset"
@@ -237,12 +238,12 @@ def main() -> None:
         f"teacher); a width-{cfg.width} student; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
         "random-resized-crop (kornia's resized crop costs more than the student on this CPU); a small ConvNet from "
         f"scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
-        f"- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
+        "- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
         "selectors that look at the student (entropy, coreset-features, pcoreset, class-balanced) then see that student.",
         "",
         "" if complete else f"**Incomplete:** not every selector × distillation has all seeds yet; cells average the seeds done ({progress_note}).",
         "",
-        f"Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
+        "Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
         "",
         results_table(done),
         "",

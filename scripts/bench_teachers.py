@@ -49,7 +49,7 @@ def main() -> None:
     body = "\n".join([
         f"## Teachers on {args.dataset}",
         "",
-        f"Trained on the training split minus a deterministic 10% validation split (seed 0); the test split is read",
+        "Trained on the training split minus a deterministic 10% validation split (seed 0); the test split is read",
         "once after training. SGD (lr 0.05, momentum 0.9, nesterov, wd 5e-4), cosine schedule, batch 128,",
         "random crop (pad 4) + horizontal flip. Final-epoch accuracies.",
         "",

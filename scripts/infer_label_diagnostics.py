@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddkit.augment import build_augmentation
-from ddkit.augment import build_mix
+from ddkit.augment import build_augmentation, build_mix
 from ddkit.data import load_dataset
 from ddkit.data.base import class_balanced_indices, train_val_split
 from ddkit.evaluate.sources import ensemble_logits

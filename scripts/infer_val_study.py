@@ -30,9 +30,9 @@ from ddkit.evaluate.trainer import StudentData, train_students
 from ddkit.fileio import atomic_output
 from ddkit.models import parse_model_options
 from ddkit.models.teacher import load_teacher
+from ddkit.store.reader import to_unit_float
 from ddkit.synth.base import static_labels
 from ddkit.synth.infer import Infer, InferConfig, real_per_class
-from ddkit.store.reader import to_unit_float
 
 TEACHERS = ["convnet-bn", "resnet8", "mobilenet-w8"]
 

@@ -7,7 +7,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-
 from helpers import edit, run_cli as run
 
 from ddkit.registries import all_registries

@@ -8,15 +8,27 @@ import pytest
 import torch
 
 from ddkit.data import load_dataset
-from ddkit.dbr import (VIEW_RECIPES, DBRTargets, ViewRecipe, ViewSchedule, ViewStream, dbr_distances, dbr_loss,
-                       dbr_payload, get_recipe, register_recipe, targets_from_payload)
+from ddkit.dbr import (
+    VIEW_RECIPES,
+    DBRTargets,
+    ViewRecipe,
+    ViewSchedule,
+    ViewStream,
+    dbr_distances,
+    dbr_loss,
+    dbr_payload,
+    get_recipe,
+    register_recipe,
+    targets_from_payload,
+)
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate import evaluate, get_protocol
 from ddkit.evaluate.trainer import StudentData, train_students
 from ddkit.models import create_model
 from ddkit.models.teacher import load_teacher, save_teacher
 
-RECIPE = ViewRecipe("test-views@1", steps=20, batch_size=16, chunk=8, augmentation="resized-crop-flip", mix="cutmix")
+RECIPE = ViewRecipe("test-views@1", steps=20, batch_size=16, chunk=8, augmentation="resized-crop-flip", mix="cutmix",
+                    summary="20 steps × 16 views for the DBR tests")
 if RECIPE.name not in VIEW_RECIPES:
     register_recipe(RECIPE)
 

@@ -7,8 +7,7 @@ import torch
 import ddkit.data as data_module
 from ddkit.data.base import DatasetInfo, Normalization
 from ddkit.errors import InvalidInput
-from ddkit.evaluate import PROTOCOLS, evaluate, get_protocol
-from ddkit.evaluate import trainer as trainer_module
+from ddkit.evaluate import PROTOCOLS, evaluate, get_protocol, trainer as trainer_module
 from ddkit.evaluate.card import mean_std
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets
 from ddkit.evaluate.trainer import EpochSampler, StudentData, train_students

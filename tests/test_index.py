@@ -8,7 +8,7 @@ import pytest
 
 from ddkit import index
 from ddkit.errors import InvalidInput
-from ddkit.index import device as backend_module
+from ddkit.index import device as backend_module, search as search_module
 
 ENGINES = ["faiss", "torch", "faiss:1", "torch:1"]
 
@@ -237,11 +237,11 @@ def test_backend_choice_is_reported_once(monkeypatch):
     if b.device == "cpu":
         assert "no GPU" in b.reason
     # The measured CPU check runs once per (dimension bucket, k regime) and is reported.
-    monkeypatch.setattr(backend_module, "_measure", lambda d, k: {"faiss": 1.0, "torch": 2.0, "chosen": "torch"})
+    monkeypatch.setattr(search_module, "_measure", lambda d, k: {"faiss": 1.0, "torch": 2.0, "chosen": "torch"})
     if b.library == "faiss-cpu" and not b.pinned_engine:
-        assert backend_module.choose_engine(64, 10, 1 << 40) == "torch"
+        assert search_module.choose_engine(64, 10, 1 << 40) == "torch"
         assert "d=64,k>1" in b.describe() and "-> torch" in b.describe()
-        assert backend_module.choose_engine(64, 10, 10) == "faiss"  # tiny calls skip the check
+        assert search_module.choose_engine(64, 10, 10) == "faiss"  # tiny calls skip the check
     backend_module.reset_backend()
 
 
@@ -249,7 +249,7 @@ def test_engine_can_be_pinned(monkeypatch):
     backend_module.reset_backend()
     monkeypatch.setenv("DDKIT_INDEX_ENGINE", "torch")
     try:
-        assert backend_module.choose_engine(64, 10, 1 << 40) == "torch"
+        assert search_module.choose_engine(64, 10, 1 << 40) == "torch"
         assert "pinned" in index.backend().describe() or index.backend().library != "faiss-cpu"
         monkeypatch.setenv("DDKIT_INDEX_ENGINE", "mkl")
         backend_module.reset_backend()

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import run_cli as _cli
 from torch import nn
 
-from helpers import run_cli as _cli
 import ddkit.synth.infer as infer_mod
 from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
@@ -270,7 +270,7 @@ def test_stored_logits_are_mixed_with_mixups_lambda_then_kl_at_t():
     class P:
         temperature, t_squared = t, False
 
-    got = STORED_LOSSES["logits"](student, rows.half(), torch.zeros(5, dtype=torch.long), MixInfo(lam, perm), P)
+    got = STORED_LOSSES.get("logits")(student, rows.half(), torch.zeros(5, dtype=torch.long), MixInfo(lam, perm), P)
     mixed = lam * rows.half().float() + (1 - lam) * rows.half().float()[perm]
     p = torch.softmax(mixed / t, 1)
     q = torch.softmax(student / t, 1)
@@ -281,10 +281,10 @@ def test_stored_logits_are_mixed_with_mixups_lambda_then_kl_at_t():
 def test_trainer_mixes_stored_logits_with_the_images_lambda_and_partner(monkeypatch, synthesized, teachers):
     """Under stored-cpu, the λ and partner given to the label loss are the ones mixup applied to the images."""
     from ddkit.augment import MixUp
-    from ddkit.evaluate import evaluate
+    from ddkit.evaluate import evaluate, trainer as trainer_module
 
     applied, used = [], []
-    real_apply, real_loss = MixUp.apply, STORED_LOSSES["logits"]
+    real_apply, real_loss = MixUp.apply, STORED_LOSSES.get("logits")
 
     def spy_apply(self, x, params):
         applied.append((float(params["lam"]), params["perm"].clone()))
@@ -295,7 +295,7 @@ def test_trainer_mixes_stored_logits_with_the_images_lambda_and_partner(monkeypa
         return real_loss(student, rows, labels, mix, protocol)
 
     monkeypatch.setattr(MixUp, "apply", spy_apply)
-    monkeypatch.setitem(STORED_LOSSES, "logits", spy_loss)
+    monkeypatch.setattr(trainer_module, "require_stored_scheme", lambda scheme: spy_loss)
     card = evaluate(str(synthesized), "stored-cpu", seeds=[0], teachers=teachers, steps=3, full_reference=False,
                     write_card=False)
     assert card.random_baseline is not None and len(applied) == len(used) == 6  # 3 steps × (result + baseline)

@@ -6,12 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 from ddkit.data import load_dataset
 from ddkit.data.base import ImageDataset
-from ddkit.errors import InvalidInput
+from ddkit.errors import InvalidInput, OutputExists
 from ddkit.models import create_model
 from ddkit.models.teacher import load_teacher, save_teacher
+from ddkit.selectors import run_selector, write_side_outputs
 from ddkit.selectors.kd3 import KD3Config, KD3Selector, train_kd3
 from ddkit.selectors.kd3_losses import (
     alignment_weights,
@@ -25,7 +27,6 @@ from ddkit.selectors.kd3_losses import (
 )
 from ddkit.teachers import evaluate_teacher
 from ddkit.training import OptimConfig, TrainConfig, train_supervised
-from helpers import one_thread  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
 
@@ -99,9 +100,9 @@ def test_mix_distribution_keeps_shape_and_mixes_statistics(channels):
     out = mix_distribution(x, lam, perm)
     assert out.shape == x.shape
     mu, sd = x.mean((2, 3)), (x.var((2, 3), unbiased=False) + 1e-6).sqrt()
-    l = lam.view(4, 1)
-    torch.testing.assert_close(out.mean((2, 3)), l * mu + (1 - l) * mu[perm], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close((out.var((2, 3), unbiased=False) + 1e-6).sqrt(), l * sd + (1 - l) * sd[perm], rtol=1e-3, atol=1e-3)
+    w = lam.view(4, 1)
+    torch.testing.assert_close(out.mean((2, 3)), w * mu + (1 - w) * mu[perm], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close((out.var((2, 3), unbiased=False) + 1e-6).sqrt(), w * sd + (1 - w) * sd[perm], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(out[0], x[0], rtol=1e-4, atol=1e-4)  # λ = 1: unchanged
     # λ = 0: the content of image 1 with exactly image 2's statistics
     z1 = (x[1] - mu[1].view(-1, 1, 1)) / sd[1].view(-1, 1, 1)
@@ -169,7 +170,10 @@ def test_selection_never_reads_pool_labels_and_records_per_sample(teacher_file, 
     pool.armed = True
     student_out = tmp_path / "student.safetensors"
     trace_out = tmp_path / "trace.npz"
-    sel = KD3Selector().select(pool, [teacher], 150, KD3Config(**TINY, student_out=str(student_out), trace_out=str(trace_out)), 0, CPU)
+    sel, outputs = KD3Selector().select_with_outputs(pool, [teacher], 150, KD3Config(**TINY, student_out=str(student_out),
+                                                                                     trace_out=str(trace_out)), 0, CPU)
+    assert [o.path for o in outputs] == [str(trace_out), str(student_out)] and not trace_out.exists()
+    write_side_outputs(outputs)  # what run_selector does after writing the selection
     assert pool.reads == 0, "KD³ read the pool's labels"
     n = len(pool)
     assert 1 <= len(sel) <= 150 and len(np.unique(sel.ids)) == len(sel)
@@ -189,7 +193,7 @@ def test_trained_student_file_loads_and_evaluates(teacher_file, tmp_path):
     pool = load_dataset("procedural", "train")
     teacher = load_teacher(teacher_file)
     out = tmp_path / "student.safetensors"
-    KD3Selector().select(pool, [teacher], len(pool), KD3Config(**TINY, student_out=str(out)), 0, CPU)
+    write_side_outputs(KD3Selector().select_with_outputs(pool, [teacher], len(pool), KD3Config(**TINY, student_out=str(out)), 0, CPU)[1])
     student = load_teacher(out)
     assert student.header.arch == "kd3-student" and student.header.train["method"] == "kd3"
     # the shared classifier is the teacher's, frozen through training
@@ -239,3 +243,16 @@ def test_flatten_teacher_is_refused(tmp_path):
 
     with pytest.raises(IncompatibleError, match="average pooling"):
         KD3Selector().select(data, [load_teacher(tmp_path / "t.safetensors")], 10, KD3Config(**TINY), 0, CPU)
+
+
+def test_run_selector_checks_options_and_side_files_before_loading_anything(tmp_path):
+    """A bad option, or a side file that exists, fails before the pool or any teacher is read (the
+    teacher path here does not even exist)."""
+    no_teacher = [str(tmp_path / "missing.safetensors")]
+    with pytest.raises(InvalidInput, match="tau"):
+        run_selector("kd3", "procedural", no_teacher, 10, {"tau": "-1"}, out=tmp_path / "s.sel.h5")
+    student = tmp_path / "student.safetensors"
+    student.write_bytes(b"not a teacher")
+    with pytest.raises(OutputExists):
+        run_selector("kd3", "procedural", no_teacher, 10, {"student_out": str(student)}, out=tmp_path / "s.sel.h5")
+    assert student.read_bytes() == b"not a teacher"

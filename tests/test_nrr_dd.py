@@ -13,8 +13,16 @@ from ddkit.models import MODELS, create_model
 from ddkit.models.teacher import load_teacher, save_teacher
 from ddkit.synth import SYNTHESIZERS
 from ddkit.synth.cam import box_mask, cam_ratio, minmax, normalized_cam
-from ddkit.synth.nrr_dd import (NRRDD, NRRDDConfig, discover, refine, refinement_mask, select_crops, stitch,
-                                stitching_factor)
+from ddkit.synth.nrr_dd import (
+    NRRDD,
+    NRRDDConfig,
+    discover,
+    refine,
+    refinement_mask,
+    select_crops,
+    stitch,
+    stitching_factor,
+)
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,11 @@ import torch.nn.functional as F
 
 from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.pools.logits import load_teacher_logits, save_teacher_logits
 from ddkit.selectors import SELECTORS, run_selector
 from ddkit.selectors.acquisition import RULES, RoundState, acquire
 from ddkit.selectors.active import ActiveSelector, Oracle, PoolView, active_learn, run_loop, seed_set
-from ddkit.selectors.activekd import (
-    ActiveKDConfig,
-    activekd_loss,
-    build_student,
-    combine_heads,
-    load_teacher_logits,
-    save_teacher_logits,
-    warmup_linear,
-)
+from ddkit.selectors.activekd import ActiveKDConfig, activekd_loss, build_student, combine_heads, warmup_linear
 from ddkit.store import read_selection
 
 TINY = dict(width=4, depth=2, steps_per_label=0.5, min_steps=3, batch_size=16)

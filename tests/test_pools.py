@@ -2,6 +2,11 @@
 pool:PATH dataset, and dedup catching planted exact and near copies (in the pool and of TEST images)
 while leaving distinct images."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -9,20 +14,14 @@ import torch
 from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 
 from ddkit.data import load_dataset
-from ddkit.data.pools import (
-    DROP_IN_POOL,
-    DROP_TEST,
-    PoolPart,
-    build_pool,
-    dataset_part,
-    dedup_pool,
-    load_pool,
-    read_aside,
-    read_dedup_record,
-)
+from ddkit.data.poolfile import load_pool, read_aside, read_dedup_record
 from ddkit.errors import FileFormatError, InvalidInput, OutputExists
 from ddkit.models import create_model
 from ddkit.models.teacher import save_teacher
+from ddkit.pools.build import PoolPart, build_pool, dataset_part
+from ddkit.pools.dedup import DROP_IN_POOL, DROP_TEST, dedup_pool
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 
@@ -56,6 +55,17 @@ def test_build_and_load_round_trip(tmp_path):
     assert len(load_dataset(f"pool:{path}", "test")) == len(load_dataset("procedural", "test"))
     with pytest.raises(OutputExists):
         build_pool(path, [dataset_part(train)], train.info)
+
+
+def test_pool_source_needs_only_the_evaluator(tmp_path):
+    """`pool:PATH` is a dataset source of `ddkit.data`: a process that imports just `ddkit.evaluate`
+    resolves it, and loading a pool imports no model, index or pool-scoring code."""
+    train = load_dataset("procedural", "train")
+    build_pool(tmp_path / "p.pool.h5", [dataset_part(train)], train.info)
+    code = ("import sys, ddkit.evaluate; from ddkit.data import load_dataset; "
+            f"assert len(load_dataset('pool:{tmp_path / 'p.pool.h5'}')) == {len(train)}; "
+            "import ddkit.data; assert not [m for m in sys.modules if m.startswith(('ddkit.pools', 'ddkit.index'))]")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def test_changed_pixels_are_detected(tmp_path):

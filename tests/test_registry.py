@@ -29,6 +29,12 @@ def test_duplicate_name_is_an_error():
         reg.register("x")(lambda: 2)
 
 
+def test_list_offers_every_registry():
+    from ddkit.cli import list_cmd
+
+    assert set(list_cmd.params[0].type.choices) == set(all_registries())
+
+
 def test_unknown_name_suggests_close_match():
     reg = Registry("model")
     reg.register("convnet")(lambda: 1)
@@ -36,7 +42,7 @@ def test_unknown_name_suggests_close_match():
         reg.get("convnt")
 
 
-@pytest.mark.parametrize("kind", ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes"])
+@pytest.mark.parametrize("kind", sorted(all_registries()))
 def test_every_registry_is_populated(kind):
     registry = all_registries()[kind]
     assert len(registry) > 0

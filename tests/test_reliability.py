@@ -5,9 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
-import torch
 
 from ddkit.store import DistilledDataset
 

@@ -15,15 +15,17 @@ from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 
 from ddkit import index
 from ddkit.data import load_dataset
-from ddkit.data import scores as scores_mod
-from ddkit.data.pools import build_pool, dataset_part, load_pool, teacher_embeddings
-from ddkit.data.scores import read_scores_header, score_pool, shard_grid
+from ddkit.data.poolfile import load_pool
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
 from ddkit.models import create_model
 from ddkit.models.teacher import load_teacher, save_teacher
+from ddkit.pools import scores as scores_mod
+from ddkit.pools.build import build_pool, dataset_part
+from ddkit.pools.embed import teacher_embeddings
+from ddkit.pools.kcenter import kcenter_from_scores, kcenter_selection
+from ddkit.pools.logits import load_teacher_logits, teacher_pool_logits
+from ddkit.pools.scores import read_scores_header, score_pool, shard_grid
 from ddkit.selectors import run_selector
-from ddkit.selectors.activekd import load_teacher_logits, teacher_pool_logits
-from ddkit.selectors.kcenter_scores import kcenter_from_scores, kcenter_selection
 from ddkit.store import read_selection
 
 BATCH = 48  # does not divide the 400-image pool: the last batch and shard are short

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-
 import h5py
 import numpy as np
 import pytest
 import torch
-
-import ddkit.store.selection as selection_module
 from helpers import edit
 
+import ddkit.store.selection as selection_module
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
 from ddkit.store import (

@@ -3,8 +3,6 @@ atomic writes (including a real kill -9), validation, description and rendering.
 
 from __future__ import annotations
 
-import contextlib
-
 import json
 import os
 import pickle
@@ -18,14 +16,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import edit
 from PIL import Image
 
 import ddkit.store.h5io as h5io
-from helpers import edit
-
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
-from ddkit.store import Selection, write_selection
 from ddkit.store import (
     PAYLOADS,
     AdditiveComposite,
@@ -34,6 +30,7 @@ from ddkit.store import (
     DistilledSet,
     GenericPayload,
     LogitsLabels,
+    Selection,
     TopKLabels,
     add_result,
     describe,
@@ -42,6 +39,7 @@ from ddkit.store import (
     render_grid,
     validate_file,
     write_distilled,
+    write_selection,
 )
 
 K, SHAPE = 4, (3, 8, 8)

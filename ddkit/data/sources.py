@@ -6,9 +6,11 @@ Tags: `offline=True` marks sources that never need files or a download (embedded
 
 from __future__ import annotations
 
-from ddkit.data import DATASETS, fashion_mnist, imagefolder, mini, procedural, torchvision_sources
+from ddkit.data import DATASETS, fashion_mnist, imagefolder, load_dataset, mini, procedural, torchvision_sources
 from ddkit.data.base import ImageDataset
 from ddkit.data.locations import no_argument
+from ddkit.data.poolfile import load_pool, pool_task
+from ddkit.errors import InvalidInput
 
 
 @DATASETS.register(
@@ -61,3 +63,15 @@ def _imagefolder(split: str, arg: str | None) -> ImageDataset:
 )
 def _procedural(split: str, arg: str | None) -> ImageDataset:
     return procedural.load(arg, split)
+
+
+@DATASETS.register(
+    "pool", offline=False, arg="PATH",
+    summary="an unlabeled image pool built by `ddkit pool build` (pool:PATH; test split = the task's test set)",
+)
+def _pool(split: str, arg: str | None) -> ImageDataset:
+    if not arg:
+        raise InvalidInput("the pool dataset needs a path: pool:PATH", "build one with `ddkit pool build`")
+    if split == "test":
+        return load_dataset(pool_task(arg).name, "test")
+    return load_pool(arg)

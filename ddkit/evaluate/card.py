@@ -5,11 +5,11 @@ Written as JSON into the evaluated file's `/results/<protocol>` and printed as a
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 from dataclasses import asdict, dataclass, field
 
 import ddkit
+from ddkit.provenance import utc_now
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -64,7 +64,7 @@ class ResultCard:
     batched: bool = False
     wall_seconds: float = 0.0
     ddkit_version: str = ddkit.__version__
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=utc_now)
     reported: str = "final-step test accuracy, mean ± sample std over seeds"
 
     @property

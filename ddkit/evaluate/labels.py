@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ddkit.dbr import dbr_loss
 from ddkit.errors import IncompatibleError
+from ddkit.registry import Registry
 
 
 @dataclass
@@ -56,23 +57,19 @@ def mix_targets(targets: torch.Tensor, mix: MixInfo) -> torch.Tensor:
 
 # Losses for stored payloads, by scheme. Each takes (student_logits, payload rows of the batch,
 # labels of the batch, mix, protocol) and returns a scalar.
-STORED_LOSSES: dict[str, Callable] = {}
+STORED_LOSSES = Registry("stored-label loss")
 
 
-def stored_loss(scheme: str):
-    def decorator(fn):
-        STORED_LOSSES[scheme] = fn
-        return fn
-
-    return decorator
+def stored_loss(scheme: str, summary: str):
+    return STORED_LOSSES.register(scheme, summary=summary)
 
 
-@stored_loss("logits")
+@stored_loss("logits", summary="KL at the protocol's temperature to the stored logits (mixed like the views)")
 def _logits_loss(student_logits, rows, labels, mix: MixInfo, protocol) -> torch.Tensor:
     return kl_at_temperature(student_logits, mix_targets(rows.float(), mix), protocol.temperature, protocol.t_squared)
 
 
-@stored_loss("dbr")
+@stored_loss("dbr", summary="CE to both mixed labels plus the gaps to the stored teacher distances (NRR-DD's DBR)")
 def _dbr_loss(student_logits, rows, labels, mix: MixInfo, protocol) -> torch.Tensor:
     return dbr_loss(student_logits, labels, mix.partner_labels, mix.lam, rows, protocol.extra.get("alpha_dbr", 1.0))
 
@@ -86,6 +83,6 @@ def require_stored_scheme(scheme: str | None) -> Callable:
     if scheme not in STORED_LOSSES:
         raise IncompatibleError(
             f"this ddkit cannot train with stored labels of scheme {scheme!r}",
-            f"known schemes: {', '.join(sorted(STORED_LOSSES))}; upgrade ddkit or use a teacher protocol",
+            f"known schemes: {', '.join(STORED_LOSSES.names())}; upgrade ddkit or use a teacher protocol",
         )
-    return STORED_LOSSES[scheme]
+    return STORED_LOSSES.get(scheme)

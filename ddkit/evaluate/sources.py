@@ -20,24 +20,21 @@ from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.labels import require_stored_scheme
 from ddkit.evaluate.protocols import Protocol
 from ddkit.evaluate.trainer import StudentData
+from ddkit.registry import Registry
 from ddkit.seeding import derive_seed, numpy_rng
 from ddkit.training import predict_logits
 
 # How to give a random real subset the same kind of stored labels a file carries, by scheme, so
 # the baseline is trained under exactly the same label treatment:
 # fn(normalized images, teachers, labels=, protocol=, seed=) -> payload rows (or DBR targets).
-BASELINE_PAYLOADS: dict[str, Callable] = {}
+BASELINE_PAYLOADS = Registry("baseline payload")
 
 
-def baseline_payload(scheme: str):
-    def decorator(fn):
-        BASELINE_PAYLOADS[scheme] = fn
-        return fn
-
-    return decorator
+def baseline_payload(scheme: str, summary: str):
+    return BASELINE_PAYLOADS.register(scheme, summary=summary)
 
 
-@baseline_payload("logits")
+@baseline_payload("logits", summary="the teachers' mean logits on the subset's clean images")
 def ensemble_logits(images: torch.Tensor, teachers: list, **_) -> torch.Tensor:
     """Static labels: the teachers' mean logits on the clean images (INFER's label recipe)."""
     if not teachers:
@@ -45,7 +42,7 @@ def ensemble_logits(images: torch.Tensor, teachers: list, **_) -> torch.Tensor:
     return torch.stack([predict_logits(t.model, images) for t in teachers]).mean(0)
 
 
-@baseline_payload("dbr")
+@baseline_payload("dbr", summary="DBR teacher distances of the subset, on the protocol's view recipe")
 def dbr_targets(images: torch.Tensor, teachers: list, labels: torch.Tensor, protocol: Protocol, seed: int, **_) -> DBRTargets:
     """DBR: the protocol's view recipe on this subset, with its own seeded views and teacher distances."""
     if not teachers:
@@ -79,7 +76,7 @@ def _with_payload(images, labels, protocol: Protocol, scheme: str | None, teache
     if scheme not in BASELINE_PAYLOADS:
         raise IncompatibleError(f"no random baseline can be built for stored labels of scheme {scheme!r}",
                                 "evaluate with --no-baseline, or under a teacher protocol")
-    payload = BASELINE_PAYLOADS[scheme](images, teachers, labels=labels, protocol=protocol, seed=seed)
+    payload = BASELINE_PAYLOADS.get(scheme)(images, teachers, labels=labels, protocol=protocol, seed=seed)
     return images, labels, payload, scheme
 
 

@@ -25,16 +25,15 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ddkit.augment import build_augmentation, build_mix
-from ddkit.dbr import DBRTargets
 from ddkit.data.base import DatasetInfo
+from ddkit.dbr import DBRTargets
+from ddkit.errors import InvalidInput
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets, require_stored_scheme
 from ddkit.evaluate.protocols import Protocol
-from ddkit.errors import InvalidInput
 from ddkit.models import create_model, has_batchnorm
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
-from ddkit.training import build_optimizer
-
+from ddkit.training import build_optimizer, optimizer_step
 
 # Whether `batched=None` batches seeds on a CPU device (measured slower there; see the module doc).
 BATCHED_ON_CPU = False
@@ -184,10 +183,7 @@ def train_students(
                 loss = loss + kl_at_temperature(logits[i], targets[i], protocol.temperature, protocol.t_squared)
             else:
                 loss = loss + stored_fn(logits[i], r, y, mix, protocol)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(opt, loss, sched)
         bar.update(1)
     bar.close()
     if use_vmap:

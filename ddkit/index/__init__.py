@@ -16,8 +16,8 @@ distance blocks, see `ddkit.index.device`).
     >>> print(index.backend().describe())
 """
 
-from ddkit.index.device import Backend, backend, reset_backend
 from ddkit.index.dedup import Duplicates, near_duplicates
+from ddkit.index.device import Backend, backend, reset_backend
 from ddkit.index.kcenter import KCenterResult, kcenter
 from ddkit.index.kmeans import KMeansResult, kmeans
 from ddkit.index.search import knn

@@ -22,17 +22,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from dataclasses import dataclass, field
+from typing import Callable
 
-import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
 
 ENGINES = ("faiss", "torch")  # libraries; an engine is "<library>" or "<library>:<threads>"
-# Below this many multiply-adds a call is too small for the engine choice to matter: use FAISS.
-_SMALL_WORK = 1 << 26
 
 
 @dataclass
@@ -121,10 +118,6 @@ def reset_backend() -> None:
         _backend = None
 
 
-def _bucket(d: int) -> int:
-    return 1 << max(4, int(np.ceil(np.log2(max(d, 1)))))
-
-
 def parse_engine(engine: str) -> tuple[str, int | None]:
     """"faiss" -> ("faiss", None): library and thread count (None: the process's default)."""
     library, sep, threads = str(engine).partition(":")
@@ -166,47 +159,14 @@ def candidate_engines() -> list[str]:
     return ["faiss", "torch"] + (["faiss:1", "torch:1"] if many else [])
 
 
-def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
-    """The engine for a search of dimension `d`, `k` neighbours and `work` multiply-adds."""
-    check_engine(engine)
+def measured_check(key: str, measure: Callable[[], dict]) -> dict:
+    """The backend's measured check `key` ("d=64,k>1"), run by `measure` on first use, then kept
+    for the report (`Backend.describe`)."""
     b = backend()
-    if engine != "auto":
-        if parse_engine(engine)[0] == "faiss" and b.library in ("torch-cpu",):
-            raise InvalidInput("engine 'faiss' was asked but faiss is not installed", "pip install faiss-cpu")
-        return engine
-    if b.pinned_engine:
-        return b.pinned_engine
-    if b.library == "faiss-gpu":
-        return "faiss"
-    if work < _SMALL_WORK:
-        return "faiss"
-    key = f"d={_bucket(d)},{'k=1' if k == 1 else 'k>1'}"
     with _lock:
         check = b.checks.get(key)
     if check is None:
-        check = _measure(_bucket(d), 1 if k == 1 else 10)
+        check = measure()
         with _lock:
             b.checks[key] = check
-    return check["chosen"]
-
-
-def _measure(d: int, k: int, reps: int = 3) -> dict:
-    """GFLOP/s of each CPU engine on one synthetic search of dimension `d` (about 2 GFLOP: big
-    enough that per-call overheads do not decide, small enough to cost about a second)."""
-    from ddkit.index.search import search_blocks
-
-    rng = np.random.default_rng(0)
-    nq = 2048
-    nb = int(np.clip((1 << 30) // (nq * d), 4096, 65536))
-    queries = rng.standard_normal((nq, d), dtype=np.float32)
-    database = rng.standard_normal((nb, d), dtype=np.float32)
-    engines = candidate_engines()
-    best = {e: float("inf") for e in engines}
-    for _ in range(reps):
-        for e in engines:  # alternate, so a burst of load elsewhere hits every engine
-            start = time.perf_counter()
-            search_blocks(queries, database, k, e, torch.device("cpu"))
-            best[e] = min(best[e], time.perf_counter() - start)
-    flops = 2.0 * nq * nb * d
-    rates = {e: flops / best[e] / 1e9 for e in engines}
-    return {**rates, "chosen": max(engines, key=lambda e: rates[e])}
+    return check

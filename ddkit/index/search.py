@@ -12,11 +12,20 @@ Results are sorted by (distance, index), so equal distances come back in one def
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import torch
 
-from ddkit.index.device import backend, choose_engine, engine_threads, parse_engine
+from ddkit.errors import InvalidInput
+from ddkit.index.device import (
+    backend,
+    candidate_engines,
+    check_engine,
+    engine_threads,
+    measured_check,
+    parse_engine,
+)
 from ddkit.index.source import Points, as_points, check_int
 
 # Block shapes of the torch engine: a score block of QUERY_ROWS × DB_ROWS floats stays near the
@@ -24,6 +33,8 @@ from ddkit.index.source import Points, as_points, check_int
 QUERY_ROWS = 512
 DB_ROWS = 4096
 GROUPS = 16  # column groups of the two-stage top-k (see block_topk)
+# Below this many multiply-adds a call is too small for the engine choice to matter: use FAISS.
+_SMALL_WORK = 1 << 26
 PAD_TO = 1  # inner GEMM size d + 1 rounded up to a multiple of this
 
 _gpu_resources = None
@@ -155,6 +166,49 @@ def _search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: st
     return _torch_search(queries, database, k, device)
 
 
+# -- which engine: a measured check per (dimension bucket, k regime), see ddkit.index.device ----------
+def _bucket(d: int) -> int:
+    return 1 << max(4, int(np.ceil(np.log2(max(d, 1)))))
+
+
+def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
+    """The engine for a search of dimension `d`, `k` neighbours and `work` multiply-adds."""
+    check_engine(engine)
+    b = backend()
+    if engine != "auto":
+        if parse_engine(engine)[0] == "faiss" and b.library in ("torch-cpu",):
+            raise InvalidInput("engine 'faiss' was asked but faiss is not installed", "pip install faiss-cpu")
+        return engine
+    if b.pinned_engine:
+        return b.pinned_engine
+    if b.library == "faiss-gpu":
+        return "faiss"
+    if work < _SMALL_WORK:
+        return "faiss"
+    key = f"d={_bucket(d)},{'k=1' if k == 1 else 'k>1'}"
+    return measured_check(key, lambda: _measure(_bucket(d), 1 if k == 1 else 10))["chosen"]
+
+
+def _measure(d: int, k: int, reps: int = 3) -> dict:
+    """GFLOP/s of each CPU engine on one synthetic search of dimension `d` (about 2 GFLOP: big
+    enough that per-call overheads do not decide, small enough to cost about a second)."""
+    rng = np.random.default_rng(0)
+    nq = 2048
+    nb = int(np.clip((1 << 30) // (nq * d), 4096, 65536))
+    queries = rng.standard_normal((nq, d), dtype=np.float32)
+    database = rng.standard_normal((nb, d), dtype=np.float32)
+    engines = candidate_engines()
+    best = {e: float("inf") for e in engines}
+    for _ in range(reps):
+        for e in engines:  # alternate, so a burst of load elsewhere hits every engine
+            start = time.perf_counter()
+            search_blocks(queries, database, k, e, torch.device("cpu"))
+            best[e] = min(best[e], time.perf_counter() - start)
+    flops = 2.0 * nq * nb * d
+    rates = {e: flops / best[e] / 1e9 for e in engines}
+    return {**rates, "chosen": max(engines, key=lambda e: rates[e])}
+
+
 def _sort_rows(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each row by distance, then index (missing neighbours last)."""
     key_i = np.where(i < 0, np.iinfo(np.int64).max, i)
@@ -172,8 +226,6 @@ def knn(queries, database, k: int, *, engine: str = "auto") -> tuple[np.ndarray,
     q = as_points(queries, "queries")
     db = as_points(database, "database")
     if q.d != db.d:
-        from ddkit.errors import InvalidInput
-
         raise InvalidInput(f"queries have dimension {q.d} but the database has {db.d}", "embed both with the same model")
     k = check_int(k, "k", 1, db.n)
     chosen = choose_engine(db.d, k, q.n * db.n * db.d, engine)

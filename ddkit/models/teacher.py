@@ -7,7 +7,6 @@ sha256 of the tensors, so a teacher can be checked against a dataset before it i
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -22,10 +21,26 @@ from ddkit.data.base import DatasetInfo, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError
 from ddkit.fileio import atomic_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
+from ddkit.provenance import utc_now
 
 TEACHER_FORMAT = "ddkit.teacher"
 TEACHER_SCHEMA = 1
 _MAX_HEADER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class TeacherRecord:
+    """What a file made with a teacher records about it (distilled, selection, pool-scores and student
+    files): enough to name the teacher and to check a teacher file is the same one (its tensors' sha256)."""
+
+    arch: str
+    arch_kwargs: dict
+    sha256: str
+    dataset: str
+    test_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass
@@ -51,10 +66,12 @@ class TeacherHeader:
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
 
+    def record(self) -> TeacherRecord:
+        return TeacherRecord(self.arch, self.arch_kwargs, self.tensors_sha256, self.dataset, self.test_accuracy)
+
     def summary(self) -> dict:
-        """The short record a distilled file keeps about each teacher it used."""
-        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "sha256": self.tensors_sha256,
-                "dataset": self.dataset, "test_accuracy": self.test_accuracy}
+        """The teacher's record as JSON-ready dict (what files made with it store)."""
+        return self.record().to_dict()
 
 
 @dataclass
@@ -125,7 +142,7 @@ def save_teacher(path: str | Path, model: ImageClassifier, info: DatasetInfo, ov
         dataset=info.name,
         normalization=info.normalization.to_dict(),
         tensors_sha256=tensors_sha256(state),
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created=utc_now(),
         **fields,
     )
     text = json.dumps(asdict(header))

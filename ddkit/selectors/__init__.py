@@ -6,14 +6,15 @@ from pathlib import Path
 
 from ddkit.config import build_config
 from ddkit.data import load_dataset
+from ddkit.errors import InvalidInput
 from ddkit.fileio import check_output
 from ddkit.models.teacher import load_teacher
-from ddkit.errors import InvalidInput
-from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, register_selector
-from ddkit.selectors import baselines as _baselines  # noqa: F401  (registers)
-from ddkit.selectors import pcoreset as _pcoreset  # noqa: F401  (registers)
-from ddkit.selectors import kd3 as _kd3  # noqa: F401  (registers)
-from ddkit.data import pools as _pools  # noqa: F401  (registers the pool:PATH dataset)
+from ddkit.selectors import (
+    baselines as _baselines,  # noqa: F401  (registers)
+    kd3 as _kd3,  # noqa: F401  (registers)
+    pcoreset as _pcoreset,  # noqa: F401  (registers)
+)
+from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, SideOutput, register_selector
 from ddkit.store import read_selection, write_selection
 from ddkit.training import pick_device
 
@@ -25,10 +26,13 @@ def run_selector(method: str, pool: str, teacher_paths: list[str], budget: int, 
 
     `labeled` (a `.sel.h5` of the same pool) and `teacher_logits` (precomputed pool logits) go to
     selectors that take them (active-learning selectors); others refuse them with a clear error.
+    Side files the method makes (e.g. KD³'s `student_out`) are written after the selection, under
+    the same `overwrite`; every output path is checked before any data is loaded.
     """
     selector: Selector = SELECTORS.create(method)
     config = build_config(selector.Config, config_overrides, owner=f"selector {method}")
-    check_output(out, overwrite)
+    for path in [out, *selector.side_paths(config)]:
+        check_output(path, overwrite)
     inputs = SelectionInputs(read_selection(labeled) if labeled else None, str(teacher_logits) if teacher_logits else None)
     if inputs.given() and not selector.uses_inputs:
         raise InvalidInput(f"selector {method} does not take {' or '.join(inputs.given())}",
@@ -38,11 +42,16 @@ def run_selector(method: str, pool: str, teacher_paths: list[str], budget: int, 
     teachers = [load_teacher(p, dev) for p in teacher_paths]
     for t in teachers:
         t.check_fits(data.info)
-    kwargs = {"inputs": inputs} if selector.uses_inputs else {}
-    if getattr(selector, "writes_files", False):  # side outputs (e.g. KD³'s student) follow --overwrite
-        kwargs["overwrite"] = overwrite
-    selection = selector.select(data, teachers, budget, config, seed, dev, **kwargs)
-    return write_selection(out, selection, overwrite=overwrite)
+    selection, outputs = selector.select_with_outputs(data, teachers, budget, config, seed, dev, inputs)
+    digest = write_selection(out, selection, overwrite=overwrite)
+    write_side_outputs(outputs, overwrite)
+    return digest
 
 
-__all__ = ["SELECTORS", "SelectionInputs", "Selector", "register_selector", "run_selector"]
+def write_side_outputs(outputs: list[SideOutput], overwrite: bool = False) -> None:
+    """Write the side files a selector made (each atomically)."""
+    for output in outputs:
+        output.write(output.path, overwrite)
+
+
+__all__ = ["SELECTORS", "SelectionInputs", "Selector", "SideOutput", "register_selector", "run_selector", "write_side_outputs"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from ddkit import index
 from ddkit.errors import InvalidInput
+from ddkit.registry import Registry
 from ddkit.seeding import numpy_rng
 
 
@@ -60,21 +61,19 @@ class Rule:
     summary: str
 
 
-RULES: dict[str, Rule] = {}
+RULES = Registry("acquisition rule")
 
 
 def rule(name: str, needs: tuple = (), summary: str = ""):
-    def decorator(fn):
-        RULES[name] = Rule(name, fn, frozenset(needs), summary)
-        return fn
-
-    return decorator
+    """Register an acquisition rule; `needs` names what its round state must carry."""
+    return RULES.register(name, summary=summary, needs=frozenset(needs))
 
 
 def get_rule(name: str) -> Rule:
     if name not in RULES:
-        raise InvalidInput(f"unknown acquisition rule {name!r}", f"use one of {', '.join(sorted(RULES))}")
-    return RULES[name]
+        raise InvalidInput(f"unknown acquisition rule {name!r}", f"use one of {', '.join(RULES.names())}")
+    entry = RULES.entry(name)
+    return Rule(name, entry.factory, entry.tags["needs"], entry.summary)
 
 
 def _require(state: RoundState, what: str):

@@ -28,15 +28,9 @@ from ddkit import index
 from ddkit.data.base import DatasetInfo, ImageDataset, class_balanced_indices
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, check_output
+from ddkit.pools.logits import load_teacher_logits, teacher_pool_logits
 from ddkit.selectors.acquisition import Acquired, RoundState, acquire, get_rule
-from ddkit.selectors.activekd import (
-    ActiveKDConfig,
-    load_teacher_logits,
-    student_accuracy,
-    student_outputs,
-    teacher_pool_logits,
-    train_student,
-)
+from ddkit.selectors.activekd import ActiveKDConfig, student_accuracy, student_outputs, train_student
 from ddkit.selectors.base import SelectionInputs, Selector
 from ddkit.store import Selection, pool_record, write_selection
 from ddkit.store.selection import ids_to_positions

@@ -19,11 +19,8 @@ views; the teacher is never run per step.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -31,12 +28,11 @@ from torch import nn
 
 from ddkit.augment import build_augmentation
 from ddkit.data.base import ImageDataset
-from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output, sha256_file
+from ddkit.errors import InvalidInput
 from ddkit.models import ImageClassifier, create_model
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
-from ddkit.training import predict_logits
+from ddkit.training import optimizer_step
 
 
 @dataclass
@@ -197,10 +193,7 @@ def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray,
                                  cfg.temperature)
         else:
             loss = F.cross_entropy(z_ce, labels_t[rows.to(device)])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(opt, loss, sched)
     return student.eval()
 
 
@@ -225,114 +218,3 @@ def student_outputs(student: DualHeadStudent, images: torch.Tensor, cfg: ActiveK
 def student_accuracy(student: DualHeadStudent, test: ImageDataset, cfg: ActiveKDConfig) -> float:
     probs, _ = student_outputs(student, test.normalized(), cfg, features=False)
     return float((probs.argmax(1) == test.labels).float().mean())
-
-
-# -- teacher logits for a pool --------------------------------------------------------------------
-def teacher_pool_logits(teacher, pool: ImageDataset, device: torch.device) -> torch.Tensor:
-    """A loaded teacher's logits on the pool's clean, normalized images (N×C, float32, CPU)."""
-    return predict_logits(teacher.model, pool.normalized(), device=device)
-
-
-def save_teacher_logits(path: str | os.PathLike, logits, pool: ImageDataset, overwrite: bool = False) -> None:
-    """Write precomputed pool logits (`logits` N×C, rows in pool order) with the pool's ids and fingerprint."""
-    logits = np.asarray(logits, dtype=np.float32)
-    check_teacher_logits(logits, pool, str(path))
-    with atomic_output(path, overwrite) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("logits", data=logits)
-            f.create_dataset("ids", data=pool.ids.numpy().astype(np.int64))
-            f.attrs["format"] = "ddkit.pool-logits"
-            f.attrs["pool_fingerprint"] = pool.fingerprint()
-            f.attrs["pool"] = f"{pool.info.name}/{pool.split}"
-
-
-def check_teacher_logits(logits: np.ndarray, pool: ImageDataset, source: str) -> None:
-    if logits.ndim != 2:
-        raise InvalidInput(f"teacher logits in {source} must be N×C, got shape {logits.shape}", "store one row of class logits per pool sample")
-    if len(logits) != len(pool):
-        raise IncompatibleError(
-            f"teacher logits in {source} have {len(logits)} rows but the pool {pool.info.name} ({pool.split}) has {len(pool)} samples",
-            "compute the logits on exactly this pool (or store an `ids` dataset so rows can be matched)",
-        )
-    if logits.shape[1] != pool.num_classes:
-        raise IncompatibleError(
-            f"teacher logits in {source} have {logits.shape[1]} classes but the pool has {pool.num_classes}",
-            "compute the logits over the pool's class list, in its order",
-        )
-    if not np.isfinite(logits).all():
-        raise InvalidInput(f"teacher logits in {source} contain NaN or inf", "recompute them")
-
-
-def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[torch.Tensor, dict]:
-    """Precomputed pool logits from `.npy` (N×C, pool order) or `.h5` (`logits` and optional `ids`).
-
-    Returns (N×C float32 tensor in pool order, a teacher record for the selection file). Counts,
-    class counts, ids and (when stored) the pool fingerprint are checked against `pool`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileFormatError(f"teacher logits file {path} does not exist", "compute the pool logits first (save_teacher_logits)")
-    ids, teacher = None, None
-    if path.suffix == ".npy":
-        try:
-            logits = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise FileFormatError(f"{path} is not a plain numpy array ({exc})", "save the logits with numpy.save, without pickles") from None
-    elif path.suffix in (".h5", ".hdf5"):
-        try:
-            with h5py.File(path, "r") as f:
-                if "logits" not in f:
-                    raise FileFormatError(f"{path} has no `logits` dataset", "store the N×C logits as /logits (and the sample ids as /ids)")
-                logits = f["logits"][()]
-                ids = f["ids"][()] if "ids" in f else None
-                stored = f.attrs.get("pool_fingerprint")
-                teacher = _scores_teacher(f)
-        except OSError as exc:
-            raise FileFormatError(f"{path} is not a readable HDF5 file ({exc})", "re-create it") from None
-        if stored is not None and ids is not None and len(ids) == len(pool):
-            stored = stored.decode() if isinstance(stored, bytes) else str(stored)
-            if stored != pool.fingerprint():
-                raise IncompatibleError(f"teacher logits in {path} were computed on a different pool (fingerprint {stored[:12]}…)",
-                                        "compute the logits on this pool")
-    else:
-        raise FileFormatError(f"teacher logits file {path} must be .npy or .h5", "save N×C logits with numpy.save or save_teacher_logits")
-    if not np.issubdtype(logits.dtype, np.floating):
-        raise InvalidInput(f"teacher logits in {path} have dtype {logits.dtype}, expected floats")
-    if ids is not None:
-        logits = _rows_for_pool(logits, np.asarray(ids, np.int64), pool, path)
-    logits = logits.astype(np.float32)
-    check_teacher_logits(logits, pool, str(path))
-    if teacher is not None:  # a `ddkit pool score` file names its teacher: record that, not a hash of the file
-        record = {**teacher, "logits_from": path.name, "num_classes": int(logits.shape[1])}
-    else:
-        record = {"arch": "precomputed-logits", "sha256": sha256_file(path), "path": path.name,
-                  "num_classes": int(logits.shape[1])}
-    return torch.from_numpy(logits), record
-
-
-def _scores_teacher(f: h5py.File) -> dict | None:
-    """The teacher summary of a `ddkit pool score` file (None for other HDF5 files)."""
-    from ddkit.data.scores import SCORES_FORMAT
-    from ddkit.store.schema import attr_text, load_json
-
-    if attr_text(f.attrs.get("format", "")) != SCORES_FORMAT or "teacher" not in f.attrs:
-        return None
-    try:
-        teacher = load_json(f.attrs["teacher"], "teacher")
-    except ValueError:
-        return None
-    return teacher if isinstance(teacher, dict) and teacher.get("sha256") else None
-
-
-def _rows_for_pool(logits: np.ndarray, ids: np.ndarray, pool: ImageDataset, path) -> np.ndarray:
-    """Reorder (and subset) rows stored with sample ids to the pool's order."""
-    from ddkit.store.selection import ids_to_positions
-
-    if ids.ndim != 1 or logits.ndim != 2 or len(ids) != len(logits):
-        raise InvalidInput(f"{path}: `ids` has {len(ids)} entries for {len(logits)} logit rows", "store one id per row")
-    try:
-        rows = ids_to_positions(ids, pool.ids.numpy())
-    except IncompatibleError as exc:
-        raise IncompatibleError(f"teacher logits in {path} do not cover the pool: {exc.problem}",
-                                "compute the logits on this pool") from None
-    return logits[rows]

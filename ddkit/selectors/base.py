@@ -1,14 +1,14 @@
-"""The selector contract: `select(pool, teacher, budget, config, seed) -> Selection`.
+"""The selector contract: `select(pool, teachers, budget, config, seed, device, inputs) -> Selection`.
 
 A selector chooses sample ids from a pool; the ids are the samples KEPT. A method file states only
-its method; loading the pool and teachers, checking them and writing the `.sel.h5` file atomically
-happen once, in `run_selector`.
+its method; loading the pool and teachers, checking them and writing the `.sel.h5` file (and any
+side files the method makes, see `SideOutput`) atomically happen once, in `run_selector`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
@@ -37,10 +37,21 @@ class SelectionInputs:
         return [name for name, flag in (("--labeled", self.labeled is not None), ("--teacher-logits", self.teacher_logits)) if flag]
 
 
+@dataclasses.dataclass
+class SideOutput:
+    """A file a selector makes beside its selection (e.g. KD³'s trained student): `write(path,
+    overwrite)` writes it atomically. `run_selector` checks every such path before any work (see
+    `Selector.side_paths`) and writes the files after the selection."""
+
+    path: str
+    write: Callable[[str, bool], None]
+
+
 class Selector:
     """Base class of every registered selector.
 
-    Selectors with `uses_inputs = True` take a keyword `inputs: SelectionInputs | None` in `select`.
+    Every selector has the one `select` signature. `inputs` (--labeled, --teacher-logits) is given
+    only to selectors with `uses_inputs = True`; `run_selector` refuses it for the others.
     """
 
     name: ClassVar[str] = ""
@@ -54,8 +65,18 @@ class Selector:
             raise InvalidInput(f"budget {budget} is not in [1, {len(pool)}] (the pool size)", "choose a budget the pool can fill")
 
     def select(self, pool: ImageDataset, teachers: list[Teacher], budget: int, config, seed: int,
-               device: torch.device) -> Selection:
+               device: torch.device, inputs: SelectionInputs | None = None) -> Selection:
         raise NotImplementedError
+
+    def side_paths(self, config) -> list[str]:
+        """The side files `config` asks for (none by default), checked before any work is done."""
+        return []
+
+    def select_with_outputs(self, pool: ImageDataset, teachers: list[Teacher], budget: int, config, seed: int,
+                            device: torch.device, inputs: SelectionInputs | None = None
+                            ) -> tuple[Selection, list[SideOutput]]:
+        """`select` and the side files it made, still unwritten (`run_selector` writes them)."""
+        return self.select(pool, teachers, budget, config, seed, device, inputs), []
 
 
 def register_selector(cls: type[Selector]) -> type[Selector]:

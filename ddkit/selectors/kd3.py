@@ -32,11 +32,12 @@ from torch import nn
 from ddkit.augment import build_augmentation
 from ddkit.data.base import DatasetInfo
 from ddkit.errors import IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output, check_output
+from ddkit.fileio import atomic_output
 from ddkit.models import create_model
+from ddkit.models.teacher import save_teacher
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
-from ddkit.selectors.base import Selector, register_selector
+from ddkit.selectors.base import Selector, SideOutput, register_selector
 from ddkit.selectors.kd3_losses import (
     alignment_weights,
     alpha_schedule,
@@ -48,6 +49,7 @@ from ddkit.selectors.kd3_losses import (
     weighted_feature_alignment,
 )
 from ddkit.store import Selection, pool_record
+from ddkit.training import optimizer_step
 
 SELECTION_MODES = ("dynamic", "teacher", "none")
 ALPHA_SCHEDULE = "paper-scaled"  # α(e) = 1 − exp(−5((e+1)/E_r − 1)²) for e < 0.75·E_r, E_r = 2E/3; exact at E = 240
@@ -139,9 +141,17 @@ class KD3Selector(Selector):
     version = "1"
     Config = KD3Config
     min_teachers = 1
-    writes_files = True  # student_out / trace_out: run_selector passes `overwrite`
 
-    def select(self, pool, teachers, budget, config: KD3Config, seed, device, overwrite: bool = False) -> Selection:
+    def side_paths(self, config: KD3Config) -> list[str]:
+        return [path for path in (config.student_out, config.trace_out) if path]
+
+    def select(self, pool, teachers, budget, config: KD3Config, seed, device, inputs=None) -> Selection:
+        return self.select_with_outputs(pool, teachers, budget, config, seed, device, inputs)[0]
+
+    def select_with_outputs(self, pool, teachers, budget, config: KD3Config, seed, device, inputs=None
+                            ) -> tuple[Selection, list[SideOutput]]:
+        """The selection and, as the config asks, the trained student (`student_out`, a teacher file)
+        and the per-sample trace (`trace_out`, .npz), for `run_selector` to write."""
         config.check()
         n = int(pool.images.shape[0])  # never len(pool): that counts labels
         if budget < 1 or budget > n:
@@ -153,9 +163,6 @@ class KD3Selector(Selector):
             raise IncompatibleError(f"teacher {teacher.path or teacher.header.arch} classifies flattened features, "
                                     "so its classifier cannot be reused on projected student features",
                                     "use a teacher with global average pooling (convnet-bn, resnet8/20/18, mobilenet)")
-        for path in (config.student_out, config.trace_out):
-            if path:
-                check_output(path, overwrite)
         student, history, stats = train_kd3(pool.normalized(), teacher, config, seed, device)
         keep, margin = stats["kept"], stats["final_confidence"] - stats["final_threshold"]
         kept = np.flatnonzero(keep)
@@ -164,26 +171,35 @@ class KD3Selector(Selector):
             raise InvalidInput("KD³ kept no pool sample at the end (no prediction beat its class threshold)",
                                "lower tau, train longer, or check that the teacher fits the pool's task")
         ids = pool.ids.numpy()
+        outputs = []
         if config.trace_out:
-            with atomic_output(config.trace_out, overwrite) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez(fh, ids=ids, kept=np.isin(np.arange(n), kept), **{k: v for k, v in stats.items() if k != "kept"},
-                             epoch_selected_count=np.array([h["selected"] for h in history]),
-                             epoch_alpha=np.array([h["alpha"] for h in history]),
-                             epoch_loss=np.array([h["loss"] for h in history]))
-        if config.student_out:
-            from ddkit.models.teacher import save_teacher
+            def write_trace(path: str, overwrite: bool) -> None:
+                with atomic_output(path, overwrite) as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.savez(fh, ids=ids, kept=np.isin(np.arange(n), kept),
+                                 **{k: v for k, v in stats.items() if k != "kept"},
+                                 epoch_selected_count=np.array([h["selected"] for h in history]),
+                                 epoch_alpha=np.array([h["alpha"] for h in history]),
+                                 epoch_loss=np.array([h["loss"] for h in history]))
 
-            save_teacher(config.student_out, student.cpu(), task_info(teacher), overwrite=overwrite,
-                         train={"method": "kd3", "config": asdict(config), "seed": seed, "pool": pool.info.name,
-                                "teacher": teacher.header.summary(), "history": history})
-        return Selection(
+            outputs.append(SideOutput(config.trace_out, write_trace))
+        if config.student_out:
+            student = student.cpu()
+            train = {"method": "kd3", "config": asdict(config), "seed": seed, "pool": pool.info.name,
+                     "teacher": teacher.header.summary(), "history": history}
+
+            def write_student(path: str, overwrite: bool) -> None:
+                save_teacher(path, student, task_info(teacher), overwrite=overwrite, train=train)
+
+            outputs.append(SideOutput(config.student_out, write_student))
+        selection = Selection(
             method=self.name, method_version=self.version, config=config, seed=seed, pool=pool_record(pool),
             ids=ids[kept], score=stats["final_confidence"][kept], rank=np.arange(len(kept)),
             extra={"epochs_selected": stats["epochs_selected"][kept], "final_threshold": stats["final_threshold"][kept],
                    "final_class": stats["final_class"][kept]},
             teachers=[teacher.header.summary()],
         )
+        return selection, outputs
 
 
 def build_student(teacher, config: KD3Config, seed: int, device) -> nn.Module:
@@ -245,9 +261,7 @@ def train_kd3(images: torch.Tensor, teacher, config: KD3Config, seed: int, devic
                 continue
             x = augment(images[idx], aug_gen)
             loss = kd3_loss(student, tmodel, head_s, head_t, x, config, mix_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(opt, loss)
             total += float(loss.detach()) * len(idx)
             count += len(idx)
         record = {"epoch": epoch + 1, "alpha": alpha, "selected": int(keep.sum()), "loss": total / count if count else float("nan")}

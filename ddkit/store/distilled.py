@@ -17,9 +17,10 @@ import torch
 import ddkit
 from ddkit.data.base import ImageDataset, Normalization, check_pixels
 from ddkit.errors import InvalidInput
+from ddkit.provenance import utc_now
 from ddkit.store.composite import AdditiveComposite, instance_labels
 from ddkit.store.payloads import LabelPayload, payload_attrs
-from ddkit.store.schema import Budget, DatasetRecord, DistilledHeader, budget_parts, utc_now
+from ddkit.store.schema import Budget, DatasetRecord, DistilledHeader, budget_parts
 
 IMAGE_DTYPES = ("float16", "uint8")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output
 from ddkit.store.h5io import building, open_store, reading

@@ -13,13 +13,13 @@ import json
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import numpy as np
 
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import InvalidInput
+from ddkit.fileio import attr_text  # noqa: F401  (part of this module's reading helpers)
 
 DISTILLED_FORMAT = "ddkit.distilled"
 SELECTION_FORMAT = "ddkit.selection"
@@ -28,11 +28,6 @@ SCHEMA = 1  # the newest schema this ddkit writes and reads, for both file kinds
 # A structured attribute larger than this is refused on write and on read: it is certainly not a
 # header, and parsing an arbitrary-size JSON string from an untrusted file is a memory hazard.
 MAX_JSON_ATTR_BYTES = 1 << 20
-
-
-def utc_now() -> str:
-    """The current time as an ISO-8601 UTC string with a `Z` suffix (the `created` attribute)."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- records nested in the header -----------------------------------------------------------------
@@ -188,11 +183,6 @@ def dump_json(value: Any, what: str) -> str:
             "store large arrays as datasets, not in a header attribute",
         )
     return text
-
-
-def attr_text(value: Any) -> str:
-    """A string attribute as str: h5py returns str for ddkit's own, bytes for some foreign writers."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def load_json(text: Any, what: str) -> Any:

@@ -18,10 +18,11 @@ import numpy as np
 import ddkit
 from ddkit.data import ImageDataset, load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.provenance import utc_now
 from ddkit.store.arrays import as_array
 from ddkit.store.distilled import check_provenance
 from ddkit.store.h5io import open_store, read_group_arrays, reading, should_verify, verify_content, write_store
-from ddkit.store.schema import SELECTION_FORMAT, attr_text, decode_attrs, encode_attrs, utc_now
+from ddkit.store.schema import SELECTION_FORMAT, attr_text, decode_attrs, encode_attrs
 
 HEADER_FIELDS = ("method", "method_version", "config", "seed", "pool", "teachers", "created", "ddkit_version")
 ARRAY_FIELDS = ("ids", "score", "rank", "round")

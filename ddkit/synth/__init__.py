@@ -11,12 +11,14 @@ from ddkit.data import load_dataset
 from ddkit.fileio import check_output
 from ddkit.models.teacher import load_teacher
 from ddkit.store import write_distilled
+from ddkit.synth import (
+    baselines as _baselines,  # noqa: F401  (registers)
+    coresets as _coresets,  # noqa: F401  (registers)
+    dm as _dm,  # noqa: F401  (registers)
+    infer as _infer,  # noqa: F401  (registers)
+    nrr_dd as _nrr_dd,  # noqa: F401  (registers)
+)
 from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer
-from ddkit.synth import baselines as _baselines  # noqa: F401  (registers)
-from ddkit.synth import coresets as _coresets  # noqa: F401  (registers)
-from ddkit.synth import dm as _dm  # noqa: F401  (registers)
-from ddkit.synth import infer as _infer  # noqa: F401  (registers)
-from ddkit.synth import nrr_dd as _nrr_dd  # noqa: F401  (registers)
 from ddkit.training import pick_device
 
 

@@ -37,6 +37,7 @@ from ddkit.store.reader import to_unit_float
 from ddkit.synth.base import Synthesizer, register_synthesizer, say as _say, static_labels
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.workitems import WorkItemStore
+from ddkit.training import optimizer_step
 
 LABEL_MODES = ("static", "dynamic")
 
@@ -135,10 +136,7 @@ def optimize_ufc(model: torch.nn.Module, group: torch.Tensor, normalization: Nor
             ce = F.cross_entropy(model(normalization.apply(x)), targets)
             bn_loss = bn.loss()
             loss = ce + cfg.r_bn * bn_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
             last = {"ce": ce.detach().item(), "bn": bn_loss.detach().item()}
     return (v.detach() * std), last
 

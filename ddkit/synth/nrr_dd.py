@@ -20,25 +20,9 @@ Stage 3 — knowledge transfer: `transfer=teacher` stores images and hard labels
   stores the two teacher distances per view of a named view recipe (`ddkit.dbr`, protocol `dbr-cpu`).
 
 Ablations come from the same code: `refine=false` is the CIDD-only set; `select=highest-confidence
-per_image=confidence refine=false` is the RDED-style set (RDED picks each image's most confident crop,
-then the most confident images).
-
-Sources. The paper's abstract, figures and a third-party summary (en.papernotes.org, CVPR2025) fix the
-three stages, the lowest-confidence/high-CAM-ratio inversion, the frozen critical regions and DBR's
-two distances; the paper's implementation section and official code (github.com/tmtuan1307/NRR-DD)
-could not be read from here. RDED's public scripts (github.com/LINs-lab/RDED, `synthesize/utils.py`,
-CIFAR-10 ConvNet-3 script) fix the crop machinery that CIDD inherits: square random resized crops
-(scale 0.08–1), 5 crops per image, 300 candidates per class on CIFAR, factor 1 on 32 px and 2 from
-64 px, zero padding of a patch to full size for scoring. SRe2L fixes the BN loss (first layer × 10),
-Adam betas (0.5, 0.9), cosine decay and roll jitter. Values the sources leave open ("(choose)" in
-../shared/specs/nrr_dd.md) are the defaults below, recorded whole in every output file's config.
-Studied on the deterministic val split of Fashion-MNIST at IPC 10 (`scripts/bench_nrr_dd.py --tune`,
-table in BENCHMARKS.md, section nrr-dd): the refinement's lr (0.1 cost 7–8 points, 0.01 is neutral
-under teacher labels), α_bn (0.01 vs 1: no difference, 0.01 kept), α_dbr of the dbr-cpu protocol (1
-beat 3). Not varied for lack of CPU: ε, iterations, crop scale, reject_misclassified; mipc 50 was
-better than 300 for the lowest-confidence set but outside the spec's 100–300 and still far below random,
-so 300 (RDED's) is kept. On Fashion-MNIST the lowest-confidence inversion itself loses to random real
-and to the RDED-style set (see BENCHMARKS.md): the switches exist so that can be checked elsewhere.
+per_image=confidence refine=false` is the RDED-style set (each image's most confident crop, then the
+most confident images). The crop machinery follows RDED (Sun et al., CVPR 2024) and the BN loss
+SRe2L (Yin et al., NeurIPS 2023); every value is recorded whole in the output file's config.
 """
 
 from __future__ import annotations
@@ -60,7 +44,7 @@ from ddkit.synth.base import Synthesizer, register_synthesizer
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.cam import cam_ratio, class_confidence, normalized_cam
 from ddkit.synth.workitems import WorkItemStore
-from ddkit.training import OptimConfig, build_optimizer
+from ddkit.training import OptimConfig, build_optimizer, optimizer_step
 
 PER_IMAGE = ("cam-ratio", "confidence")
 SELECT = ("lowest-confidence", "highest-confidence")
@@ -228,11 +212,8 @@ def refine(model, norm: Normalization, images: torch.Tensor, cls: int, cfg: NRRD
             loss = F.cross_entropy(model(norm.apply(view)), target)
             if bn is not None:
                 loss = loss + cfg.alpha_bn * bn.loss()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             before = x.detach().clone()
-            opt.step()
-            sched.step()
+            optimizer_step(opt, loss, sched)
             with torch.no_grad():  # mask Adam's step: M = 0 leaves a pixel exactly as it was
                 x.copy_((before + mask * (x - before)).clamp_(0, 1))
     finally:

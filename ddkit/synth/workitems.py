@@ -28,10 +28,9 @@ from typing import Callable
 import numpy as np
 
 from ddkit import distributed
-from ddkit.progress import progress
-
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
+from ddkit.progress import progress
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 MANIFEST = "manifest.json"

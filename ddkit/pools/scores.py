@@ -15,14 +15,13 @@ selection files' pool record), `teacher` (JSON summary, with its `sha256`), `tea
 `embedding` ("pooled", "map" or "none"), `normalization` (JSON), `batch_size`, `created`,
 `ddkit_version`; datasets `/ids` (int64, pool order), `/logits` (N×C float32), optional `/probs`
 (N×C float32, the softmax of each logit row, so k-center on probabilities streams without a
-transform) and `/embeddings` (N×D float32, L2-normalized as in `pools.teacher_embeddings`); float
+transform) and `/embeddings` (N×D float32, L2-normalized as in `pools.embed.teacher_embeddings`); float
 datasets are chunked by rows (about 1 MiB per chunk), uncompressed for fast streaming.
-`activekd.load_teacher_logits` reads the file as precomputed logits (`--teacher-logits`).
+`pools.logits.load_teacher_logits` reads the file as precomputed logits (`--teacher-logits`).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
@@ -35,13 +34,18 @@ import h5py
 import numpy as np
 import torch
 
-import ddkit
 from ddkit import distributed
+from ddkit.data import DATASETS, load_dataset
 from ddkit.data.base import DatasetInfo
+from ddkit.data.poolfile import open_pool, pool_fingerprint, pool_ids_sha256
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output, check_output, open_checked_h5
+from ddkit.fileio import atomic_output, attr_text, check_output, open_checked_h5
+from ddkit.models.teacher import load_teacher
+from ddkit.pools.embed import check_embedding, teacher_outputs
 from ddkit.progress import progress
-from ddkit.store.schema import attr_text
+from ddkit.provenance import Stamp
+from ddkit.store.selection import pool_record
+from ddkit.training import pick_device
 
 SCORES_FORMAT = "ddkit.pool-scores"
 SCORES_SCHEMA = 1
@@ -87,9 +91,6 @@ class PoolSource:
 def open_pool_source(pool: str | os.PathLike) -> PoolSource:
     """A `.pool.h5` file (also written `pool:PATH`; read in row blocks) or a registered dataset's
     train split (in memory, as `select --pool` and `active-learn --pool` load it)."""
-    from ddkit.data import DATASETS, load_dataset
-    from ddkit.data.pools import open_pool, pool_fingerprint, pool_ids_sha256
-
     text = str(pool)
     path = Path(text[len("pool:"):] if text.startswith("pool:") else text)
     if text.startswith("pool:") or text.endswith(".h5") or path.is_file() or text.split(":")[0] not in DATASETS.names():
@@ -109,12 +110,11 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
 
         def verify() -> None:
             if pool_fingerprint(ids, images) != fingerprint:
-                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or corrupted)",
+                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint "
+                                      "(changed or corrupted)",
                                       "rebuild the pool; scores of it cannot be trusted")
 
         return PoolSource(info, ids, fingerprint, record, lambda s, e: torch.from_numpy(images[s:e]), verify, h5.close)
-    from ddkit.store.selection import pool_record
-
     data = load_dataset(text, "train")
     return PoolSource(data.info, data.ids.numpy().astype(np.int64), data.fingerprint(), pool_record(data),
                       lambda s, e: data.images[s:e], lambda: None, lambda: None)
@@ -143,7 +143,9 @@ def _shard_is_whole(path: Path, run: ScoreRun, start: int, stop: int) -> bool:
     """A shard file of this very run and row range, with every field it should have."""
     try:
         with h5py.File(path, "r") as f:
-            if attr_text(f.attrs.get("run", "")) != run.to_json() or (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
+            if attr_text(f.attrs.get("run", "")) != run.to_json():
+                return False
+            if (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
                 return False
             return all(name in f and f[name].shape[0] == stop - start for name in _fields(run))
     except (OSError, KeyError, ValueError):
@@ -155,8 +157,6 @@ def _fields(run: ScoreRun) -> list[str]:
 
 
 def _score_shard(source: PoolSource, teacher, run: ScoreRun, start: int, stop: int, path: Path, bar) -> None:
-    from ddkit.data.pools import teacher_outputs
-
     out: dict[str, list[np.ndarray]] = {name: [] for name in _fields(run)}
     embedding = None if run.embedding == "none" else run.embedding
     for s in range(start, stop, run.batch_size):
@@ -205,7 +205,7 @@ def _write_final(out: Path, overwrite: bool, source: PoolSource, teacher, run: S
                 "pool": json.dumps(source.record), "teacher": json.dumps(teacher.header.summary()),
                 "teacher_sha256": run.teacher_sha256, "embedding": run.embedding,
                 "normalization": json.dumps(source.info.normalization.to_dict()), "batch_size": run.batch_size,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "ddkit_version": ddkit.__version__,
+                **Stamp().to_dict(),
             })
 
 
@@ -219,10 +219,6 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
     `probs`: also store the softmax of the logits. Under torchrun every rank scores its share; rank
     0 writes the file and returns its header (other ranks return None once it exists).
     """
-    from ddkit.data.pools import check_embedding
-    from ddkit.models.teacher import load_teacher
-    from ddkit.training import pick_device
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInput(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     if embedding is not None and embedding != "none":
@@ -258,7 +254,8 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
             return None
         missing = [(s, e) for s, e in shards if not _shard_is_whole(_shard_path(workdir, s, e), run, s, e)]
         if missing:
-            raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run (rows {missing[0]}, ...)",
+            raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run "
+                                    f"(rows {missing[0]}, ...)",
                                     "run again without --resume")
         _write_final(out, overwrite, source, teacher, run, shards, workdir)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -279,7 +276,10 @@ def scores_header(f: h5py.File) -> dict:
     """The root attributes of an open scores file, JSON fields decoded, plus each field's shape."""
     header = {}
     for key, value in f.attrs.items():
-        value = attr_text(value) if isinstance(value, (bytes, str)) else value.item() if hasattr(value, "item") else value
+        if isinstance(value, (bytes, str)):
+            value = attr_text(value)
+        elif hasattr(value, "item"):
+            value = value.item()
         header[key] = json.loads(value) if key in ("pool", "teacher", "normalization") else value
     header["fields"] = {name: list(f[name].shape) for name in FIELDS if name in f}
     return header

@@ -15,17 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from ddkit import index
-from ddkit.data.scores import FIELDS, open_scores, scores_header
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import check_output
+from ddkit.pools.scores import FIELDS, open_scores, scores_header
 from ddkit.store import Selection, read_selection, write_selection
 from ddkit.store.selection import ids_to_positions
 
-_HOW = {"probs": "score without --no-probs", "embeddings": "score with --embedding pooled (or map)", "logits": "score again"}
+_HOW = {"probs": "score without --no-probs", "embeddings": "score with --embedding pooled (or map)",
+        "logits": "score again"}
 
 
-def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, labeled: Selection | None = None, seed: int = 0,
-                      block_rows: int | None = None) -> Selection:
+def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, labeled: Selection | None = None,
+                      seed: int = 0, block_rows: int | None = None) -> Selection:
     """Pick `budget` pool samples by greedy k-center on dataset `field` of the scores file (streamed).
 
     Returns the labeled samples (if any, earlier rounds kept) followed by the picks, each with its
@@ -53,7 +54,8 @@ def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, lab
             given = ids_to_positions(ids, labeled.ids)
         left = len(ids) - len(given)
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= left:
-            raise InvalidInput(f"budget {budget} is not in [1, {left}] (the pool's unlabeled samples)", "choose a smaller budget")
+            raise InvalidInput(f"budget {budget} is not in [1, {left}] (the pool's unlabeled samples)",
+                               "choose a smaller budget")
         result = index.kcenter(f[field], int(budget), center_positions=given, seed=seed, block_rows=block_rows)
     round_index = int(labeled.round.max()) + 1 if labeled is not None and len(labeled) else 1
     old_md = labeled.extra.get("min_distance") if labeled is not None else None
@@ -65,7 +67,8 @@ def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, lab
         method="kcenter", method_version="1", config=config, seed=seed, pool=pool,
         ids=np.concatenate([ids[given], ids[result.indices]]),
         score=np.concatenate([labeled.score if labeled is not None else np.empty(0), result.min_distance]),
-        round=np.concatenate([labeled.round if labeled is not None else np.empty(0, np.int64), np.full(budget, round_index)]),
+        round=np.concatenate([labeled.round if labeled is not None else np.empty(0, np.int64),
+                              np.full(budget, round_index)]),
         extra={"min_distance": np.concatenate([prior_md, result.min_distance])},
         teachers=[header["teacher"]],
     )

@@ -1,0 +1,201 @@
+"""The unlabeled image pool file (`.pool.h5`): its writer, its reader and the `pool:PATH` dataset.
+
+Pools are web-style sample pools for selectors such as KD³. Building one from datasets,
+deduplicating it and scoring it with a teacher live in `ddkit.pools`; this module only knows the
+file, so loading a pool needs no model, index or store code.
+
+A pool is a chunked HDF5 file of uint8 images with stable sample ids and a fingerprint (sha256 of
+the ids and the pixels). It is made for one *task* (a registered dataset: class names, image shape,
+normalization), so a teacher of that task can score it, but it carries no training labels: any
+labels its sources had (and where each sample came from) are kept aside under `/aside` for analysis
+only. Loading a pool as a dataset (`load_dataset("pool:PATH")`, or `load_pool`) gives an
+`ImageDataset` whose labels are a constant placeholder, so nothing downstream can train on or
+select with the aside labels by accident; `read_aside` is the one way to read them.
+
+Layout: root attrs `format="ddkit.pool"`, `schema`, `name`, `task` (DatasetInfo JSON of the task),
+`fingerprint`, `size`, `origins` (JSON list of origin names), `provenance` (JSON), `created`,
+`ddkit_version`; datasets `/images` (N×C×H×W uint8, chunked by rows, gzip), `/ids` (int64, unique),
+`/aside/labels` (int64, −1 unknown), `/aside/origin` (int16 index into `origins`), `/aside/source_ids`
+(int64 row in the source, −1 unknown); `ddkit pool dedup` adds `/dedup/*` (what it dropped and why).
+The pool's split for selection is "train"; its "test" split is the task dataset's test split (the
+set the pool's students are evaluated on).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.fileio import atomic_output, attr_text, open_checked_h5
+from ddkit.provenance import Stamp
+
+POOL_FORMAT = "ddkit.pool"
+POOL_SCHEMA = 1
+DEFAULT_CHUNK_ROWS = 1024
+
+
+@dataclass
+class PoolSummary:
+    path: str
+    name: str
+    size: int
+    fingerprint: str
+    origins: dict = field(default_factory=dict)  # origin -> count
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return images
+    return (images.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
+
+
+def pool_fingerprint(ids: np.ndarray, images) -> str:
+    """sha256 of the id list and the pixels (read in row blocks; `images` may be an h5py dataset)."""
+    h = hashlib.sha256(f"{POOL_FORMAT}/{POOL_SCHEMA}|".encode())
+    h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    h.update(f"{tuple(images.shape)}|uint8|".encode())
+    step = DEFAULT_CHUNK_ROWS * 16
+    for start in range(0, int(images.shape[0]), step):
+        block = images[start : start + step]
+        block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
+        h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+    return h.hexdigest()
+
+
+def write_pool(out: str | os.PathLike, images: torch.Tensor, ids: np.ndarray, task: DatasetInfo, name: str,
+               aside: dict[str, np.ndarray], origins: list[str], provenance: dict | None = None,
+               extra_groups: dict[str, tuple[dict, dict]] | None = None, overwrite: bool = False,
+               chunk_rows: int = DEFAULT_CHUNK_ROWS) -> PoolSummary:
+    """Write a pool file atomically (the one writer used by `ddkit.pools.build_pool` and `dedup_pool`)."""
+    images = to_uint8(images)
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) != len(images):
+        raise InvalidInput(f"{len(images)} images but {len(ids)} ids")
+    if len(ids) == 0:
+        raise InvalidInput("the pool would be empty", "give at least one image")
+    if len(np.unique(ids)) != len(ids):
+        raise InvalidInput("pool ids must be unique")
+    fingerprint = pool_fingerprint(ids, images)
+    with atomic_output(out, overwrite) as tmp:
+        with h5py.File(tmp, "w") as h5:
+            rows = max(1, min(chunk_rows, len(ids)))
+            h5.create_dataset("images", data=images.numpy(), chunks=(rows, *images.shape[1:]),
+                              compression="gzip", compression_opts=1, shuffle=True)
+            h5.create_dataset("ids", data=ids)
+            group = h5.create_group("aside")
+            for key, value in aside.items():
+                group.create_dataset(key, data=np.asarray(value))
+            for gname, (attrs, arrays) in (extra_groups or {}).items():
+                g = h5.create_group(gname)
+                for key, value in arrays.items():
+                    g.create_dataset(key, data=np.asarray(value))
+                for key, value in attrs.items():
+                    g.attrs[key] = json.dumps(value)
+            h5.attrs.update({
+                "format": POOL_FORMAT, "schema": POOL_SCHEMA, "name": name, "task": json.dumps(task.to_dict()),
+                "fingerprint": fingerprint, "size": len(ids), "origins": json.dumps(list(origins)),
+                "provenance": json.dumps(provenance or {}), **Stamp().to_dict(),
+            })
+    counts = np.bincount(np.asarray(aside["origin"], dtype=np.int64), minlength=len(origins))
+    return PoolSummary(str(out), name, len(ids), fingerprint, {o: int(c) for o, c in zip(origins, counts)})
+
+
+def open_pool(path: str | os.PathLike, cache_bytes: int | None = None) -> h5py.File:
+    """The pool file opened read-only, its format and schema checked (the caller closes it).
+
+    `cache_bytes`: HDF5 chunk cache per dataset; row blocks smaller than a chunk then decompress
+    each chunk once instead of once per block.
+    """
+    return open_checked_h5(path, fmt=POOL_FORMAT, schema=POOL_SCHEMA, kind="pool",
+                           remedy="build one with `ddkit pool build`", cache_bytes=cache_bytes)
+
+
+class PoolDataset(ImageDataset):
+    """A pool as an ImageDataset: placeholder labels (all 0), the pool's stored fingerprint.
+
+    `labeled = False` tells consumers that `labels` carry no information.
+    """
+
+    labeled = False
+
+    def __init__(self, info: DatasetInfo, images: torch.Tensor, ids: torch.Tensor, fingerprint: str, pool_name: str,
+                 path: str):
+        placeholder = torch.zeros(len(images), dtype=torch.long)
+        super().__init__(info, "train", images, placeholder, ids, source=f"pool {pool_name} ({path})")
+        self.pool_name = pool_name
+        self.path = path
+        self._pool_fingerprint = fingerprint
+
+    def ids_sha256(self) -> str:
+        return pool_ids_sha256(self.pool_name, self.ids.numpy())
+
+    def fingerprint(self) -> str:
+        return self._pool_fingerprint
+
+
+def pool_ids_sha256(pool_name: str, ids: np.ndarray) -> str:
+    """Hash of a pool's name and id list (`PoolDataset.ids_sha256`, also computable without the pixels)."""
+    h = hashlib.sha256(f"{POOL_FORMAT}/{pool_name}/".encode())
+    h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset:
+    """The pool's images and ids in memory, as a dataset named `pool:PATH` (absolute path).
+
+    With `verify`, the fingerprint is recomputed from the ids and pixels and must match the header.
+    """
+    path = Path(path).resolve()
+    with open_pool(path) as h5:
+        try:
+            task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
+            ids = h5["ids"][()]
+            images = torch.from_numpy(h5["images"][()])
+            stored = h5.attrs["fingerprint"]
+            name = h5.attrs["name"]
+        except (KeyError, ValueError, OSError) as exc:
+            raise FileFormatError(f"{path}: damaged pool file ({exc})", "rebuild it with `ddkit pool build`") from None
+    stored = attr_text(stored)
+    name = attr_text(name)
+    if verify and pool_fingerprint(ids, images) != stored:
+        raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or corrupted)",
+                              "rebuild the pool; selections made on it cannot be trusted")
+    info = DatasetInfo(f"pool:{path}", task.class_names, task.image_shape, task.normalization)
+    return PoolDataset(info, images, torch.from_numpy(ids.astype(np.int64)), stored, name, str(path))
+
+
+def pool_task(path: str | os.PathLike) -> DatasetInfo:
+    with open_pool(path) as h5:
+        return DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
+
+
+def read_aside(path: str | os.PathLike) -> dict:
+    """The analysis-only side data: `ids`, `labels` (−1 unknown), `origin` (names per sample),
+    `source_ids`, and the `origins` list. Never used by training or selection."""
+    with open_pool(path) as h5:
+        origins = json.loads(h5.attrs["origins"])
+        out = {key: h5["aside"][key][()] for key in h5["aside"]}
+        out["ids"] = h5["ids"][()]
+        out["origins"] = origins
+        out["origin_name"] = np.array(origins, dtype=object)[out["origin"].astype(np.int64)] if len(origins) else None
+    return out
+
+
+def read_dedup_record(path: str | os.PathLike) -> dict | None:
+    """What `ddkit pool dedup` dropped (arrays and the report), or None for a pool never deduplicated."""
+    with open_pool(path) as h5:
+        if "dedup" not in h5:
+            return None
+        g = h5["dedup"]
+        out = {key: g[key][()] for key in g}
+        out["report"] = json.loads(g.attrs["report"])
+    return out
