@@ -16,6 +16,7 @@ from ddkit.synth import baselines as _baselines  # noqa: F401  (registers)
 from ddkit.synth import coresets as _coresets  # noqa: F401  (registers)
 from ddkit.synth import dm as _dm  # noqa: F401  (registers)
 from ddkit.synth import infer as _infer  # noqa: F401  (registers)
+from ddkit.synth import mtt as _mtt  # noqa: F401  (registers)
 from ddkit.synth import nrr_dd as _nrr_dd  # noqa: F401  (registers)
 from ddkit.training import pick_device
 
