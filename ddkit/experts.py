@@ -366,7 +366,8 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
         points = [flatten_params(model).cpu().numpy()]
         if i in partial:  # continue after the last finished epoch
             points = list(partial[i]["params"])
-            torch.nn.utils.vector_to_parameters(torch.from_numpy(points[-1]).to(dev), model.parameters())
+            # a copy: vector_to_parameters makes the parameters views of the vector it is given
+            torch.nn.utils.vector_to_parameters(torch.tensor(points[-1], device=dev), model.parameters())
             _set_momentum(opt, model, partial[i]["momentum"])
         for epoch in range(len(points) - 1, training.epochs):
             train_epoch(model, opt, images, labels, training.batch_size, augment,

@@ -53,6 +53,7 @@ from ddkit.progress import progress
 from ddkit.seeding import generator
 from ddkit.store import DistilledSet, LogitsLabels
 from ddkit.synth.base import Synthesizer, register_synthesizer
+from ddkit.synth.infer import _say
 
 META_GRADS = ("constant", "unrolled")
 LABEL_STORAGE = ("auto", "hard", "logits")
@@ -309,6 +310,8 @@ class MTT(Synthesizer):
             _set_momentum(opt_img, tensors["images_momentum"])
             _set_momentum(opt_lr, tensors["alpha_momentum"])
 
+        if first:
+            _say(f"mtt: resuming at iteration {first} of {config.iterations}")
         losses: list[float] = []
         bar = progress(total=config.iterations - first, desc="mtt iterations")
         for it in range(first, config.iterations):
@@ -345,7 +348,7 @@ class MTT(Synthesizer):
         derived = {"learned_lr": float(alpha.detach()), "experts_file": experts.header.summary(),
                    "experts_dataset": experts.header.dataset["name"], "source_ids": picked.ids.tolist(),
                    "image_space": "optimized normalized, clamped to the normalization of [0, 1]; stored as pixels",
-                   "final_loss": (sum(tail) / len(tail)) if tail else None, "resumed_at": first or None}
+                   "final_loss": (sum(tail) / len(tail)) if tail else None}
         dset = DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
             seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[],
