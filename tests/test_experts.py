@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import ddkit.experts as experts_mod
-from helpers import edit, run_cli as _cli
+from helpers import edit, one_thread, run_cli as _cli  # noqa: F401 (one_thread: autouse)
 from ddkit.augment import build_augmentation
 from ddkit.data import load_dataset
 from ddkit.data.base import ImageDataset, Normalization
