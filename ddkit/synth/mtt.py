@@ -44,6 +44,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.func import functional_call
 
+from ddkit import distributed
 from ddkit.augment import build_augmentation
 from ddkit.data.base import class_balanced_indices
 from ddkit.errors import FileFormatError, InvalidInput
@@ -258,6 +259,9 @@ class MTT(Synthesizer):
     def synthesize(self, source, teachers, ipc, config: MTTConfig, seed, device, workdir=None):
         self.check_teachers(teachers)
         config.check()
+        if distributed.world().size > 1:
+            raise InvalidInput("mtt runs in one process: its iterations depend on each other, there are no work items to share",
+                               "run without --nproc (one GPU is the way to speed it up)")
         info = source.info
         experts = load_experts(config.experts, source)
         if config.model:
@@ -275,7 +279,7 @@ class MTT(Synthesizer):
 
         model = experts.build_model().to(device)
         layout = experts.header.param_layout
-        params = experts.params.to(device)
+        params = experts.params  # on the CPU; two vectors per iteration go to the device
         norm = info.normalization
         lo = norm.apply(torch.zeros(1, *info.image_shape, device=device))
         hi = norm.apply(torch.ones(1, *info.image_shape, device=device))
@@ -287,7 +291,7 @@ class MTT(Synthesizer):
         labels, opt_y = hard, None
         if config.learn_labels:
             with torch.no_grad():
-                logits = functional_call(model, unflatten(params[0, -1], layout), (images.detach(),))
+                logits = functional_call(model, unflatten(params[0, -1].to(device), layout), (images.detach(),))
             labels = logits.detach().clone().requires_grad_(True)
             opt_y = torch.optim.SGD([labels], lr=config.lr_labels, momentum=0.5)
         augment = build_augmentation(config.augmentation)
@@ -322,7 +326,8 @@ class MTT(Synthesizer):
             aug_gen = generator(seed, "mtt-augment", it, device=device)
             aug_params = [augment.sample(torch.Size((len(b), *info.image_shape)), aug_gen) for b in batches]
             steps = StudentSteps(model, layout, batches, augment, aug_params)
-            res = meta_gradient(steps, images, labels, alpha, params[e, t], params[e, t + m], config.learn_labels)
+            start, target = params[e, t].to(device), params[e, t + m].to(device)
+            res = meta_gradient(steps, images, labels, alpha, start, target, config.learn_labels)
             images.grad, alpha.grad = res.images, res.alpha.reshape(alpha.shape)
             opt_img.step()
             opt_lr.step()
