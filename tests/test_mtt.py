@@ -171,7 +171,8 @@ def test_resume_equals_uninterrupted(experts, synthesized, tmp_path, monkeypatch
         assert np.array_equal(a["images"][()], b["images"][()])
         assert a.attrs["content_sha256"] == b.attrs["content_sha256"]
     with DistilledDataset(out) as a, DistilledDataset(synthesized) as b:
-        assert a.header.config["learned_lr"] == b.header.config["learned_lr"]
+        for key in ("learned_lr", "final_loss"):
+            assert a.header.config[key] == b.header.config[key], key
 
 
 def test_library_refusals(experts, tmp_path):

@@ -25,9 +25,10 @@ Labels. Hard labels by default. `learn_labels=true` (DATM, Guo et al. ICLR 2024)
 vector per image, initialised from the first expert's final-epoch logits on the initial images;
 the student is trained on their softmax, and the file stores them in `/soft/logits`.
 
-Resume: every `checkpoint_every` iterations the images, α, the labels and the optimizers' momentum
-buffers are saved to `OUT.work/state.safetensors` with the run's identity; each iteration's
-randomness comes from `derive_seed(seed, iteration)`, so a resumed run equals an uninterrupted one.
+Resume: every `checkpoint_every` iterations the images, α, the labels, the optimizers' momentum
+buffers and the loss history go to `OUT.work/state.safetensors` with the run's identity; each
+iteration's randomness comes from `derive_seed(seed, iteration)`, so a resumed run equals an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -301,10 +302,11 @@ class MTT(Synthesizer):
                     "source_ids_sha256": source.ids_sha256(), "experts_sha256": experts.header.params_sha256,
                     "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("experts", "checkpoint_every")}}
         state_path = Path(workdir) / STATE_FILE if workdir is not None else None
-        first = 0
+        first, losses = 0, []
         state = _load_state(state_path, identity) if state_path is not None else None
         if state is not None:
             first, tensors = state
+            losses = tensors["losses"].tolist()
             with torch.no_grad():
                 images.copy_(tensors["images"])
                 alpha.copy_(tensors["alpha"])
@@ -316,7 +318,6 @@ class MTT(Synthesizer):
 
         if first:
             _say(f"mtt: resuming at iteration {first} of {config.iterations}")
-        losses: list[float] = []
         bar = progress(total=config.iterations - first, desc="mtt iterations")
         for it in range(first, config.iterations):
             gen = generator(seed, "mtt-iteration", it)
@@ -341,7 +342,7 @@ class MTT(Synthesizer):
             bar.set_postfix({"loss": round(res.loss, 4), "lr": f"{float(alpha.detach()):.4g}"})
             if state_path is not None and ((it + 1) % config.checkpoint_every == 0) and it + 1 < config.iterations:
                 tensors = {"images": images, "images_momentum": _momentum(opt_img), "alpha": alpha,
-                           "alpha_momentum": _momentum(opt_lr)}
+                           "alpha_momentum": _momentum(opt_lr), "losses": torch.tensor(losses, dtype=torch.float64)}
                 if opt_y is not None:
                     tensors.update(labels=labels, labels_momentum=_momentum(opt_y))
                 Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -353,7 +354,7 @@ class MTT(Synthesizer):
         derived = {"learned_lr": float(alpha.detach()), "experts_file": experts.header.summary(),
                    "experts_dataset": experts.header.dataset["name"], "source_ids": picked.ids.tolist(),
                    "image_space": "optimized normalized, clamped to the normalization of [0, 1]; stored as pixels",
-                   "final_loss": (sum(tail) / len(tail)) if tail else None}
+                   "final_loss": (sum(tail) / len(tail)) if tail else None}  # mean over the last 10% of iterations
         dset = DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
             seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[],
