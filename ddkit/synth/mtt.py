@@ -54,8 +54,7 @@ from ddkit.fileio import atomic_output
 from ddkit.progress import progress
 from ddkit.seeding import generator
 from ddkit.store import DistilledSet, LogitsLabels
-from ddkit.synth.base import Synthesizer, register_synthesizer
-from ddkit.synth.infer import _say
+from ddkit.synth.base import Synthesizer, register_synthesizer, say
 
 META_GRADS = ("constant", "unrolled")
 LABEL_STORAGE = ("auto", "hard", "logits")
@@ -317,7 +316,7 @@ class MTT(Synthesizer):
             _set_momentum(opt_lr, tensors["alpha_momentum"])
 
         if first:
-            _say(f"mtt: resuming at iteration {first} of {config.iterations}")
+            say(f"mtt: resuming at iteration {first} of {config.iterations}")
         bar = progress(total=config.iterations - first, desc="mtt iterations")
         for it in range(first, config.iterations):
             gen = generator(seed, "mtt-iteration", it)
