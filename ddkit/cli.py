@@ -127,6 +127,51 @@ def teacher_eval(path, dataset, split, device, as_json):
                    f"({result['samples']} samples)")
 
 
+# -- expert trajectories ------------------------------------------------------------------------
+@cli.group()
+def experts():
+    """Expert trajectories for trajectory matching (MTT), in one sealed .experts.h5 file."""
+
+
+@experts.command("train")
+@click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="registered dataset (its full train split)")
+@click.option("--model", default="convnet", show_default=True, help="registered model without BatchNorm")
+@click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="model constructor option, e.g. width=32")
+@click.option("--experts", "num_experts", default=5, show_default=True, help="number of experts")
+@click.option("--epochs", default=50, show_default=True, help="epochs per expert (parameters saved after each)")
+@click.option("--lr", default=0.01, show_default=True, help="plain SGD step size")
+@click.option("--momentum", default=0.0, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--augmentation", default="dsa", show_default=True, help="dsa, crop-flip or none")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, or auto (default)")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .experts.h5 file")
+@click.option("--resume", is_flag=True, help="reuse finished experts and epochs of an interrupted run (OUT.work/)")
+@click.option("--overwrite", is_flag=True, help="replace an existing output file")
+def experts_train(dataset, model, model_opt, num_experts, epochs, lr, momentum, weight_decay, batch_size, augmentation,
+                  seed, device, out, resume, overwrite):
+    """Train N experts on DATASET and record their parameters after every epoch."""
+    from ddkit.experts import ExpertTraining, train_experts
+    from ddkit.models import parse_model_options
+
+    training = ExpertTraining(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
+                              augmentation=augmentation)
+    r = train_experts(out, dataset, model, parse_model_options(model_opt), num_experts, training, seed=seed, device=device,
+                      overwrite=overwrite, resume=resume, log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {out}: {num_experts} experts × {epochs} epochs of {model} on {dataset} "
+               f"({r.header.num_params} parameters), {r.wall_seconds:.1f}s ({r.seconds_per_epoch:.2f}s per expert-epoch)")
+
+
+@experts.command("info")
+@click.argument("path", type=click.Path())
+def experts_info(path):
+    """Check an experts file (seal, header, params hash) and describe it."""
+    from ddkit.experts import describe_experts
+
+    click.echo(describe_experts(path))
+
+
 # -- pools ------------------------------------------------------------------------------------
 @cli.group()
 def pool():

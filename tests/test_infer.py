@@ -24,7 +24,7 @@ from ddkit.models.teacher import save_teacher
 from ddkit.store import DistilledDataset
 from ddkit.synth import SYNTHESIZERS, run_synthesizer
 from ddkit.synth.infer import InferConfig, check_budget, optimize_ufc, real_per_class
-from ddkit.synth.workitems import WorkItemStore
+from ddkit.workitems import WorkItemStore
 
 TINY = {"iterations": 3}
 

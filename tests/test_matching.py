@@ -21,7 +21,7 @@ from ddkit.store import DistilledDataset
 from ddkit.synth import SYNTHESIZERS, run_synthesizer
 from ddkit.synth.coresets import herding
 from ddkit.synth.dm import DMConfig, embed, initial_state, matching_loss, optimize
-from ddkit.synth.workitems import WorkItemStore
+from ddkit.workitems import WorkItemStore
 
 TINY = {"iterations": 4, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
 

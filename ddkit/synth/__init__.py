@@ -16,6 +16,7 @@ from ddkit.synth import (
     coresets as _coresets,  # noqa: F401  (registers)
     dm as _dm,  # noqa: F401  (registers)
     infer as _infer,  # noqa: F401  (registers)
+    mtt as _mtt,  # noqa: F401  (registers)
     nrr_dd as _nrr_dd,  # noqa: F401  (registers)
 )
 from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer

@@ -31,7 +31,7 @@ from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
 from ddkit.store import DistilledSet, LogitsLabels
 from ddkit.synth.base import Synthesizer, register_synthesizer, say, static_labels
-from ddkit.synth.workitems import WorkItemStore
+from ddkit.workitems import WorkItemStore
 
 
 @dataclass

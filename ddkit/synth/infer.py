@@ -36,8 +36,8 @@ from ddkit.store import AdditiveComposite, DistilledSet, LogitsLabels
 from ddkit.store.reader import to_unit_float
 from ddkit.synth.base import Synthesizer, register_synthesizer, say as _say, static_labels
 from ddkit.synth.bn_stats import BNStatisticsLoss
-from ddkit.synth.workitems import WorkItemStore
 from ddkit.training import optimizer_step
+from ddkit.workitems import WorkItemStore
 
 LABEL_MODES = ("static", "dynamic")
 

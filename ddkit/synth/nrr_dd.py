@@ -43,8 +43,8 @@ from ddkit.store import DistilledSet
 from ddkit.synth.base import Synthesizer, register_synthesizer
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.cam import cam_ratio, class_confidence, normalized_cam
-from ddkit.synth.workitems import WorkItemStore
 from ddkit.training import OptimConfig, build_optimizer, optimizer_step
+from ddkit.workitems import WorkItemStore
 
 PER_IMAGE = ("cam-ratio", "confidence")
 SELECT = ("lowest-confidence", "highest-confidence")

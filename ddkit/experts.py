@@ -1,0 +1,395 @@
+"""Expert trajectories (MTT's "buffers"): N networks trained on the full train split, their
+flattened parameters recorded after every epoch, in one sealed HDF5 file (`.experts.h5`).
+
+Trajectory matching (`ddkit.synth.mtt`) starts a student at an expert's epoch-t parameters and
+asks the distilled images to move it, in a few steps, to where the expert was at epoch t+M. So the
+file must say exactly which network, data, normalization and optimizer made the trajectories, and
+refuse to be used with anything else.
+
+Recipe (Cazenavette et al. 2022, the buffer script): plain SGD (lr 0.01, no momentum, no weight
+decay), the evaluation-style augmentation (DSA by default), every epoch a fresh shuffle of the
+whole train split. Each expert's randomness comes from `derive_seed(seed, "expert", i, ...)` and
+each epoch's batch order and augmentation from its own generator, so an interrupted run resumed
+from its last finished epoch gives the same trajectories as an uninterrupted one.
+
+Layout: `/params` float32 N × (E+1) × P (row e of expert i: the parameters after e epochs; e = 0 is
+the initialization), chunked one vector per chunk, uncompressed (weights do not compress). Root
+attrs: `format = "ddkit.experts"`, `schema = 1`, `header` (JSON of `ExpertsHeader`: arch, dataset
+record, normalization, training recipe, seeds, parameter layout, sha256 of the params, version,
+creation time). The file is built in memory and written atomically with ddkit's seal (see
+`ddkit.store.h5io`): a truncated or edited file is refused before HDF5 reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import ddkit
+from ddkit.augment import build_augmentation
+from ddkit.data import load_dataset
+from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.fileio import atomic_output, check_output
+from ddkit.models import ImageClassifier, create_model, has_batchnorm
+from ddkit.progress import progress
+from ddkit.seeding import derive_seed, generator
+from ddkit.store.h5io import building, check_seal, open_h5, reading
+from ddkit.store.schema import attr_text, dump_json, load_json, utc_now
+from ddkit.training import pick_device
+from ddkit.workitems import WorkItemStore
+
+EXPERTS_FORMAT = "ddkit.experts"
+EXPERTS_SCHEMA = 1
+EXPERTS_KIND = "ddkit experts file (.experts.h5)"
+_REMEDY = "train one with `ddkit experts train` (or check the path)"
+
+
+@dataclass
+class ExpertTraining:
+    """How every expert is trained: the buffer script's defaults."""
+
+    epochs: int = 50
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    augmentation: str = "dsa"  # a name of ddkit.augment.build_augmentation ("dsa", "crop-flip", "none")
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise InvalidInput(f"experts need at least 1 epoch, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InvalidInput(f"expert lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise InvalidInput(f"expert momentum must be in [0, 1) and weight decay ≥ 0, got {self.momentum}, {self.weight_decay}")
+        if self.batch_size < 1:
+            raise InvalidInput(f"expert batch size must be ≥ 1, got {self.batch_size}")
+        build_augmentation(self.augmentation)  # refuses an unknown name
+
+
+@dataclass
+class ExpertsHeader:
+    """The typed record stored as the file's `header` attribute."""
+
+    arch: str
+    arch_kwargs: dict
+    dataset: dict  # name, split, ids_sha256, num_classes, class_names, image_shape
+    normalization: dict
+    training: dict  # ExpertTraining as a dict
+    num_experts: int
+    seed: int
+    expert_seeds: list[int]
+    param_layout: list  # [[name, [shape...]], ...] in flattening order
+    num_params: int
+    params_sha256: str = ""
+    ddkit_version: str = ddkit.__version__
+    created: str = ""
+    format: str = EXPERTS_FORMAT
+    schema: int = EXPERTS_SCHEMA
+
+    @property
+    def epochs(self) -> int:
+        return int(self.training["epochs"])
+
+    @property
+    def lr(self) -> float:
+        return float(self.training["lr"])
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DatasetInfo.from_dict({**self.dataset, "normalization": self.normalization})
+
+    def summary(self) -> dict:
+        """The short record a distilled file keeps about the experts it matched."""
+        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "num_experts": self.num_experts,
+                "epochs": self.epochs, "lr": self.lr, "augmentation": self.training["augmentation"],
+                "params_sha256": self.params_sha256}
+
+
+# -- parameters as one flat vector ----------------------------------------------------------------
+
+
+def param_layout(model: torch.nn.Module) -> list:
+    """[[name, shape], ...] of the model's parameters, in the order `flatten_params` concatenates them."""
+    return [[name, list(p.shape)] for name, p in model.named_parameters()]
+
+
+def flatten_params(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def unflatten(flat: torch.Tensor, layout: list) -> dict[str, torch.Tensor]:
+    """Views of `flat` shaped as the named parameters of `layout` (differentiable)."""
+    out, offset = {}, 0
+    for name, shape in layout:
+        n = int(np.prod(shape)) if shape else 1
+        out[name] = flat[offset : offset + n].view(shape)
+        offset += n
+    return out
+
+
+def params_sha256(params: np.ndarray) -> str:
+    """Hash of the params array's shape and float32 little-endian bytes."""
+    arr = np.ascontiguousarray(params, dtype="<f4")
+    h = hashlib.sha256(f"ddkit.experts.params|{tuple(arr.shape)}|".encode())
+    h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def dataset_record(source: ImageDataset) -> dict:
+    info = source.info
+    return {"name": info.name, "split": source.split, "ids_sha256": source.ids_sha256(), "num_classes": info.num_classes,
+            "class_names": list(info.class_names), "image_shape": list(info.image_shape)}
+
+
+# -- the file -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Experts:
+    """A loaded, checked experts file: `params` is N × (E+1) × P float32 (CPU)."""
+
+    header: ExpertsHeader
+    params: torch.Tensor
+    path: str = ""
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.params.shape[0])
+
+    def build_model(self) -> ImageClassifier:
+        """A fresh instance of the experts' architecture (weights to be replaced by a trajectory point)."""
+        c, h, _ = self.header.dataset["image_shape"]
+        return create_model(self.header.arch, c, h, self.header.dataset["num_classes"], seed=0, **self.header.arch_kwargs)
+
+    def check_fits(self, source: ImageDataset | None = None, arch: str | None = None, arch_kwargs: dict | None = None) -> None:
+        """Refuse trajectories of another dataset, split, normalization or architecture than asked."""
+        h, name = self.header, self.path or "the experts file"
+        if arch is not None and (arch != h.arch or (arch_kwargs is not None and dict(arch_kwargs) != dict(h.arch_kwargs))):
+            raise IncompatibleError(
+                f"{name} holds trajectories of {h.arch} {h.arch_kwargs}, not of {arch} {arch_kwargs or {}}",
+                "train experts of this architecture with `ddkit experts train --model ...`, or ask for the experts' one",
+            )
+        if source is None:
+            return
+        want = dataset_record(source)
+        mine = h.dataset
+        fix = f"train experts on {source.info.name} with `ddkit experts train --dataset {source.info.name}`"
+        if mine.get("name") != want["name"]:
+            raise IncompatibleError(f"{name} was trained on dataset {mine.get('name')!r}, not on {want['name']!r}", fix)
+        for key, what in (("num_classes", "classes"), ("image_shape", "image shape"), ("class_names", "class order"),
+                          ("ids_sha256", "sample id list (another version or split of the data)")):
+            if mine.get(key) != want[key]:
+                raise IncompatibleError(f"{name} and dataset {want['name']} differ in {what}: {mine.get(key)} vs {want[key]}", fix)
+        if Normalization.from_dict(h.normalization) != source.info.normalization:
+            raise IncompatibleError(
+                f"{name} was trained with normalization {h.normalization}, but {want['name']} uses "
+                f"{source.info.normalization.to_dict()}", fix)
+
+
+def write_experts(path: str | Path, header: ExpertsHeader, params: np.ndarray, overwrite: bool = False) -> ExpertsHeader:
+    """Write the experts file atomically (sealed); fills the params hash and creation time."""
+    params = np.ascontiguousarray(params, dtype=np.float32)
+    if params.ndim != 3 or params.shape[0] != header.num_experts or params.shape[1] != header.epochs + 1 \
+            or params.shape[2] != header.num_params:
+        raise InvalidInput(f"expert params of shape {params.shape} do not fit "
+                           f"{header.num_experts} experts × {header.epochs + 1} epochs × {header.num_params} parameters")
+    if not np.isfinite(params).all():
+        raise InvalidInput("expert trajectories contain NaN or inf (training diverged)", "lower --lr")
+    header.params_sha256 = params_sha256(params)
+    header.created = header.created or utc_now()
+    with building() as (h5, image):
+        h5.create_dataset("params", data=params, chunks=(1, 1, params.shape[2]))
+        h5.attrs["format"] = EXPERTS_FORMAT
+        h5.attrs["schema"] = EXPERTS_SCHEMA
+        h5.attrs["header"] = dump_json(asdict(header), "experts header")
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_bytes(image[0])
+    return header
+
+
+def load_experts(path: str | Path, source: ImageDataset | None = None, arch: str | None = None,
+                 arch_kwargs: dict | None = None) -> Experts:
+    """Read and check an experts file: seal, format, schema, header, params hash; then (when asked)
+    that it fits `source` and the architecture. Any problem is one FileFormatError/IncompatibleError."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"experts file {path} does not exist", _REMEDY)
+    check_seal(path, full=True, wanted=EXPERTS_KIND)
+    h5 = open_h5(path)
+    try:
+        with reading(path):
+            fmt = attr_text(h5.attrs.get("format", ""))
+            if fmt != EXPERTS_FORMAT:
+                raise FileFormatError(f"{path} is not a {EXPERTS_KIND} (format {fmt!r})", _REMEDY)
+            schema = h5.attrs.get("schema")
+            if not isinstance(schema, (int, np.integer)) or schema < 1:
+                raise FileFormatError(f"{path} has an invalid schema attribute {schema!r}", _REMEDY)
+            if schema > EXPERTS_SCHEMA:
+                raise FileFormatError(f"{path} was written by a newer ddkit (experts schema {int(schema)}, "
+                                      f"this ddkit reads {EXPERTS_SCHEMA})", "upgrade ddkit: pip install -U ddkit")
+            data = load_json(h5.attrs["header"], "root attribute 'header'")
+            if not isinstance(data, dict) or data.get("format") != EXPERTS_FORMAT:
+                raise ValueError("the header is not an experts header")
+            header = ExpertsHeader(**data)
+            params = h5["params"][()]
+    finally:
+        h5.close()
+    expected = (header.num_experts, header.epochs + 1, header.num_params)
+    if params.dtype != np.float32 or params.shape != expected:
+        raise FileFormatError(f"{path}: /params is {params.dtype} {params.shape}, the header says float32 {expected}",
+                              "the file is damaged; train the experts again")
+    if params_sha256(params) != header.params_sha256:
+        raise FileFormatError(f"{path}: params hash mismatch — the trajectories were modified or corrupted",
+                              "re-download or retrain the experts")
+    experts = Experts(header, torch.from_numpy(params), str(path))
+    experts.check_fits(source, arch, arch_kwargs)
+    return experts
+
+
+# -- training -------------------------------------------------------------------------------------
+
+
+def train_epoch(model: ImageClassifier, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+                batch_size: int, augment, order_gen: torch.Generator, aug_gen: torch.Generator, bar=None) -> float:
+    """One pass over `images` (normalized, on the model's device) in a fresh random order; mean loss."""
+    n = len(images)
+    order = torch.randperm(n, generator=order_gen).to(images.device)
+    total = 0.0
+    for s in range(0, n, batch_size):
+        idx = order[s : s + batch_size]
+        loss = F.cross_entropy(model(augment(images[idx], aug_gen)), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        if bar is not None:
+            bar.update(1)
+    return total / n
+
+
+def _momentum_vector(opt: torch.optim.SGD, model) -> np.ndarray:
+    bufs = [opt.state.get(p, {}).get("momentum_buffer") for p in model.parameters()]
+    if any(b is None for b in bufs):
+        return np.zeros(0, np.float32)
+    return torch.cat([b.reshape(-1) for b in bufs]).cpu().numpy()
+
+
+def _set_momentum(opt: torch.optim.SGD, model, flat: np.ndarray) -> None:
+    if flat.size == 0:
+        return
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        opt.state[p]["momentum_buffer"] = torch.from_numpy(flat[offset : offset + n].copy()).view_as(p).to(p.device)
+        offset += n
+
+
+@dataclass
+class ExpertsResult:
+    path: str
+    header: ExpertsHeader
+    wall_seconds: float
+    epochs_trained: int  # expert-epochs computed by this call (less when resumed)
+    seconds_per_epoch: float = field(default=float("nan"))
+
+
+def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwargs: dict | None = None,
+                  num_experts: int = 5, training: ExpertTraining | None = None, seed: int = 0,
+                  device: str | None = None, overwrite: bool = False, resume: bool = False, log=None) -> ExpertsResult:
+    """Train `num_experts` experts on `dataset`'s full train split and write their trajectories.
+
+    Finished experts, and the finished epochs of the expert in progress, are kept in `OUT.work/`
+    (numpy `.npz`, no pickles) and reused with `resume=True`; the folder goes once the file is written.
+    """
+
+    training = training or ExpertTraining()
+    training.check()
+    arch_kwargs = dict(arch_kwargs or {})
+    if num_experts < 1:
+        raise InvalidInput(f"--experts must be at least 1, got {num_experts}")
+    check_output(out, overwrite)  # fail before the work, not after
+    dev = pick_device(device)
+    source = load_dataset(dataset, "train")
+    info = source.info
+    probe = create_model(arch, info.image_shape[0], info.image_shape[1], info.num_classes, seed=0, **arch_kwargs)
+    if has_batchnorm(probe):
+        raise IncompatibleError(
+            f"model {arch} has BatchNorm layers: their running statistics are not parameters, so a trajectory of "
+            "parameters cannot restore the network", "use a model without BatchNorm, e.g. --model convnet (instance norm)")
+    layout = param_layout(probe)
+    num_params = sum(int(np.prod(s)) for _, s in layout)
+    expert_seeds = [derive_seed(seed, "expert", i) for i in range(num_experts)]
+    header = ExpertsHeader(arch=arch, arch_kwargs=arch_kwargs, dataset=dataset_record(source),
+                           normalization=info.normalization.to_dict(), training=asdict(training), num_experts=num_experts,
+                           seed=seed, expert_seeds=expert_seeds, param_layout=layout, num_params=num_params)
+    workdir = Path(f"{out}.work")
+    if workdir.exists() and not resume:
+        shutil.rmtree(workdir)
+    identity = {k: v for k, v in asdict(header).items() if k not in ("params_sha256", "created", "ddkit_version")}
+    store = WorkItemStore(workdir, {"kind": EXPERTS_FORMAT, **identity})
+
+    images = source.normalized().to(dev)
+    labels = source.labels.to(dev)
+    augment = build_augmentation(training.augmentation)
+    steps = math.ceil(len(images) / training.batch_size)
+    partial = {i: store.load(f"expert{i:03d}-partial") for i in range(num_experts)
+               if not store.has(f"expert{i:03d}") and store.has(f"expert{i:03d}-partial")}
+    done = store.done(f"expert{i:03d}" for i in range(num_experts))
+    todo_epochs = sum(training.epochs - (len(partial[i]["params"]) - 1 if i in partial else 0)
+                      for i in range(num_experts) if f"expert{i:03d}" not in done)
+    if log and (done or partial):
+        log(f"experts: resuming, {len(done)} of {num_experts} experts finished"
+            + (f", expert {min(partial)} at epoch {len(partial[min(partial)]['params']) - 1}" if partial else ""))
+    bar = progress(total=todo_epochs * steps, desc=f"experts {arch}")
+    start, trained = time.perf_counter(), 0
+    trajectories = []
+    for i in range(num_experts):
+        key = f"expert{i:03d}"
+        if key in done:
+            trajectories.append(store.load(key)["params"])
+            continue
+        model = create_model(arch, info.image_shape[0], info.image_shape[1], info.num_classes, seed=expert_seeds[i], **arch_kwargs)
+        model.to(dev).train()
+        opt = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
+        points = [flatten_params(model).cpu().numpy()]
+        if i in partial:  # continue after the last finished epoch
+            points = list(partial[i]["params"])
+            # a copy: vector_to_parameters makes the parameters views of the vector it is given
+            torch.nn.utils.vector_to_parameters(torch.tensor(points[-1], device=dev), model.parameters())
+            _set_momentum(opt, model, partial[i]["momentum"])
+        for epoch in range(len(points) - 1, training.epochs):
+            train_epoch(model, opt, images, labels, training.batch_size, augment,
+                        generator(seed, "expert-batches", i, epoch),
+                        generator(seed, "expert-augment", i, epoch, device=dev), bar)
+            points.append(flatten_params(model).cpu().numpy())
+            trained += 1
+            if epoch + 1 < training.epochs:
+                store.save(f"{key}-partial", {"params": np.stack(points), "momentum": _momentum_vector(opt, model)})
+        trajectory = np.stack(points).astype(np.float32)
+        store.save(key, {"params": trajectory})
+        (workdir / f"{key}-partial.npz").unlink(missing_ok=True)
+        trajectories.append(trajectory)
+    bar.close()
+    wall = time.perf_counter() - start
+    header.created = utc_now()
+    write_experts(out, header, np.stack(trajectories), overwrite=overwrite)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return ExpertsResult(str(out), header, wall, trained, wall / trained if trained else float("nan"))
+
+
+def describe_experts(path: str | Path) -> str:
+    """One line about an experts file (for the CLI)."""
+    h = load_experts(path).header
+    return (f"{path}: {h.num_experts} experts × {h.epochs} epochs of {h.arch} {json.dumps(h.arch_kwargs)} on "
+            f"{h.dataset['name']} ({h.num_params} parameters, lr {h.lr:g}, {h.training['augmentation']} augmentation)")
