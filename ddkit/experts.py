@@ -71,7 +71,9 @@ class ExpertTraining:
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InvalidInput(f"expert lr must be a positive number, got {self.lr}")
         if not 0 <= self.momentum < 1 or self.weight_decay < 0:
-            raise InvalidInput(f"expert momentum must be in [0, 1) and weight decay ≥ 0, got {self.momentum}, {self.weight_decay}")
+            raise InvalidInput(
+                f"expert momentum must be in [0, 1) and weight decay ≥ 0, got {self.momentum}, {self.weight_decay}"
+            )
         if self.batch_size < 1:
             raise InvalidInput(f"expert batch size must be ≥ 1, got {self.batch_size}")
         build_augmentation(self.augmentation)  # refuses an unknown name
@@ -111,9 +113,15 @@ class ExpertsHeader:
 
     def summary(self) -> dict:
         """The short record a distilled file keeps about the experts it matched."""
-        return {"arch": self.arch, "arch_kwargs": self.arch_kwargs, "num_experts": self.num_experts,
-                "epochs": self.epochs, "lr": self.lr, "augmentation": self.training["augmentation"],
-                "params_sha256": self.params_sha256}
+        return {
+            "arch": self.arch,
+            "arch_kwargs": self.arch_kwargs,
+            "num_experts": self.num_experts,
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "augmentation": self.training["augmentation"],
+            "params_sha256": self.params_sha256,
+        }
 
 
 # -- parameters as one flat vector ----------------------------------------------------------------
@@ -148,8 +156,14 @@ def params_sha256(params: np.ndarray) -> str:
 
 def dataset_record(source: ImageDataset) -> dict:
     info = source.info
-    return {"name": info.name, "split": source.split, "ids_sha256": source.ids_sha256(), "num_classes": info.num_classes,
-            "class_names": list(info.class_names), "image_shape": list(info.image_shape)}
+    return {
+        "name": info.name,
+        "split": source.split,
+        "ids_sha256": source.ids_sha256(),
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names),
+        "image_shape": list(info.image_shape),
+    }
 
 
 # -- the file -------------------------------------------------------------------------------------
@@ -170,15 +184,22 @@ class Experts:
     def build_model(self) -> ImageClassifier:
         """A fresh instance of the experts' architecture (weights to be replaced by a trajectory point)."""
         c, h, _ = self.header.dataset["image_shape"]
-        return create_model(self.header.arch, c, h, self.header.dataset["num_classes"], seed=0, **self.header.arch_kwargs)
+        return create_model(
+            self.header.arch, c, h, self.header.dataset["num_classes"], seed=0, **self.header.arch_kwargs
+        )
 
-    def check_fits(self, source: ImageDataset | None = None, arch: str | None = None, arch_kwargs: dict | None = None) -> None:
+    def check_fits(
+        self, source: ImageDataset | None = None, arch: str | None = None, arch_kwargs: dict | None = None
+    ) -> None:
         """Refuse trajectories of another dataset, split, normalization or architecture than asked."""
         h, name = self.header, self.path or "the experts file"
-        if arch is not None and (arch != h.arch or (arch_kwargs is not None and dict(arch_kwargs) != dict(h.arch_kwargs))):
+        if arch is not None and (
+            arch != h.arch or (arch_kwargs is not None and dict(arch_kwargs) != dict(h.arch_kwargs))
+        ):
             raise IncompatibleError(
                 f"{name} holds trajectories of {h.arch} {h.arch_kwargs}, not of {arch} {arch_kwargs or {}}",
-                "train experts of this architecture with `ddkit experts train --model ...`, or ask for the experts' one",
+                "train experts of this architecture with `ddkit experts train --model ...`, "
+                "or ask for the experts' one",
             )
         if source is None:
             return
@@ -187,23 +208,39 @@ class Experts:
         fix = f"train experts on {source.info.name} with `ddkit experts train --dataset {source.info.name}`"
         if mine.get("name") != want["name"]:
             raise IncompatibleError(f"{name} was trained on dataset {mine.get('name')!r}, not on {want['name']!r}", fix)
-        for key, what in (("num_classes", "classes"), ("image_shape", "image shape"), ("class_names", "class order"),
-                          ("ids_sha256", "sample id list (another version or split of the data)")):
+        for key, what in (
+            ("num_classes", "classes"),
+            ("image_shape", "image shape"),
+            ("class_names", "class order"),
+            ("ids_sha256", "sample id list (another version or split of the data)"),
+        ):
             if mine.get(key) != want[key]:
-                raise IncompatibleError(f"{name} and dataset {want['name']} differ in {what}: {mine.get(key)} vs {want[key]}", fix)
+                raise IncompatibleError(
+                    f"{name} and dataset {want['name']} differ in {what}: {mine.get(key)} vs {want[key]}", fix
+                )
         if Normalization.from_dict(h.normalization) != source.info.normalization:
             raise IncompatibleError(
                 f"{name} was trained with normalization {h.normalization}, but {want['name']} uses "
-                f"{source.info.normalization.to_dict()}", fix)
+                f"{source.info.normalization.to_dict()}",
+                fix,
+            )
 
 
-def write_experts(path: str | Path, header: ExpertsHeader, params: np.ndarray, overwrite: bool = False) -> ExpertsHeader:
+def write_experts(
+    path: str | Path, header: ExpertsHeader, params: np.ndarray, overwrite: bool = False
+) -> ExpertsHeader:
     """Write the experts file atomically (sealed); fills the params hash and creation time."""
     params = np.ascontiguousarray(params, dtype=np.float32)
-    if params.ndim != 3 or params.shape[0] != header.num_experts or params.shape[1] != header.epochs + 1 \
-            or params.shape[2] != header.num_params:
-        raise InvalidInput(f"expert params of shape {params.shape} do not fit "
-                           f"{header.num_experts} experts × {header.epochs + 1} epochs × {header.num_params} parameters")
+    if (
+        params.ndim != 3
+        or params.shape[0] != header.num_experts
+        or params.shape[1] != header.epochs + 1
+        or params.shape[2] != header.num_params
+    ):
+        raise InvalidInput(
+            f"expert params of shape {params.shape} do not fit "
+            f"{header.num_experts} experts × {header.epochs + 1} epochs × {header.num_params} parameters"
+        )
     if not np.isfinite(params).all():
         raise InvalidInput("expert trajectories contain NaN or inf (training diverged)", "lower --lr")
     header.params_sha256 = params_sha256(params)
@@ -218,8 +255,9 @@ def write_experts(path: str | Path, header: ExpertsHeader, params: np.ndarray, o
     return header
 
 
-def load_experts(path: str | Path, source: ImageDataset | None = None, arch: str | None = None,
-                 arch_kwargs: dict | None = None) -> Experts:
+def load_experts(
+    path: str | Path, source: ImageDataset | None = None, arch: str | None = None, arch_kwargs: dict | None = None
+) -> Experts:
     """Read and check an experts file: seal, format, schema, header, params hash; then (when asked)
     that it fits `source` and the architecture. Any problem is one FileFormatError/IncompatibleError."""
     path = Path(path)
@@ -236,8 +274,11 @@ def load_experts(path: str | Path, source: ImageDataset | None = None, arch: str
             if not isinstance(schema, (int, np.integer)) or schema < 1:
                 raise FileFormatError(f"{path} has an invalid schema attribute {schema!r}", _REMEDY)
             if schema > EXPERTS_SCHEMA:
-                raise FileFormatError(f"{path} was written by a newer ddkit (experts schema {int(schema)}, "
-                                      f"this ddkit reads {EXPERTS_SCHEMA})", "upgrade ddkit: pip install -U ddkit")
+                raise FileFormatError(
+                    f"{path} was written by a newer ddkit (experts schema {int(schema)}, "
+                    f"this ddkit reads {EXPERTS_SCHEMA})",
+                    "upgrade ddkit: pip install -U ddkit",
+                )
             data = load_json(h5.attrs["header"], "root attribute 'header'")
             if not isinstance(data, dict) or data.get("format") != EXPERTS_FORMAT:
                 raise ValueError("the header is not an experts header")
@@ -247,11 +288,15 @@ def load_experts(path: str | Path, source: ImageDataset | None = None, arch: str
         h5.close()
     expected = (header.num_experts, header.epochs + 1, header.num_params)
     if params.dtype != np.float32 or params.shape != expected:
-        raise FileFormatError(f"{path}: /params is {params.dtype} {params.shape}, the header says float32 {expected}",
-                              "the file is damaged; train the experts again")
+        raise FileFormatError(
+            f"{path}: /params is {params.dtype} {params.shape}, the header says float32 {expected}",
+            "the file is damaged; train the experts again",
+        )
     if params_sha256(params) != header.params_sha256:
-        raise FileFormatError(f"{path}: params hash mismatch — the trajectories were modified or corrupted",
-                              "re-download or retrain the experts")
+        raise FileFormatError(
+            f"{path}: params hash mismatch — the trajectories were modified or corrupted",
+            "re-download or retrain the experts",
+        )
     experts = Experts(header, torch.from_numpy(params), str(path))
     experts.check_fits(source, arch, arch_kwargs)
     return experts
@@ -260,8 +305,17 @@ def load_experts(path: str | Path, source: ImageDataset | None = None, arch: str
 # -- training -------------------------------------------------------------------------------------
 
 
-def train_epoch(model: ImageClassifier, opt: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-                batch_size: int, augment, order_gen: torch.Generator, aug_gen: torch.Generator, bar=None) -> float:
+def train_epoch(
+    model: ImageClassifier,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    augment,
+    order_gen: torch.Generator,
+    aug_gen: torch.Generator,
+    bar=None,
+) -> float:
     """One pass over `images` (normalized, on the model's device) in a fresh random order; mean loss."""
     n = len(images)
     order = torch.randperm(n, generator=order_gen).to(images.device)
@@ -304,9 +358,19 @@ class ExpertsResult:
     seconds_per_epoch: float = field(default=float("nan"))
 
 
-def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwargs: dict | None = None,
-                  num_experts: int = 5, training: ExpertTraining | None = None, seed: int = 0,
-                  device: str | None = None, overwrite: bool = False, resume: bool = False, log=None) -> ExpertsResult:
+def train_experts(
+    out: str | Path,
+    dataset: str,
+    arch: str = "convnet",
+    arch_kwargs: dict | None = None,
+    num_experts: int = 5,
+    training: ExpertTraining | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    log=None,
+) -> ExpertsResult:
     """Train `num_experts` experts on `dataset`'s full train split and write their trajectories.
 
     Finished experts, and the finished epochs of the expert in progress, are kept in `OUT.work/`
@@ -326,13 +390,24 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
     if has_batchnorm(probe):
         raise IncompatibleError(
             f"model {arch} has BatchNorm layers: their running statistics are not parameters, so a trajectory of "
-            "parameters cannot restore the network", "use a model without BatchNorm, e.g. --model convnet (instance norm)")
+            "parameters cannot restore the network",
+            "use a model without BatchNorm, e.g. --model convnet (instance norm)",
+        )
     layout = param_layout(probe)
     num_params = sum(int(np.prod(s)) for _, s in layout)
     expert_seeds = [derive_seed(seed, "expert", i) for i in range(num_experts)]
-    header = ExpertsHeader(arch=arch, arch_kwargs=arch_kwargs, dataset=dataset_record(source),
-                           normalization=info.normalization.to_dict(), training=asdict(training), num_experts=num_experts,
-                           seed=seed, expert_seeds=expert_seeds, param_layout=layout, num_params=num_params)
+    header = ExpertsHeader(
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        dataset=dataset_record(source),
+        normalization=info.normalization.to_dict(),
+        training=asdict(training),
+        num_experts=num_experts,
+        seed=seed,
+        expert_seeds=expert_seeds,
+        param_layout=layout,
+        num_params=num_params,
+    )
     workdir = Path(f"{out}.work")
     if workdir.exists() and not resume:
         shutil.rmtree(workdir)
@@ -343,14 +418,22 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
     labels = source.labels.to(dev)
     augment = build_augmentation(training.augmentation)
     steps = math.ceil(len(images) / training.batch_size)
-    partial = {i: store.load(f"expert{i:03d}-partial") for i in range(num_experts)
-               if not store.has(f"expert{i:03d}") and store.has(f"expert{i:03d}-partial")}
+    partial = {
+        i: store.load(f"expert{i:03d}-partial")
+        for i in range(num_experts)
+        if not store.has(f"expert{i:03d}") and store.has(f"expert{i:03d}-partial")
+    }
     done = store.done(f"expert{i:03d}" for i in range(num_experts))
-    todo_epochs = sum(training.epochs - (len(partial[i]["params"]) - 1 if i in partial else 0)
-                      for i in range(num_experts) if f"expert{i:03d}" not in done)
+    todo_epochs = sum(
+        training.epochs - (len(partial[i]["params"]) - 1 if i in partial else 0)
+        for i in range(num_experts)
+        if f"expert{i:03d}" not in done
+    )
     if log and (done or partial):
-        log(f"experts: resuming, {len(done)} of {num_experts} experts finished"
-            + (f", expert {min(partial)} at epoch {len(partial[min(partial)]['params']) - 1}" if partial else ""))
+        log(
+            f"experts: resuming, {len(done)} of {num_experts} experts finished"
+            + (f", expert {min(partial)} at epoch {len(partial[min(partial)]['params']) - 1}" if partial else "")
+        )
     bar = progress(total=todo_epochs * steps, desc=f"experts {arch}")
     start, trained = time.perf_counter(), 0
     trajectories = []
@@ -359,9 +442,13 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
         if key in done:
             trajectories.append(store.load(key)["params"])
             continue
-        model = create_model(arch, info.image_shape[0], info.image_shape[1], info.num_classes, seed=expert_seeds[i], **arch_kwargs)
+        model = create_model(
+            arch, info.image_shape[0], info.image_shape[1], info.num_classes, seed=expert_seeds[i], **arch_kwargs
+        )
         model.to(dev).train()
-        opt = torch.optim.SGD(model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+        )
         points = [flatten_params(model).cpu().numpy()]
         if i in partial:  # continue after the last finished epoch
             points = list(partial[i]["params"])
@@ -369,9 +456,17 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
             torch.nn.utils.vector_to_parameters(torch.tensor(points[-1], device=dev), model.parameters())
             _set_momentum(opt, model, partial[i]["momentum"])
         for epoch in range(len(points) - 1, training.epochs):
-            train_epoch(model, opt, images, labels, training.batch_size, augment,
-                        generator(seed, "expert-batches", i, epoch),
-                        generator(seed, "expert-augment", i, epoch, device=dev), bar)
+            train_epoch(
+                model,
+                opt,
+                images,
+                labels,
+                training.batch_size,
+                augment,
+                generator(seed, "expert-batches", i, epoch),
+                generator(seed, "expert-augment", i, epoch, device=dev),
+                bar,
+            )
             points.append(flatten_params(model).cpu().numpy())
             trained += 1
             if epoch + 1 < training.epochs:
@@ -391,5 +486,7 @@ def train_experts(out: str | Path, dataset: str, arch: str = "convnet", arch_kwa
 def describe_experts(path: str | Path) -> str:
     """One line about an experts file (for the CLI)."""
     h = load_experts(path).header
-    return (f"{path}: {h.num_experts} experts × {h.epochs} epochs of {h.arch} {json.dumps(h.arch_kwargs)} on "
-            f"{h.dataset['name']} ({h.num_params} parameters, lr {h.lr:g}, {h.training['augmentation']} augmentation)")
+    return (
+        f"{path}: {h.num_experts} experts × {h.epochs} epochs of {h.arch} {json.dumps(h.arch_kwargs)} on "
+        f"{h.dataset['name']} ({h.num_params} parameters, lr {h.lr:g}, {h.training['augmentation']} augmentation)"
+    )

@@ -84,22 +84,34 @@ class MTTConfig:
 
     def check(self) -> None:
         if not self.experts:
-            raise InvalidInput("method mtt needs an experts file", "pass --config experts=X.experts.h5 "
-                               "(train one with `ddkit experts train`)")
+            raise InvalidInput(
+                "method mtt needs an experts file",
+                "pass --config experts=X.experts.h5 (train one with `ddkit experts train`)",
+            )
         if self.meta_grad not in META_GRADS:
-            raise InvalidInput(f"mtt option meta_grad={self.meta_grad!r} is unknown", f"use one of {', '.join(META_GRADS)}")
+            raise InvalidInput(
+                f"mtt option meta_grad={self.meta_grad!r} is unknown", f"use one of {', '.join(META_GRADS)}"
+            )
         if self.labels not in LABEL_STORAGE:
-            raise InvalidInput(f"mtt option labels={self.labels!r} is unknown", f"use one of {', '.join(LABEL_STORAGE)}")
+            raise InvalidInput(
+                f"mtt option labels={self.labels!r} is unknown", f"use one of {', '.join(LABEL_STORAGE)}"
+            )
         if self.learn_labels and self.labels == "hard":
-            raise InvalidInput("mtt with learn_labels=true learns soft labels, but labels=hard asks to store hard labels only",
-                               "use labels=logits (or auto), or learn_labels=false")
+            raise InvalidInput(
+                "mtt with learn_labels=true learns soft labels, but labels=hard asks to store hard labels only",
+                "use labels=logits (or auto), or learn_labels=false",
+            )
         if self.labels == "logits" and not self.learn_labels:
-            raise InvalidInput("mtt stores logits only when it learns them", "add learn_labels=true, or use labels=hard")
+            raise InvalidInput(
+                "mtt stores logits only when it learns them", "add learn_labels=true, or use labels=hard"
+            )
         for name in ("syn_steps", "expert_epochs", "iterations", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"mtt option {name}={getattr(self, name)} must be at least 1")
         if self.max_start_epoch < 0 or self.batch_syn < 0:
-            raise InvalidInput(f"mtt needs max_start_epoch ≥ 0 and batch_syn ≥ 0, got {self.max_start_epoch}, {self.batch_syn}")
+            raise InvalidInput(
+                f"mtt needs max_start_epoch ≥ 0 and batch_syn ≥ 0, got {self.max_start_epoch}, {self.batch_syn}"
+            )
         if self.lr_img <= 0 or self.lr_lr < 0 or self.lr_init < 0 or self.lr_labels <= 0:
             raise InvalidInput("mtt needs lr_img > 0, lr_labels > 0, lr_lr ≥ 0 and lr_init ≥ 0")
         build_augmentation(self.augmentation)
@@ -128,7 +140,9 @@ class StudentSteps(NamedTuple):
 def step_loss(steps: StudentSteps, i: int, theta: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """ℓ(θ; X_i): cross-entropy of the student at flat parameters θ on step i's augmented minibatch
     `x` (already indexed); `y` are hard labels (int) or label logits (float, softmax targets)."""
-    logits = functional_call(steps.model, unflatten(theta, steps.layout), (steps.augment.apply(x, steps.aug_params[i]),))
+    logits = functional_call(
+        steps.model, unflatten(theta, steps.layout), (steps.augment.apply(x, steps.aug_params[i]),)
+    )
     if y.dtype.is_floating_point:
         return F.cross_entropy(logits, torch.softmax(y, 1))
     return F.cross_entropy(logits, y)
@@ -139,8 +153,15 @@ def matching_loss(theta_n: torch.Tensor, start: torch.Tensor, target: torch.Tens
     return ((theta_n - target) ** 2).sum() / ((start - target) ** 2).sum()
 
 
-def meta_gradient_constant(steps: StudentSteps, images: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                           start: torch.Tensor, target: torch.Tensor, learn_labels: bool = False) -> MetaGrad:
+def meta_gradient_constant(
+    steps: StudentSteps,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: torch.Tensor,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    learn_labels: bool = False,
+) -> MetaGrad:
     """The exact meta-gradient with one step's graph alive at a time (see the module docstring)."""
     images, labels, a_ = images.detach(), labels.detach(), float(alpha.detach())
     thetas = [start.detach()]
@@ -174,8 +195,15 @@ def meta_gradient_constant(steps: StudentSteps, images: torch.Tensor, labels: to
     return MetaGrad(float(loss.detach()), grad_x, grad_a, grad_y)
 
 
-def meta_gradient_unrolled(steps: StudentSteps, images: torch.Tensor, labels: torch.Tensor, alpha: torch.Tensor,
-                           start: torch.Tensor, target: torch.Tensor, learn_labels: bool = False) -> MetaGrad:
+def meta_gradient_unrolled(
+    steps: StudentSteps,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: torch.Tensor,
+    start: torch.Tensor,
+    target: torch.Tensor,
+    learn_labels: bool = False,
+) -> MetaGrad:
     """The same meta-gradient by backpropagating through the whole unrolled graph (memory ∝ N)."""
     with torch.enable_grad():
         x = images.detach().requires_grad_(True)
@@ -211,8 +239,11 @@ def minibatches(n: int, batch: int, steps: int, gen: torch.Generator) -> list[to
 
 def _save_state(path: Path, identity: dict, iteration: int, tensors: dict[str, torch.Tensor]) -> None:
     with atomic_output(path, overwrite=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={"identity": json.dumps(identity, sort_keys=True), "iteration": str(iteration)})
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+            str(tmp),
+            metadata={"identity": json.dumps(identity, sort_keys=True), "iteration": str(iteration)},
+        )
 
 
 def _load_state(path: Path, identity: dict) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -224,12 +255,15 @@ def _load_state(path: Path, identity: dict) -> tuple[int, dict[str, torch.Tensor
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         found, iteration = json.loads(meta["identity"]), int(meta["iteration"])
     except Exception as exc:  # safetensors raises its own types for damaged files
-        raise FileFormatError(f"mtt checkpoint {path} is unreadable ({type(exc).__name__}: {exc})",
-                              f"delete {path.parent} and run again") from None
+        raise FileFormatError(
+            f"mtt checkpoint {path} is unreadable ({type(exc).__name__}: {exc})", f"delete {path.parent} and run again"
+        ) from None
     if found != json.loads(json.dumps(identity, sort_keys=True)):
         changed = sorted(k for k in set(found) | set(identity) if found.get(k) != identity.get(k))
-        raise InvalidInput(f"{path.parent} holds the work of a different run (differs in: {', '.join(changed)})",
-                           "resume with exactly the same settings, or run without --resume to start over")
+        raise InvalidInput(
+            f"{path.parent} holds the work of a different run (differs in: {', '.join(changed)})",
+            "resume with exactly the same settings, or run without --resume to start over",
+        )
     return iteration, tensors
 
 
@@ -260,8 +294,10 @@ class MTT(Synthesizer):
         self.check_teachers(teachers)
         config.check()
         if distributed.world().size > 1:
-            raise InvalidInput("mtt runs in one process: its iterations depend on each other, there are no work items to share",
-                               "run without --nproc (one GPU is the way to speed it up)")
+            raise InvalidInput(
+                "mtt runs in one process: its iterations depend on each other, there are no work items to share",
+                "run without --nproc (one GPU is the way to speed it up)",
+            )
         info = source.info
         experts = load_experts(config.experts, source)
         if config.model:
@@ -271,10 +307,14 @@ class MTT(Synthesizer):
             raise InvalidInput(
                 f"mtt needs max_start_epoch + expert_epochs ≤ the experts' {e_total} epochs, got "
                 f"{config.max_start_epoch} + {m}",
-                f"lower max_start_epoch to {max(0, e_total - m)} or train experts for ≥ {config.max_start_epoch + m} epochs")
+                f"lower max_start_epoch to {max(0, e_total - m)} "
+                f"or train experts for ≥ {config.max_start_epoch + m} epochs",
+            )
         n_syn = ipc * info.num_classes
         if config.batch_syn > n_syn:
-            raise InvalidInput(f"mtt option batch_syn={config.batch_syn} exceeds the {n_syn} synthetic images", "use batch_syn=0 (all)")
+            raise InvalidInput(
+                f"mtt option batch_syn={config.batch_syn} exceeds the {n_syn} synthetic images", "use batch_syn=0 (all)"
+            )
         picked = source.subset(class_balanced_indices(source, ipc, seed, salt="mtt-init"))  # refuses ipc > a class
 
         model = experts.build_model().to(device)
@@ -297,9 +337,16 @@ class MTT(Synthesizer):
         augment = build_augmentation(config.augmentation)
         meta_gradient = META_GRADIENTS[config.meta_grad]
 
-        identity = {"method": self.name, "method_version": self.version, "seed": seed, "ipc": ipc, "dataset": info.name,
-                    "source_ids_sha256": source.ids_sha256(), "experts_sha256": experts.header.params_sha256,
-                    "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("experts", "checkpoint_every")}}
+        identity = {
+            "method": self.name,
+            "method_version": self.version,
+            "seed": seed,
+            "ipc": ipc,
+            "dataset": info.name,
+            "source_ids_sha256": source.ids_sha256(),
+            "experts_sha256": experts.header.params_sha256,
+            "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in ("experts", "checkpoint_every")},
+        }
         state_path = Path(workdir) / STATE_FILE if workdir is not None else None
         first, losses = 0, []
         state = _load_state(state_path, identity) if state_path is not None else None
@@ -340,8 +387,13 @@ class MTT(Synthesizer):
             bar.update(1)
             bar.set_postfix({"loss": round(res.loss, 4), "lr": f"{float(alpha.detach()):.4g}"})
             if state_path is not None and ((it + 1) % config.checkpoint_every == 0) and it + 1 < config.iterations:
-                tensors = {"images": images, "images_momentum": _momentum(opt_img), "alpha": alpha,
-                           "alpha_momentum": _momentum(opt_lr), "losses": torch.tensor(losses, dtype=torch.float64)}
+                tensors = {
+                    "images": images,
+                    "images_momentum": _momentum(opt_img),
+                    "alpha": alpha,
+                    "alpha_momentum": _momentum(opt_lr),
+                    "losses": torch.tensor(losses, dtype=torch.float64),
+                }
                 if opt_y is not None:
                     tensors.update(labels=labels, labels_momentum=_momentum(opt_y))
                 Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -349,19 +401,34 @@ class MTT(Synthesizer):
         bar.close()
 
         pixels = norm.invert(images.detach()).clamp(0.0, 1.0).cpu()
-        tail = losses[-max(1, len(losses) // 10):] if losses else []
-        derived = {"learned_lr": float(alpha.detach()), "experts_file": experts.header.summary(),
-                   "experts_dataset": experts.header.dataset["name"], "source_ids": picked.ids.tolist(),
-                   "image_space": "optimized normalized, clamped to the normalization of [0, 1]; stored as pixels",
-                   "final_loss": (sum(tail) / len(tail)) if tail else None}  # mean over the last 10% of iterations
+        tail = losses[-max(1, len(losses) // 10) :] if losses else []
+        derived = {
+            "learned_lr": float(alpha.detach()),
+            "experts_file": experts.header.summary(),
+            "experts_dataset": experts.header.dataset["name"],
+            "source_ids": picked.ids.tolist(),
+            "image_space": "optimized normalized, clamped to the normalization of [0, 1]; stored as pixels",
+            "final_loss": (sum(tail) / len(tail)) if tail else None,
+        }  # mean over the last 10% of iterations
         dset = DistilledSet.from_source(
-            source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
-            seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[],
+            source,
+            method=self.name,
+            method_version=self.version,
+            config={**dataclasses.asdict(config), **derived},
+            seed=seed,
+            images=pixels,
+            labels=picked.labels,
+            ipc=ipc,
+            teachers=[],
         )
         if config.learn_labels:
-            dset.soft["logits"] = LogitsLabels(labels.detach().cpu().float(), meta={
-                "recipe": "DATM learned soft labels: logits, trained through their softmax as cross-entropy targets",
-                "init": "the first expert's final-epoch logits on the initial images",
-                "train_with": "a stored-labels protocol (stored-cpu)",
-            })
+            dset.soft["logits"] = LogitsLabels(
+                labels.detach().cpu().float(),
+                meta={
+                    "recipe": "DATM learned soft labels: logits, trained through their softmax "
+                    "as cross-entropy targets",
+                    "init": "the first expert's final-epoch logits on the initial images",
+                    "train_with": "a stored-labels protocol (stored-cpu)",
+                },
+            )
         return dset
