@@ -42,9 +42,10 @@ from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, check_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
 from ddkit.progress import progress
+from ddkit.provenance import utc_now
 from ddkit.seeding import derive_seed, generator
 from ddkit.store.h5io import building, check_seal, open_h5, reading
-from ddkit.store.schema import attr_text, dump_json, load_json, utc_now
+from ddkit.store.schema import attr_text, dump_json, load_json
 from ddkit.training import pick_device
 from ddkit.workitems import WorkItemStore
 
