@@ -5,11 +5,14 @@ A synthesizer's file must validate, load, name its method and carry its resolved
 selector's file must keep unique ids of the pool, at most the budget, under the pool's fingerprint.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 from helpers import one_thread  # noqa: F401 (one_thread: autouse)
 
 from ddkit.data import load_dataset
+from ddkit.experts import ExpertTraining, train_experts
 from ddkit.models import create_model
 from ddkit.models.teacher import save_teacher
 from ddkit.selectors import SELECTORS, run_selector
@@ -24,6 +27,8 @@ TINY = {
     "nrr-dd": {"mipc": 12, "num_crop": 3, "iterations": 4},
     "kd3": {"epochs": 2, "batch_size": 32, "student": "convnet-bn", "student_width": 4, "augmentation": "none",
             "tau": 0.1},
+    "dm": {"iterations": 2, "batch_real": 4, "net_options": "depth=2,width=4,norm=instance"},
+    "mtt": {"iterations": 2, "syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1},  # + the experts file
 }
 ACTIVE = {"width": 4, "depth": 2, "steps_per_label": 0.5, "min_steps": 3, "batch_size": 16}
 IPC = 2  # images per class of the synthesizers (INFER needs 2 to keep a real image per class)
@@ -47,10 +52,22 @@ def teacher(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def experts(tmp_path_factory):
+    """A tiny expert buffer for methods that match trajectories (mtt)."""
+    out = tmp_path_factory.mktemp("contracts-experts") / "p.experts.h5"
+    train_experts(out, "procedural", "convnet", {"width": 4, "depth": 2}, 1, ExpertTraining(epochs=2, batch_size=128))
+    return str(out)
+
+
 @pytest.mark.parametrize("name", SYNTHESIZERS.names())
-def test_synthesizer_contract(name, teacher, tmp_path):
+def test_synthesizer_contract(name, teacher, tmp_path, request):
     out = tmp_path / f"{name}.ddk.h5"
-    digest = run_synthesizer(name, "procedural", [teacher], IPC, _tiny(name), seed=0, out=out)
+    method, config = SYNTHESIZERS.get(name), dict(_tiny(name))
+    if "experts" in {f.name for f in dataclasses.fields(method.Config)}:
+        config["experts"] = request.getfixturevalue("experts")
+    teachers = [teacher] if method.max_teachers is None or method.max_teachers >= 1 else []  # mtt takes none
+    digest = run_synthesizer(name, "procedural", teachers, IPC, config, seed=0, out=out)
     report = validate_file(out, num_classes=10, image_shape=(1, 16, 16))
     assert report.ok, report.problems
     with DistilledDataset(out) as ds:
