@@ -239,15 +239,22 @@ def class_balanced_indices(dataset: ImageDataset, per_class: int, seed: int, sal
     The one sampler behind the random-real synthesizer, the random selector and the evaluator's
     random baseline, so "random at the same budget" means the same thing everywhere.
     """
-    if per_class < 1:
-        raise InvalidInput(f"images per class must be ≥ 1, got {per_class}")
     rng = numpy_rng(seed, salt, dataset.info.name, per_class)
     picks = []
-    for c, idx in enumerate(dataset.class_indices()):
+    for idx in per_class_positions(dataset, per_class):
+        picks.append(np.sort(idx.numpy()[rng.choice(len(idx), per_class, replace=False)]))
+    return np.concatenate(picks)
+
+
+def per_class_positions(dataset: ImageDataset, per_class: int) -> list[torch.Tensor]:
+    """Each class's positions (`class_indices`), refusing a budget that some class cannot fill."""
+    if per_class < 1:
+        raise InvalidInput(f"images per class must be ≥ 1, got {per_class}")
+    positions = dataset.class_indices()
+    for c, idx in enumerate(positions):
         if len(idx) < per_class:
             raise InvalidInput(
                 f"class {dataset.info.class_names[c]!r} has {len(idx)} images, fewer than the {per_class} asked",
                 "lower the budget (IPC) or use a larger dataset",
             )
-        picks.append(np.sort(idx.numpy()[rng.choice(len(idx), per_class, replace=False)]))
-    return np.concatenate(picks)
+    return positions

@@ -80,7 +80,10 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
 
 
 def parse_model_options(pairs) -> dict:
-    """Turn CLI `key=value` strings into keyword arguments (ints, floats, bools, strings)."""
+    """Turn CLI `key=value` strings (a list, or one comma-separated string) into keyword arguments
+    (ints, floats, bools, strings)."""
+    if isinstance(pairs, str):
+        pairs = [p for p in pairs.split(",") if p.strip()]
     out = {}
     for pair in pairs or ():
         key, sep, value = pair.partition("=")

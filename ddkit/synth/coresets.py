@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ddkit import index
+from ddkit.data.base import per_class_positions
 from ddkit.errors import InvalidInput
 from ddkit.models import create_model, parse_model_options
 from ddkit.seeding import derive_seed
@@ -85,15 +86,11 @@ class Coreset(Synthesizer):
             header = teachers[0].header
             model, described = teachers[0].model, f"teacher {header.arch} ({header.tensors_sha256[:12]})"
         else:
-            kwargs = parse_model_options([p for p in config.net_options.split(",") if p.strip()])
+            kwargs = parse_model_options(config.net_options)
             model = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
                                  seed=derive_seed(seed, self.name, "random-features"), **kwargs).to(device)
             described = f"randomly initialised {config.net}({config.net_options}), seed {seed}"
-        per_class = source.class_indices()
-        for c, rows in enumerate(per_class):
-            if len(rows) < ipc:
-                raise InvalidInput(f"class {info.class_names[c]!r} has {len(rows)} images, fewer than the {ipc} asked",
-                                   "lower the budget (IPC) or use a larger dataset")
+        per_class = per_class_positions(source, ipc)
         say(f"{self.name}: embedding {len(source)} images in the feature space of a {described}")
         features = embed_source(model, source.normalized(), config.batch_size, device)
         picks = np.concatenate([rows.numpy()[self.choose(features[rows], ipc, derive_seed(seed, self.name, c))]

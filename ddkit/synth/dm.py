@@ -68,7 +68,7 @@ class DMConfig:
             raise InvalidInput(f"dm: {exc}") from None
 
     def net_kwargs(self) -> dict:
-        return parse_model_options([p for p in self.net_options.split(",") if p.strip()])
+        return parse_model_options(self.net_options)
 
 
 def class_means(embeddings: torch.Tensor, num_classes: int) -> torch.Tensor:
