@@ -103,11 +103,10 @@ def main() -> None:
         "cache-sized chunks of 32 images on a CPU (one pass on a GPU). Seconds per iteration, best of the interleaved "
         "rounds (all rounds listed).",
         "",
-        "The issue's goal (≥ 2× the reference on this CPU) is **not met**. On this CPU a convolution over one large "
-        "batch is not faster per image than over 64 images (a 640-image forward pass took 0.60 s vs 0.42 s as ten "
-        "64-image passes and 0.36 s as twenty 32-image passes, one thread), so batching the classes buys little; the "
-        "forward pass of the real images (convolution ~60%, average pooling ~20%, group norm ~17% of it) is most of an "
-        "iteration in both loops. The batched pass is the GPU's speed-up, not measured here (no GPU was lent).",
+        "The issue's goal (≥ 2× the reference on this CPU) is **not met**. In one-off timings during development "
+        "(not made by this script), one 640-image forward pass was slower here than ten 64-image passes, so batching "
+        "the classes buys little on this CPU; the forward pass of the real images is most of an iteration in both "
+        "loops. The batched pass is the GPU's speed-up, not measured here (no GPU was lent).",
         "",
         "| loop | s / iteration (best) | all rounds | real images / s | speed-up |",
         "|---|---|---|---|---|",
