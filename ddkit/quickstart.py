@@ -37,8 +37,8 @@ def run_quickstart(workdir: str, dataset: str, ipc: int, epochs: int, steps: int
     echo(f"[4/5] ddkit show {distilled_path} --out {grid_path}")
     render_grid(distilled_path, grid_path, per_class=min(ipc, 10), overwrite=True)
 
-    echo("[5/5] ddkit evaluate (protocol hard-cpu, 3 seeds, beside a random real subset of the same size)")
-    card = evaluate(str(distilled_path), "hard-cpu", seeds=[0, 1, 2], steps=steps, full_reference=False)
+    echo("[5/5] ddkit evaluate (protocol hard-cpu@1, 3 seeds, beside a random real subset of the same size)")
+    card = evaluate(str(distilled_path), "hard-cpu@1", seeds=[0, 1, 2], steps=steps, full_reference=False)
     echo(card.table())
     echo(f"done: files in {work}/")
     return {"teacher": str(teacher_path), "distilled": str(distilled_path), "grid": str(grid_path), "card": card.to_dict()}

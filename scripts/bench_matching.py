@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--methods", default="random-real,herding,kcenter,dm")
     parser.add_argument("--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="a synthesis option, e.g. dm:iterations=600 (part of the row's key)")
-    parser.add_argument("--protocol", default="hard-cpu")
+    parser.add_argument("--protocol", default="hard-cpu@1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--note", dest="notes", action="append", default=[])
     parser.add_argument("--render-only", action="store_true")

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--ipcs", default="1,10,50")
-    parser.add_argument("--protocols", default="hard-cpu,teacher-cpu")
+    parser.add_argument("--protocols", default="hard-cpu@1,teacher-cpu@1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--note", dest="notes", action="append", default=[], help="a paragraph appended to the section (kept in the state)")
     parser.add_argument("--state", default="runs/random-baselines.json", help="rows measured so far (a rerun skips them)")

@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--batch-real", type=int, default=64)
     parser.add_argument("--lr-img", type=float, default=1.0)
     parser.add_argument("--milestones", default="0,100,300,600,1000")
-    parser.add_argument("--protocol", default="hard-cpu")
+    parser.add_argument("--protocol", default="hard-cpu@1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="runs/matching/dm_val_study.json")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import edit, run_cli as run
 
+from ddkit.evaluate import get_protocol
 from ddkit.registries import all_registries
 from ddkit.store import DistilledDataset, DistilledSet, LogitsLabels, read_results, write_distilled
 
@@ -197,3 +198,47 @@ def test_quickstart_runs_end_to_end(capsys, tmp_path):
     for name in ("teacher.safetensors", "dm-ipc2.ddk.h5", "dm-ipc2.png"):
         assert (work / name).is_file()
     assert "gain over random" in out and "[5/5]" in out
+
+
+def test_evaluate_reports_dd_ranking_scores_and_writes_the_hard_label_card(tmp_path, capsys, teacher_path):
+    """A soft-label evaluation also trains the set under its hard-label partner (HLR needs it), writes
+    that card too, and prints HLR / IOR / LRS computed from the per-seed accuracies."""
+    out_file = tmp_path / "rr.ddk.h5"
+    code, _, err = run(capsys, "synthesize", "--method", "random-real", "--dataset", "procedural", "--teacher",
+                       str(teacher_path), "--ipc", "3", "--out", str(out_file))
+    assert code == 0, err
+    code, out, err = run(capsys, "evaluate", str(out_file), "--protocol", "teacher-cpu@2", "--seeds", "2", "--steps", "3",
+                         "--teacher", str(teacher_path), "--json")
+    assert code == 0, err
+    card = json.loads(out)
+    ranking = card["ranking"]
+    assert ranking["hard_protocol"] == "hard-cpu@2[steps=3]" and ranking["weight"] == 0.5
+    results = read_results(out_file)
+    hard = next(c for name, c in results.items() if name.startswith("hard-cpu"))
+    expected_hlr = [f - s for f, s in zip(hard["full_data"]["accuracies"], hard["result"]["accuracies"])]
+    assert ranking["hlr"]["per_seed"] == pytest.approx(expected_hlr)
+    expected_ior = [s - r for s, r in zip(card["result"]["accuracies"], card["random_baseline"]["accuracies"])]
+    assert ranking["ior"]["per_seed"] == pytest.approx(expected_ior)
+    assert all(0.0 <= v <= 1.0 for v in ranking["lrs"]["per_seed"])
+    code, out, _ = run(capsys, "evaluate", str(out_file), "--protocol", "teacher-cpu@2", "--seeds", "2", "--steps", "3",
+                       "--teacher", str(teacher_path))
+    assert code == 0 and "DD-Ranking: HLR" in out and "IOR" in out and "LRS" in out
+
+
+def test_a_stored_hard_label_card_is_reused_for_hlr_only_when_it_matches(tmp_path, capsys, teacher_path):
+    from ddkit.evaluate.api import _stored_hard_arms
+    from ddkit.evaluate.sources import resolve_train_set
+    from ddkit.store import add_result
+
+    out_file = tmp_path / "rr.ddk.h5"
+    code, _, err = run(capsys, "synthesize", "--method", "random-real", "--dataset", "procedural", "--ipc", "2",
+                       "--out", str(out_file))
+    assert code == 0, err
+    source = resolve_train_set(str(out_file), get_protocol("hard-cpu@2"), [])
+    assert _stored_hard_arms("hard-cpu@2", source, [0, 1]) is None
+    card = {"content_sha256": source.content_sha256, "seeds": [1, 0, 2], "protocol": {"id": "hard-cpu@2"},
+            "result": {"accuracies": [0.5, 0.4, 0.6]}, "full_data": {"accuracies": [0.9, 0.8, 0.7]}}
+    add_result(out_file, "hard-cpu@2", card)
+    assert _stored_hard_arms("hard-cpu@2", source, [0, 1]) == ([0.4, 0.5], [0.8, 0.9])
+    assert _stored_hard_arms("hard-cpu@2", source, [0, 3]) is None  # seed 3 was never trained
+    assert _stored_hard_arms("hard-cpu@1", source, [0, 1]) is None  # another version is never used

@@ -139,7 +139,7 @@ def test_dbr_cpu_protocol_matches_its_view_recipe():
         recipe.steps, recipe.batch_size, recipe.augmentation, recipe.mix)
     assert protocol.extra["scheme"] == "dbr" and protocol.label_source == "stored"
     # the same regime as on-the-fly relabeling, so the two transfers are compared on equal views
-    teacher_cpu = get_protocol("teacher-cpu")
+    teacher_cpu = get_protocol("teacher-cpu@1")  # dbr-cpu has no @2: its views are @1's
     assert (teacher_cpu.steps, teacher_cpu.batch_size, teacher_cpu.augmentation, teacher_cpu.mix) == (
         protocol.steps, protocol.batch_size, protocol.augmentation, protocol.mix)
 

@@ -1,15 +1,19 @@
 """The evaluator: protocol registry, batched multi-seed training equal to independent runs, the
 reference cache, the result card, and that the test split is read only after all training."""
 
+import math
+
 import pytest
 import torch
 
 import ddkit.data as data_module
 from ddkit.data.base import DatasetInfo, Normalization
-from ddkit.errors import InvalidInput
+from ddkit.errors import DdkitError, IncompatibleError, InvalidInput
 from ddkit.evaluate import PROTOCOLS, evaluate, get_protocol, trainer as trainer_module
 from ddkit.evaluate.card import mean_std
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets
+from ddkit.evaluate.protocols import require_same_protocol, versions
+from ddkit.evaluate.ranking import label_robust_score, ranking_scores
 from ddkit.evaluate.trainer import EpochSampler, StudentData, train_students
 
 
@@ -29,17 +33,47 @@ def tiny(protocol_name, **changes):
 def test_protocols_are_complete_records(name):
     p = get_protocol(name)
     d = p.to_dict()
-    assert d["id"] == f"{name}@{p.version}" and p.version >= 1
+    assert d["id"] == name == f"{p.name}@{p.version}" and p.version >= 1
     assert p.label_source in ("hard", "teacher", "stored")
     assert (p.steps > 0) != (p.epochs > 0)
     assert p.total_steps(500) > 0
     assert p.summary
 
 
-def test_protocol_version_must_match():
+def test_protocol_versions_resolve_and_unknown_ones_name_the_registered():
     assert get_protocol("hard-cpu@1").id == "hard-cpu@1"
-    with pytest.raises(InvalidInput, match="version"):
+    newest = max(versions("teacher-cpu"))
+    assert get_protocol("teacher-cpu").id == f"teacher-cpu@{newest}"
+    with pytest.raises(InvalidInput, match="no version '7'") as err:
         get_protocol("hard-cpu@7")
+    assert "hard-cpu@1" in err.value.fix
+    with pytest.raises(DdkitError, match="unknown protocol"):
+        get_protocol("hard-gpu")
+
+
+def test_recipes_added_later_leave_version_one_records_unchanged():
+    """@1 cards and cached references were keyed on these dicts: new fields must not appear in them."""
+    d = get_protocol("teacher-cpu@1").to_dict()
+    assert "min_steps" not in d and "hard_pair" not in d
+    assert get_protocol("teacher-cpu@1").total_steps(60000) == 1000
+
+
+def test_results_under_different_versions_are_never_compared():
+    require_same_protocol({"id": "hard-cpu@1"}, {"id": "hard-cpu@1"}, "gain")
+    with pytest.raises(IncompatibleError, match="hard-cpu@1.*hard-cpu@2"):
+        require_same_protocol({"id": "hard-cpu@1"}, {"id": "hard-cpu@2"}, "gain")
+
+
+def test_label_robust_score_matches_dd_ranking_formula():
+    assert label_robust_score(0.0, 0.0) == pytest.approx((1 - math.exp(-1)) / (math.e - math.exp(-1)))
+    assert label_robust_score(1.0, -1.0) == pytest.approx(1.0)
+    assert label_robust_score(-1.0, 1.0) == pytest.approx(0.0)
+    scores = ranking_scores("p@2", [0.8, 0.7], [0.75, 0.72], "hard-cpu@2", [0.6, 0.5], [0.9, 0.9])
+    assert scores.hlr == pytest.approx([0.3, 0.4]) and scores.ior == pytest.approx([0.05, -0.02])
+    alpha = 0.5 * 0.05 - 0.5 * 0.3
+    assert scores.lrs[0] == pytest.approx((math.exp(alpha) - math.exp(-1)) / (math.e - math.exp(-1)))
+    with pytest.raises(InvalidInput):
+        ranking_scores("p@2", [0.8], [0.7, 0.7], "hard-cpu@2", [0.6], [0.9])
 
 
 def test_overridden_protocol_is_renamed():

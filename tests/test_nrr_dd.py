@@ -161,13 +161,16 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, teacher, data):
 
 
 def test_ablations_come_from_the_same_code(teacher, data):
-    """CIDD-only = NRR-DD before refinement; RDED-style differs only in the crop choice."""
+    """The crop-only set = NRR-DD before refinement (RDED-style under the val-chosen defaults); the
+    paper's CIDD selection differs only in the crop choice."""
     synth, ipc = NRRDD(), 1
     full = synth.synthesize(data, [teacher], ipc, small(), 0, torch.device("cpu"))
-    cidd = synth.synthesize(data, [teacher], ipc, small(refine=False), 0, torch.device("cpu"))
-    rded = synth.synthesize(data, [teacher], ipc, small(refine=False, select="highest-confidence", per_image="confidence"),
+    rded = synth.synthesize(data, [teacher], ipc, small(refine=False), 0, torch.device("cpu"))
+    cidd = synth.synthesize(data, [teacher], ipc, small(refine=False, select="lowest-confidence", per_image="cam-ratio"),
                             0, torch.device("cpu"))
-    assert cidd.config["patch_source_ids"] == full.config["patch_source_ids"]
-    assert not torch.equal(full.images, cidd.images)
+    assert rded.config["patch_source_ids"] == full.config["patch_source_ids"]
+    assert not torch.equal(full.images, rded.images)
     assert rded.config["patch_source_ids"] != cidd.config["patch_source_ids"]
-    assert full.config["refine"] and not cidd.config["refine"] and rded.config["select"] == "highest-confidence"
+    assert full.config["refine"] and not rded.config["refine"]
+    assert full.config["select"] == "highest-confidence" and full.config["per_image"] == "confidence"
+    assert cidd.config["select"] == "lowest-confidence"

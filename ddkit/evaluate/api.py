@@ -13,7 +13,8 @@ from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.cache import load_reference, reference_key, store_reference
 from ddkit.evaluate.card import Arm, ResultCard
-from ddkit.evaluate.protocols import Protocol, get_protocol
+from ddkit.evaluate.protocols import Protocol, get_protocol, hard_protocol_for
+from ddkit.evaluate.ranking import ranking_scores
 from ddkit.evaluate.sources import TrainSource, full_data_source, real_subset_source, resolve_train_set
 from ddkit.evaluate.trainer import Students, train_students
 from ddkit.models.teacher import Teacher, load_teacher
@@ -55,6 +56,39 @@ def _train(protocol, source: TrainSource, seeds, info, device, teachers, batched
     return train_students(protocol, data, seeds, info, device, [t.model for t in teachers], batched=batched, desc=desc)
 
 
+def _stored_hard_arms(hard_id: str, source: TrainSource, seeds: list[int]):
+    """(set, full data) hard-label accuracies per seed from the file's card under `hard_id`, or None."""
+    if not source.path:
+        return None
+    from ddkit.store import read_results
+
+    stored = read_results(source.path).get(hard_id)
+    if (not isinstance(stored, dict) or stored.get("content_sha256") != source.content_sha256
+            or not stored.get("full_data") or not set(seeds) <= set(stored.get("seeds", []))):
+        return None
+    at = {s: i for i, s in enumerate(stored["seeds"])}
+    pick = lambda arm: [float(stored[arm]["accuracies"][at[s]]) for s in seeds]  # noqa: E731
+    return pick("result"), pick("full_data")
+
+
+def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps, device, batched, write_card) -> dict | None:
+    """DD-Ranking's scores for this card (None when the protocol has no hard-label partner)."""
+    hard_id = hard_protocol_for(proto)
+    if hard_id is None:
+        return None
+    if f"{proto.name.partition('[')[0]}@{proto.version}" == hard_id:  # a hard-label card ranks itself
+        arms = card.result.accuracies, card.full_data.accuracies
+    else:  # a derived (shortened) protocol never reuses a full card
+        arms = _stored_hard_arms(hard_id, source, seeds) if steps is None else None
+    if arms is None:
+        hard = evaluate(train_set, hard_id, seeds, device=device, baseline=False, steps=steps, batched=batched,
+                        write_card=write_card, ranking=False)
+        arms = hard.result.accuracies, hard.full_data.accuracies
+    scores = ranking_scores(card.protocol["id"], card.result.accuracies, card.random_baseline.accuracies,
+                            hard_id if steps is None else f"{hard_id}[steps={steps}]", *arms)
+    return scores.to_dict()
+
+
 def evaluate(
     train_set: str,
     protocol: str | Protocol,
@@ -66,7 +100,12 @@ def evaluate(
     steps: int | None = None,
     batched: bool | None = None,
     write_card: bool = True,
+    ranking: bool = True,
 ) -> ResultCard:
+    """Train students on `train_set` under `protocol`, one per seed, and report their test accuracy
+    beside random real at the same budget and full data; with `ranking`, also DD-Ranking's HLR, IOR
+    and LRS (which need the set's hard-label arm: read from the file's card under the hard protocol
+    when it holds one for these seeds, else trained and written like any other card)."""
     start = time.perf_counter()
     seeds = list(seeds)
     if not seeds:
@@ -135,6 +174,9 @@ def evaluate(
         device=str(dev), world_size=w.size, batched=any(st._stacked is not None for st, _ in trained.values()),
         wall_seconds=time.perf_counter() - start,
     )
+    if ranking and card.random_baseline is not None and card.full_data is not None and (steps is not None or "[" not in proto.name):
+        card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card)
+        card.wall_seconds = time.perf_counter() - start
     if write_card and source.path and w.is_main:
         from ddkit.store import add_result
 

@@ -58,6 +58,7 @@ class ResultCard:
     result: Arm
     random_baseline: Arm | None = None
     full_data: Arm | None = None
+    ranking: dict | None = None  # DD-Ranking's HLR / IOR / LRS (ddkit.evaluate.ranking), when measured
     teachers: list[dict] = field(default_factory=list)
     device: str = "cpu"
     world_size: int = 1
@@ -97,4 +98,15 @@ class ResultCard:
                 lines.append("  ".join("-" * w for w in widths))
         if self.gain is not None:
             lines.append(f"gain over random real at the same budget: {100 * self.gain:+.2f} points")
+        if self.ranking:
+            lines.append(ranking_line(self.ranking))
         return "\n".join(lines)
+
+
+def ranking_line(ranking: dict) -> str:
+    """One line with DD-Ranking's three scores of a card's `ranking` entry (percent)."""
+    def cell(name: str, sign: str = "") -> str:
+        return f"{100 * ranking[name]['mean']:{sign}.2f} ± {100 * ranking[name]['std']:.2f}"
+
+    return (f"DD-Ranking: HLR {cell('hlr')} (under {ranking['hard_protocol']}; lower is better), "
+            f"IOR {cell('ior', '+')}, LRS {cell('lrs')} (w = {ranking['weight']:g})")
