@@ -212,7 +212,7 @@ def test_evaluate_reports_dd_ranking_scores_and_writes_the_hard_label_card(tmp_p
     assert code == 0, err
     card = json.loads(out)
     ranking = card["ranking"]
-    assert ranking["hard_protocol"] == "hard-cpu@2[steps=3]" and ranking["weight"] == 0.5
+    assert ranking["hard_protocol"] == "hard-cpu[epochs=0,steps=3]@2" and ranking["weight"] == 0.5
     results = read_results(out_file)
     hard = next(c for name, c in results.items() if name.startswith("hard-cpu"))
     expected_hlr = [f - s for f, s in zip(hard["full_data"]["accuracies"], hard["result"]["accuracies"])]
@@ -223,6 +223,9 @@ def test_evaluate_reports_dd_ranking_scores_and_writes_the_hard_label_card(tmp_p
     code, out, _ = run(capsys, "evaluate", str(out_file), "--protocol", "teacher-cpu@2", "--seeds", "2", "--steps", "3",
                        "--teacher", str(teacher_path))
     assert code == 0 and "DD-Ranking: HLR" in out and "IOR" in out and "LRS" in out
+    code, out, _ = run(capsys, "info", str(out_file))
+    row = next(line for line in out.splitlines() if "teacher-cpu[epochs=0,steps=3]@2" in line)
+    assert code == 0 and "HLR" in out and f"{100 * ranking['lrs']['mean']:.2f}" in row
 
 
 def test_a_stored_hard_label_card_is_reused_for_hlr_only_when_it_matches(tmp_path, capsys, teacher_path):

@@ -116,7 +116,7 @@ def _toy_data(n=40, seed=0):
 INFO = DatasetInfo("toy", tuple(str(i) for i in range(10)), (1, 16, 16), Normalization((0.5,), (0.5,)))
 
 
-@pytest.mark.parametrize("protocol_name", ["hard-cpu", "stored-cpu", "teacher-cpu"])
+@pytest.mark.parametrize("protocol_name", ["hard-cpu@1", "stored-cpu@1", "teacher-cpu@1"])
 def test_batched_seeds_equal_independent_runs(protocol_name):
     """`--seeds N` as one vmapped model is the same computation as N separate runs."""
     protocol = tiny(protocol_name)

@@ -76,16 +76,17 @@ def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps,
     hard_id = hard_protocol_for(proto)
     if hard_id is None:
         return None
+    arms, measured_under = None, hard_id
     if f"{proto.name.partition('[')[0]}@{proto.version}" == hard_id:  # a hard-label card ranks itself
-        arms = card.result.accuracies, card.full_data.accuracies
-    else:  # a derived (shortened) protocol never reuses a full card
-        arms = _stored_hard_arms(hard_id, source, seeds) if steps is None else None
+        arms, measured_under = (card.result.accuracies, card.full_data.accuracies), proto.id
+    elif steps is None:  # a derived (shortened) protocol never reuses a full card
+        arms = _stored_hard_arms(hard_id, source, seeds)
     if arms is None:
         hard = evaluate(train_set, hard_id, seeds, device=device, baseline=False, steps=steps, batched=batched,
                         write_card=write_card, ranking=False)
-        arms = hard.result.accuracies, hard.full_data.accuracies
+        arms, measured_under = (hard.result.accuracies, hard.full_data.accuracies), hard.protocol["id"]
     scores = ranking_scores(card.protocol["id"], card.result.accuracies, card.random_baseline.accuracies,
-                            hard_id if steps is None else f"{hard_id}[steps={steps}]", *arms)
+                            measured_under, *arms)
     return scores.to_dict()
 
 
@@ -180,5 +181,5 @@ def evaluate(
     if write_card and source.path and w.is_main:
         from ddkit.store import add_result
 
-        add_result(source.path, proto.id if steps is None else proto.name, card.to_dict())
+        add_result(source.path, proto.id, card.to_dict())  # a derived protocol: NAME[changes]@VERSION
     return card

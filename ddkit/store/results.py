@@ -73,4 +73,7 @@ def summarize_card(name: str, card: dict) -> dict:
     gain = card.get("gain_over_random")
     if gain is None and isinstance(mean, (int, float)) and isinstance(random_mean, (int, float)):
         gain = mean - random_mean
-    return {"protocol": name, "mean": mean, "std": std, "random_mean": random_mean, "random_std": random_std, "gain": gain}
+    ranking = card.get("ranking") if isinstance(card.get("ranking"), dict) else {}
+    scores = {k: _arm(ranking, k)[0] for k in ("hlr", "ior", "lrs")}  # DD-Ranking's, when the card has them
+    return {"protocol": name, "mean": mean, "std": std, "random_mean": random_mean, "random_std": random_std, "gain": gain,
+            **scores}
