@@ -154,11 +154,14 @@ def read_sidecar(folder: Path) -> dict | None:
     return meta
 
 
-def _stored_dtype(images: torch.Tensor) -> str:
+def _as_stored(images: torch.Tensor) -> torch.Tensor:
+    """uint8 when the pixels are 8-bit values (PNG, or 8-bit pixels that went through float math), else float."""
     if images.dtype == torch.uint8:
-        return "uint8"
+        return images
     scaled = images.double() * 255.0
-    return "uint8" if bool((scaled - scaled.round()).abs().max() < 1e-3) else "float16"
+    if bool((scaled - scaled.round()).abs().max() < 1e-3):
+        return scaled.round().to(torch.uint8)
+    return images.float()
 
 
 def _restore(meta: dict, folder: Path, imported: Imported) -> dict:
@@ -229,8 +232,7 @@ def write_imported(imported: Imported, fmt: str, source: str | os.PathLike, data
             soft["logits"] = LogitsLabels(imported.logits, meta={"source": f"imported from {fmt}"})
         dset = DistilledSet.from_source(
             source_set, method=imported.method, method_version="imported", config=config, seed=0,
-            images=imported.images if imported.images.dtype == torch.uint8 else imported.images.float(),
-            labels=labels, ipc=max(1, int(counts.max())), soft=soft, image_dtype=_stored_dtype(imported.images),
+            images=_as_stored(imported.images), labels=labels, ipc=max(1, int(counts.max())), soft=soft,
             license_note=f"Imported from {source.name} ({fmt}); derived from {info.name}: the source dataset's "
                          "and the set's publishers' terms apply.",
         )

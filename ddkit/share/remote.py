@@ -71,13 +71,12 @@ def _cache_path(url: str) -> Path:
     return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:20] / name
 
 
-def _is_ddkit(path: Path) -> bool:
-    return path.name.endswith((".ddk.h5", ".sel.h5"))
-
-
 def verify_local(path: Path, label: str, expected_content: str | None = None) -> str | None:
-    """Check a ddkit file's seal and content hash (refuse on mismatch); returns the content hash."""
-    if not _is_ddkit(path):
+    """Check a ddkit file's seal and content hash (refuse on mismatch); returns the content hash.
+
+    Whether it is a ddkit file is told by `label`'s name (the URL or final path, not a temporary name).
+    """
+    if not str(label).split("?")[0].endswith((".ddk.h5", ".sel.h5")):
         return None
     check_seal(path, full=True)
     h5, _ = open_store(path, STORE_FORMATS, verify=False)
@@ -102,7 +101,7 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
     if target.is_file() and not refresh:
         with open(target, "rb") as fh:
             same = fh.read(SEAL_BYTES) == head
-        if same and (not _is_ddkit(target) or _verifies(target, url, expected_content)):
+        if same and _verifies(target, url, expected_content):
             return target
     try:
         with atomic_output(target, overwrite=True) as tmp:
