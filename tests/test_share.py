@@ -19,7 +19,15 @@ from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.share import ImportOptions, export_file, import_set
 from ddkit.share.remote import fetch, header_info
-from ddkit.store import AdditiveComposite, DistilledDataset, DistilledSet, LogitsLabels, TopKLabels, add_result, write_distilled
+from ddkit.store import (
+    AdditiveComposite,
+    DistilledDataset,
+    DistilledSet,
+    LogitsLabels,
+    TopKLabels,
+    add_result,
+    write_distilled,
+)
 
 DATASET = "procedural:3"  # 10 classes, 3×16×16, generated (no download)
 
@@ -36,15 +44,30 @@ def make_file(path, source, kind: str = "uint8") -> str:
     idx = torch.arange(0, len(source), 10)[:30]
     labels = source.labels[idx]
     if kind == "uint8":
-        fields = dict(images=source.images[idx], soft={"logits": LogitsLabels(torch.randn(30, 10, generator=g))},
-                      config={"learned_lr": 0.0125})
+        fields = dict(
+            images=source.images[idx],
+            soft={"logits": LogitsLabels(torch.randn(30, 10, generator=g))},
+            config={"learned_lr": 0.0125},
+        )
     else:
         members = torch.arange(8).view(2, 4)
         comp = AdditiveComposite(torch.randn(2, 3, 16, 16, generator=g) * 0.1, members)
-        fields = dict(images=torch.rand(30, 3, 16, 16, generator=g), composite=comp, config={},
-                      soft={"topk": TopKLabels(torch.randint(0, 10, (38, 2), generator=g), torch.rand(38, 2, generator=g))})
-    dset = DistilledSet.from_source(source, method="toy", method_version="1", seed=3, labels=labels, ipc=5,
-                                    teachers=[{"arch": "convnet", "sha256": "ab" * 32}], **fields)
+        fields = dict(
+            images=torch.rand(30, 3, 16, 16, generator=g),
+            composite=comp,
+            config={},
+            soft={"topk": TopKLabels(torch.randint(0, 10, (38, 2), generator=g), torch.rand(38, 2, generator=g))},
+        )
+    dset = DistilledSet.from_source(
+        source,
+        method="toy",
+        method_version="1",
+        seed=3,
+        labels=labels,
+        ipc=5,
+        teachers=[{"arch": "convnet", "sha256": "ab" * 32}],
+        **fields,
+    )
     return write_distilled(path, dset)
 
 
@@ -109,11 +132,18 @@ def test_import_dc_result_file(tmp_path, source):
     images = norm.apply(source.pixels(idx))
     other = torch.randn_like(images)
     path = tmp_path / "res_DM_procedural_ConvNet_2ipc.pt"
-    torch.save({"data": [[other, source.labels[idx]], [images, source.labels[idx]]],
-                "accs_all_exps": {"ConvNet": [0.41, 0.43]}}, path)
+    torch.save(
+        {
+            "data": [[other, source.labels[idx]], [images, source.labels[idx]]],
+            "accs_all_exps": {"ConvNet": [0.41, 0.43]},
+        },
+        path,
+    )
     import_set(path, "dc", tmp_path / "dc.ddk.h5", ImportOptions(DATASET, index=1))
     with DistilledDataset(tmp_path / "dc.ddk.h5") as ds:
-        assert ds.header.method == "dm" and ds.header.config["import"]["reported_accuracies"] == {"ConvNet": [0.41, 0.43]}
+        assert ds.header.method == "dm" and ds.header.config["import"]["reported_accuracies"] == {
+            "ConvNet": [0.41, 0.43]
+        }
         assert torch.equal(ds.labels, source.labels[idx])
         assert torch.allclose(ds.pixels(), source.pixels(idx), atol=1e-3)  # float16 storage
     with pytest.raises(InvalidInput, match="out of range"):
@@ -189,8 +219,11 @@ def test_import_foreign_parquet_and_dd_ranking_tensors(tmp_path, source):
         Image.fromarray(source.images[i].permute(1, 2, 0).numpy()).save(buffer, format="PNG")
         blobs.append({"bytes": buffer.getvalue(), "path": None})
     names = list(source.info.class_names)[::-1]  # the publisher's own class order: remapped by name
-    meta = {b"huggingface": json.dumps({"info": {"features": {"img": {"_type": "Image"},
-                                                              "label": {"_type": "ClassLabel", "names": names}}}}).encode()}
+    meta = {
+        b"huggingface": json.dumps(
+            {"info": {"features": {"img": {"_type": "Image"}, "label": {"_type": "ClassLabel", "names": names}}}}
+        ).encode()
+    }
     table = pa.table({"img": blobs, "label": [9 - int(source.labels[i]) for i in idx]}).replace_schema_metadata(meta)
     pq.write_table(table, tmp_path / "train-00000-of-00001.parquet")
     import_set(tmp_path / "train-00000-of-00001.parquet", "hf", tmp_path / "h.ddk.h5", ImportOptions(DATASET))
@@ -234,7 +267,9 @@ def test_a_pickle_that_would_run_code_is_refused_without_running_it(tmp_path, so
 
 
 def test_objects_other_than_plain_tensors_are_refused(tmp_path):
-    torch.save({"data": [[torch.zeros(1, 3, 16, 16), torch.float32]]}, tmp_path / "res_DC_x.pt")  # weights_only allows dtypes
+    torch.save(
+        {"data": [[torch.zeros(1, 3, 16, 16), torch.float32]]}, tmp_path / "res_DC_x.pt"
+    )  # weights_only allows dtypes
     with pytest.raises(FileFormatError, match="torch.dtype"):
         import_set(tmp_path / "res_DC_x.pt", "dc", tmp_path / "a.ddk.h5", ImportOptions(DATASET))
 
@@ -246,8 +281,16 @@ def test_remote_info_reads_only_the_header_and_downloads_are_verified(tmp_path, 
     monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
     served = tmp_path / "served"
     served.mkdir()
-    dset = DistilledSet.from_source(source, method="toy", method_version="1", config={}, seed=0,
-                                    images=torch.rand(400, 3, 16, 16), labels=source.labels, ipc=40)
+    dset = DistilledSet.from_source(
+        source,
+        method="toy",
+        method_version="1",
+        config={},
+        seed=0,
+        images=torch.rand(400, 3, 16, 16),
+        labels=source.labels,
+        ipc=40,
+    )
     digest = write_distilled(served / "big.ddk.h5", dset)  # ~600 KiB of float16 pixels
     size = (served / "big.ddk.h5").stat().st_size
     with serve(served) as (base, counter):
@@ -291,9 +334,17 @@ def teacher_file(tmp_path_factory, source):
 
 def test_pack_carries_the_teachers_and_evaluate_finds_them(tmp_path, source, teacher_file, capsys):
     path, header = teacher_file
-    dset = DistilledSet.from_source(source, method="toy", method_version="1", config={}, seed=0,
-                                    images=source.images[:20], labels=source.labels[:20], ipc=2,
-                                    teachers=[header.summary()])
+    dset = DistilledSet.from_source(
+        source,
+        method="toy",
+        method_version="1",
+        config={},
+        seed=0,
+        images=source.images[:20],
+        labels=source.labels[:20],
+        ipc=2,
+        teachers=[header.summary()],
+    )
     write_distilled(tmp_path / "a.ddk.h5", dset)
     with pytest.raises(FileFormatError, match="not found"):
         run_pack = __import__("ddkit.share.pack", fromlist=["pack"]).pack
@@ -305,8 +356,20 @@ def test_pack_carries_the_teachers_and_evaluate_finds_them(tmp_path, source, tea
 
     train_set, teachers = resolve_train_set(str(tmp_path / "pack"), [])
     assert train_set.endswith("a.ddk.h5") and len(teachers) == 1
-    code, out, err = run_cli(capsys, "evaluate", tmp_path / "pack", "--protocol", "teacher-cpu", "--steps", "2",
-                             "--seeds", "1", "--no-baseline", "--no-full", "--no-write")
+    code, out, err = run_cli(
+        capsys,
+        "evaluate",
+        tmp_path / "pack",
+        "--protocol",
+        "teacher-cpu",
+        "--steps",
+        "2",
+        "--seeds",
+        "1",
+        "--no-baseline",
+        "--no-full",
+        "--no-write",
+    )
     assert code == 0, err
 
 
@@ -314,11 +377,22 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
     root = tmp_path / "team"
     root.mkdir()
     for ipc, gain in ((2, 0.05), (3, 0.12)):
-        dset = DistilledSet.from_source(source, method=f"m{ipc}", method_version="1", config={}, seed=0,
-                                        images=source.images[: 10 * ipc], labels=source.labels[: 10 * ipc], ipc=ipc)
+        dset = DistilledSet.from_source(
+            source,
+            method=f"m{ipc}",
+            method_version="1",
+            config={},
+            seed=0,
+            images=source.images[: 10 * ipc],
+            labels=source.labels[: 10 * ipc],
+            ipc=ipc,
+        )
         write_distilled(root / f"m{ipc}.ddk.h5", dset)
-        add_result(root / f"m{ipc}.ddk.h5", "hard-cpu", {"result": {"mean": 0.5 + gain, "std": 0.01},
-                                                         "random_baseline": {"mean": 0.5, "std": 0.01}})
+        add_result(
+            root / f"m{ipc}.ddk.h5",
+            "hard-cpu",
+            {"result": {"mean": 0.5 + gain, "std": 0.01}, "random_baseline": {"mean": 0.5, "std": 0.01}},
+        )
     shutil.copyfile(root / "m2.ddk.h5", root / "m2-copy.ddk.h5")
     (root / "junk.ddk.h5").write_bytes(b"not a file")
     half = (root / "m3.ddk.h5").read_bytes()
@@ -326,8 +400,22 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
     cat = tmp_path / "cat.sqlite"
     code, out, _ = run_cli(capsys, "catalog", "scan", root, "--catalog", cat)
     assert code == 0 and "3 ok, 2 damaged" in out
-    code, out, _ = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--dataset", DATASET, "--ipc", "3",
-                           "--protocol", "hard-cpu", "--sort", "gain", "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "catalog",
+        "ls",
+        "--catalog",
+        cat,
+        "--dataset",
+        DATASET,
+        "--ipc",
+        "3",
+        "--protocol",
+        "hard-cpu",
+        "--sort",
+        "gain",
+        "--json",
+    )
     rows = __import__("json").loads(out)
     assert [r["method"] for r in rows] == ["m3"] and rows[0]["gain"] == pytest.approx(0.12)
     code, out, _ = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")
@@ -336,8 +424,10 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
     # a file changed since it was indexed shows as stale; get refuses it, and fetches a good one
     with edit(root / "m2-copy.ddk.h5") as f:
         f.attrs["method"] = "edited"
-    statuses = {r["location"].rsplit("/", 1)[-1]: r["status"] for r in __import__("json").loads(
-        run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])}
+    statuses = {
+        r["location"].rsplit("/", 1)[-1]: r["status"]
+        for r in __import__("json").loads(run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])
+    }
     assert statuses["m2-copy.ddk.h5"] == "stale" and statuses["m2.ddk.h5"] == "ok"
     m3 = next(r for r in rows if r["method"] == "m3")
     code, out, _ = run_cli(capsys, "catalog", "get", m3["id"], "--catalog", cat, "--out", tmp_path / "got.ddk.h5")

@@ -53,7 +53,9 @@ class Catalog:
             self.db.execute("PRAGMA foreign_keys = ON")
             self.db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise FileFormatError(f"{self.path} is not a ddkit catalog ({exc})", "give another --catalog path") from None
+            raise FileFormatError(
+                f"{self.path} is not a ddkit catalog ({exc})", "give another --catalog path"
+            ) from None
 
     def __enter__(self) -> Catalog:
         return self
@@ -69,7 +71,9 @@ class Catalog:
                 return [root]
             fs, rpath = filesystem(root)
             protocol = root.split("://", 1)[0]
-            return [f"{protocol}://{p}" if "://" not in p else p for p in sorted(fs.find(rpath)) if p.endswith(".ddk.h5")]
+            return [
+                f"{protocol}://{p}" if "://" not in p else p for p in sorted(fs.find(rpath)) if p.endswith(".ddk.h5")
+            ]
         path = Path(root)
         if not path.exists():
             raise InvalidInput(f"{root} does not exist", "give a folder, a .ddk.h5 file or a URL")
@@ -99,10 +103,18 @@ class Catalog:
             self._upsert(row, {})
             return "damaged"
         budget = d["budget"]
-        row.update(status="ok", problem=None, content_sha256=d["content_sha256"], dataset=d["dataset"]["name"],
-                   method=d["method"], ipc=budget["ipc_stored"], instances=d["instances"],
-                   bytes=budget["bytes_images"] + budget["bytes_labels"] + budget["bytes_aux"], created=d["created"],
-                   teachers=json.dumps([t.get("sha256") for t in d["teachers"]]))
+        row.update(
+            status="ok",
+            problem=None,
+            content_sha256=d["content_sha256"],
+            dataset=d["dataset"]["name"],
+            method=d["method"],
+            ipc=budget["ipc_stored"],
+            instances=d["instances"],
+            bytes=budget["bytes_images"] + budget["bytes_labels"] + budget["bytes_aux"],
+            created=d["created"],
+            teachers=json.dumps([t.get("sha256") for t in d["teachers"]]),
+        )
         if is_url(location):
             row["size"] = d["remote"]["size"]
         self._upsert(row, d["results"])
@@ -114,12 +126,21 @@ class Catalog:
         cur = self.db.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         for name, card in results.items():
             s = summarize_card(name, card)
-            self.db.execute("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
-                            (cur.lastrowid, name, s["mean"], s["std"], s["random_mean"], s["gain"]))
+            self.db.execute(
+                "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
+                (cur.lastrowid, name, s["mean"], s["std"], s["random_mean"], s["gain"]),
+            )
 
     # -- querying --------------------------------------------------------------------------------
-    def ls(self, dataset: str | None = None, method: str | None = None, ipc: int | None = None,
-           protocol: str | None = None, sort: str = "gain", limit: int = 50) -> list[dict]:
+    def ls(
+        self,
+        dataset: str | None = None,
+        method: str | None = None,
+        ipc: int | None = None,
+        protocol: str | None = None,
+        sort: str = "gain",
+        limit: int = 50,
+    ) -> list[dict]:
         """Indexed files (one row per file and result card), filtered, best first; status re-checked."""
         where, args = [], []
         for column, value in (("f.dataset", dataset), ("f.method", method), ("f.ipc", ipc)):
@@ -132,12 +153,32 @@ class Catalog:
             where.append("r.protocol = ?")
             args.append(protocol)
         order = _SORT[sort]
-        sql = (f"SELECT f.id, f.location, f.status, f.problem, f.dataset, f.method, f.ipc, f.bytes, f.created, "
-               f"f.content_sha256, f.seal_sha256, f.size, f.mtime_ns, r.protocol, r.mean, r.std, r.random_mean, r.gain "
-               f"FROM files f {join} results r ON r.file_id = f.id {'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"ORDER BY (f.status != 'ok'), {order.split()[0]} IS NULL, {order}, f.id LIMIT ?")
-        names = ["id", "location", "status", "problem", "dataset", "method", "ipc", "bytes", "created",
-                 "content_sha256", "seal_sha256", "size", "mtime_ns", "protocol", "mean", "std", "random_mean", "gain"]
+        sql = (
+            f"SELECT f.id, f.location, f.status, f.problem, f.dataset, f.method, f.ipc, f.bytes, f.created, "
+            f"f.content_sha256, f.seal_sha256, f.size, f.mtime_ns, r.protocol, r.mean, r.std, r.random_mean, r.gain "
+            f"FROM files f {join} results r ON r.file_id = f.id {'WHERE ' + ' AND '.join(where) if where else ''} "
+            f"ORDER BY (f.status != 'ok'), {order.split()[0]} IS NULL, {order}, f.id LIMIT ?"
+        )
+        names = [
+            "id",
+            "location",
+            "status",
+            "problem",
+            "dataset",
+            "method",
+            "ipc",
+            "bytes",
+            "created",
+            "content_sha256",
+            "seal_sha256",
+            "size",
+            "mtime_ns",
+            "protocol",
+            "mean",
+            "std",
+            "random_mean",
+            "gain",
+        ]
         rows = [dict(zip(names, r, strict=True)) for r in self.db.execute(sql, [*args, limit])]
         for row in rows:
             row["status"] = self._current_status(row)
@@ -196,11 +237,15 @@ def format_rows(rows: list[dict]) -> str:
     """The `catalog ls` table."""
     if not rows:
         return "no entries (run `ddkit catalog scan DIR_OR_URL`)"
-    lines = [f"{'id':>4}  {'status':<8} {'dataset':<20} {'method':<12} {'ipc':>4}  {'protocol':<14} {'acc %':>6} "
-             f"{'random':>6} {'gain':>6} {'bytes':>9}  location"]
+    lines = [
+        f"{'id':>4}  {'status':<8} {'dataset':<20} {'method':<12} {'ipc':>4}  {'protocol':<14} {'acc %':>6} "
+        f"{'random':>6} {'gain':>6} {'bytes':>9}  location"
+    ]
     for r in rows:
-        lines.append(f"{r['id']:>4}  {r['status']:<8} {str(r['dataset'] or '—'):<20} {str(r['method'] or '—'):<12} "
-                     f"{str(r['ipc'] or '—'):>4}  {str(r['protocol'] or '—'):<14} {_pct(r['mean']):>6} "
-                     f"{_pct(r['random_mean']):>6} {_pct(r['gain'], True):>6} {str(r['bytes'] or '—'):>9}  {r['location']}"
-                     + (f"  ({r['problem']})" if r["problem"] else ""))
+        lines.append(
+            f"{r['id']:>4}  {r['status']:<8} {str(r['dataset'] or '—'):<20} {str(r['method'] or '—'):<12} "
+            f"{str(r['ipc'] or '—'):>4}  {str(r['protocol'] or '—'):<14} {_pct(r['mean']):>6} "
+            f"{_pct(r['random_mean']):>6} {_pct(r['gain'], True):>6} {str(r['bytes'] or '—'):>9}  {r['location']}"
+            + (f"  ({r['problem']})" if r["problem"] else "")
+        )
     return "\n".join(lines)

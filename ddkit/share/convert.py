@@ -33,8 +33,14 @@ def export_file(path: str | os.PathLike, fmt: str, out: str | os.PathLike, overw
     return ExportReport(str(out), fmt, len(src.labels), len(files), size, notes)
 
 
-def import_set(source: str | os.PathLike, fmt: str, out: str | os.PathLike, options: ImportOptions,
-               overwrite: bool = False, source_label: str | None = None) -> str:
+def import_set(
+    source: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    options: ImportOptions,
+    overwrite: bool = False,
+    source_label: str | None = None,
+) -> str:
     """Read `source` in format `fmt` and write it as the `.ddk.h5` `out`; returns its content_sha256.
 
     `source_label` names the source in the provenance when `source` is a local copy (a downloaded URL).

@@ -41,11 +41,17 @@ def import_dc(source: Path, options: ImportOptions) -> Imported:
     if not isinstance(data, (list, tuple)) or not data:
         raise FileFormatError(f"{source} has no 'data' list of [images, labels] pairs", _FIX)
     if not 0 <= options.index < len(data):
-        raise InvalidInput(f"{source} holds {len(data)} experiment(s); --index {options.index} is out of range",
-                           f"pick one of 0..{len(data) - 1}")
+        raise InvalidInput(
+            f"{source} holds {len(data)} experiment(s); --index {options.index} is out of range",
+            f"pick one of 0..{len(data) - 1}",
+        )
     pair = data[options.index]
-    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-            or not all(isinstance(t, torch.Tensor) for t in pair) or pair[0].ndim != 4):
+    if (
+        not isinstance(pair, (list, tuple))
+        or len(pair) != 2
+        or not all(isinstance(t, torch.Tensor) for t in pair)
+        or pair[0].ndim != 4
+    ):
         raise FileFormatError(f"{source}: experiment {options.index} is not an [images N×C×H×W, labels N] pair", _FIX)
     images, labels = pair
     norm = options.normalization or load_dataset(options.dataset, "train").info.normalization

@@ -74,12 +74,26 @@ class Exportable:
         h = self.dataset.header
         soft = {s: {"fields": p.fields(), "meta": p.meta} for s, p in self.dataset.soft.items()}
         return {
-            "format": SIDECAR_FORMAT, "version": 1, "exported_to": fmt, "source_file": Path(self.path).name,
-            "content_sha256": self.dataset.content_sha256, "method": h.method, "method_version": h.method_version,
-            "config": h.config, "seed": h.seed, "dataset": h.dataset.to_dict(), "normalization": h.normalization.to_dict(),
-            "teachers": h.teachers, "budget": h.budget.to_dict(), "license_note": h.license_note,
-            "image_dtype": str(self.stored.dtype), "num_stored": int(len(self.stored)), "exact_pixels": exact_pixels,
-            "soft": soft, "composite": self.dataset.composite is not None, "results": self.results,
+            "format": SIDECAR_FORMAT,
+            "version": 1,
+            "exported_to": fmt,
+            "source_file": Path(self.path).name,
+            "content_sha256": self.dataset.content_sha256,
+            "method": h.method,
+            "method_version": h.method_version,
+            "config": h.config,
+            "seed": h.seed,
+            "dataset": h.dataset.to_dict(),
+            "normalization": h.normalization.to_dict(),
+            "teachers": h.teachers,
+            "budget": h.budget.to_dict(),
+            "license_note": h.license_note,
+            "image_dtype": str(self.stored.dtype),
+            "num_stored": int(len(self.stored)),
+            "exact_pixels": exact_pixels,
+            "soft": soft,
+            "composite": self.dataset.composite is not None,
+            "results": self.results,
         }
 
     def write_sidecar(self, folder: Path, fmt: str, exact_pixels: bool) -> None:
@@ -178,31 +192,59 @@ def _restore(meta: dict, folder: Path, imported: Imported) -> dict:
     for scheme, record in meta.get("soft", {}).items():
         arrays = {k.split("/", 2)[2]: v for k, v in extras.items() if k.startswith(f"soft/{scheme}/")}
         fields, payload_meta = record.get("fields", {}), record.get("meta", {})
-        soft[scheme] = (PAYLOADS.get(scheme).from_stored(arrays, fields, payload_meta) if scheme in PAYLOADS
-                        else GenericPayload(scheme, arrays, fields, meta=payload_meta))
+        soft[scheme] = (
+            PAYLOADS.get(scheme).from_stored(arrays, fields, payload_meta)
+            if scheme in PAYLOADS
+            else GenericPayload(scheme, arrays, fields, meta=payload_meta)
+        )
     composite = None
     if meta.get("composite"):
         arrays = {k.split("/", 1)[1]: v for k, v in extras.items() if k.startswith("composite/")}
         extra = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("extra/")}
         composite = AdditiveComposite(arrays["compensators"], arrays["members"], extra)
-    return dict(method=meta["method"], method_version=meta["method_version"], seed=int(meta["seed"]),
-                images=images, labels=labels, ipc=int(meta["budget"]["ipc_stored"]), soft=soft, composite=composite,
-                bytes_source=int(meta["budget"]["bytes_source"]), teachers=list(meta.get("teachers", [])),
-                license_note=meta.get("license_note", ""), image_dtype=meta["image_dtype"],
-                normalization=Normalization.from_dict(meta["normalization"]), original_config=meta.get("config", {}))
+    return dict(
+        method=meta["method"],
+        method_version=meta["method_version"],
+        seed=int(meta["seed"]),
+        images=images,
+        labels=labels,
+        ipc=int(meta["budget"]["ipc_stored"]),
+        soft=soft,
+        composite=composite,
+        bytes_source=int(meta["budget"]["bytes_source"]),
+        teachers=list(meta.get("teachers", [])),
+        license_note=meta.get("license_note", ""),
+        image_dtype=meta["image_dtype"],
+        normalization=Normalization.from_dict(meta["normalization"]),
+        original_config=meta.get("config", {}),
+    )
 
 
-def write_imported(imported: Imported, fmt: str, source: str | os.PathLike, dataset: str, out: str | os.PathLike,
-                   overwrite: bool = False, source_label: str | None = None) -> str:
+def write_imported(
+    imported: Imported,
+    fmt: str,
+    source: str | os.PathLike,
+    dataset: str,
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    source_label: str | None = None,
+) -> str:
     """Write `imported` as a `.ddk.h5` for registered dataset `dataset`; returns its content_sha256."""
     source = Path(source)
     folder = source if source.is_dir() else source.parent
     meta = read_sidecar(folder)
     if meta is not None and meta["dataset"]["name"] != dataset:
-        raise IncompatibleError(f"{source} was exported from a {meta['dataset']['name']} set, not {dataset}",
-                                f"import it with --dataset {meta['dataset']['name']}")
-    provenance = {"imported": True, "format": fmt, "source": source_label or str(source),
-                  "source_sha256": source_sha256(source), **imported.details}
+        raise IncompatibleError(
+            f"{source} was exported from a {meta['dataset']['name']} set, not {dataset}",
+            f"import it with --dataset {meta['dataset']['name']}",
+        )
+    provenance = {
+        "imported": True,
+        "format": fmt,
+        "source": source_label or str(source),
+        "source_sha256": source_sha256(source),
+        **imported.details,
+    }
     if meta is not None:
         fields = _restore(meta, folder, imported)
         record = DatasetRecord.from_dict(meta["dataset"])
@@ -214,14 +256,17 @@ def write_imported(imported: Imported, fmt: str, source: str | os.PathLike, data
         info = source_set.info
         if tuple(imported.images.shape[1:]) != tuple(info.image_shape):
             raise IncompatibleError(
-                f"{source} holds images of shape {tuple(imported.images.shape[1:])}, dataset {dataset} has {info.image_shape}",
+                f"{source} holds images of shape {tuple(imported.images.shape[1:])}, "
+                f"dataset {dataset} has {info.image_shape}",
                 "import into the dataset the set was distilled from (--dataset NAME)",
             )
         labels = imported.labels.long()
         counts = torch.bincount(labels, minlength=info.num_classes) if len(labels) else torch.zeros(1)
         if len(labels) and int(labels.max()) >= info.num_classes:
-            raise IncompatibleError(f"{source} has labels up to {int(labels.max())}, dataset {dataset} has "
-                                    f"{info.num_classes} classes", "import into the dataset the set was distilled from")
+            raise IncompatibleError(
+                f"{source} has labels up to {int(labels.max())}, dataset {dataset} has {info.num_classes} classes",
+                "import into the dataset the set was distilled from",
+            )
         config = {"import": provenance}
         if imported.learned_lr is not None:
             config["learned_lr"] = imported.learned_lr
@@ -231,10 +276,17 @@ def write_imported(imported: Imported, fmt: str, source: str | os.PathLike, data
 
             soft["logits"] = LogitsLabels(imported.logits, meta={"source": f"imported from {fmt}"})
         dset = DistilledSet.from_source(
-            source_set, method=imported.method, method_version="imported", config=config, seed=0,
-            images=_as_stored(imported.images), labels=labels, ipc=max(1, int(counts.max())), soft=soft,
+            source_set,
+            method=imported.method,
+            method_version="imported",
+            config=config,
+            seed=0,
+            images=_as_stored(imported.images),
+            labels=labels,
+            ipc=max(1, int(counts.max())),
+            soft=soft,
             license_note=f"Imported from {source.name} ({fmt}); derived from {info.name}: the source dataset's "
-                         "and the set's publishers' terms apply.",
+            "and the set's publishers' terms apply.",
         )
     if len(dset.images) == 0:
         raise InvalidInput(f"{source} holds no images", "check the source path and --from format")

@@ -42,28 +42,44 @@ def card_text(src: Exportable, fmt: str, how_to_load: str) -> str:
     """The README of an export: what the set is, where it came from, how it was evaluated, how to load it."""
     h = src.header
     d = h.dataset.info
+    teachers = ", ".join(f"{t.get('arch', '?')} sha256 {str(t.get('sha256', '?'))[:16]}" for t in h.teachers)
     lines = [
-        f"# {h.method} distilled set of {d.name} ({len(src.labels)} training instances)", "",
+        f"# {h.method} distilled set of {d.name} ({len(src.labels)} training instances)",
+        "",
         f"Exported by ddkit from `{src.path.split('/')[-1]}` (content_sha256 `{src.dataset.content_sha256}`) "
-        f"to the `{fmt}` format.", "",
-        "## Provenance", "",
+        f"to the `{fmt}` format.",
+        "",
+        "## Provenance",
+        "",
         f"- method: {h.method} {h.method_version}, seed {h.seed}, created {h.created} by ddkit {h.ddkit_version}",
-        f"- dataset: {d.name} ({h.dataset.split}), {d.num_classes} classes, image shape {'x'.join(map(str, d.image_shape))}",
+        f"- dataset: {d.name} ({h.dataset.split}), {d.num_classes} classes, "
+        f"image shape {'x'.join(map(str, d.image_shape))}",
         f"- normalization (mean / std): {list(h.normalization.mean)} / {list(h.normalization.std)}",
         f"- budget: {h.budget.ipc_stored} images per class stored, {h.budget.bytes_total} bytes",
-        f"- teachers: {', '.join(str(t.get('arch', '?')) + ' sha256 ' + str(t.get('sha256', '?'))[:16] for t in h.teachers) or 'none'}",
-        f"- license: {h.license_note}", "",
-        "## Results (final-step test accuracy, mean over seeds; random real subset at the same budget)", "",
+        f"- teachers: {teachers or 'none'}",
+        f"- license: {h.license_note}",
+        "",
+        "## Results (final-step test accuracy, mean over seeds; random real subset at the same budget)",
+        "",
     ]
     if src.results:
         lines += ["| protocol | accuracy | random real | gain |", "|---|---|---|---|"]
         for name, card in sorted(src.results.items()):
             mean = (card.get("result") or {}).get("mean")
             rnd = (card.get("random_baseline") or {}).get("mean")
-            gain = card.get("gain_over_random", mean - rnd if isinstance(mean, float) and isinstance(rnd, float) else None)
+            gain = card.get(
+                "gain_over_random", mean - rnd if isinstance(mean, float) and isinstance(rnd, float) else None
+            )
             lines.append(f"| {name} | {_percent(mean)} | {_percent(rnd)} | {_percent(gain)} |")
     else:
         lines.append("not evaluated (run `ddkit evaluate`)")
-    lines += ["", "## Loading", "", how_to_load, "",
-              "`ddkit.json` and `extras/` let `ddkit import` rebuild the original file exactly.", ""]
+    lines += [
+        "",
+        "## Loading",
+        "",
+        how_to_load,
+        "",
+        "`ddkit.json` and `extras/` let `ddkit import` rebuild the original file exactly.",
+        "",
+    ]
     return "\n".join(lines)

@@ -82,20 +82,31 @@ def front_matter(src: Exportable, shards: int, num_bytes: int) -> str:
     if src.logits is not None:
         features.append({"name": "logits", "sequence": "float32"})
     meta = {
-        "license": "other", "task_categories": ["image-classification"],
+        "license": "other",
+        "task_categories": ["image-classification"],
         "tags": ["dataset-distillation", "ddkit", h.method],
         "pretty_name": f"{h.method} distilled {h.dataset.info.name}",
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
-        "dataset_info": {"features": features,
-                         "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": int(len(src.labels))}]},
-        "ddkit": {"content_sha256": src.dataset.content_sha256, "method": h.method, "method_version": h.method_version,
-                  "dataset": h.dataset.info.name, "ipc": h.budget.ipc_stored, "shards": shards,
-                  "results": {k: (v.get("result") or {}).get("mean") for k, v in sorted(src.results.items())}},
+        "dataset_info": {
+            "features": features,
+            "splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": int(len(src.labels))}],
+        },
+        "ddkit": {
+            "content_sha256": src.dataset.content_sha256,
+            "method": h.method,
+            "method_version": h.method_version,
+            "dataset": h.dataset.info.name,
+            "ipc": h.budget.ipc_stored,
+            "shards": shards,
+            "results": {k: (v.get("result") or {}).get("mean") for k, v in sorted(src.results.items())},
+        },
     }
     return "\n".join(["---", *_yaml(meta), "---", ""])
 
 
-@EXPORTERS.register("hf", summary="a Hugging Face datasets folder: parquet shards (image, label, logits) + dataset card")
+@EXPORTERS.register(
+    "hf", summary="a Hugging Face datasets folder: parquet shards (image, label, logits) + dataset card"
+)
 def export_hf(src: Exportable, folder: Path) -> list[str]:
     pa = _pyarrow()
     pixels = to_uint8(src.pixels)
@@ -106,12 +117,16 @@ def export_hf(src: Exportable, folder: Path) -> list[str]:
         if size >= SHARD_BYTES or i == len(pngs) - 1:
             bounds.append((start, i + 1))
             start, size = i + 1, 0
-    metadata = {b"huggingface": json.dumps({"info": {"features": _features(src.class_names, src.logits is not None)}}).encode()}
+    metadata = {
+        b"huggingface": json.dumps({"info": {"features": _features(src.class_names, src.logits is not None)}}).encode()
+    }
     (folder / "data").mkdir()
     for k, (a, b) in enumerate(bounds):
         columns = {
-            "image": pa.array([{"bytes": p, "path": None} for p in pngs[a:b]],
-                              pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+            "image": pa.array(
+                [{"bytes": p, "path": None} for p in pngs[a:b]],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+            ),
             "label": pa.array(src.labels[a:b], pa.int64()),
         }
         if src.logits is not None:
@@ -119,12 +134,18 @@ def export_hf(src: Exportable, folder: Path) -> list[str]:
         table = pa.table(columns).replace_schema_metadata(metadata)
         pa.parquet.write_table(table, folder / "data" / f"train-{k:05d}-of-{len(bounds):05d}.parquet")
     src.write_sidecar(folder, "hf", exact_pixels=exact_in_uint8(src.stored))
-    how = ("```python\nfrom datasets import load_dataset\nds = load_dataset('parquet', data_files='data/train-*.parquet')"
-           "['train']   # or load_dataset(THIS_FOLDER)\n```\nImages are the pixels in [0, 1] as 8-bit PNG; normalize "
-           "with the mean/std above before training.")
+    how = (
+        "```python\nfrom datasets import load_dataset\nds = load_dataset('parquet', data_files='data/train-*.parquet')"
+        "['train']   # or load_dataset(THIS_FOLDER)\n```\nImages are the pixels in [0, 1] as 8-bit PNG; normalize "
+        "with the mean/std above before training."
+    )
     card = front_matter(src, len(bounds), sum(len(p) for p in pngs)) + card_text(src, "hf", how)
     (folder / "README.md").write_text(card)
-    notes = [] if exact_in_uint8(src.stored) else ["float16 pixels are rounded to 8 bits in the PNGs; extras/images.npy keeps them"]
+    notes = (
+        []
+        if exact_in_uint8(src.stored)
+        else ["float16 pixels are rounded to 8 bits in the PNGs; extras/images.npy keeps them"]
+    )
     if src.dataset.composite is not None:
         notes.append("composed instances written as images; bases + compensators kept in extras/composite")
     return notes
@@ -137,8 +158,10 @@ def _column(table, names: tuple[str, ...], what: str, path: Path):
     for name in names:
         if name in table.column_names:
             return name
-    raise FileFormatError(f"{path} has no {what} column (looked for {', '.join(names)}; found {table.column_names})",
-                          "give an image-classification set with image and label columns")
+    raise FileFormatError(
+        f"{path} has no {what} column (looked for {', '.join(names)}; found {table.column_names})",
+        "give an image-classification set with image and label columns",
+    )
 
 
 def _class_names(schema) -> list[str] | None:
@@ -148,7 +171,11 @@ def _class_names(schema) -> list[str] | None:
     except (ValueError, KeyError, TypeError):
         return None
     for feature in features.values():
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and isinstance(feature.get("names"), list):
+        if (
+            isinstance(feature, dict)
+            and feature.get("_type") == "ClassLabel"
+            and isinstance(feature.get("names"), list)
+        ):
             return [str(n) for n in feature["names"]]
     return None
 
@@ -184,8 +211,10 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
         for cell in table.column(image_col).to_pylist():
             blob = cell.get("bytes") if isinstance(cell, dict) else cell
             if not isinstance(blob, (bytes, bytearray)):
-                raise FileFormatError(f"{path}: column {image_col!r} does not hold embedded image bytes",
-                                      "export the set with embedded images (datasets embeds them on push_to_hub)")
+                raise FileFormatError(
+                    f"{path}: column {image_col!r} does not hold embedded image bytes",
+                    "export the set with embedded images (datasets embeds them on push_to_hub)",
+                )
             images.append(_decode(blob, info.image_shape[0], path))
         labels += table.column(label_col).to_pylist()
         if "logits" in table.column_names:
@@ -193,14 +222,18 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
     labels_t = torch.tensor(labels, dtype=torch.long)
     if names and list(names) != list(info.class_names):
         if not set(names) <= set(info.class_names):
-            raise IncompatibleError(f"{source} names classes {names[:5]}…, which are not {info.name}'s",
-                                    "import into the dataset the set was made from (--dataset NAME)")
+            raise IncompatibleError(
+                f"{source} names classes {names[:5]}…, which are not {info.name}'s",
+                "import into the dataset the set was made from (--dataset NAME)",
+            )
         remap = torch.tensor([list(info.class_names).index(n) for n in names])
         labels_t = remap[labels_t]
     for array in images:
         if array.shape != tuple(info.image_shape):
-            raise IncompatibleError(f"{source} has images of shape {array.shape}, {info.name} has {info.image_shape}",
-                                    "import into the dataset the set was distilled from")
+            raise IncompatibleError(
+                f"{source} has images of shape {array.shape}, {info.name} has {info.image_shape}",
+                "import into the dataset the set was distilled from",
+            )
     pixels = torch.from_numpy(np.stack(images)) if images else torch.zeros((0, *info.image_shape), dtype=torch.uint8)
     soft = np.asarray(logits, dtype=np.float32) if logits and len(logits) == len(labels) else None
     return Imported(pixels, labels_t, method="hf", logits=soft, details={"parquet_files": len(files)})

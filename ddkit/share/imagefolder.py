@@ -44,7 +44,9 @@ def _save_png(path: Path, chw: np.ndarray) -> None:
     Image.fromarray(chw[0] if chw.shape[0] == 1 else chw.transpose(1, 2, 0)).save(path, compress_level=6)
 
 
-@EXPORTERS.register("imagefolder", summary="lossless PNGs in OUT/train/<class>/, classes.json, labels as .npy, README card")
+@EXPORTERS.register(
+    "imagefolder", summary="lossless PNGs in OUT/train/<class>/, classes.json, labels as .npy, README card"
+)
 def export_imagefolder(src: Exportable, folder: Path) -> list[str]:
     names = folder_names(src.class_names)
     for name in names:
@@ -55,12 +57,17 @@ def export_imagefolder(src: Exportable, folder: Path) -> list[str]:
     (folder / CLASS_MAP).write_text(json.dumps(names, indent=1, ensure_ascii=False) + "\n")
     exact = exact_in_uint8(src.stored)
     src.write_sidecar(folder, "imagefolder", exact_pixels=exact)
-    how = ("Train on it with any image-folder loader; the label of `train/<folder>/` is the folder's index in "
-           "`classes.json`. With ddkit: `ddkit import OUT --from imagefolder --dataset "
-           f"{src.header.dataset.info.name} set.ddk.h5`.")
+    how = (
+        "Train on it with any image-folder loader; the label of `train/<folder>/` is the folder's index in "
+        "`classes.json`. With ddkit: `ddkit import OUT --from imagefolder --dataset "
+        f"{src.header.dataset.info.name} set.ddk.h5`."
+    )
     (folder / "README.md").write_text(card_text(src, "imagefolder", how))
-    notes = [] if exact else ["float16 pixels are rounded to 8 bits in the PNGs (error ≤ 1/510); "
-                              "extras/images.npy keeps them exactly"]
+    notes = (
+        []
+        if exact
+        else ["float16 pixels are rounded to 8 bits in the PNGs (error ≤ 1/510); extras/images.npy keeps them exactly"]
+    )
     if src.dataset.composite is not None:
         notes.append("composed instances written as PNGs; bases + compensators kept in extras/composite")
     return notes
@@ -76,10 +83,14 @@ def _class_index(source: Path, folders: list[str], info: DatasetInfo) -> dict[st
             try:
                 names = json.loads(candidate.read_text())
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise FileFormatError(f"{candidate} is not readable JSON ({exc})", "write a JSON list of folder names") from None
+                raise FileFormatError(
+                    f"{candidate} is not readable JSON ({exc})", "write a JSON list of folder names"
+                ) from None
             if not isinstance(names, list) or not set(folders) <= set(names):
-                raise FileFormatError(f"{candidate} does not list every class folder ({sorted(set(folders) - set(names or []))})",
-                                      "list every folder name, in label order")
+                raise FileFormatError(
+                    f"{candidate} does not list every class folder ({sorted(set(folders) - set(names or []))})",
+                    "list every folder name, in label order",
+                )
             return {n: names.index(n) for n in folders}
     for names in (list(info.class_names), folder_names(list(info.class_names))):
         if set(folders) <= set(names):
@@ -90,7 +101,8 @@ def _class_index(source: Path, folders: list[str], info: DatasetInfo) -> dict[st
         if len(set(index.values())) == len(index) and max(index.values()) < info.num_classes:
             return index
     raise FileFormatError(
-        f"{source}: cannot tell the class of folders {folders[:5]}{'…' if len(folders) > 5 else ''} without a class map",
+        f"{source}: cannot tell the class of folders {folders[:5]}{'…' if len(folders) > 5 else ''} "
+        "without a class map",
         f"write {source / CLASS_MAP}: a JSON list of the folder names in label order (index i = class "
         f"{info.class_names[0]!r}, … for {info.name})",
     )
@@ -111,7 +123,9 @@ def _order_key(path: Path) -> tuple:
     return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
 
 
-@IMPORTERS.register("imagefolder", summary="image folders: ddkit exports, SRe2L / RDED / INFER releases (<class>/*.png|jpg)")
+@IMPORTERS.register(
+    "imagefolder", summary="image folders: ddkit exports, SRe2L / RDED / INFER releases (<class>/*.png|jpg)"
+)
 def import_imagefolder(source: Path, options: ImportOptions) -> Imported:
     if not source.is_dir():
         raise FileFormatError(f"{source} is not a folder", "give the folder that holds the class folders (or train/)")
@@ -122,8 +136,12 @@ def import_imagefolder(source: Path, options: ImportOptions) -> Imported:
     if not folders:
         raise FileFormatError(f"{root} has no class folders", "give the folder that holds <class>/ image folders")
     index = _class_index(source, folders, info)
-    items = [(p, index[f]) for f in folders for p in (root / f).iterdir()
-             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS]
+    items = [
+        (p, index[f])
+        for f in folders
+        for p in (root / f).iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
     if all(p.stem.isdigit() for p, _ in items):  # a ddkit export: files named by instance index
         items.sort(key=lambda item: int(item[0].stem))
     else:
@@ -131,9 +149,11 @@ def import_imagefolder(source: Path, options: ImportOptions) -> Imported:
     arrays = [_read(p, info.image_shape[0]) for p, _ in items]
     for (path, _), array in zip(items, arrays, strict=True):
         if array.shape != tuple(info.image_shape):
-            raise IncompatibleError(f"{path} is {array.shape[2]}×{array.shape[1]} pixels, {info.name} images are "
-                                    f"{info.image_shape[2]}×{info.image_shape[1]}",
-                                    "import into the dataset the set was distilled from (same image size)")
+            raise IncompatibleError(
+                f"{path} is {array.shape[2]}×{array.shape[1]} pixels, {info.name} images are "
+                f"{info.image_shape[2]}×{info.image_shape[1]}",
+                "import into the dataset the set was distilled from (same image size)",
+            )
     images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, *info.image_shape), dtype=torch.uint8)
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return Imported(images, labels, method="imagefolder", details={"files": len(items)})

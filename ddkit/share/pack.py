@@ -67,8 +67,10 @@ def pack(path: str | os.PathLike, out_dir: str | os.PathLike, search: list[str],
     missing = [t for t in header + cards if t["sha256"] not in found]
     if missing:
         names = ", ".join(f"{t.get('arch', '?')} sha256 {t['sha256'][:12]}" for t in missing)
-        raise FileFormatError(f"{path} references teacher(s) not found among {search or 'no --teacher'}: {names}",
-                              "pass --teacher FILE_OR_FOLDER where those teacher files are")
+        raise FileFormatError(
+            f"{path} references teacher(s) not found among {search or 'no --teacher'}: {names}",
+            "pass --teacher FILE_OR_FOLDER where those teacher files are",
+        )
     records = []
     with atomic_folder(out_dir, overwrite) as folder:
         shutil.copyfile(path, folder / path.name)
@@ -85,13 +87,15 @@ def pack(path: str | os.PathLike, out_dir: str | os.PathLike, search: list[str],
 
 def _readme(name: str, records: list[dict]) -> str:
     teachers = "\n".join(f"- `{r['file']}`: {r['arch']} (tensors sha256 `{r['sha256']}`)" for r in records) or "- none"
-    return (f"# {name}, packed with its teachers\n\n"
-            f"Teachers (matched by the sha256 of their tensors):\n\n{teachers}\n\n"
-            "## Evaluate\n\n```bash\n"
-            "ddkit info THIS_FOLDER/" + name + "                 # provenance, budget, result cards\n"
-            "ddkit evaluate THIS_FOLDER --protocol hard-cpu     # teachers are found in pack.json\n"
-            "ddkit evaluate THIS_FOLDER --protocol stored-cpu   # the stored labels, beside a random subset relabeled by the same teachers\n"
-            "```\n")
+    return (
+        f"# {name}, packed with its teachers\n\n"
+        f"Teachers (matched by the sha256 of their tensors):\n\n{teachers}\n\n"
+        "## Evaluate\n\n```bash\n"
+        "ddkit info THIS_FOLDER/" + name + "                 # provenance, budget, result cards\n"
+        "ddkit evaluate THIS_FOLDER --protocol hard-cpu     # teachers are found in pack.json\n"
+        "ddkit evaluate THIS_FOLDER --protocol stored-cpu   # stored labels; the random subset gets the same teachers\n"
+        "```\n"
+    )
 
 
 def read_pack(folder: str | os.PathLike) -> tuple[Path, list[Path]]:
@@ -102,7 +106,9 @@ def read_pack(folder: str | os.PathLike) -> tuple[Path, list[Path]]:
         records = manifest["teachers"]
         set_path = folder / manifest["set"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FileFormatError(f"{folder / MANIFEST} is not a readable pack manifest ({exc})", "re-create it with `ddkit pack`") from None
+        raise FileFormatError(
+            f"{folder / MANIFEST} is not a readable pack manifest ({exc})", "re-create it with `ddkit pack`"
+        ) from None
     in_header = [folder / r["file"] for r in records if r.get("in_header")]
     return set_path, in_header or [folder / r["file"] for r in records]
 

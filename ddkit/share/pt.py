@@ -30,7 +30,9 @@ from ddkit.share.safe_pt import load_plain
 ZCA_EPS = 0.1  # MTT's ZCAWhitening(eps=0.1)
 
 
-@EXPORTERS.register("pt", summary="images.pt (normalized), labels.pt, soft_labels.pt, lr.pt: what DD-Ranking / DC / MTT code reads")
+@EXPORTERS.register(
+    "pt", summary="images.pt (normalized), labels.pt, soft_labels.pt, lr.pt: what DD-Ranking / DC / MTT code reads"
+)
 def export_pt(src: Exportable, folder: Path) -> list[str]:
     torch.save(src.normalization.apply(src.pixels).contiguous(), folder / "images.pt")
     torch.save(torch.from_numpy(src.labels), folder / "labels.pt")
@@ -39,8 +41,11 @@ def export_pt(src: Exportable, folder: Path) -> list[str]:
     if src.learned_lr is not None:
         torch.save(torch.tensor(src.learned_lr, dtype=torch.float32), folder / "lr.pt")
     src.write_sidecar(folder, "pt", exact_pixels=True)
-    how = ("```python\nimages = torch.load('images.pt', weights_only=True)   # normalized with the mean/std above\n"
-           "labels = torch.load('labels.pt', weights_only=True)   # soft_labels.pt: the stored logits, lr.pt: learned lr\n```")
+    how = (
+        "```python\nimages = torch.load('images.pt', weights_only=True)   # normalized with the mean/std above\n"
+        "labels = torch.load('labels.pt', weights_only=True)\n"
+        "# soft_labels.pt: the stored logits; lr.pt: the learned step size\n```"
+    )
     (folder / "README.md").write_text(card_text(src, "pt", how))
     notes = []
     if src.dataset.composite is not None:
@@ -74,19 +79,25 @@ def zca_inverse(params: str, options: ImportOptions, norm: Normalization) -> tup
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: torch.from_numpy(z[k]) for k in z.files}
         except (OSError, ValueError) as exc:
-            raise FileFormatError(f"{path} is not a readable .npz ({exc})", "save the ZCA parameters with np.savez") from None
+            raise FileFormatError(
+                f"{path} is not a readable .npz ({exc})", "save the ZCA parameters with np.savez"
+            ) from None
     else:
         arrays = load_plain(path)
         if not isinstance(arrays, dict):
-            raise FileFormatError(f"{path} holds a {type(arrays).__name__}, not a dict of ZCA parameters",
-                                  "save {'mean': ..., 'transform': ...} (kornia's mean_vector, transform_matrix)")
+            raise FileFormatError(
+                f"{path} holds a {type(arrays).__name__}, not a dict of ZCA parameters",
+                "save {'mean': ..., 'transform': ...} (kornia's mean_vector, transform_matrix)",
+            )
     mean = arrays.get("mean", arrays.get("mean_vector"))
     inverse = arrays.get("transform_inv")
     if inverse is None and arrays.get("transform", arrays.get("transform_matrix")) is not None:
         inverse = torch.linalg.inv(torch.as_tensor(arrays.get("transform", arrays.get("transform_matrix"))).double())
     if mean is None or inverse is None:
-        raise FileFormatError(f"{path} lacks the ZCA mean or transform (keys: {sorted(arrays)})",
-                              "give 'mean' and 'transform' (or 'transform_inv'), as kornia's ZCAWhitening holds them")
+        raise FileFormatError(
+            f"{path} lacks the ZCA mean or transform (keys: {sorted(arrays)})",
+            "give 'mean' and 'transform' (or 'transform_inv'), as kornia's ZCAWhitening holds them",
+        )
     return torch.as_tensor(mean).reshape(-1), torch.as_tensor(inverse), f"parameters from {path.name}"
 
 
@@ -94,22 +105,29 @@ def unwhiten(images: torch.Tensor, mean: torch.Tensor, inverse: torch.Tensor) ->
     """Invert x_white = (x − mean) · T row-wise: x = x_white · T⁻¹ + mean."""
     flat = images.double().reshape(len(images), -1)
     if inverse.shape != (flat.shape[1], flat.shape[1]) or mean.numel() != flat.shape[1]:
-        raise InvalidInput(f"ZCA parameters of size {tuple(inverse.shape)} do not fit images of {flat.shape[1]} values",
-                           "use the parameters fitted on this dataset")
+        raise InvalidInput(
+            f"ZCA parameters of size {tuple(inverse.shape)} do not fit images of {flat.shape[1]} values",
+            "use the parameters fitted on this dataset",
+        )
     return (flat @ inverse.double() + mean.double()).reshape(images.shape).float()
 
 
-def read_tensors(source: Path, options: ImportOptions, names: dict[str, tuple[str, ...]], method: str,
-                 whitening_required: bool) -> Imported:
+def read_tensors(
+    source: Path, options: ImportOptions, names: dict[str, tuple[str, ...]], method: str, whitening_required: bool
+) -> Imported:
     """Images, labels and learned lr from the files `names` lists (first present wins)."""
     folder = source if source.is_dir() else source.parent
     images_path = source if source.is_file() else _first(folder, names["images"])
     if images_path is None:
-        raise FileFormatError(f"{source} has none of {', '.join(names['images'])}", f"give the folder of a {method} set")
+        raise FileFormatError(
+            f"{source} has none of {', '.join(names['images'])}", f"give the folder of a {method} set"
+        )
     meta = read_sidecar(folder)
     images = _tensor(images_path, "images")
     if images.ndim != 4:
-        raise FileFormatError(f"{images_path} has shape {tuple(images.shape)}, expected N×C×H×W", "give the images tensor")
+        raise FileFormatError(
+            f"{images_path} has shape {tuple(images.shape)}, expected N×C×H×W", "give the images tensor"
+        )
     details: dict = {}
     if meta is None and options.zca is None and not options.no_zca and whitening_required:
         raise InvalidInput(
@@ -117,8 +135,11 @@ def read_tensors(source: Path, options: ImportOptions, names: dict[str, tuple[st
             "pass --zca FILE (the whitening's mean and transform), --zca fit (refit MTT's kornia ZCA, eps 0.1, on "
             "--dataset), or --no-zca if the set was distilled without --zca",
         )
-    norm = (Normalization.from_dict(meta["normalization"]) if meta else
-            options.normalization or load_dataset(options.dataset, "train").info.normalization)
+    norm = (
+        Normalization.from_dict(meta["normalization"])
+        if meta
+        else options.normalization or load_dataset(options.dataset, "train").info.normalization
+    )
     if options.zca is not None:
         mean, inverse, how = zca_inverse(options.zca, options, norm)
         images = unwhiten(images, mean, inverse)

@@ -28,8 +28,17 @@ from ddkit.store.hashing import header_sha256
 from ddkit.store.results import STORE_FORMATS
 from ddkit.store.schema import DISTILLED_FORMAT, DistilledHeader, attr_text, decode_attrs, load_json
 
-_BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "hf": "huggingface_hub", "http": "aiohttp",
-             "https": "aiohttp", "az": "adlfs", "abfs": "adlfs"}
+_BACKENDS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "hf": "huggingface_hub",
+    "http": "aiohttp",
+    "https": "aiohttp",
+    "az": "adlfs",
+    "abfs": "adlfs",
+}
 _BLOCK = 1 << 20
 HEADER_BLOCK = 64 << 10  # ranged reads of the header come in blocks of this size
 
@@ -52,18 +61,21 @@ def filesystem(url: str):
         return fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
         package = _BACKENDS.get(protocol, f"the fsspec back-end for {protocol}://")
-        raise DdkitError(f"cannot read {protocol}:// URLs here ({exc})",
-                         f"pip install {package} (ddkit's extras: pip install \"ddkit[remote]\")") from None
+        raise DdkitError(
+            f"cannot read {protocol}:// URLs here ({exc})",
+            f'pip install {package} (ddkit\'s extras: pip install "ddkit[remote]")',
+        ) from None
 
 
 def _remote_error(url: str, exc: Exception) -> DdkitError:
-    return FileFormatError(f"cannot read {url} ({type(exc).__name__}: {str(exc)[:200]})",
-                           "check the URL, the network and your credentials")
+    return FileFormatError(
+        f"cannot read {url} ({type(exc).__name__}: {str(exc)[:200]})", "check the URL, the network and your credentials"
+    )
 
 
 def local_path(spec: str) -> str:
     """`file://PATH` as PATH; anything else unchanged."""
-    return spec[len("file://"):] if isinstance(spec, str) and spec.startswith("file://") else spec
+    return spec[len("file://") :] if isinstance(spec, str) and spec.startswith("file://") else spec
 
 
 def _cache_path(url: str) -> Path:
@@ -83,8 +95,10 @@ def verify_local(path: Path, label: str, expected_content: str | None = None) ->
     with h5:
         digest = verify_content(h5, label)
     if expected_content is not None and digest != expected_content:
-        raise FileFormatError(f"{label} holds content {digest[:12]}…, not the {expected_content[:12]}… asked for",
-                              "the file at that URL changed since it was indexed; rescan the catalog")
+        raise FileFormatError(
+            f"{label} holds content {digest[:12]}…, not the {expected_content[:12]}… asked for",
+            "the file at that URL changed since it was indexed; rescan the catalog",
+        )
     return digest
 
 
@@ -111,8 +125,10 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
             try:
                 verify_local(tmp, url, expected_content)
             except FileFormatError as exc:
-                raise FileFormatError(f"download refused: {exc.problem}",
-                                      "the remote file is damaged or was tampered with; ask its owner for a good copy") from None
+                raise FileFormatError(
+                    f"download refused: {exc.problem}",
+                    "the remote file is damaged or was tampered with; ask its owner for a good copy",
+                ) from None
     except DdkitError:
         raise
     except Exception as exc:
@@ -175,11 +191,17 @@ def header_info(url: str) -> dict:
     try:
         with h5py.File(counter, "r") as h5, reading(url):
             d = _header_dict(h5, url)
-        d["remote"] = {"url": url, "size": int(raw.size), "bytes_read": counter.bytes_read,
-                       "verified": "header_sha256 (content not checked: `ddkit validate URL` downloads and checks every byte)"}
+        d["remote"] = {
+            "url": url,
+            "size": int(raw.size),
+            "bytes_read": counter.bytes_read,
+            "verified": "header_sha256 (content not checked: `ddkit validate URL` downloads and checks every byte)",
+        }
         return d
     except OSError as exc:
-        raise FileFormatError(f"{url} is not a readable HDF5 file ({exc})", "check the URL; give a ddkit file") from None
+        raise FileFormatError(
+            f"{url} is not a readable HDF5 file ({exc})", "check the URL; give a ddkit file"
+        ) from None
     finally:
         raw.close()
 
@@ -187,11 +209,15 @@ def header_info(url: str) -> dict:
 def _header_dict(h5: h5py.File, url: str) -> dict:
     fmt = check_identity(h5, url, STORE_FORMATS)
     if fmt != DISTILLED_FORMAT:
-        raise FileFormatError(f"{url} is a selection file; header-only reads serve distilled files",
-                              "give a .ddk.h5 URL (`ddkit validate URL` downloads any ddkit file)")
+        raise FileFormatError(
+            f"{url} is a selection file; header-only reads serve distilled files",
+            "give a .ddk.h5 URL (`ddkit validate URL` downloads any ddkit file)",
+        )
     if attr_text(h5.attrs["header_sha256"]) != header_sha256(h5):
-        raise FileFormatError(f"{url}: header hash mismatch: the file's attributes were modified or corrupted",
-                              "ask the file's owner for a good copy")
+        raise FileFormatError(
+            f"{url}: header hash mismatch: the file's attributes were modified or corrupted",
+            "ask the file's owner for a good copy",
+        )
     header = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
     labels = np.asarray(h5["labels"][()], dtype=np.int64)
     compensators = 0
@@ -200,23 +226,42 @@ def _header_dict(h5: h5py.File, url: str) -> dict:
         compensators = int(members.shape[0])
         labels = np.concatenate([labels, labels[members.reshape(-1)]])
     counts = np.bincount(labels, minlength=header.num_classes).tolist()
-    results = {name: load_json(group.attrs["card"], f"result card {name!r}")
-               for name, group in h5.get("results", {}).items()}
+    results = {
+        name: load_json(group.attrs["card"], f"result card {name!r}") for name, group in h5.get("results", {}).items()
+    }
     composite = None
     if compensators:
         comps = h5["composite/compensators"]
         nbytes = int(np.prod(comps.shape)) * comps.dtype.itemsize
-        composite = {"compensators": compensators, "bytes_compensators": nbytes,
-                     "bytes_mapping": int(header.budget.bytes_by_part.get("composite", 0)) - nbytes,
-                     "equivalent_ipc": (int(h5["images"].shape[0]) + compensators) / header.num_classes,
-                     "instances_per_class": len(labels) / header.num_classes}
+        composite = {
+            "compensators": compensators,
+            "bytes_compensators": nbytes,
+            "bytes_mapping": int(header.budget.bytes_by_part.get("composite", 0)) - nbytes,
+            "equivalent_ipc": (int(h5["images"].shape[0]) + compensators) / header.num_classes,
+            "instances_per_class": len(labels) / header.num_classes,
+        }
     h = header
     return {
-        "path": url, "format": fmt, "schema": int(h5.attrs["schema"]), "content_sha256": attr_text(h5.attrs["content_sha256"]),
-        "results": results, "method": h.method, "method_version": h.method_version, "seed": h.seed, "created": h.created,
-        "ddkit_version": h.ddkit_version, "dataset": h.dataset.to_dict(), "normalization": h.normalization.to_dict(),
-        "instances": int(len(labels)), "stored_images": int(h5["images"].shape[0]), "compensators": compensators,
+        "path": url,
+        "format": fmt,
+        "schema": int(h5.attrs["schema"]),
+        "content_sha256": attr_text(h5.attrs["content_sha256"]),
+        "results": results,
+        "method": h.method,
+        "method_version": h.method_version,
+        "seed": h.seed,
+        "created": h.created,
+        "ddkit_version": h.ddkit_version,
+        "dataset": h.dataset.to_dict(),
+        "normalization": h.normalization.to_dict(),
+        "instances": int(len(labels)),
+        "stored_images": int(h5["images"].shape[0]),
+        "compensators": compensators,
         "instances_per_class": dict(zip(h.dataset.info.class_names, counts, strict=True)),
-        "budget": h.budget.to_dict(), "composite": composite, "teachers": h.teachers, "config": h.config,
-        "license_note": h.license_note, "dbr": None,
+        "budget": h.budget.to_dict(),
+        "composite": composite,
+        "teachers": h.teachers,
+        "config": h.config,
+        "license_note": h.license_note,
+        "dbr": None,
     }

@@ -18,7 +18,9 @@ import torch
 from ddkit.errors import FileFormatError
 
 PLAIN_TYPES = (torch.Tensor, bool, int, float, str, type(None))
-SAFE_FIX = "only tensors, lists, dicts and numbers are imported; re-save the set as plain tensors (torch.save(tensor, PATH))"
+SAFE_FIX = (
+    "only tensors, lists, dicts and numbers are imported; re-save the set as plain tensors (torch.save(tensor, PATH))"
+)
 
 
 def load_plain(path: str | os.PathLike) -> Any:
@@ -29,8 +31,9 @@ def load_plain(path: str | os.PathLike) -> Any:
         raise FileFormatError(f"{path} does not exist", "check the path") from None
     except Exception as exc:  # torch raises many types for foreign bytes and refused globals
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise FileFormatError(f"{path} cannot be read as plain tensors with torch.load(weights_only=True): {first}",
-                              SAFE_FIX) from None
+        raise FileFormatError(
+            f"{path} cannot be read as plain tensors with torch.load(weights_only=True): {first}", SAFE_FIX
+        ) from None
     check_plain(obj, str(path))
     return obj
 
