@@ -4,6 +4,7 @@ server, packs and the catalog."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -18,6 +19,7 @@ from http_range import serve
 from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.share import ImportOptions, export_file, import_set
+from ddkit.share.pack import pack, resolve_train_set
 from ddkit.share.remote import fetch, header_info
 from ddkit.store import (
     AdditiveComposite,
@@ -103,7 +105,7 @@ def test_export_folders_look_like_the_field_expects(tmp_path, source):
     assert torch.load(tmp_path / "pt" / "soft_labels.pt", weights_only=True).shape == (30, 10)
     assert float(torch.load(tmp_path / "pt" / "lr.pt", weights_only=True)) == pytest.approx(0.0125)
     # imagefolder: one PNG per instance under its class folder, classes.json in label order
-    names = __import__("json").loads((tmp_path / "if" / "classes.json").read_text())
+    names = json.loads((tmp_path / "if" / "classes.json").read_text())
     assert names == list(source.info.class_names)
     assert len(list((tmp_path / "if" / "train").rglob("*.png"))) == 30
     # hf: parquet with typed features in the schema metadata and a card with YAML front matter
@@ -150,18 +152,17 @@ def test_import_dc_result_file(tmp_path, source):
         import_set(path, "dc", tmp_path / "x.ddk.h5", ImportOptions(DATASET, index=2))
 
 
-def _whiten(x):
+def _mtt_zca():
     """MTT's buffer.py / distill.py: zca = K.enhance.ZCAWhitening(eps=0.1, compute_inv=True); zca.fit(images)."""
     import kornia
 
-    zca = kornia.enhance.ZCAWhitening(eps=0.1, compute_inv=True)
-    return zca
+    return kornia.enhance.ZCAWhitening(eps=0.1, compute_inv=True)
 
 
 def test_import_mtt_undoes_zca_and_refuses_without_its_parameters(tmp_path, source):
     norm = source.info.normalization
     train = norm.apply(source.pixels())
-    zca = _whiten(train)
+    zca = _mtt_zca()
     zca.fit(train)
     idx = torch.arange(0, 400, 10)
     folder = tmp_path / "logged_files" / "procedural" / "run"
@@ -207,7 +208,6 @@ def test_import_sre2l_style_folder_and_class_order(tmp_path, source):
 def test_import_foreign_parquet_and_dd_ranking_tensors(tmp_path, source):
     pa = pytest.importorskip("pyarrow")
     import io
-    import json
 
     import pyarrow.parquet as pq
     from PIL import Image
@@ -347,13 +347,10 @@ def test_pack_carries_the_teachers_and_evaluate_finds_them(tmp_path, source, tea
     )
     write_distilled(tmp_path / "a.ddk.h5", dset)
     with pytest.raises(FileFormatError, match="not found"):
-        run_pack = __import__("ddkit.share.pack", fromlist=["pack"]).pack
-        run_pack(tmp_path / "a.ddk.h5", tmp_path / "pack", [str(tmp_path)])
+        pack(tmp_path / "a.ddk.h5", tmp_path / "pack", [str(tmp_path)])
     code, out, _ = run_cli(capsys, "pack", tmp_path / "a.ddk.h5", tmp_path / "pack", "--teacher", path.parent)
     assert code == 0 and "1 teacher" in out
     assert "ddkit evaluate" in (tmp_path / "pack" / "README.md").read_text()
-    from ddkit.share.pack import resolve_train_set
-
     train_set, teachers = resolve_train_set(str(tmp_path / "pack"), [])
     assert train_set.endswith("a.ddk.h5") and len(teachers) == 1
     code, out, err = run_cli(
@@ -416,17 +413,17 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
         "gain",
         "--json",
     )
-    rows = __import__("json").loads(out)
+    rows = json.loads(out)
     assert [r["method"] for r in rows] == ["m3"] and rows[0]["gain"] == pytest.approx(0.12)
     code, out, _ = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")
-    rows = __import__("json").loads(out)
+    rows = json.loads(out)
     assert [r["status"] for r in rows].count("damaged") == 2 and rows[0]["method"] == "m3"
     # a file changed since it was indexed shows as stale; get refuses it, and fetches a good one
     with edit(root / "m2-copy.ddk.h5") as f:
         f.attrs["method"] = "edited"
     statuses = {
         r["location"].rsplit("/", 1)[-1]: r["status"]
-        for r in __import__("json").loads(run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])
+        for r in json.loads(run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])
     }
     assert statuses["m2-copy.ddk.h5"] == "stale" and statuses["m2.ddk.h5"] == "ok"
     m3 = next(r for r in rows if r["method"] == "m3")
