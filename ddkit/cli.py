@@ -36,6 +36,13 @@ def _print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _local(spec):
+    """A file argument as a local path: fsspec URLs are downloaded into $DDKIT_CACHE and verified first."""
+    from ddkit.share.remote import resolve
+
+    return resolve(spec)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(ddkit.__version__, prog_name="ddkit")
 def cli():
@@ -46,7 +53,7 @@ def cli():
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(
     ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes",
-     "acquisition-rules", "label-payloads",
+     "acquisition-rules", "label-payloads", "export-formats", "import-formats",
      "stored-label-losses", "baseline-payloads", "view-recipes"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
@@ -306,7 +313,7 @@ def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, 
         click.echo(f"wrote {out} ({nproc} processes)")
         return
 
-    digest = run_synthesizer(method, dataset, list(teachers), ipc, parse_model_options(config_pairs), seed, out,
+    digest = run_synthesizer(method, dataset, [_local(t) for t in teachers], ipc, parse_model_options(config_pairs), seed, out,
                              overwrite=overwrite, resume=resume, device=device)
     if distributed.world().is_main:
         click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
@@ -329,8 +336,8 @@ def select(method, pool, teachers, budget, config_pairs, seed, device, out, over
     from ddkit.models import parse_model_options
     from ddkit.selectors import run_selector
 
-    digest = run_selector(method, pool, list(teachers), budget, parse_model_options(config_pairs), seed, out,
-                          overwrite=overwrite, device=device, labeled=labeled, teacher_logits=teacher_logits)
+    digest = run_selector(method, pool, [_local(t) for t in teachers], budget, parse_model_options(config_pairs), seed, out,
+                          overwrite=overwrite, device=device, labeled=_local(labeled), teacher_logits=teacher_logits)
     click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
 
 
@@ -384,7 +391,10 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
         distributed.launch(nproc, _argv_without("--nproc"))
         return
 
-    card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=list(teachers), device=device,
+    from ddkit.share.pack import resolve_train_set
+
+    train_set, teachers = resolve_train_set(train_set, list(teachers))
+    card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=teachers, device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
                           batched=batched, write_card=not no_write)
     if distributed.world().rank != 0:
@@ -401,12 +411,17 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
 @click.option("--json", "as_json", is_flag=True)
 def info(path, as_json):
     """Budget in bytes, provenance and results of a .ddk.h5 / .sel.h5 file."""
+    from ddkit.share import remote
     from ddkit.store import describe, info_dict
+    from ddkit.store.describe import render_info
 
-    if as_json:
-        _print_json(info_dict(path))
+    if remote.is_url(path) and path.endswith(".ddk.h5"):  # ranged reads of the header only
+        d = remote.header_info(path)
+        _print_json(d) if as_json else click.echo(render_info(d))
+    elif as_json:
+        _print_json(info_dict(_local(path)))
     else:
-        click.echo(describe(path))
+        click.echo(describe(_local(path)))
 
 
 @cli.command()
@@ -420,9 +435,9 @@ def validate(path, teacher):
     if teacher:
         from ddkit.models.teacher import read_teacher_header
 
-        h = read_teacher_header(teacher)
+        h = read_teacher_header(_local(teacher))
         kwargs = {"num_classes": h.num_classes, "image_shape": h.input_shape}
-    report = validate_file(path, **kwargs)
+    report = validate_file(_local(path), **kwargs)
     click.echo(str(report))
     if not report.ok:
         raise SystemExit(1)
@@ -438,7 +453,7 @@ def show(path, out, per_class, what, overwrite):
     """Render a per-class grid of a distilled file's instances (or its compensators) to a PNG."""
     from ddkit.store import render_grid
 
-    render_grid(path, out, per_class=per_class, what=what, overwrite=overwrite)
+    render_grid(_local(path), out, per_class=per_class, what=what, overwrite=overwrite)
     click.echo(f"wrote {out}")
 
 
@@ -450,8 +465,114 @@ def merge(files, out, overwrite):
     """Merge distilled files of the same dataset, normalization, teachers and method (lineage recorded)."""
     from ddkit.store import merge_files
 
-    digest = merge_files(list(files), out, overwrite=overwrite)
+    digest = merge_files([_local(f) for f in files], out, overwrite=overwrite)
     click.echo(f"wrote {out} from {len(files)} files (content_sha256 {digest[:16]}…)")
+
+
+# -- sharing: export, import, pack, catalog (ddkit.share) -----------------------------------------
+@cli.command("export")
+@click.argument("path")
+@click.option("--to", "fmt", required=True, type=click.Choice(["imagefolder", "pt", "hf"]), help="the format to write")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+def export_cmd(path, fmt, out, overwrite):
+    """Write the distilled file PATH (a path or URL) as a folder OUT in another format."""
+    from ddkit.share import export_file
+
+    r = export_file(_local(path), fmt, out, overwrite=overwrite)
+    click.echo(f"wrote {out}: {r.instances} instances as {fmt}, {r.files} files, {r.bytes} bytes")
+    for note in r.notes:
+        click.echo(f"  note: {note}")
+
+
+@cli.command("import")
+@click.argument("source")
+@click.option("--from", "fmt", required=True, help="source format (`ddkit list import-formats`): dc, mtt, pt, imagefolder, hf")
+@click.option("--dataset", required=True, help="the registered dataset the set was distilled from")
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--zca", default=None, help="undo ZCA whitening: a .pt/.npz with mean + transform, or 'fit' (MTT's, refit)")
+@click.option("--no-zca", is_flag=True, help="the MTT/DATM set was distilled without ZCA")
+@click.option("--mean", default=None, help="comma-separated mean the set is normalized with (default: the dataset's)")
+@click.option("--std", default=None, help="comma-separated std the set is normalized with (default: the dataset's)")
+@click.option("--index", default=0, show_default=True, help="which experiment of a DC result file")
+@click.option("--overwrite", is_flag=True)
+def import_cmd(source, fmt, dataset, out, zca, no_zca, mean, std, index, overwrite):
+    """Import a released distilled set (SOURCE: a file, folder or URL) as a .ddk.h5 file OUT."""
+    from ddkit.data.base import Normalization
+    from ddkit.errors import InvalidInput
+    from ddkit.share import ImportOptions, import_set
+
+    if (mean is None) != (std is None):
+        raise InvalidInput("--mean and --std go together", "give both, e.g. --mean 0.2861 --std 0.3530")
+    norm = Normalization(tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))) if mean else None
+    options = ImportOptions(dataset, norm, zca, no_zca, index)
+    digest = import_set(_local(source), fmt, out, options, overwrite=overwrite, source_label=source)
+    click.echo(f"wrote {out} from {source} ({fmt}; content_sha256 {digest[:16]}…)")
+
+
+@cli.command("pack")
+@click.argument("path")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--teacher", "teachers", multiple=True, help="where to look for the teachers (files or folders; repeatable)")
+@click.option("--overwrite", is_flag=True)
+def pack_cmd(path, out_dir, teachers, overwrite):
+    """Write PATH, every teacher it references (matched by sha256) and a README into OUT_DIR."""
+    from ddkit.share.pack import pack
+
+    manifest = pack(_local(path), out_dir, [_local(t) for t in teachers], overwrite=overwrite)
+    click.echo(f"wrote {out_dir}: {manifest['set']} with {len(manifest['teachers'])} teacher(s)")
+
+
+@cli.group()
+def catalog():
+    """A team's index of distilled files: scan folders or URLs, list and filter, fetch verified."""
+
+
+_CATALOG = click.option("--catalog", "catalog_path", default=None, type=click.Path(dir_okay=False),
+                        help="the index file (default $DDKIT_CACHE/catalog.sqlite)")
+
+
+@catalog.command("scan")
+@click.argument("roots", nargs=-1, required=True)
+@_CATALOG
+def catalog_scan(roots, catalog_path):
+    """Index the headers and result cards of every .ddk.h5 under ROOTS (folders, files or URLs)."""
+    from ddkit.share.catalog import Catalog
+
+    with Catalog(catalog_path) as cat:
+        counts = cat.scan(list(roots))
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@catalog.command("ls")
+@_CATALOG
+@click.option("--dataset", default=None)
+@click.option("--method", default=None)
+@click.option("--ipc", default=None, type=int)
+@click.option("--protocol", default=None, help="show the result under this protocol")
+@click.option("--sort", default="gain", show_default=True, type=click.Choice(["gain", "accuracy", "bytes", "created"]))
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def catalog_ls(catalog_path, dataset, method, ipc, protocol, sort, limit, as_json):
+    """List indexed files (best first), with damaged and stale ones marked."""
+    from ddkit.share.catalog import Catalog, format_rows
+
+    with Catalog(catalog_path) as cat:
+        rows = cat.ls(dataset=dataset, method=method, ipc=ipc, protocol=protocol, sort=sort, limit=limit)
+    _print_json(rows) if as_json else click.echo(format_rows(rows))
+
+
+@catalog.command("get")
+@click.argument("entry_id")
+@_CATALOG
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="also copy the verified file here")
+def catalog_get(entry_id, catalog_path, out):
+    """Fetch an indexed file (by id or content-hash prefix) and verify it against the index."""
+    from ddkit.share.catalog import Catalog
+
+    with Catalog(catalog_path) as cat:
+        path = cat.get(entry_id, out)
+    click.echo(str(path))
 
 
 @cli.command()

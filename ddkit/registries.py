@@ -14,10 +14,11 @@ def all_registries() -> dict:
     from ddkit.models import MODELS
     from ddkit.selectors import SELECTORS
     from ddkit.selectors.acquisition import RULES
+    from ddkit.share import EXPORTERS, IMPORTERS
     from ddkit.store import PAYLOADS
     from ddkit.synth import SYNTHESIZERS
 
     return {"models": MODELS, "datasets": DATASETS, "synthesizers": SYNTHESIZERS, "selectors": SELECTORS,
             "protocols": PROTOCOLS, "acquisition-rules": RULES, "label-payloads": PAYLOADS,
             "stored-label-losses": STORED_LOSSES, "baseline-payloads": BASELINE_PAYLOADS, "view-recipes": VIEW_RECIPES,
-            "augmentations": AUGMENTATIONS, "mixes": MIXES}
+            "augmentations": AUGMENTATIONS, "mixes": MIXES, "export-formats": EXPORTERS, "import-formats": IMPORTERS}

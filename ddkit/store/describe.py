@@ -116,7 +116,11 @@ def _results_table(results: dict) -> list[str]:
 
 def describe(path: str | os.PathLike) -> str:
     """The human-readable summary of a `.ddk.h5` or `.sel.h5` file (`ddkit info`)."""
-    d = info_dict(path)
+    return render_info(info_dict(path))
+
+
+def render_info(d: dict) -> str:
+    """`describe`'s text for an `info_dict`-shaped dict (also built from a remote file's header)."""
     head = f"{d['method']} {d['method_version']}, seed {d['seed']}, created {d['created']} by ddkit {d['ddkit_version']}"
     config = ", ".join(f"{k}={_short(v, 30)}" for k, v in sorted(d["config"].items())) or "—"
     if d["format"] != DISTILLED_FORMAT:

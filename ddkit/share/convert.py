@@ -1,0 +1,55 @@
+"""`export_file` and `import_set`: the two verbs over the registered formats."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ddkit.share import dc, hf, imagefolder, pt  # noqa: F401  (each registers its format)
+from ddkit.share.exchange import read_exportable, write_imported
+from ddkit.share.files import atomic_folder
+from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions
+
+
+@dataclass
+class ExportReport:
+    out: str
+    format: str
+    instances: int
+    files: int
+    bytes: int
+    notes: list[str]
+
+
+def export_file(path: str | os.PathLike, fmt: str, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
+    """Write the `.ddk.h5` at `path` as a folder `out` in format `fmt` (atomically); the file is verified first."""
+    exporter = EXPORTERS.get(fmt)
+    src = read_exportable(path)
+    with atomic_folder(out, overwrite) as folder:
+        notes = exporter(src, folder)
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        size = sum(p.stat().st_size for p in files)
+    return ExportReport(str(out), fmt, len(src.labels), len(files), size, notes)
+
+
+def import_set(
+    source: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    options: ImportOptions,
+    overwrite: bool = False,
+    source_label: str | None = None,
+) -> str:
+    """Read `source` in format `fmt` and write it as the `.ddk.h5` `out`; returns its content_sha256.
+
+    `source_label` names the source in the provenance when `source` is a local copy (a downloaded URL).
+    """
+    importer = IMPORTERS.get(fmt)
+    source = Path(source)
+    if not source.exists():
+        from ddkit.errors import FileFormatError
+
+        raise FileFormatError(f"{source} does not exist", "check the path")
+    imported = importer(source, options)
+    return write_imported(imported, fmt, source, options.dataset, out, overwrite, source_label)

@@ -1,0 +1,85 @@
+"""The interchange formats by name, and what every export writes beside its own files (the card).
+
+`EXPORTERS` maps a format to `fn(src: Exportable, folder: Path) -> list[str]` (notes on what the
+format could not carry); `IMPORTERS` maps one to `fn(source: Path, options: ImportOptions) -> Imported`.
+One file per format registers both sides of it (`imagefolder.py`, `pt.py`, `hf.py`, `dc.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ddkit.data.base import Normalization
+from ddkit.registry import Registry
+from ddkit.share.exchange import Exportable
+
+EXPORTERS = Registry("export format")
+IMPORTERS = Registry("import format")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What an importer may need beyond the source: the target dataset and how the pixels were encoded.
+
+    `normalization` overrides the dataset's registered mean/std when the set was stored with another;
+    `zca` is a file with the whitening parameters (or "fit" to refit MTT's whitening on the dataset);
+    `no_zca` states that tensors from an MTT-style source were not whitened; `index` picks one
+    experiment of a DC result file.
+    """
+
+    dataset: str
+    normalization: Normalization | None = None
+    zca: str | None = None
+    no_zca: bool = False
+    index: int = 0
+
+
+def _percent(x) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "—"
+
+
+def card_text(src: Exportable, fmt: str, how_to_load: str) -> str:
+    """The README of an export: what the set is, where it came from, how it was evaluated, how to load it."""
+    h = src.header
+    d = h.dataset.info
+    teachers = ", ".join(f"{t.get('arch', '?')} sha256 {str(t.get('sha256', '?'))[:16]}" for t in h.teachers)
+    lines = [
+        f"# {h.method} distilled set of {d.name} ({len(src.labels)} training instances)",
+        "",
+        f"Exported by ddkit from `{src.path.split('/')[-1]}` (content_sha256 `{src.dataset.content_sha256}`) "
+        f"to the `{fmt}` format.",
+        "",
+        "## Provenance",
+        "",
+        f"- method: {h.method} {h.method_version}, seed {h.seed}, created {h.created} by ddkit {h.ddkit_version}",
+        f"- dataset: {d.name} ({h.dataset.split}), {d.num_classes} classes, "
+        f"image shape {'x'.join(map(str, d.image_shape))}",
+        f"- normalization (mean / std): {list(h.normalization.mean)} / {list(h.normalization.std)}",
+        f"- budget: {h.budget.ipc_stored} images per class stored, {h.budget.bytes_total} bytes",
+        f"- teachers: {teachers or 'none'}",
+        f"- license: {h.license_note}",
+        "",
+        "## Results (final-step test accuracy, mean over seeds; random real subset at the same budget)",
+        "",
+    ]
+    if src.results:
+        lines += ["| protocol | accuracy | random real | gain |", "|---|---|---|---|"]
+        for name, card in sorted(src.results.items()):
+            mean = (card.get("result") or {}).get("mean")
+            rnd = (card.get("random_baseline") or {}).get("mean")
+            gain = card.get(
+                "gain_over_random", mean - rnd if isinstance(mean, float) and isinstance(rnd, float) else None
+            )
+            lines.append(f"| {name} | {_percent(mean)} | {_percent(rnd)} | {_percent(gain)} |")
+    else:
+        lines.append("not evaluated (run `ddkit evaluate`)")
+    lines += [
+        "",
+        "## Loading",
+        "",
+        how_to_load,
+        "",
+        "`ddkit.json` and `extras/` let `ddkit import` rebuild the original file exactly.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""Files behind URLs (https, s3, gs, hf, file, … through fsspec), read the way ddkit reads local files.
+
+`fetch(url)` downloads a file into `$DDKIT_CACHE/remote/` and hands back a local path, only after
+checking it: a ddkit file's seal (the sha256 of every byte after the user block) and its content
+hash must both hold, or the download is deleted and refused. A cached copy is reused when its
+seal block equals the remote one's (one ranged read of 512 bytes) and it still verifies. Nothing
+here changes how a file is opened: the local path then goes through the store's usual opener.
+
+`header_info(url)` is `ddkit info` without the download: HDF5 reads the attributes, labels and
+result cards through an fsspec file object that fetches only the byte ranges asked for, and the
+header is trusted only when its `header_sha256` matches. Pixels are never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ddkit.errors import DdkitError, FileFormatError
+from ddkit.fileio import atomic_output
+from ddkit.store.h5io import SEAL_BYTES, check_identity, check_seal, open_store, reading, verify_content
+from ddkit.store.hashing import header_sha256
+from ddkit.store.results import STORE_FORMATS
+from ddkit.store.schema import DISTILLED_FORMAT, DistilledHeader, attr_text, decode_attrs, load_json
+
+_BACKENDS = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "hf": "huggingface_hub",
+    "http": "aiohttp",
+    "https": "aiohttp",
+    "az": "adlfs",
+    "abfs": "adlfs",
+}
+_BLOCK = 1 << 20
+HEADER_BLOCK = 64 << 10  # ranged reads of the header come in blocks of this size
+
+
+def is_url(spec: str | os.PathLike) -> bool:
+    """True for `scheme://…` (any fsspec protocol but a plain local path)."""
+    return isinstance(spec, str) and "://" in spec and not spec.startswith("file://")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DDKIT_CACHE") or Path.home() / ".cache" / "ddkit") / "remote"
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for `url`; a missing back-end is a clear error."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0]
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        package = _BACKENDS.get(protocol, f"the fsspec back-end for {protocol}://")
+        raise DdkitError(
+            f"cannot read {protocol}:// URLs here ({exc})",
+            f'pip install {package} (ddkit\'s extras: pip install "ddkit[remote]")',
+        ) from None
+
+
+def _remote_error(url: str, exc: Exception) -> DdkitError:
+    return FileFormatError(
+        f"cannot read {url} ({type(exc).__name__}: {str(exc)[:200]})", "check the URL, the network and your credentials"
+    )
+
+
+def local_path(spec: str) -> str:
+    """`file://PATH` as PATH; anything else unchanged."""
+    return spec[len("file://") :] if isinstance(spec, str) and spec.startswith("file://") else spec
+
+
+def _cache_path(url: str) -> Path:
+    name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "file"
+    return cache_dir() / hashlib.sha256(url.encode()).hexdigest()[:20] / name
+
+
+def verify_local(path: Path, label: str, expected_content: str | None = None) -> str | None:
+    """Check a ddkit file's seal and content hash (refuse on mismatch); returns the content hash.
+
+    Whether it is a ddkit file is told by `label`'s name (the URL or final path, not a temporary name).
+    """
+    if not str(label).split("?")[0].endswith((".ddk.h5", ".sel.h5")):
+        return None
+    check_seal(path, full=True)
+    h5, _ = open_store(path, STORE_FORMATS, verify=False)
+    with h5:
+        digest = verify_content(h5, label)
+    if expected_content is not None and digest != expected_content:
+        raise FileFormatError(
+            f"{label} holds content {digest[:12]}…, not the {expected_content[:12]}… asked for",
+            "the file at that URL changed since it was indexed; rescan the catalog",
+        )
+    return digest
+
+
+def fetch(url: str, expected_content: str | None = None, refresh: bool = False) -> Path:
+    """A verified local copy of `url` in the cache (see the module docstring). Local paths pass through."""
+    if not is_url(url):
+        return Path(local_path(url))
+    fs, rpath = filesystem(url)
+    target = _cache_path(url)
+    try:
+        head = fs.cat_file(rpath, start=0, end=SEAL_BYTES)
+    except Exception as exc:  # every back-end raises its own errors
+        raise _remote_error(url, exc) from None
+    if target.is_file() and not refresh:
+        with open(target, "rb") as fh:
+            same = fh.read(SEAL_BYTES) == head
+        if same and _verifies(target, url, expected_content):
+            return target
+    try:
+        with atomic_output(target, overwrite=True) as tmp:
+            with fs.open(rpath, "rb", block_size=_BLOCK) as src, open(tmp, "wb") as dst:
+                while block := src.read(_BLOCK):
+                    dst.write(block)
+            try:
+                verify_local(tmp, url, expected_content)
+            except FileFormatError as exc:
+                raise FileFormatError(
+                    f"download refused: {exc.problem}",
+                    "the remote file is damaged or was tampered with; ask its owner for a good copy",
+                ) from None
+    except DdkitError:
+        raise
+    except Exception as exc:
+        raise _remote_error(url, exc) from None
+    return target
+
+
+def _verifies(path: Path, url: str, expected: str | None) -> bool:
+    try:
+        verify_local(path, url, expected)
+    except FileFormatError:
+        return False
+    return True
+
+
+def resolve(spec: str | None) -> str | None:
+    """A path the store can open: URLs fetched and verified, `file://` stripped, local paths unchanged."""
+    if spec is None:
+        return None
+    return str(fetch(spec)) if is_url(spec) else local_path(spec)
+
+
+# -- header-only reads ----------------------------------------------------------------------------
+
+
+class CountingFile(io.RawIOBase):
+    """A read-only file object that counts the bytes it hands out (what a ranged read costs)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.inner.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.inner.tell()
+
+    def readinto(self, buffer) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        self.bytes_read += len(data)
+        return len(data)
+
+
+def header_info(url: str) -> dict:
+    """What `ddkit info` shows about a remote `.ddk.h5`, from ranged reads of its header (no pixels)."""
+    fs, rpath = filesystem(url)
+    try:
+        raw = fs.open(rpath, "rb", block_size=HEADER_BLOCK, cache_type="blockcache")
+    except Exception as exc:
+        raise _remote_error(url, exc) from None
+    counter = CountingFile(raw)
+    try:
+        with h5py.File(counter, "r") as h5, reading(url):
+            d = _header_dict(h5, url)
+        d["remote"] = {
+            "url": url,
+            "size": int(raw.size),
+            "bytes_read": counter.bytes_read,
+            "verified": "header_sha256 (content not checked: `ddkit validate URL` downloads and checks every byte)",
+        }
+        return d
+    except OSError as exc:
+        raise FileFormatError(
+            f"{url} is not a readable HDF5 file ({exc})", "check the URL; give a ddkit file"
+        ) from None
+    finally:
+        raw.close()
+
+
+def _header_dict(h5: h5py.File, url: str) -> dict:
+    fmt = check_identity(h5, url, STORE_FORMATS)
+    if fmt != DISTILLED_FORMAT:
+        raise FileFormatError(
+            f"{url} is a selection file; header-only reads serve distilled files",
+            "give a .ddk.h5 URL (`ddkit validate URL` downloads any ddkit file)",
+        )
+    if attr_text(h5.attrs["header_sha256"]) != header_sha256(h5):
+        raise FileFormatError(
+            f"{url}: header hash mismatch: the file's attributes were modified or corrupted",
+            "ask the file's owner for a good copy",
+        )
+    header = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
+    labels = np.asarray(h5["labels"][()], dtype=np.int64)
+    compensators = 0
+    if "composite" in h5:
+        members = np.asarray(h5["composite/members"][()], dtype=np.int64)
+        compensators = int(members.shape[0])
+        labels = np.concatenate([labels, labels[members.reshape(-1)]])
+    counts = np.bincount(labels, minlength=header.num_classes).tolist()
+    results = {
+        name: load_json(group.attrs["card"], f"result card {name!r}") for name, group in h5.get("results", {}).items()
+    }
+    composite = None
+    if compensators:
+        comps = h5["composite/compensators"]
+        nbytes = int(np.prod(comps.shape)) * comps.dtype.itemsize
+        composite = {
+            "compensators": compensators,
+            "bytes_compensators": nbytes,
+            "bytes_mapping": int(header.budget.bytes_by_part.get("composite", 0)) - nbytes,
+            "equivalent_ipc": (int(h5["images"].shape[0]) + compensators) / header.num_classes,
+            "instances_per_class": len(labels) / header.num_classes,
+        }
+    h = header
+    return {
+        "path": url,
+        "format": fmt,
+        "schema": int(h5.attrs["schema"]),
+        "content_sha256": attr_text(h5.attrs["content_sha256"]),
+        "results": results,
+        "method": h.method,
+        "method_version": h.method_version,
+        "seed": h.seed,
+        "created": h.created,
+        "ddkit_version": h.ddkit_version,
+        "dataset": h.dataset.to_dict(),
+        "normalization": h.normalization.to_dict(),
+        "instances": int(len(labels)),
+        "stored_images": int(h5["images"].shape[0]),
+        "compensators": compensators,
+        "instances_per_class": dict(zip(h.dataset.info.class_names, counts, strict=True)),
+        "budget": h.budget.to_dict(),
+        "composite": composite,
+        "teachers": h.teachers,
+        "config": h.config,
+        "license_note": h.license_note,
+        "dbr": None,
+    }
