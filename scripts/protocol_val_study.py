@@ -15,6 +15,7 @@ resumes where it stopped. `--render` writes the BENCHMARKS.md section `protocols
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import sys
 import time
@@ -77,12 +78,15 @@ def run(args) -> None:
                     class_balanced_indices(train, int(size), seed, salt="evaluation-baseline"))
                 start = time.perf_counter()
                 acc = train_and_score(protocol, part, val, seed, teachers, train.info)
-                state = json.loads(STATE.read_text()) if STATE.exists() else {}
-                state[key] = {"candidate": name, "spec": spec, "size": size, "seed": seed, "val_accuracy": acc,
-                              "steps": protocol.total_steps(len(part)), "seconds": time.perf_counter() - start}
+                entry = {"candidate": name, "spec": spec, "size": size, "seed": seed, "val_accuracy": acc,
+                         "steps": protocol.total_steps(len(part)), "seconds": time.perf_counter() - start}
                 STATE.parent.mkdir(parents=True, exist_ok=True)
-                with atomic_output(STATE, overwrite=True) as tmp:
-                    tmp.write_text(json.dumps(state, indent=1))
+                with open(STATE.with_suffix(".lock"), "w") as lock:  # several lanes share the state file
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    state = json.loads(STATE.read_text()) if STATE.exists() else {}
+                    state[key] = entry
+                    with atomic_output(STATE, overwrite=True) as tmp:
+                        tmp.write_text(json.dumps(state, indent=1))
                 print(key, f"{100 * acc:.2f}", f"{state[key]['seconds']:.0f}s", flush=True)
 
 

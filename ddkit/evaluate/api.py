@@ -5,6 +5,7 @@ full-data reference under the same protocol (both cached per seed)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
@@ -82,8 +83,8 @@ def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps,
     elif steps is None:  # a derived (shortened) protocol never reuses a full card
         arms = _stored_hard_arms(hard_id, source, seeds)
     if arms is None:
-        hard = evaluate(train_set, hard_id, seeds, device=device, baseline=False, steps=steps, batched=batched,
-                        write_card=write_card, ranking=False)
+        hard = evaluate(train_set, hard_id, seeds, device=device, steps=steps, batched=batched,
+                        write_card=write_card, ranking=False)  # with its random baseline: a whole hard-label card
         arms, measured_under = (hard.result.accuracies, hard.full_data.accuracies), hard.protocol["id"]
     scores = ranking_scores(card.protocol["id"], card.result.accuracies, card.random_baseline.accuracies,
                             measured_under, *arms)
@@ -133,7 +134,10 @@ def evaluate(
 
     # Phase 1: train every student that has no cached accuracy. The test split is not touched.
     trained: dict[str, tuple[Students, list[int]]] = {}
-    if distributed.shard(seeds, w):
+    # `random:DATASET:IPC` is the random baseline itself (the same seeded subsets): it is trained once,
+    # through the reference cache, and reported as both arms.
+    is_baseline = baseline and train_set.startswith("random:") and source.ipc is not None
+    if distributed.shard(seeds, w) and not is_baseline:
         local = distributed.shard(seeds, w)
         trained["result"] = (_train(proto, source, local, info, dev, loaded, batched, "students"), local)
     references: dict[str, tuple[TrainSource, str, dict[int, float], dict]] = {}
@@ -158,7 +162,7 @@ def evaluate(
     accs = {name: dict(zip(s, students.accuracies(test_images, test_labels))) for name, (students, s) in trained.items()}
     accs = _gather(accs, ["result", *references], seeds, w)
 
-    arms = {"result": Arm(source.label, [accs["result"][s] for s in seeds], source.ipc)}
+    arms = {} if is_baseline else {"result": Arm(source.label, [accs["result"][s] for s in seeds], source.ipc)}
     for name, (ref, key, cached, describe) in references.items():
         for s, a in accs.get(name, {}).items():
             if w.is_main and s not in cached:
@@ -166,6 +170,8 @@ def evaluate(
         merged = {**cached, **accs.get(name, {})}
         label = "random real" if name == "random_baseline" else "full data"
         arms[name] = Arm(label, [merged[s] for s in seeds], ref.ipc, cached_seeds=sorted(cached))
+    if is_baseline:
+        arms["result"] = replace(arms["random_baseline"], label=source.label)
 
     card = ResultCard(
         protocol=proto.to_dict(), train_set=train_set, content_sha256=source.content_sha256,

@@ -17,7 +17,7 @@ compensator is `u = v·std` (per channel) in pixel units, and the forward pass f
 
 Labels: `labels=static` stores the teacher ensemble's mean logits on every un-augmented instance (as
 the reader composes it) in float16 (`/soft/logits`); train under `stored-cpu`. `labels=dynamic`
-stores no labels: train under a teacher protocol (`dynamic-cpu`) with the same teachers.
+stores no labels: train under a teacher protocol (`dynamic-cpu@1`; under @2, `teacher-cpu`) with the same teachers.
 """
 
 from __future__ import annotations
