@@ -45,6 +45,8 @@ class RankingScores:
     hlr: list[float]
     ior: list[float]
     lrs: list[float]
+    hard_set: list[float]  # the set's hard-label accuracies behind HLR
+    hard_full: list[float]  # full data's, under the same hard-label protocol
     weight: float = LRS_WEIGHT
 
     def to_dict(self) -> dict:
@@ -52,7 +54,7 @@ class RankingScores:
 
         out = {"protocol": self.protocol, "hard_protocol": self.hard_protocol, "weight": self.weight,
                "source": "DD-Ranking (arXiv:2505.13300), final-step accuracies, per seed"}
-        for name in ("hlr", "ior", "lrs"):
+        for name in ("hlr", "ior", "lrs", "hard_set", "hard_full"):
             values = getattr(self, name)
             mean, std = mean_std(values)
             out[name] = {"per_seed": values, "mean": mean, "std": std}
@@ -68,4 +70,4 @@ def ranking_scores(protocol: str, own: list[float], random: list[float], hard_pr
     hlr = [f - s for f, s in zip(hard_full, hard_own)]
     ior = [s - r for s, r in zip(own, random)]
     lrs = [label_robust_score(i, h, weight) for i, h in zip(ior, hlr)]
-    return RankingScores(protocol, hard_protocol, hlr, ior, lrs, weight)
+    return RankingScores(protocol, hard_protocol, hlr, ior, lrs, list(hard_own), list(hard_full), weight)
