@@ -387,7 +387,7 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
         write_distilled(root / f"m{ipc}.ddk.h5", dset)
         add_result(
             root / f"m{ipc}.ddk.h5",
-            "hard-cpu",
+            "hard-cpu@1",
             {"result": {"mean": 0.5 + gain, "std": 0.01}, "random_baseline": {"mean": 0.5, "std": 0.01}},
         )
     shutil.copyfile(root / "m2.ddk.h5", root / "m2-copy.ddk.h5")
@@ -431,3 +431,20 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
     assert code == 0 and (tmp_path / "got.ddk.h5").is_file()
     with sqlite3.connect(cat) as db:
         assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
+
+
+def test_catalog_never_ranks_two_protocol_versions_together(tmp_path, source, capsys):
+    root = tmp_path / "team"
+    root.mkdir()
+    for name, version, gain in (("a", 1, 0.30), ("b", 2, 0.02)):
+        dset = DistilledSet.from_source(source, method=name, method_version="1", config={}, seed=0,
+                                        images=source.images[:20], labels=source.labels[:20], ipc=2)
+        write_distilled(root / f"{name}.ddk.h5", dset)
+        add_result(root / f"{name}.ddk.h5", f"hard-cpu@{version}",
+                   {"result": {"mean": 0.5 + gain, "std": 0.01}, "random_baseline": {"mean": 0.5, "std": 0.01}})
+    cat = tmp_path / "cat.sqlite"
+    assert run_cli(capsys, "catalog", "scan", root, "--catalog", cat)[0] == 0
+    code, _, err = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--protocol", "hard-cpu", "--sort", "gain")
+    assert code != 0 and "hard-cpu@1, hard-cpu@2" in err and "never compared" in err
+    code, out, _ = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--protocol", "hard-cpu@2", "--json")
+    assert code == 0 and [r["method"] for r in json.loads(out)] == ["b"]

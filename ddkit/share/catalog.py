@@ -151,7 +151,7 @@ class Catalog:
         if protocol is not None:
             join = "JOIN"
             where.append("r.protocol = ?")
-            args.append(protocol)
+            args.append(self._protocol_id(protocol))
         order = _SORT[sort]
         sql = (
             f"SELECT f.id, f.location, f.status, f.problem, f.dataset, f.method, f.ipc, f.bytes, f.created, "
@@ -185,6 +185,18 @@ class Catalog:
             for key in ("seal_sha256", "size", "mtime_ns"):
                 row.pop(key)
         return rows
+
+    def _protocol_id(self, protocol: str) -> str:
+        """`NAME@VERSION` as given; a bare name means its only indexed version. Cards under two versions
+        of one protocol are never ranked together, so a bare name with several indexed is refused."""
+        if "@" in protocol:
+            return protocol
+        found = sorted({r[0] for r in self.db.execute("SELECT DISTINCT protocol FROM results WHERE protocol LIKE ?",
+                                                       (f"{protocol}@%",)) if r[0].partition("@")[0] == protocol})
+        if len(found) > 1:
+            raise InvalidInput(f"the catalog holds cards under {', '.join(found)}: results under different protocol "
+                               "versions are never compared", f"pass one of them, e.g. --protocol {found[-1]}")
+        return found[0] if found else f"{protocol}@1"
 
     @staticmethod
     def _current_status(row: dict) -> str:
