@@ -58,6 +58,13 @@ def test_recipes_added_later_leave_version_one_records_unchanged():
     assert get_protocol("teacher-cpu@1").total_steps(60000) == 1000
 
 
+def test_version_two_budget_is_epochs_with_a_step_floor():
+    p = get_protocol("teacher-cpu@2")
+    assert p.total_steps(10) == p.total_steps(500) == p.min_steps  # small sets get the floor
+    assert p.total_steps(60000) == p.epochs * (60000 // p.batch_size) > p.min_steps
+    assert p.to_dict()["min_steps"] == p.min_steps and p.to_dict()["hard_pair"] == "hard-cpu@2"
+
+
 def test_results_under_different_versions_are_never_compared():
     require_same_protocol({"id": "hard-cpu@1"}, {"id": "hard-cpu@1"}, "gain")
     with pytest.raises(IncompatibleError, match="hard-cpu@1.*hard-cpu@2"):
