@@ -82,7 +82,7 @@ def run(args) -> None:
                 synth_seconds = time.perf_counter() - start
             protocol = ARMS[arm][3]
             start = time.perf_counter()
-            card = evaluate(str(out), protocol, [0, 1, 2], teachers=[args.teacher])
+            card = evaluate(str(out), protocol, [0, 1, 2], teachers=[args.teacher], full_reference=False)
             _record(key, {"arm": arm, "ipc": ipc, "protocol": protocol, "synth_cmd": cmd, "synth_seconds": synth_seconds,
                           "eval_seconds": time.perf_counter() - start, "card": card.to_dict()})
 

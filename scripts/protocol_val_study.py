@@ -45,8 +45,9 @@ def candidate_protocol(spec: str):
     name, _, rest = spec.partition(":")
     options = parse_model_options(rest)
     protocol = get_protocol(str(options.pop("base")))
-    if "lr" in options:
-        options["optim"] = replace(protocol.optim, lr=float(options.pop("lr")))
+    optim_fields = {k: options.pop(k) for k in ("lr", "optimizer", "momentum", "weight_decay", "schedule") if k in options}
+    if optim_fields:  # the optimizer's own fields (e.g. `optimizer=sgd,lr=0.01,schedule=step`)
+        options["optim"] = replace(protocol.optim, **optim_fields)
     if "epochs" in options:
         options.setdefault("steps", 0)
     return name, (protocol.with_overrides(**options) if options else protocol)

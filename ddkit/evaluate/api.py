@@ -79,6 +79,8 @@ def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps,
         return None
     arms, measured_under = None, hard_id
     if f"{proto.name.partition('[')[0]}@{proto.version}" == hard_id:  # a hard-label card ranks itself
+        if card.full_data is None:
+            return None  # HLR needs the full-data arm (not asked for: --no-full)
         arms, measured_under = (card.result.accuracies, card.full_data.accuracies), proto.id
     elif steps is None:  # a derived (shortened) protocol never reuses a full card
         arms = _stored_hard_arms(hard_id, source, seeds)
@@ -181,7 +183,7 @@ def evaluate(
         device=str(dev), world_size=w.size, batched=any(st._stacked is not None for st, _ in trained.values()),
         wall_seconds=time.perf_counter() - start,
     )
-    if ranking and card.random_baseline is not None and card.full_data is not None and (steps is not None or "[" not in proto.name):
+    if ranking and card.random_baseline is not None and (steps is not None or "[" not in proto.name):
         card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card)
         card.wall_seconds = time.perf_counter() - start
     if write_card and source.path and w.is_main:
