@@ -54,7 +54,8 @@ def run(args) -> None:
                 continue
             start = time.perf_counter()
             ipc = "10" if size == "full" else size  # the full-data arm of any random-real card
-            card = evaluate(f"random:{args.dataset}:{ipc}", protocol, seeds, teachers=teachers,
+            card = evaluate(f"random:{args.dataset}:{ipc}", protocol,
+                            list(range(args.full_seeds)) if size == "full" else seeds, teachers=teachers,
                             full_reference=size == "full", ranking=False)
             arm = card.full_data if size == "full" else card.result
             _record(key, {"protocol": protocol.id, "size": size, "accuracies": arm.accuracies, "mean": arm.mean,
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--protocols", default="teacher-cpu@2,stored-cpu@2,hard-cpu@2")
     parser.add_argument("--sizes", default="1,10,50,full")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--full-seeds", type=int, default=3, help="seeds of the (minutes-long) full-data arm")
     parser.add_argument("--render", action="store_true")
     parser.add_argument("--note")
     args = parser.parse_args()
