@@ -7,6 +7,7 @@ import numpy as np
 from ddkit.data.base import class_balanced_indices
 from ddkit.errors import InvalidInput
 from ddkit.seeding import numpy_rng
+from ddkit.selectors.acquisition import class_balanced_rule, coreset_features_rule, entropy_rule, random_rule
 from ddkit.selectors.active import ActiveSelector
 from ddkit.selectors.base import RandomConfig, SelectionInputs, Selector, register_selector
 from ddkit.store import Selection, pool_record
@@ -41,7 +42,7 @@ class _RandomRound(ActiveSelector):
     """`random --labeled L`: uniform over the pool's unlabeled samples (no student, no teacher)."""
 
     name = "random"
-    rule = "random"
+    rule = random_rule
 
 
 @register_selector
@@ -49,7 +50,7 @@ class EntropySelector(ActiveSelector):
     """Highest entropy of the ActiveKD student's combined p(x) (one AL round)."""
 
     name = "entropy"
-    rule = "entropy"
+    rule = entropy_rule
 
 
 @register_selector
@@ -57,7 +58,7 @@ class CoresetFeaturesSelector(ActiveSelector):
     """k-center on the ActiveKD student's L2-normalized features (one AL round)."""
 
     name = "coreset-features"
-    rule = "coreset-features"
+    rule = coreset_features_rule
 
 
 @register_selector
@@ -65,4 +66,4 @@ class ClassBalancedSelector(ActiveSelector):
     """Fill the rarest labeled class by the student's predicted class, randomly (one AL round)."""
 
     name = "class-balanced"
-    rule = "class-balanced"
+    rule = class_balanced_rule
