@@ -73,7 +73,8 @@ class Rule:
         """Pick `budget` new samples; checks the budget and that the picks are new, unique positions."""
         available = state.n - len(state.labeled)
         if budget < 1 or budget > available:
-            raise InvalidInput(f"budget {budget} is not in [1, {available}] (the unlabeled samples left)", "lower the budget")
+            raise InvalidInput(f"budget {budget} is not in [1, {available}] (the unlabeled samples left)",
+                               "lower the budget")
         out = self.pick(state, budget, seed)
         picked = np.asarray(out.positions, np.int64)
         if len(picked) != budget or len(np.unique(picked)) != budget or np.isin(picked, state.labeled).any():

@@ -91,9 +91,11 @@ def split_pool(pool: ImageDataset) -> tuple[PoolView, Oracle]:
 
 # -- one round ------------------------------------------------------------------------------------
 def prepare_round(view: PoolView, labeled: np.ndarray, labels: np.ndarray, teacher_logits: torch.Tensor | None,
-                  needs: frozenset, cfg: ActiveKDConfig, seed: int, round_index: int, device: torch.device) -> RoundState:
+                  needs: frozenset, cfg: ActiveKDConfig, seed: int, round_index: int,
+                  device: torch.device) -> RoundState:
     """The rule's `RoundState`, training the round's student only when `needs` looks at it."""
-    state = RoundState(len(view), view.num_classes, np.asarray(labeled, np.int64), np.asarray(labels, np.int64), round_index)
+    state = RoundState(len(view), view.num_classes, np.asarray(labeled, np.int64), np.asarray(labels, np.int64),
+                       round_index)
     if "teacher" in needs:
         if teacher_logits is None:
             raise InvalidInput("this selector needs the teacher's probabilities", "pass --teacher or --teacher-logits")
@@ -107,12 +109,14 @@ def prepare_round(view: PoolView, labeled: np.ndarray, labels: np.ndarray, teach
     return state
 
 
-def resolve_teacher(pool: ImageDataset, teachers: list, logits_path: str | None, device) -> tuple[torch.Tensor | None, list]:
+def resolve_teacher(pool: ImageDataset, teachers: list, logits_path: str | None,
+                    device) -> tuple[torch.Tensor | None, list]:
     """Pool logits from one teacher model (clean views) or a precomputed file; plus provenance records."""
     if teachers and logits_path:
         raise InvalidInput("both --teacher and --teacher-logits were given", "pass one teacher source")
     if len(teachers) > 1:
-        raise InvalidInput(f"{len(teachers)} teachers were given; active-learning selectors use one", "pass one --teacher")
+        raise InvalidInput(f"{len(teachers)} teachers were given; active-learning selectors use one",
+                           "pass one --teacher")
     if logits_path:
         logits, record = load_teacher_logits(logits_path, pool)
         return logits, [record]
@@ -126,7 +130,8 @@ def _labeled_positions(pool: ImageDataset, labeled: Selection | None) -> np.ndar
         return np.empty(0, np.int64)
     if labeled.pool.get("fingerprint") != pool.fingerprint():
         raise IncompatibleError(
-            f"the labeled set was selected from another pool ({labeled.pool.get('name')}, {labeled.pool.get('size')} samples, "
+            f"the labeled set was selected from another pool ({labeled.pool.get('name')}, "
+            f"{labeled.pool.get('size')} samples, "
             f"fingerprint {str(labeled.pool.get('fingerprint'))[:12]}…)",
             "pass a --labeled selection made on this exact pool",
         )
@@ -154,7 +159,8 @@ class ActiveSelector(Selector):
     Config = ActiveKDConfig
     uses_inputs = True
 
-    def select(self, pool, teachers, budget, config: ActiveKDConfig, seed, device, inputs: SelectionInputs | None = None):
+    def select(self, pool, teachers, budget, config: ActiveKDConfig, seed, device,
+               inputs: SelectionInputs | None = None):
         inputs = inputs or SelectionInputs()
         rule = self.rule
         view, oracle = split_pool(pool)
@@ -183,7 +189,8 @@ class ActiveSelector(Selector):
     def check_budget_left(self, pool, labeled, budget) -> None:
         left = len(pool) - len(labeled)
         if budget < 1 or budget > left:
-            raise InvalidInput(f"budget {budget} is not in [1, {left}] (the pool's unlabeled samples)", "choose a smaller budget")
+            raise InvalidInput(f"budget {budget} is not in [1, {left}] (the pool's unlabeled samples)",
+                               "choose a smaller budget")
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -231,8 +238,8 @@ def run_loop(view: PoolView, oracle: Oracle, initial: np.ndarray, rule: Rule, te
         if shared and key in cache:
             state = _from_cache(cache[key], view, labeled, labels, teacher_logits, rule.needs)
         else:  # round 0 computes everything a student-based rule can ask for, so later rules reuse it
-            state = prepare_round(view, labeled, labels, teacher_logits, rule.needs | STUDENT_NEEDS if shared else rule.needs,
-                                  cfg, seed, r + 1, device)
+            needs = rule.needs | STUDENT_NEEDS if shared else rule.needs
+            state = prepare_round(view, labeled, labels, teacher_logits, needs, cfg, seed, r + 1, device)
             if shared:
                 cache[key] = (state.probs, state.features)
         got: Acquired = rule.acquire(state, queries, seed)
@@ -260,8 +267,8 @@ def loop_selection(run: LoopResult, pool: ImageDataset, cfg: ActiveKDConfig, rul
     """The final labeled set of `run` as a `Selection` (what `ddkit active-learn` writes per run)."""
     config = {**resolved_config(dataclasses.replace(cfg, distill=run.distill), rule), "queries": queries,
               "rounds": len(run.sizes) - 1}
-    return round_selection(rule.name, "1", config, run.seed, pool, run.labeled, run.rounds, run.scores, run.min_distance,
-                           teachers)
+    return round_selection(rule.name, "1", config, run.seed, pool, run.labeled, run.rounds, run.scores,
+                           run.min_distance, teachers)
 
 
 def seed_set(pool: ImageDataset, per_class: int, seed: int) -> np.ndarray:

@@ -24,15 +24,18 @@ class RandomSelector(Selector):
 
     def select(self, pool, teachers, budget, config: RandomConfig, seed, device, inputs: SelectionInputs | None = None):
         if inputs is not None and inputs.given():
-            return _RandomRound().select(pool, teachers, budget, _RandomRound.Config(distill=False), seed, device, inputs)
+            round_config = _RandomRound.Config(distill=False)  # no student: uniform over the unlabeled samples
+            return _RandomRound().select(pool, teachers, budget, round_config, seed, device, inputs)
         self.check_budget(pool, budget)
         if config.balanced:
             if budget % pool.num_classes:
-                raise InvalidInput(f"a class-balanced budget must be a multiple of {pool.num_classes} classes, got {budget}",
+                raise InvalidInput(f"a class-balanced budget must be a multiple of {pool.num_classes} classes, "
+                                   f"got {budget}",
                                    "choose such a budget, or pass --config balanced=false for a uniform draw")
             positions = class_balanced_indices(pool, budget // pool.num_classes, seed, salt="random-selector")
         else:
-            positions = np.sort(numpy_rng(seed, "random-selector-uniform", budget).choice(len(pool), budget, replace=False))
+            rng = numpy_rng(seed, "random-selector-uniform", budget)
+            positions = np.sort(rng.choice(len(pool), budget, replace=False))
         return Selection(method=self.name, method_version=self.version, config=config, seed=seed,
                          pool=pool_record(pool), ids=pool.ids[positions].numpy(),
                          teachers=[t.header.summary() for t in teachers])
