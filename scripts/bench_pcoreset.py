@@ -214,7 +214,7 @@ def main() -> None:
     seeds_done = {k: s.seeds for k, s in data.items()}
     plot_curves(done, WORK / "accuracy.png", overwrite=True,
                 title=f"Fashion-MNIST, pool {args.pool_size}, weak teacher {100 * teacher.header.test_accuracy:.1f}%: "
-                      "accuracy vs |L| (solid: KD, dashed: no KD)")
+                      f"accuracy under {protocol.id} vs |L| (solid: KD, dashed: no KD; bands: ±std)")
     if not args.smoke:
         PLOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(WORK / "accuracy.png", PLOT)
