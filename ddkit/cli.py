@@ -356,16 +356,20 @@ def select(method, pool, teachers, budget, config_pairs, seed, device, out, over
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--overwrite", is_flag=True)
+@click.option("--protocol", default="active-cpu@1", show_default=True, help="evaluation protocol that judges each round's labeled set (hard or teacher labels)")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="draw accuracy.png (needs the plot extra: pip install -e '.[plot]')")
 def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, queries, seeds, distill, config_pairs, device, out,
-                     overwrite):
-    """Run the active-learning loop (oracle = the pool's labels) for each method, with and without KD."""
+                     overwrite, protocol, plot):
+    """Run the active-learning loop (oracle = the pool's labels) for each method, with and without KD;
+    each round's labeled set is judged under an evaluation protocol and each selection gets a result card."""
     from ddkit.models import parse_model_options
-    from ddkit.selectors.active import run_active_learning
+    from ddkit.workflows.active_learning import run_active_learning
 
     result = run_active_learning(pool, out, [m.strip() for m in methods.split(",") if m.strip()], teacher, teacher_logits,
                                  rounds, queries or None, seeds, distill, pool_size or None, parse_model_options(config_pairs),
-                                 device, overwrite, log=click.echo)
-    click.echo(f"wrote {result.files['table']}, {result.files['plot']}, {len(result.files.get('selections', []))} selection files")
+                                 device, overwrite, log=click.echo, protocol=protocol, plot=plot)
+    written = [result.files[k] for k in ("json", "table", "plot") if k in result.files]
+    click.echo(f"wrote {', '.join(written)}, {len(result.files.get('selections', []))} selection files with result cards")
 
 
 @cli.command()

@@ -4,8 +4,9 @@ The pool is a seeded random subset of the Fashion-MNIST train split with its lab
 oracle; the "zero-shot-like" teacher is a small net trained on a small labeled slice held out of
 the pool (its pool logits go through the precomputed-logits file path, as a VLM teacher's would).
 1 seed label per class, Q = 10 queries per round, R rounds, 3 seeds, every selector with and without
-the distillation terms. Each finished run is appended to runs/pcoreset/runs.jsonl, so an
-interrupted benchmark resumes where it stopped. Writes the `pcoreset` section of BENCHMARKS.md
+the distillation terms; each round's labeled set is judged under an evaluation protocol (`--protocol`,
+default active-cpu@1, as `ddkit active-learn` does). Each finished run is appended to
+runs/pcoreset/runs.jsonl, so an interrupted benchmark resumes where it stopped. Writes the `pcoreset` section of BENCHMARKS.md
 and the plot docs/pcoreset-fashion-mnist.png.
 
     flock /tmp/ddkit-cpu.lock python scripts/bench_pcoreset.py
@@ -29,14 +30,17 @@ from benchlib import ROOT, machine, today, write_section  # noqa: E402
 
 from ddkit.data import load_dataset  # noqa: E402
 from ddkit.data.base import class_balanced_indices  # noqa: E402
+from ddkit.evaluate import get_protocol  # noqa: E402
 from ddkit.models import create_model  # noqa: E402
 from ddkit.models.teacher import load_teacher, save_teacher  # noqa: E402
 from ddkit.pools.logits import load_teacher_logits, save_teacher_logits, teacher_pool_logits  # noqa: E402
 from ddkit.seeding import numpy_rng  # noqa: E402
-from ddkit.selectors.active import DEFAULT_RULES, LoopResult, run_loop, seed_set, split_pool  # noqa: E402
-from ddkit.selectors.active_report import curves, plot_curves, results_table  # noqa: E402
+from ddkit.selectors.acquisition import get_rule  # noqa: E402
+from ddkit.selectors.active import LoopResult, run_loop, seed_set, split_pool  # noqa: E402
 from ddkit.selectors.activekd import ActiveKDConfig  # noqa: E402
 from ddkit.training import OptimConfig, TrainConfig, accuracy, train_supervised  # noqa: E402
+from ddkit.workflows.active_learning import DEFAULT_PROTOCOL, DEFAULT_RULES, EvaluatedRun, protocol_accuracies  # noqa: E402
+from ddkit.workflows.curves import curves, plot_curves, results_table  # noqa: E402
 
 WORK = ROOT / "runs" / "pcoreset"
 PLOT = ROOT / "docs" / "pcoreset-fashion-mnist.png"
@@ -96,16 +100,18 @@ def load_runs(path: Path, key: dict) -> dict:
             d = json.loads(line)
             if any(d.get(field) != value for field, value in key.items()):
                 continue
-            runs[(d["rule"], d["distill"], d["seed"])] = LoopResult(
-                d["rule"], d["distill"], d["seed"], d["sizes"], d["accuracies"], d["seconds"], np.array(d["labeled"]),
-                np.array(d["rounds"]), np.array(d["scores"], dtype=float), np.array(d["min_distance"], dtype=float))
+            loop = LoopResult(d["rule"], d["distill"], d["seed"], d["sizes"], d["seconds"], np.array(d["labeled"]),
+                              np.array(d["rounds"]), np.array(d["scores"], dtype=float),
+                              np.array(d["min_distance"], dtype=float))
+            runs[(d["rule"], d["distill"], d["seed"])] = EvaluatedRun(loop, d["accuracies"])
     return runs
 
 
-def append_run(path: Path, run: LoopResult, meta: dict) -> None:
+def append_run(path: Path, run: EvaluatedRun, meta: dict) -> None:
+    loop = run.loop
     record = {"rule": run.rule, "distill": run.distill, "seed": run.seed, "sizes": run.sizes, "accuracies": run.accuracies,
-              "seconds": run.seconds, "labeled": run.labeled.tolist(), "rounds": run.rounds.tolist(),
-              "scores": [float(v) for v in run.scores], "min_distance": [float(v) for v in run.min_distance], **meta}
+              "seconds": loop.seconds, "labeled": loop.labeled.tolist(), "rounds": loop.rounds.tolist(),
+              "scores": [float(v) for v in loop.scores], "min_distance": [float(v) for v in loop.min_distance], **meta}
     with open(path, "a") as fh:
         fh.write(json.dumps(record) + "\n")
 
@@ -114,12 +120,14 @@ def verdicts(data: dict, rules: list[str], kd: bool) -> list[str]:
     """PCoreSet vs each other rule at each |L|: win / tie / loss by 2 standard errors of the difference."""
     if ("pcoreset", kd) not in data:
         return []
-    sizes, pm, ps, pn = data[("pcoreset", kd)]
+    mine = data[("pcoreset", kd)]
+    pm, ps, pn = mine.mean, mine.std, mine.seeds
     lines = []
     for other in rules:
         if other == "pcoreset" or (other, kd) not in data:
             continue
-        _, om, os_, on = data[(other, kd)]
+        theirs = data[(other, kd)]
+        om, os_, on = theirs.mean, theirs.std, theirs.seeds
         se = np.sqrt(ps**2 / pn + os_**2 / on)
         diff = pm - om
         marks = ["W" if d > 2 * s and d > 0 else "L" if d < -2 * s and d < 0 else "·" for d, s in zip(diff[1:], se[1:])]
@@ -137,6 +145,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rules", default=",".join(DEFAULT_RULES))
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, help="evaluation protocol that judges each labeled set")
     parser.add_argument("--config", nargs="*", default=["width=16", "min_steps=200", "augmentation=crop-flip"],
                         help="ActiveKD overrides (KEY=VALUE)")
     parser.add_argument("--lrs", default="0.001,0.003", help="learning rates to choose from on a validation slice")
@@ -160,6 +169,7 @@ def main() -> None:
 
     cfg = build_config(ActiveKDConfig, parse_model_options(args.config), owner="ActiveKD")
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    protocol = get_protocol(args.protocol)
 
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     teacher_path, slice_pos = make_teacher(train, test, args.teacher_per_class, args.teacher_epochs, device)
@@ -174,7 +184,7 @@ def main() -> None:
     val_pos = np.sort(numpy_rng(0, "pcoreset-bench-val").choice(np.setdiff1d(rest, pool.ids.numpy()), args.val_size, replace=False))
     cfg, lr_rows = choose_lr(cfg, [float(v) for v in args.lrs.split(",")], pool, logits, train.subset(val_pos), device)
     key = {"pool_size": args.pool_size, "teacher": teacher.header.tensors_sha256[:16], "rounds": args.rounds,
-           "queries": args.queries, "config": dataclasses.asdict(cfg)}
+           "queries": args.queries, "config": dataclasses.asdict(cfg), "protocol": protocol.id}
     runs_path = WORK / "runs.jsonl"
     runs = load_runs(runs_path, json.loads(json.dumps(key)))
     cache: dict = {}
@@ -190,28 +200,30 @@ def main() -> None:
                 if (rule, kd, seed) in runs:
                     continue
                 view, oracle = split_pool(pool)
-                run = run_loop(view, oracle, initial, rule, logits, test, run_cfg, args.rounds, args.queries, seed, device, cache)
+                loop = run_loop(view, oracle, initial, get_rule(rule), logits, run_cfg, args.rounds, args.queries, seed, device,
+                                cache)
+                run = EvaluatedRun(loop, protocol_accuracies([loop], pool, test, protocol, device=device)[0][0])
                 runs[(rule, kd, seed)] = run
                 append_run(runs_path, run, key)
                 print(f"{rule:<17} kd={'on ' if kd else 'off'} seed={seed}: "
                       + " ".join(f"{100 * a:.1f}" for a in run.accuracies)
-                      + f"  ({sum(run.seconds):.0f}s, {time.perf_counter() - start:.0f}s total)", flush=True)
+                      + f"  ({sum(loop.seconds):.0f}s, {time.perf_counter() - start:.0f}s total)", flush=True)
 
     done = list(runs.values())
-    data = curves(done)
-    seeds_done = {k: n for k, (_, _, _, n) in data.items()}
+    data = {(s.rule, s.distill): s for s in curves(done)}
+    seeds_done = {k: s.seeds for k, s in data.items()}
     plot_curves(done, WORK / "accuracy.png", overwrite=True,
                 title=f"Fashion-MNIST, pool {args.pool_size}, weak teacher {100 * teacher.header.test_accuracy:.1f}%: "
-                      "accuracy vs |L| (solid: KD, dashed: no KD)")
+                      f"accuracy under {protocol.id} vs |L| (solid: KD, dashed: no KD; bands: ±std)")
     if not args.smoke:
         PLOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(WORK / "accuracy.png", PLOT)
     kd_effect = []
     for rule in rules:
         if (rule, True) in data and (rule, False) in data:
-            on, off = data[(rule, True)][1], data[(rule, False)][1]
+            on, off = data[(rule, True)].mean, data[(rule, False)].mean
             kd_effect.append(f"| {rule} | {100 * (on - off).mean():+.2f} | {100 * (on[-1] - off[-1]):+.2f} |")
-    total_s = sum(sum(r.seconds) for r in done)
+    total_s = sum(sum(r.loop.seconds) for r in done)
     complete = all(seeds_done.get((r, kd), 0) == args.seeds for r in rules for kd in (True, False))
     progress_note = ", ".join(f"{r}/{'kd' if kd else 'nokd'}: {n} seeds" for (r, kd), n in sorted(seeds_done.items()))
     body = "\n".join([
@@ -224,12 +236,14 @@ def main() -> None:
         f"- **Pool:** {args.pool_size:,} images drawn (seeded) from the 60,000 Fashion-MNIST training images, minus the "
         f"teacher's slice; labels hidden behind the oracle (the loop sees a label-free view of the pool and reads a label "
         "only by querying it). Test: the full 10,000-image test split, read only to report each round's accuracy.",
+        f"- **Judge:** protocol `{protocol.id}` ({protocol.summary}); one fresh student per seed on each round's "
+        "labeled set with its oracle labels; the ActiveKD student below only drives acquisition.",
         f"- **Teacher (weak, \"zero-shot-like\"):** ConvNet-BN width 32 trained on {args.teacher_per_class} labeled images "
         f"per class ({len(slice_pos)} images) held out of the pool, {args.teacher_epochs} epochs: test accuracy "
         f"**{100 * teacher.header.test_accuracy:.2f}%**, {100 * teacher_pool_acc:.2f}% on the pool. Its pool logits go "
         "through the precomputed-logits file (`--teacher-logits`).",
         f"- **Protocol:** 1 seed label per class, {args.queries} queries per round, {args.rounds} rounds, "
-        f"{args.seeds} seeds (seed set, student init and batches change with the seed). Student: ConvNet-3 width "
+        f"{args.seeds} seeds (seed set, student init and batches change with the seed). Acquisition student: ConvNet-3 width "
         f"{cfg.width}, {cfg.norm} norm, dual head, re-initialized every round; AdamW lr {cfg.lr:g} (chosen on val among {args.lrs}; the paper: 1e-3), wd {cfg.weight_decay}, "
         f"{int(100 * cfg.warmup_fraction)}% warm-up then linear decay; batches of {cfg.batch_size} labeled + "
         f"{cfg.batch_size} unlabeled; KD T = {cfg.temperature}, p(x) with α = {cfg.alpha}, β = {cfg.beta}. "
@@ -238,12 +252,12 @@ def main() -> None:
         f"teacher); a width-{cfg.width} student; augmentation `{cfg.augmentation}` (pad-4 crop + flip) instead of "
         "random-resized-crop (kornia's resized crop costs more than the student on this CPU); a small ConvNet from "
         f"scratch instead of an ImageNet-pretrained ResNet-18; a pool of {args.pool_size:,} instead of the full 60k.",
-        "- Without distillation the student trains on the labeled samples only (CE) and predicts with its CE head; "
+        "- Without distillation the acquisition student trains on the labeled samples only (CE) and predicts with its CE head; "
         "selectors that look at the student (entropy, coreset-features, pcoreset, class-balanced) then see that student.",
         "",
         "" if complete else f"**Incomplete:** not every selector × distillation has all seeds yet; cells average the seeds done ({progress_note}).",
         "",
-        "Final-step test accuracy (%) of the round's student, mean ± sample std over seeds, per labeled-set size:",
+        f"Final-step test accuracy (%) under {protocol.id}, mean ± sample std over seeds, per labeled-set size:",
         "",
         results_table(done),
         "",
@@ -255,7 +269,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
         *lr_rows,
         "",
-        "**Distillation effect** (KD on − KD off, same selector; percentage points):",
+        "**Distillation effect** (acquisition student with KD − without, same selector, judged under the same protocol; "
+        "percentage points):",
         "",
         "| selector | mean over rounds | at the last round |",
         "|---|---|---|",

@@ -15,7 +15,7 @@ LAYERS = {
     "models": 3, "store": 3,
     "pools": 4, "dbr": 4, "teachers": 4, "experts": 4, "share": 4,
     "synth": 5, "selectors": 5, "evaluate": 5,
-    "cli": 6, "__main__": 6, "quickstart": 6, "registries": 6,
+    "cli": 6, "__main__": 6, "quickstart": 6, "registries": 6, "workflows": 6,
 }
 METHODS = {"synth", "selectors", "evaluate"}  # the same layer, but strangers to each other
 

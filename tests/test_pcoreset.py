@@ -2,8 +2,6 @@
 teacher-logit file checks, one round through `run_selector` / the CLI for every active-learning
 selector with and without distillation, and the loop never reading a label the oracle has not given."""
 
-import dataclasses
-
 import h5py
 import numpy as np
 import pytest
@@ -14,8 +12,8 @@ from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.pools.logits import load_teacher_logits, save_teacher_logits
 from ddkit.selectors import SELECTORS, run_selector
-from ddkit.selectors.acquisition import RULES, RoundState, acquire
-from ddkit.selectors.active import ActiveSelector, Oracle, PoolView, active_learn, run_loop, seed_set
+from ddkit.selectors.acquisition import RULES, RoundState, Rule, get_rule
+from ddkit.selectors.active import ActiveSelector, Oracle, PoolView, run_loop, seed_set
 from ddkit.selectors.activekd import ActiveKDConfig, activekd_loss, build_student, combine_heads, warmup_linear
 from ddkit.store import read_selection
 
@@ -99,11 +97,17 @@ def _state(n=60, c=4, seed=0, labeled=(0, 1)):
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_picks_new_unique_samples(name):
     state = _state()
-    got = acquire(name, state, 7, seed=0)
+    got = get_rule(name).acquire(state, 7, seed=0)
     assert len(got.positions) == 7 == len(np.unique(got.positions))
     assert not np.isin(got.positions, state.labeled).any()
-    again = acquire(name, state, 7, seed=0)
+    again = get_rule(name).acquire(state, 7, seed=0)
     np.testing.assert_array_equal(got.positions, again.positions)  # seeded
+
+
+@pytest.mark.parametrize("name", AL_SELECTORS)
+def test_each_active_selector_owns_its_registered_rule(name):
+    rule = SELECTORS.get(name).rule
+    assert isinstance(rule, Rule) and rule is RULES.get(rule.name) and rule.name == name
 
 
 def test_pcoreset_is_farthest_first_in_probability_space():
@@ -111,20 +115,20 @@ def test_pcoreset_is_farthest_first_in_probability_space():
     # (confident class 1, √2 away), the second the one farthest from both (mostly class 2, √1.62).
     probs = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0.5, 0.5, 0], [0.1, 0, 0.9], [0.4, 0.3, 0.3]], np.float32)
     state = RoundState(6, 3, np.array([0]), np.array([0]), 1, probs=probs)
-    got = acquire("pcoreset", state, 2, seed=0)
+    got = get_rule("pcoreset").acquire(state, 2, seed=0)
     assert got.positions.tolist() == [2, 4]
     np.testing.assert_allclose(got.min_distance, [np.sqrt(2), np.sqrt(1.62)], rtol=1e-5)
     # The teacher variant looks at the teacher's probabilities only (here rows 2 and 4 swapped).
     teacher = RoundState(6, 3, np.array([0]), np.array([0]), 1, probs=probs, teacher_probs=probs[[0, 1, 4, 3, 2, 5]])
-    assert acquire("pcoreset-teacher", teacher, 2, seed=0).positions.tolist() == [4, 2]
+    assert get_rule("pcoreset-teacher").acquire(teacher, 2, seed=0).positions.tolist() == [4, 2]
 
 
 def test_entropy_and_class_balanced_rules():
     probs = np.array([[0.98, 0.01, 0.01], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]], np.float32)
     state = RoundState(5, 3, np.array([0]), np.array([0]), 1, probs=probs)
-    assert acquire("entropy", state, 2, seed=0).positions.tolist() == [1, 2]
+    assert get_rule("entropy").acquire(state, 2, seed=0).positions.tolist() == [1, 2]
     # Labeled: one sample of class 0. Classes 1 and 2 are rarest; predicted class 1: {2?, 4}, class 2: {3}.
-    got = acquire("class-balanced", state, 2, seed=0)
+    got = get_rule("class-balanced").acquire(state, 2, seed=0)
     assert sorted(probs[got.positions].argmax(1).tolist()) == [1, 2]
 
 
@@ -252,37 +256,17 @@ class RecordingLabels:
 
 @pytest.mark.parametrize("rule", ["pcoreset", "class-balanced"])
 def test_loop_reads_only_labels_the_oracle_gave(pool, logits_file, rule):
-    test = load_dataset("procedural", "test")
     recorder = RecordingLabels(pool.labels.numpy())
     oracle = Oracle(recorder)
     view = PoolView(pool.normalized(), pool.ids.numpy(), pool.info)
     assert not hasattr(view, "labels")
     initial = seed_set(pool, 1, seed=0)  # setup step: the seed set, 1 per class
     cfg = ActiveKDConfig(**TINY)
-    res = run_loop(view, oracle, initial, rule, torch.from_numpy(logits_file[1]), test, cfg, rounds=2, queries=4, seed=0,
+    res = run_loop(view, oracle, initial, get_rule(rule), torch.from_numpy(logits_file[1]), cfg, rounds=2, queries=4, seed=0,
                    device=torch.device("cpu"))
-    assert res.sizes == [10, 14, 18] and len(res.accuracies) == 3
+    assert res.sizes == [10, 14, 18] and res.labeled_after(1).tolist() == res.labeled[:14].tolist()
     assert sorted(recorder.read) == sorted(res.labeled.tolist())  # each queried label read once, nothing else
     assert oracle.order == res.labeled.tolist()
     assert res.rounds.tolist() == [0] * 10 + [1] * 4 + [2] * 4
     with pytest.raises(AssertionError, match="unqueried"):
         oracle.labels_of([int(np.setdiff1d(np.arange(len(pool)), res.labeled)[0])])
-
-
-def test_active_learn_writes_table_plot_and_selections(pool, logits_file, tmp_path):
-    test = load_dataset("procedural", "test").subset(np.arange(50))
-    cfg = ActiveKDConfig(**TINY)
-    res = active_learn(pool, test, ["pcoreset", "random"], torch.from_numpy(logits_file[1]), [{"arch": "x", "sha256": "0"}],
-                       cfg, rounds=1, queries=3, seeds=(0, 1), distill=(True, False), out_dir=tmp_path / "al")
-    assert len(res.runs) == 8 and len(res.files["selections"]) == 8
-    table = (tmp_path / "al" / "results.md").read_text()
-    assert table.count("\n| pcoreset |") == 2 and "|L\\|=13" in table
-    from PIL import Image
-
-    assert Image.open(tmp_path / "al" / "accuracy.png").size == (960, 600)
-    # Round 0 is shared: same seed set, seed and config give the same student for every rule.
-    by = {(r.rule, r.distill, r.seed): r for r in res.runs}
-    assert by[("pcoreset", True, 0)].accuracies[0] == by[("random", True, 0)].accuracies[0]
-    sel = read_selection(tmp_path / "al" / "selections" / "pcoreset-kd-seed1.sel.h5")
-    assert len(sel) == 13 and sel.round.max() == 1 and sel.config["queries"] == 3
-    assert dataclasses.asdict(cfg)["width"] == sel.config["width"]

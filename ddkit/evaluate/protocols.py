@@ -181,6 +181,20 @@ STORED_CPU_V2 = _register(Protocol(
     summary="the file's stored logits mixed with mixup's λ, KL at T=1, AdamW 1e-3, 5 epochs, floor 1000 steps × 64",
 ))
 
+# -- active learning: the judge of `ddkit active-learn`. The labeled sets there are tiny (1 to ~10 per
+# class) and there are many of them (every rule × round × seed), so the recipe is ActiveKD's per-round
+# student without its KD terms (ddkit.selectors.activekd defaults): AdamW 1e-3, wd 0.01, 10% warm-up,
+# random-resized crop + flip, ~200 passes over the labeled set (ActiveKD: 200·|L|/64 steps of 64).
+# Differences, stated: cosine decay instead of linear, and batches of min(64, |L|) without repeats.
+ACTIVE_CPU = _register(Protocol(
+    name="active-cpu", version=1, student="convnet", student_kwargs=_CPU_STUDENT,
+    optim=OptimConfig(optimizer="adamw", lr=1e-3, momentum=0.0, weight_decay=0.01, schedule="cosine",
+                      warmup_fraction=0.1),
+    epochs=200, batch_size=64, augmentation="resized-crop-flip", label_source="hard", hard_pair="active-cpu@1",
+    summary="active-learning labeled sets: ConvNet-3 w32 IN, hard labels, AdamW 1e-3 (10% warm-up, cosine), "
+            "200 epochs × min(64, |L|), resized crop+flip (ActiveKD's student without KD)",
+))
+
 # -- paper family (GPU): the published recipes --------------------------------------------------
 _PAPER_CONVNET = {"depth": 3, "width": 128, "norm": "instance"}
 HARD_PAPER = _register(Protocol(

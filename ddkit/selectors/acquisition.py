@@ -2,8 +2,9 @@
 
 Each rule is a small pure function of a `RoundState` (what is known this round: labeled positions
 and their oracle labels, the student's combined probabilities and pooled features on the pool, the
-teacher's probabilities) and returns `Acquired` positions with their score. The k-center rules use
-`ddkit.index.kcenter`, with the labeled samples as initial centers.
+teacher's probabilities) and returns `Acquired` positions with their score; `@rule` makes it a
+registered `Rule` object, which an active-learning selector holds as its `rule`. The k-center rules
+use `ddkit.index.kcenter`, with the labeled samples as initial centers.
 
 - `random`: uniform over the unlabeled pool.
 - `entropy`: highest entropy of the student's combined p(x).
@@ -55,25 +56,52 @@ class Acquired:
 
 @dataclass(frozen=True)
 class Rule:
+    """An acquisition rule: what its round state must carry (`needs`, of "probs", "features",
+    "teacher") and how it picks (`pick`). Each active-learning selector holds its rule as a class
+    attribute, so the selector, not a name looked up elsewhere, says how it acquires."""
+
     name: str
-    fn: Callable[[RoundState, int, int], Acquired]
-    needs: frozenset  # of "probs", "features", "teacher"
+    pick: Callable[[RoundState, int, int], Acquired]
+    needs: frozenset
     summary: str
+
+    @property
+    def needs_student(self) -> bool:
+        return bool(self.needs & {"probs", "features"})
+
+    def acquire(self, state: RoundState, budget: int, seed: int) -> Acquired:
+        """Pick `budget` new samples; checks the budget and that the picks are new, unique positions."""
+        available = state.n - len(state.labeled)
+        if budget < 1 or budget > available:
+            raise InvalidInput(f"budget {budget} is not in [1, {available}] (the unlabeled samples left)",
+                               "lower the budget")
+        out = self.pick(state, budget, seed)
+        picked = np.asarray(out.positions, np.int64)
+        if len(picked) != budget or len(np.unique(picked)) != budget or np.isin(picked, state.labeled).any():
+            raise AssertionError(f"acquisition rule {self.name} returned invalid picks")  # a bug, not bad input
+        return out
 
 
 RULES = Registry("acquisition rule")
 
 
 def rule(name: str, needs: tuple = (), summary: str = ""):
-    """Register an acquisition rule; `needs` names what its round state must carry."""
-    return RULES.register(name, summary=summary, needs=frozenset(needs))
+    """Register `fn(state, budget, seed) -> Acquired` as the `Rule` called `name` (the decorated
+    name becomes the Rule object); `needs` names what its round state must carry."""
+
+    def wrap(fn: Callable[[RoundState, int, int], Acquired]) -> Rule:
+        made = Rule(name, fn, frozenset(needs), summary)
+        RULES.register(name, summary=summary, needs=made.needs)(made)
+        return made
+
+    return wrap
 
 
 def get_rule(name: str) -> Rule:
+    """The registered rule called `name` (for rules named on the command line)."""
     if name not in RULES:
         raise InvalidInput(f"unknown acquisition rule {name!r}", f"use one of {', '.join(RULES.names())}")
-    entry = RULES.entry(name)
-    return Rule(name, entry.factory, entry.tags["needs"], entry.summary)
+    return RULES.get(name)
 
 
 def _require(state: RoundState, what: str):
@@ -143,15 +171,3 @@ def class_balanced_rule(state: RoundState, budget: int, seed: int) -> Acquired:
         scores.append(probs[pick, c])
         counts[c] += 1
     return Acquired(np.asarray(picks, np.int64), np.asarray(scores, np.float64))
-
-
-def acquire(name: str, state: RoundState, budget: int, seed: int) -> Acquired:
-    """Apply rule `name`; checks the budget and that the picks are new, unique pool positions."""
-    available = state.n - len(state.labeled)
-    if budget < 1 or budget > available:
-        raise InvalidInput(f"budget {budget} is not in [1, {available}] (the unlabeled samples left)", "lower the budget")
-    out = get_rule(name).fn(state, budget, seed)
-    picked = np.asarray(out.positions, np.int64)
-    if len(picked) != budget or len(np.unique(picked)) != budget or np.isin(picked, state.labeled).any():
-        raise AssertionError(f"acquisition rule {name} returned invalid picks")  # a bug, not bad input
-    return out

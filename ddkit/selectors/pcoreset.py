@@ -12,6 +12,7 @@ offered under its own name.
 
 from __future__ import annotations
 
+from ddkit.selectors.acquisition import pcoreset_rule, pcoreset_teacher_rule
 from ddkit.selectors.active import ActiveSelector
 from ddkit.selectors.base import register_selector
 
@@ -22,7 +23,7 @@ class PCoreSetSelector(ActiveSelector):
 
     name = "pcoreset"
     version = "1"
-    rule = "pcoreset"
+    rule = pcoreset_rule
 
 
 @register_selector
@@ -31,4 +32,4 @@ class PCoreSetTeacherSelector(ActiveSelector):
 
     name = "pcoreset-teacher"
     version = "1"
-    rule = "pcoreset-teacher"
+    rule = pcoreset_teacher_rule
