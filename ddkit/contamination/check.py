@@ -109,7 +109,8 @@ class ContaminationReport:
         lines = [f"{self.path} ({self.kind}) against {self.against}: {verdict}", f"  detector {self.detector}"]
         for p in self.parts:
             ids = ", ".join(map(str, p.flagged_ids[:10])) + (" …" if p.flagged > 10 else "")
-            lines.append(f"  {p.name}: {p.flagged} of {p.checked} flagged ({p.exact} exact)" + (f": ids {ids}" if ids else ""))
+            found = f"  {p.name}: {p.flagged} of {p.checked} flagged ({p.exact} exact)"
+            lines.append(found + (f": ids {ids}" if ids else ""))
         return "\n".join(lines)
 
 
@@ -148,8 +149,9 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
         bad = set(parts[0].flagged_ids)
         members = composite.members.reshape(-1)
         composed = [len(stored) + j for j, base in enumerate(members) if int(base) in bad]
+        matched = dict(zip(parts[0].flagged_ids, parts[0].matched_ids))
         parts.append(Part("composed instances", composite.num_instances, composed,
-                          [parts[0].matched_ids[parts[0].flagged_ids.index(int(members[j - len(stored)]))] for j in composed]))
+                          [matched[int(members[j - len(stored)])] for j in composed]))
     source_ids = _sources(header)
     if source_ids is not None and len(source_ids):
         record = header.dataset
@@ -191,8 +193,8 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
         content = sel.content_sha256
     if sum(p.checked for p in parts) == 0:
         raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
-    report = ContaminationReport(str(path), "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection"),
-                                 f"{name}:{split}", detector.version, parts, content)
+    what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
+    report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
     if record:
         if pool:
             record_pool_provenance(path, CARD_NAME, report.to_dict())

@@ -67,7 +67,7 @@ class DetectorConfig:
         """Names the method, its settings' version and the calibration (threshold, data, suite seed)."""
         cfg = self.resolved()
         cal = cfg.calibration
-        where = (f"calibrated on {cal.get('dataset')} train, suite seed {cal.get('seed')}" if cal else "threshold set by hand")
+        where = f"calibrated on {cal.get('dataset')} train, suite seed {cal.get('seed')}" if cal else "hand-set"
         return f"{NAME}-{VERSION} (threshold {cfg.threshold:.4g}, {where})"
 
     def to_dict(self) -> dict:
@@ -153,7 +153,8 @@ def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
     total = mass.sum((1, 2)).clamp_min(1e-6)
     cy = (mass.sum(2) * ys).sum(1) / total
     cx = (mass.sum(1) * xs).sum(1) / total
-    var = (mass * ((ys[None, :, None] - cy[:, None, None]) ** 2 + (xs[None, None, :] - cx[:, None, None]) ** 2)).sum((1, 2))
+    dist2 = (ys[None, :, None] - cy[:, None, None]) ** 2 + (xs[None, None, :] - cx[:, None, None]) ** 2
+    var = (mass * dist2).sum((1, 2))
     scale = ((var / total).sqrt() / radius).clamp(0.5, 2.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = scale
@@ -178,9 +179,9 @@ class Detector:
         if min(h, w) <= 2 * self.config.max_shift + 2:
             raise InvalidInput(f"images of {h}×{w} px are too small for a ±{self.config.max_shift} px shift search")
         self.n = len(refs)
-        self._hashes: dict[bytes, int] = {}
+        self._hashes: dict[bytes, list[int]] = {}
         for row, digest in enumerate(pixel_hashes(refs)):
-            self._hashes.setdefault(digest, row)
+            self._hashes.setdefault(digest, []).append(row)
         both = np.concatenate([refs, refs[..., ::-1]])  # rows n.. are the mirror images
         x = _to_float(both)
         self._coarse = self._coarse_vectors(x)
@@ -223,25 +224,34 @@ class Detector:
         residual = ((qq - 2 * g * qc + g * g * cc).clamp_min(0) / qq.clamp_min(1e-9)).sqrt()
         return residual.amin(2).numpy()
 
-    def match(self, queries) -> Matches:
-        """Which `queries` (uint8 or [0, 1] float, N×C×H×W of the references' shape) copy a reference."""
+    def match(self, queries, exclude=None) -> Matches:
+        """Which `queries` (uint8 or [0, 1] float, N×C×H×W of the references' shape) copy a reference.
+
+        `exclude` (one reference row per query, −1 for none) is a reference a query may not match:
+        itself, when a set is searched for duplicates within itself (`within`).
+        """
         q = as_uint8(queries)
         if tuple(q.shape[1:]) != self.shape:
             raise IncompatibleError(
-                f"images of shape C×H×W = {tuple(q.shape[1:])} cannot be compared with references of shape {self.shape}",
+                f"images of shape C×H×W = {tuple(q.shape[1:])} cannot be compared with references of {self.shape}",
                 "check them against a dataset with the same image size and channel count",
             )
         n = len(q)
-        exact_row = np.array([self._hashes.get(d, -1) for d in pixel_hashes(q)], dtype=np.int64)
+        own = np.full(n, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(-1)
+        if len(own) != n:
+            raise InvalidInput(f"exclude has {len(own)} rows for {n} queries")
+        exact_row = np.array([next((r for r in self._hashes.get(d, ()) if r != o), -1)
+                              for d, o in zip(pixel_hashes(q), own)], dtype=np.int64)
         score = np.full(n, np.inf)
         best = np.full(n, -1, np.int64)
         if n:
-            k = min(self.config.k, 2 * self.n)
+            k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
             _, cand = index.knn(self._coarse_vectors(canonical(_to_float(q))), self._coarse, k)
             for start in range(0, n, _BLOCK):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
                 res = self._verify(_to_float(q[rows]), block_cand)
+                res[(cand[rows] < 0) | (block_cand % self.n == own[rows, None])] = np.inf
                 pick = res.argmin(1)
                 score[rows] = res[np.arange(len(res)), pick]
                 best[rows] = block_cand[np.arange(len(res)), pick]
@@ -252,3 +262,27 @@ class Detector:
         reference = np.where(best >= 0, best % self.n, -1)
         flagged = exact | (score <= self.config.threshold)
         return Matches(flagged, exact, score, reference, flipped & ~exact, self.version)
+
+
+def within(images, config: DetectorConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicates inside one set: (group, keep, score) per row. Each row flagged as a copy of
+    another row joins that row's group; a group is named by, and keeps, its smallest row."""
+    x = as_uint8(images)
+    n = len(x)
+    if n < 2:
+        return np.arange(n), np.ones(n, bool), np.full(n, np.inf)
+    m = Detector(x, config).match(x, exclude=np.arange(n))
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in np.flatnonzero(m.flagged):
+        a, b = root(int(i)), root(int(m.reference[i]))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    group = np.array([root(i) for i in range(n)])
+    return group, group == np.arange(n), m.score
