@@ -122,6 +122,13 @@ def test_cli_validate_against_pool_and_dedup_default(tmp_path, mini, capsys):
     assert code == 1 and "5 of 205 flagged" in out, out + err
     code, out, err = run_cli(capsys, "info", path)
     assert code == 0 and "leakage     5 flagged against" in out, out + err
+    from ddkit.store import Selection, pool_record, write_selection
+
+    sel = tmp_path / "s.sel.h5"
+    write_selection(sel, Selection("random", "1", {}, 0, pool_record(load_pool(path), f"pool:{path}"), [3, 202, 50, 204]))
+    report = check_file(sel, MINI)
+    assert report.parts[0].name == "selected samples" and sorted(report.parts[0].flagged_ids) == [202, 204]
+    assert info_dict(sel)["contamination"]["flagged"] == 2
     clean = tmp_path / "c.pool.h5"
     report = dedup_pool(path, None, clean, test_dataset=MINI)
     record = read_dedup_record(clean)
