@@ -47,7 +47,7 @@ def cli():
 @click.argument("kind", required=False, type=click.Choice(
     ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes",
      "acquisition-rules", "label-payloads",
-     "stored-label-losses", "baseline-payloads", "view-recipes"]))
+     "stored-label-losses", "baseline-payloads", "view-recipes", "perturbations"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
     from ddkit.registries import all_registries
