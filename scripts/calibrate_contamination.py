@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--references", type=int, default=10000)
     parser.add_argument("--negatives", type=int, default=10000)
     parser.add_argument("--per-kind", type=int, default=500)
-    parser.add_argument("--clean-rate", type=float, default=0.005)
+    parser.add_argument("--clean-rate", type=float, default=0.0075)
     parser.add_argument("--out", default=str(CALIBRATION_FILE))
     args = parser.parse_args()
 

@@ -52,6 +52,11 @@ class DetectorConfig:
     zoom: float = 0.9  # undo a crop of this side fraction
     zoom_offsets: tuple[tuple[float, float], ...] = ((0, 0), (0.5, 0.5), (-0.5, 0.5), (0.5, -0.5), (-0.5, -0.5))
     max_gain: float = 1.15  # brightness tolerated: gain in [1/max_gain, max_gain]
+    refine: bool = True  # re-score the best candidates after an affine registration (see `registered_residual`)
+    refine_top: int = 2  # candidates (best by residual) registered
+    refine_below: float = 0.15  # ... when their residual is at most this (farther ones cannot be copies)
+    refine_steps: int = 10  # Gauss-Newton steps of the registration
+    refine_blur: float = 1.5  # Gaussian σ (px) of the registered images
     threshold: float | None = None
     calibration: dict = field(default_factory=dict, compare=False)
 
@@ -162,6 +167,53 @@ def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
     return _warp(x, theta)
 
 
+def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Tensor, border: int, steps: int,
+                        max_gain: float, edge: float = 4.0) -> torch.Tensor:
+    """What is left of each pair (P×C×H×W, both blurred) after registering the query onto the
+    reference: an affine map (from `theta`, P×2×3, reference frame -> query frame) and a gain and
+    offset, fitted by Gauss-Newton. Returns ‖g·warped + o − ref‖ / ‖ref‖ over the pixels more than
+    `border` px inside the reference and mapped more than `edge` px inside the query (what a shift
+    or crop brought in at the query's edges, blurred, is not compared). A copy that was rotated,
+    cropped, shifted or rescaled by a little registers onto its source; a different image keeps its
+    differences."""
+    p, c, h, w = ref.shape
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h)
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w)
+    v, u = (t.reshape(-1) for t in torch.meshgrid(ys, xs, indexing="ij"))
+    inside = torch.zeros(h, w)
+    inside[border : h - border, border : w - border] = 1.0
+    inside = inside.reshape(-1)
+    limit_x, limit_y = 1.0 - 2.0 * edge / w, 1.0 - 2.0 * edge / h
+
+    def mask(theta: torch.Tensor) -> torch.Tensor:  # P × C·H·W
+        sx = theta[:, 0, 0:1] * u + theta[:, 0, 1:2] * v + theta[:, 0, 2:3]
+        sy = theta[:, 1, 0:1] * u + theta[:, 1, 1:2] * v + theta[:, 1, 2:3]
+        return (inside * (sx.abs() <= limit_x) * (sy.abs() <= limit_y)).repeat(1, c)
+
+    uc, vc = u.repeat(c), v.repeat(c)
+    target = ref.flatten(1)
+    theta = theta.clone()
+    gain, offset = torch.ones(p), torch.zeros(p)
+    for _ in range(steps):
+        m = mask(theta)
+        warped = _warp(query, theta)
+        gx, gy = torch.zeros_like(warped), torch.zeros_like(warped)
+        gx[..., 1:-1] = (warped[..., 2:] - warped[..., :-2]) * (w / 4)  # d/dx in normalized units
+        gy[..., 1:-1, :] = (warped[..., 2:, :] - warped[..., :-2, :]) * (h / 4)
+        flat, gxf, gyf = warped.flatten(1), gain[:, None] * gx.flatten(1), gain[:, None] * gy.flatten(1)
+        jac = torch.stack([gxf * uc, gxf * vc, gxf, gyf * uc, gyf * vc, gyf, flat, torch.ones_like(flat)], 2)
+        jac = jac * m[:, :, None]
+        r = (gain[:, None] * flat + offset[:, None] - target) * m
+        hess = jac.transpose(1, 2) @ jac + 1e-4 * torch.eye(8)
+        step = -torch.linalg.solve(hess, (jac.transpose(1, 2) @ r[:, :, None]))[:, :, 0]
+        theta = theta + step[:, :6].reshape(p, 2, 3)
+        gain = (gain + step[:, 6]).clamp(1.0 / max_gain, max_gain)
+        offset = (offset + step[:, 7]).clamp(-0.1, 0.1)
+    m = mask(theta)
+    r = (gain[:, None] * _warp(query, theta).flatten(1) + offset[:, None] - target) * m
+    return r.norm(dim=1) / (target * m).norm(dim=1).clamp_min(1e-6)
+
+
 def _to_float(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).float().div_(255.0)
 
@@ -187,6 +239,7 @@ class Detector:
         self._coarse = self._coarse_vectors(x)
         s = self.config.max_shift
         self._windows = _blur(x, self.config.blur)[:, :, s : h - s, s : w - s].flatten(1)
+        self._blurred = _blur(x, self.config.refine_blur) if self.config.refine else None
 
     @property
     def version(self) -> str:
@@ -196,33 +249,71 @@ class Detector:
         pooled = F.adaptive_avg_pool2d(_blur(canonical(x), 1.0), self.config.grid)
         return _unit_rows(pooled.flatten(1)).numpy().astype(np.float32)
 
-    def _variants(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The query under each undo-edit: itself, each rotation, the zoom-out at each offset."""
-        n, _, h, w = x.shape
-        out = [x]
+    def _variant_list(self) -> list[list[list[float]]]:
+        """The undo-edits as affine maps (variant frame -> query frame, normalized coordinates):
+        the identity, each rotation, the zoom-out at each offset."""
+        h, w = self.shape[1:]
+        maps = [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]
         for degrees in self.config.rotations:
             a = math.radians(degrees)
-            theta = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]]).expand(n, 2, 3)
-            out.append(_warp(x, theta))
-        for dx, dy in self.config.zoom_offsets:
-            z = 1.0 / self.config.zoom
-            theta = torch.tensor([[z, 0.0, 2.0 * dx / w], [0.0, z, 2.0 * dy / h]]).expand(n, 2, 3)
-            out.append(_warp(x, theta))
-        return out
+            maps.append([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0]])
+        z = 1.0 / self.config.zoom
+        maps += [[[z, 0.0, 2.0 * dx / w], [0.0, z, 2.0 * dy / h]] for dx, dy in self.config.zoom_offsets]
+        return maps
 
-    def _verify(self, x: torch.Tensor, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Smallest relative residual of each query to each of its candidates (block × k)."""
+    def _variant_maps(self, n: int) -> torch.Tensor:
+        return torch.tensor(self._variant_list()[:n])
+
+    def _variants(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The query under each undo-edit (the identity first)."""
+        maps = self._variant_maps(len(self._variant_list()))
+        return [x] + [_warp(x, m.expand(len(x), 2, 3)) for m in maps[1:]]
+
+    def _verify(self, x: torch.Tensor, candidates: np.ndarray) -> np.ndarray:
+        """The score of each query against each of its candidates (block × k): the smallest relative
+        residual over undo-edits and shifts; with `refine`, the `refine_top` best candidates are
+        re-scored by `registered_residual` from their best alignment (the others get inf)."""
         h, w = self.shape[1:]
         s = self.config.max_shift
-        win = [F.unfold(_blur(v, self.config.blur), (h - 2 * s, w - 2 * s)).transpose(1, 2) for v in self._variants(x)]
-        q = torch.cat(win, 1)  # block × (variants·shifts) × d
+        lo, hi = 1.0 / self.config.max_gain, self.config.max_gain
         c = self._windows[torch.from_numpy(candidates)]  # block × k × d
-        qc = torch.einsum("bsd,bkd->bks", q, c)
-        qq = (q * q).sum(2)[:, None, :]
         cc = (c * c).sum(2)[:, :, None]
-        g = (qc / cc.clamp_min(1e-9)).clamp(1.0 / self.config.max_gain, self.config.max_gain)
-        residual = ((qq - 2 * g * qc + g * g * cc).clamp_min(0) / qq.clamp_min(1e-9)).sqrt()
-        return residual.amin(2).numpy()
+        residual = torch.full(candidates.shape, float("inf"))
+        where = torch.zeros(candidates.shape, dtype=torch.long)
+        shifts = (2 * s + 1) ** 2
+        for v, variant in enumerate(self._variants(x)):  # one undo-edit at a time: bounded memory
+            q = F.unfold(_blur(variant, self.config.blur), (h - 2 * s, w - 2 * s)).transpose(1, 2)  # block × shifts × d
+            qc = torch.einsum("bsd,bkd->bks", q, c)
+            qq = (q * q).sum(2)[:, None, :]
+            g = (qc / cc.clamp_min(1e-9)).clamp(lo, hi)
+            r, at = ((qq - 2 * g * qc + g * g * cc).clamp_min(0) / qq.clamp_min(1e-9)).sqrt().min(2)
+            better = r < residual
+            residual = torch.where(better, r, residual)
+            where = torch.where(better, at + v * shifts, where)
+        if not self.config.refine:
+            return residual.numpy()
+        # Register the best candidates, starting from their best (undo-edit, shift), and score them
+        # by what is left after the registration.
+        top = min(self.config.refine_top, candidates.shape[1])
+        order = residual.argsort(1)[:, :top]
+        rows = torch.arange(len(x))[:, None].expand(-1, top).reshape(-1)
+        picked = order.reshape(-1)
+        keep = residual[rows, picked] <= self.config.refine_below
+        rows, picked = rows[keep], picked[keep]
+        out = np.full(candidates.shape, np.inf)
+        if len(rows) == 0:
+            return out
+        which = where[rows, picked]
+        v_idx, oy, ox = which // shifts, (which % shifts) // (2 * s + 1), which % (2 * s + 1)
+        base = self._variant_maps(len(self._variant_list()))[v_idx]  # P×2×3: variant frame -> query frame
+        t = torch.stack([2.0 * (ox - s) / w, 2.0 * (oy - s) / h], 1).float()  # candidate frame -> variant frame
+        theta = base.clone()
+        theta[:, :, 2] = base[:, :, 2] + torch.einsum("pij,pj->pi", base[:, :, :2], t)
+        query = _blur(x[rows], self.config.refine_blur)
+        ref = self._blurred[torch.from_numpy(candidates[rows.numpy(), picked.numpy()])]
+        out[rows.numpy(), picked.numpy()] = registered_residual(query, ref, theta, s, self.config.refine_steps,
+                                                                self.config.max_gain).numpy()
+        return out
 
     def match(self, queries, exclude=None) -> Matches:
         """Which `queries` (uint8 or [0, 1] float, N×C×H×W of the references' shape) copy a reference.
