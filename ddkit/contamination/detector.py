@@ -1,17 +1,19 @@
 """The teacher-free near-duplicate detector: which query images are copies (exact or edited) of which
 reference images, judged from the pixels alone.
 
-Three stages, each cheap enough for 100k queries against a 10k test set on a CPU:
+Four stages:
 1. exact: sha256 of each image's uint8 pixels (a byte-identical copy is always caught);
 2. candidates (FAISS via `ddkit.index.knn`): each image is moved to a canonical frame (its intensity
    centroid to the centre, its radius of gyration to a fixed size), so shifts and crops barely move
    it; blurred and pooled to a small grid, mean-centred and unit-normalized, so noise, JPEG and
    brightness barely move it either. The references are indexed with their mirror images, so a
    flipped copy finds its source. The k nearest references are the candidates;
-3. verification: the query under a few undo-edits (identity, rotations, a 90% zoom-out at half-pixel
-   offsets) and every integer shift up to `max_shift` is compared with each candidate, lightly
-   blurred, by the relative residual ‖g·q − c‖/‖q‖ with a gain g fitted within ±15% (brightness).
-   The smallest residual is the score; a query is a copy when it is at or below the threshold.
+3. alignment: the query under a few undo-edits (identity, rotations, a 90% zoom-out at half-pixel
+   offsets) and every integer shift up to `max_shift` is compared with each candidate, blurred, by
+   the relative residual ‖q − g·c‖/‖q‖ with a gain g within ±15% (brightness);
+4. registration: the best candidates, from their best alignment, are registered onto the query
+   (`registered_residual`: an affine map, a gain and an offset, by Gauss-Newton) and scored by what
+   is left relative to the image. A query is a copy when that score is at or below the threshold.
 
 The threshold is not hand-set: `scripts/calibrate_contamination.py` builds the perturbation suite
 (`ddkit.contamination.perturb`) over TRAIN images only, measures the residual of copies and of
@@ -94,8 +96,8 @@ def read_calibration() -> dict:
 
 @dataclass
 class Matches:
-    """Per query: `flagged`, `exact` (byte-identical to a reference), `score` (the smallest relative
-    residual; 0 for exact copies, inf when no candidate), `reference` (row of the best reference,
+    """Per query: `flagged`, `exact` (byte-identical to a reference), `score` (the best candidate's
+    residual after registration; 0 for exact copies, inf when none came close), `reference` (row of the best reference,
     −1 when none) and `flipped` (the best match is the reference's mirror image)."""
 
     flagged: np.ndarray
