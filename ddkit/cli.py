@@ -54,7 +54,7 @@ def cli():
 @click.argument("kind", required=False, type=click.Choice(
     ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes",
      "acquisition-rules", "label-payloads", "export-formats", "import-formats",
-     "stored-label-losses", "baseline-payloads", "view-recipes"]))
+     "stored-label-losses", "baseline-payloads", "view-recipes", "perturbations"]))
 def list_cmd(kind):
     """Print every registry (or one) with a one-line summary per entry."""
     from ddkit.registries import all_registries
@@ -212,29 +212,30 @@ def pool_build(task, sources, name, out, overwrite):
 
 @pool.command("dedup")
 @click.argument("pool_path", type=click.Path(dir_okay=False))
-@click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher whose embeddings compare images")
+@click.option("--detector", default="pixels", show_default=True, type=click.Choice(["pixels", "teacher"]),
+              help="pixels: the teacher-free detector of `validate --against`; teacher: distance between teacher embeddings")
+@click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="teacher whose embeddings compare images (--detector teacher)")
 @click.option("--test", "test_dataset", default=None, help="dataset whose TEST split must not leak into the pool (default: the pool's task)")
-@click.option("--threshold", default=0.1, show_default=True, help="L2 distance between unit embeddings that counts as a near-duplicate")
-@click.option("--test-threshold", default=None, type=float, help="threshold against test images (default: --threshold)")
-@click.option("--embedding", default="map", show_default=True, type=click.Choice(["map", "pooled"]))
-@click.option("--k", default=16, show_default=True, help="neighbours searched per sample")
+@click.option("--threshold", default=0.1, show_default=True, help="(teacher) L2 distance between unit embeddings that counts as a near-duplicate")
+@click.option("--test-threshold", default=None, type=float, help="(teacher) threshold against test images (default: --threshold)")
+@click.option("--embedding", default="map", show_default=True, type=click.Choice(["map", "pooled"]), help="(teacher) which features")
+@click.option("--k", default=16, show_default=True, help="(teacher) neighbours searched per sample")
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .pool.h5 (the pool without the dropped samples)")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def pool_dedup(pool_path, teacher, test_dataset, threshold, test_threshold, embedding, k, device, out, overwrite, as_json):
-    """Drop near-duplicates inside POOL and pool samples that near-duplicate test images (FAISS)."""
+def pool_dedup(pool_path, detector, teacher, test_dataset, threshold, test_threshold, embedding, k, device, out, overwrite, as_json):
+    """Drop pool samples that copy test images and near-duplicates inside POOL."""
     from ddkit.pools.dedup import dedup_pool
 
     report = dedup_pool(pool_path, teacher, out, test_dataset=test_dataset, threshold=threshold, test_threshold=test_threshold,
-                        k=k, embedding=embedding, device=device, overwrite=overwrite)
+                        k=k, embedding=embedding, device=device, overwrite=overwrite, detector=detector)
     if as_json:
         _print_json(report)
     else:
         click.echo(f"wrote {out}: {report['size_after']} of {report['size_before']} kept; dropped "
                    f"{report['dropped_test_contamination']} near-copies of {report['test_dataset']} test images and "
-                   f"{report['dropped_in_pool_duplicates']} in-pool near-duplicates (threshold {report['threshold']:g}, "
-                   f"{report['embedding'].split(':')[0]} embeddings)")
+                   f"{report['dropped_in_pool_duplicates']} in-pool near-duplicates ({report['detector']})")
 
 
 @pool.command("score")
@@ -434,10 +435,31 @@ def info(path, as_json):
 @cli.command()
 @click.argument("path", type=click.Path())
 @click.option("--teacher", default=None, type=click.Path(), help="also check the label space and input shape against this teacher")
-def validate(path, teacher):
-    """Recompute the content hash and check shapes, dtypes, class coverage and label space."""
+@click.option("--against", default=None, metavar="DATASET[:SPLIT]",
+              help="also look for copies of this dataset's images (test split by default) in the file, its recorded "
+                   "real sources, or the pool; the result is written into the file")
+@click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
+def validate(path, teacher, against, no_write):
+    """Recompute the content hash and check shapes, dtypes, class coverage and label space
+    (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""
     from ddkit.store import validate_file
 
+    if against:
+        from ddkit.data.poolfile import is_pool_file
+
+        if not is_pool_file(path):  # pools have no store checks; their fingerprint is checked by the search
+            _validate_and_report(validate_file, path, teacher)
+        from ddkit.contamination import check_file
+
+        check = check_file(path, against, record=not no_write)
+        click.echo(str(check))
+        if not check.ok:
+            raise SystemExit(1)
+        return
+    _validate_and_report(validate_file, path, teacher)
+
+
+def _validate_and_report(validate_file, path, teacher):
     kwargs = {}
     if teacher:
         from ddkit.models.teacher import read_teacher_header

@@ -6,6 +6,7 @@ from __future__ import annotations
 def all_registries() -> dict:
     """Every registry by the name `ddkit list` prints it under."""
     from ddkit.augment import AUGMENTATIONS, MIXES
+    from ddkit.contamination.perturb import PERTURBATIONS
     from ddkit.data import DATASETS
     from ddkit.dbr import VIEW_RECIPES
     from ddkit.evaluate.labels import STORED_LOSSES
@@ -21,4 +22,5 @@ def all_registries() -> dict:
     return {"models": MODELS, "datasets": DATASETS, "synthesizers": SYNTHESIZERS, "selectors": SELECTORS,
             "protocols": PROTOCOLS, "acquisition-rules": RULES, "label-payloads": PAYLOADS,
             "stored-label-losses": STORED_LOSSES, "baseline-payloads": BASELINE_PAYLOADS, "view-recipes": VIEW_RECIPES,
-            "augmentations": AUGMENTATIONS, "mixes": MIXES, "export-formats": EXPORTERS, "import-formats": IMPORTERS}
+            "augmentations": AUGMENTATIONS, "mixes": MIXES, "export-formats": EXPORTERS, "import-formats": IMPORTERS,
+            "perturbations": PERTURBATIONS}

@@ -179,7 +179,8 @@ def main() -> None:
         build(args, raw)
     report_path = work / "dedup.json"
     if not clean.exists():
-        report = dedup_pool(raw, args.teacher, clean, test_dataset="fashion-mnist", threshold=args.threshold, overwrite=True)
+        report = dedup_pool(raw, args.teacher, clean, test_dataset="fashion-mnist", threshold=args.threshold, overwrite=True,
+                            detector="teacher")  # the detector its recorded numbers were measured with
         report_path.write_text(json.dumps(report, indent=1))
     report = json.loads(report_path.read_text())
     aside = read_aside(raw)

@@ -13,7 +13,7 @@ LAYERS = {
     "fileio": 1, "workitems": 1, "registry": 1, "config": 1, "provenance": 1, "distributed": 1, "augment": 1, "index": 1,
     "data": 2, "training": 2,
     "models": 3, "store": 3,
-    "pools": 4, "dbr": 4, "teachers": 4, "experts": 4, "share": 4,
+    "pools": 4, "contamination": 4, "dbr": 4, "teachers": 4, "experts": 4, "share": 4,
     "synth": 5, "selectors": 5, "evaluate": 5,
     "cli": 6, "__main__": 6, "quickstart": 6, "registries": 6, "workflows": 6,
 }

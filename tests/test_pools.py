@@ -103,7 +103,7 @@ def _planted_pool(tmp_path):
 def test_dedup_catches_planted_copies_and_leaves_distinct_images(tmp_path, teacher_file):
     path, n_train = _planted_pool(tmp_path)
     out = tmp_path / "clean.pool.h5"
-    report = dedup_pool(path, teacher_file, out, threshold=0.05)  # this untrained net: distinct ≥ 0.067, copies ≤ 0.04
+    report = dedup_pool(path, teacher_file, out, threshold=0.05, detector="teacher")  # this untrained net: distinct ≥ 0.067, copies ≤ 0.04
     aside = read_aside(path)
     origin = aside["origin_name"]
     record = read_dedup_record(out)
@@ -130,7 +130,7 @@ def test_pool_cli_build_dedup_and_kd3_select(tmp_path, teacher_file, capsys):
     assert code == 0, err
     assert "600 images" in out
     clean = tmp_path / "cli.dedup.pool.h5"
-    code, out, err = run_cli(capsys, "pool", "dedup", pool, "--teacher", teacher_file, "--threshold", 0.05, "--out", clean)
+    code, out, err = run_cli(capsys, "pool", "dedup", pool, "--detector", "teacher", "--teacher", teacher_file, "--threshold", 0.05, "--out", clean)
     assert code == 0, err
     assert "dropped 200 near-copies of procedural test images" in out
     student = tmp_path / "student.safetensors"
@@ -150,7 +150,7 @@ def test_pool_cli_build_dedup_and_kd3_select(tmp_path, teacher_file, capsys):
 def test_dedup_refuses_bad_options_before_writing(tmp_path, teacher_file):
     path, _ = _planted_pool(tmp_path)
     with pytest.raises(InvalidInput, match="threshold"):
-        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", threshold=-1)
+        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", threshold=-1, detector="teacher")
     with pytest.raises(InvalidInput, match="embedding"):
-        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", embedding="pixels")
+        dedup_pool(path, teacher_file, tmp_path / "o.pool.h5", embedding="pixels", detector="teacher")
     assert not (tmp_path / "o.pool.h5").exists()

@@ -199,3 +199,32 @@ def read_dedup_record(path: str | os.PathLike) -> dict | None:
         out = {key: g[key][()] for key in g}
         out["report"] = json.loads(g.attrs["report"])
     return out
+
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_pool_file(path: str | os.PathLike) -> bool:
+    """Whether `path` is a pool file, read without trusting it: only an unsealed HDF5 file (sealed
+    ddkit files start with their seal, which the store checks before HDF5 parses a byte) is opened."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                return False
+        with h5py.File(path, "r") as h5:
+            return attr_text(h5.attrs.get("format", "")) == POOL_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def record_pool_provenance(path: str | os.PathLike, key: str, record: dict) -> None:
+    """Set `key` of the pool's provenance to `record` (the pixels, ids and fingerprint are unchanged),
+    atomically: a copy is edited and renamed over the original."""
+    path = Path(path)
+    data = path.read_bytes()
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_bytes(data)
+        with h5py.File(tmp, "r+") as h5:
+            provenance = json.loads(attr_text(h5.attrs.get("provenance", "{}")))
+            provenance[key] = record
+            h5.attrs["provenance"] = json.dumps(provenance)

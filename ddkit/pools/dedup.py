@@ -1,5 +1,10 @@
 """Pool deduplication (`ddkit pool dedup`): drop near-copies of test images and near-duplicates
-inside the pool, by distance between teacher embeddings (FAISS through `ddkit.index`)."""
+inside the pool.
+
+Two detectors: `pixels` (the default) is the teacher-free detector of `ddkit.contamination`, the
+same one `ddkit validate --against` runs; `teacher` is the older distance between teacher
+embeddings (FAISS through `ddkit.index`), kept as an option: BENCHMARKS.md `contamination` shows
+that it misses shifted copies unless it also drops a large share of clean images."""
 
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import numpy as np
 import torch
 
 from ddkit import index
+from ddkit.contamination.check import load_reference
+from ddkit.contamination.detector import Detector, as_uint8, within
 from ddkit.data import load_dataset
 from ddkit.data.poolfile import load_pool, open_pool, pool_task, write_pool
-from ddkit.errors import InvalidInput
+from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import attr_text
 from ddkit.models.teacher import load_teacher
 from ddkit.pools.embed import teacher_embeddings
@@ -23,13 +30,95 @@ DROP_IN_POOL = 1  # near-duplicate of another pool sample that is kept
 DROP_TEST = 2  # near-duplicate of a test image (contamination)
 
 
-def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, out: str | os.PathLike,
+DETECTORS = ("pixels", "teacher")
+
+
+def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | None, out: str | os.PathLike,
                test_dataset: str | None = None, threshold: float = 0.1, test_threshold: float | None = None,
-               k: int = 16, embedding: str = "map", device: str | None = None, overwrite: bool = False) -> dict:
-    """Drop pool samples that are near-duplicates of a TEST image, then near-duplicates inside the
-    pool (one kept per group), by L2 distance between L2-normalized teacher embeddings (FAISS via
-    `ddkit.index`). Writes the remaining pool to `out` with `/dedup` recording every dropped id,
-    why, what it matched and at what distance; returns the report (both counts).
+               k: int = 16, embedding: str = "map", device: str | None = None, overwrite: bool = False,
+               detector: str = "pixels") -> dict:
+    """Drop pool samples that copy a TEST image, then near-duplicates inside the pool (one kept per
+    group), with `detector` "pixels" (teacher-free, see `ddkit.contamination`; `teacher_path`,
+    thresholds, `k` and `embedding` are not used) or "teacher" (`teacher_dedup`). Writes the
+    remaining pool to `out` with `/dedup` recording every dropped id, why, what it matched and its
+    score, and the check in the pool's provenance; returns the report.
+
+    `test_dataset` (`DATASET[:SPLIT]`) defaults to the pool's task, test split.
+    """
+    if detector not in DETECTORS:
+        raise InvalidInput(f"unknown detector {detector!r}", f"use one of {', '.join(DETECTORS)}")
+    if detector == "teacher":
+        if teacher_path is None:
+            raise InvalidInput("the teacher detector needs a teacher", "pass --teacher FILE, or use --detector pixels")
+        return teacher_dedup(pool_path, teacher_path, out, test_dataset, threshold, test_threshold, k, embedding,
+                             device, overwrite)
+    pool = load_pool(pool_path)  # the fingerprint is checked before any search
+    test_name = test_dataset or pool_task(pool_path).name
+    test = load_reference(test_name)
+    if tuple(test.images.shape[1:]) != tuple(pool.images.shape[1:]):
+        raise IncompatibleError(f"the pool's images are {tuple(pool.images.shape[1:])}, {test_name}'s "
+                                f"{tuple(test.images.shape[1:])}", "deduplicate against the pool's own task")
+    images = as_uint8(pool.images)
+    det = Detector(as_uint8(test.images))
+    m = det.match(images)
+    contaminated = m.flagged
+    rest = np.flatnonzero(~contaminated)
+    group, keep, score = within(images[rest])
+    test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
+    kept_pos = rest[keep]
+    ids = pool.ids.numpy()
+    record = {
+        "dropped_ids": ids[np.concatenate([test_pos, dropped_dup])],
+        "reason": np.concatenate([np.full(len(test_pos), DROP_TEST, np.int8),
+                                  np.full(len(dropped_dup), DROP_IN_POOL, np.int8)]),
+        "matched_id": np.concatenate([test.ids.numpy()[m.reference[test_pos]],
+                                      ids[rest[group[~keep]]]]).astype(np.int64),
+        "distance": np.concatenate([m.score[test_pos], score[~keep]]).astype(np.float32),
+    }
+    report = {
+        "pool": str(Path(pool_path)), "pool_fingerprint": pool.fingerprint(), "size_before": len(ids),
+        "size_after": len(kept_pos), "dropped_test_contamination": len(test_pos),
+        "dropped_in_pool_duplicates": len(dropped_dup), "test_dataset": test_name, "test_size": len(test),
+        "detector": det.version, "embedding": "pixels: teacher-free pixel-align detector (distance: relative residual)",
+        "threshold": float(det.config.threshold),
+        "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample",
+                    str(DROP_TEST): "near-duplicate of a test image"},
+    }
+    check = {"check": "contamination", "against": f"{test_name}", "detector": det.version, "flagged": len(test_pos),
+             "parts": {"pool samples": {"checked": len(ids), "flagged": len(test_pos), "exact": int(m.exact.sum()),
+                                        "flagged_ids": ids[test_pos].tolist()[:1000]}}}
+    return _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrite, check)
+
+
+def _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrite, check=None) -> dict:
+    """Write the kept samples with the dedup record (and the contamination check, if any)."""
+    ids = pool.ids.numpy()
+    with open_pool(pool_path) as h5:
+        aside = {key: h5["aside"][key][()][kept_pos] for key in h5["aside"]}
+        origins = json.loads(h5.attrs["origins"])
+        provenance = json.loads(h5.attrs["provenance"])
+        name = h5.attrs["name"]
+    name = attr_text(name)
+    provenance = dict(provenance, dedup_of={"path": str(Path(pool_path).resolve()), "fingerprint": pool.fingerprint()})
+    if check is not None:
+        from ddkit.provenance import utc_now
+
+        provenance["contamination"] = dict(check, created=utc_now(),
+                                           of="the pool before dedup (every flagged id was dropped)")
+    summary = write_pool(out, pool.images[torch.from_numpy(kept_pos)], ids[kept_pos], pool_task(pool_path), name, aside,
+                         origins, provenance, extra_groups={"dedup": ({"report": report}, record)}, overwrite=overwrite)
+    report["out"] = summary.path
+    report["out_fingerprint"] = summary.fingerprint
+    return report
+
+
+def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, out: str | os.PathLike,
+                  test_dataset: str | None = None, threshold: float = 0.1, test_threshold: float | None = None,
+                  k: int = 16, embedding: str = "map", device: str | None = None, overwrite: bool = False) -> dict:
+    """The teacher-embedding detector: drop pool samples that are near-duplicates of a TEST image,
+    then near-duplicates inside the pool (one kept per group), by L2 distance between L2-normalized
+    teacher embeddings (FAISS via `ddkit.index`). Writes the remaining pool to `out` with `/dedup`
+    recording every dropped id, why, what it matched and at what distance; returns the report.
 
     The default threshold 0.1 on `map` embeddings was read off fashion-mnist-mini with the
     Fashion-MNIST convnet-bn and resnet8 teachers: exact copies are at 0, light noise (σ = 0.01)
@@ -92,15 +181,5 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
         "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample",
                     str(DROP_TEST): "near-duplicate of a test image"},
     }
-    with open_pool(pool_path) as h5:
-        aside = {key: h5["aside"][key][()][kept_pos] for key in h5["aside"]}
-        origins = json.loads(h5.attrs["origins"])
-        provenance = json.loads(h5.attrs["provenance"])
-        name = h5.attrs["name"]
-    name = attr_text(name)
-    provenance = dict(provenance, dedup_of={"path": str(Path(pool_path).resolve()), "fingerprint": pool.fingerprint()})
-    summary = write_pool(out, pool.images[torch.from_numpy(kept_pos)], ids[kept_pos], pool_task(pool_path), name, aside,
-                         origins, provenance, extra_groups={"dedup": ({"report": report}, record)}, overwrite=overwrite)
-    report["out"] = summary.path
-    report["out_fingerprint"] = summary.fingerprint
-    return report
+    report["detector"] = "teacher-embedding (L2 between normalized teacher features)"
+    return _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrite)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
 
+from ddkit.data.poolfile import is_pool_file, open_pool
 from ddkit.store.h5io import open_store, reading
 from ddkit.store.reader import DistilledDataset
 from ddkit.store.results import STORE_FORMATS, read_results, summarize_card
@@ -13,13 +15,31 @@ from ddkit.store.schema import DISTILLED_FORMAT, attr_text
 from ddkit.store.selection import read_selection
 
 
+def pool_info_dict(path: str | os.PathLike) -> dict:
+    """What `ddkit info` shows of a `.pool.h5` file: name, size, task, origins, provenance (with
+    the recorded contamination check, if any)."""
+    with open_pool(path) as h5, reading(path):
+        task = json.loads(h5.attrs["task"])
+        out = {"path": str(path), "format": "ddkit.pool", "name": attr_text(h5.attrs["name"]), "size": int(h5.attrs["size"]),
+               "task": task.get("name"), "fingerprint": attr_text(h5.attrs["fingerprint"]),
+               "origins": json.loads(h5.attrs["origins"]), "provenance": json.loads(h5.attrs["provenance"]),
+               "created": attr_text(h5.attrs.get("created", ""))}
+    out["contamination"] = out["provenance"].get("contamination")
+    return out
+
+
 def info_dict(path: str | os.PathLike) -> dict:
     """Everything `describe` shows, as a JSON-able dict (the `ddkit info --json` output)."""
+    if is_pool_file(path):
+        return pool_info_dict(path)
     h5, fmt = open_store(path, STORE_FORMATS)
     with h5, reading(path):
         common = {"path": str(path), "format": fmt, "schema": int(h5.attrs["schema"]),
                   "content_sha256": attr_text(h5.attrs["content_sha256"])}
-    common["results"] = read_results(path)
+    results = read_results(path)
+    # A contamination check (`ddkit validate --against`) is stored beside the result cards.
+    common["results"] = {n: c for n, c in results.items() if c.get("check") != "contamination"}
+    common["contamination"] = next((c for c in results.values() if c.get("check") == "contamination"), None)
     if fmt != DISTILLED_FORMAT:
         sel = read_selection(path, verify=False)
         return common | {
@@ -98,6 +118,15 @@ def _percent(x, signed: bool = False) -> str:
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
+def contamination_line(record: dict | None) -> str:
+    """The `ddkit info` line of a recorded contamination check (or of its absence)."""
+    if not record:
+        return "  leakage     not checked (run `ddkit validate FILE --against DATASET`)"
+    parts = ", ".join(f"{name} {p.get('flagged')}/{p.get('checked')}" for name, p in record.get("parts", {}).items())
+    return (f"  leakage     {record.get('flagged')} flagged against {record.get('against')} ({parts}); "
+            f"{record.get('detector')}, {record.get('created')}")
+
+
 def _results_table(results: dict) -> list[str]:
     if not results:
         return ["  results     none (run `ddkit evaluate`)"]
@@ -116,7 +145,12 @@ def _results_table(results: dict) -> list[str]:
 
 def describe(path: str | os.PathLike) -> str:
     """The human-readable summary of a `.ddk.h5` or `.sel.h5` file (`ddkit info`)."""
-    return render_info(info_dict(path))
+    d = info_dict(path)
+    if d["format"] == "ddkit.pool":
+        return "\n".join([f"{d['path']}: ddkit pool {d['name']}, {d['size']} images for task {d['task']}, "
+                          f"fingerprint {d['fingerprint'][:12]}, created {d['created']}",
+                          f"  origins     {', '.join(d['origins']) or '—'}", contamination_line(d["contamination"])])
+    return render_info(d)
 
 
 def render_info(d: dict) -> str:
@@ -134,7 +168,7 @@ def render_info(d: dict) -> str:
             f"  config      {_short(config, 200)}",
             f"  content     sha256 {d['content_sha256']}",
         ]
-        return "\n".join(lines + _results_table(d["results"]))
+        return "\n".join(lines + [contamination_line(d.get("contamination"))] + _results_table(d["results"]))
     ds, b = d["dataset"], d["budget"]
     counts = list(d["instances_per_class"].values())
     composed = f" + {d['compensators']} compensators" if d["compensators"] else ""
@@ -173,4 +207,4 @@ def render_info(d: dict) -> str:
         lines.insert(6, f"  dbr         {r['views']} views ({r['recipe']}) × 2 fp16 distances = {human_bytes(r['bytes'])}; "
                         f"full fp16 soft labels for the same views: {human_bytes(r['full_soft_label_bytes'])} "
                         f"({r['full_soft_label_bytes'] / max(r['bytes'], 1):.1f}×)")
-    return "\n".join(lines + _results_table(d["results"]))
+    return "\n".join(lines + [contamination_line(d.get("contamination"))] + _results_table(d["results"]))
