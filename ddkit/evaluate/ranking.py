@@ -11,6 +11,11 @@ DD-Ranking separates what the images carry from what the labels and the training
   fractions and w = 0.5 (DD-Ranking's default): the exponent lies in [−1, 1], so LRS lies in [0, 1]
   (0 for IOR = −1, HLR = 1; 1 for IOR = 1, HLR = −1); reported in percent like DD-Ranking does.
 
+Units: the paper's formula takes IOR and HLR as fractions (the exponent then lies in [−1, 1]); the
+`ddranking` 0.2.0 code passes percent accuracies into the same exponent, so its LRS is 100× steeper,
+bottoms out at −0.157 and exceeds 1 once IOR − HLR > 2 points. ddkit follows the paper; the
+cross-check (BENCHMARKS.md `ddranking-crosscheck`, `scripts/crosscheck_ddranking.py`) shows both.
+
 The scores are computed per seed (the set's i-th student against the i-th random-subset and
 full-data student) and reported as mean ± sample std, like DD-Ranking's `num_eval` rounds. Unlike
 DD-Ranking, ddkit reports final-step accuracy under a fixed, versioned protocol: it neither takes the
