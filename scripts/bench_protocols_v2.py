@@ -110,7 +110,9 @@ def render(args) -> None:
     ]
     for proto_id, entries in by_protocol.items():
         protocol = get_protocol(proto_id)
-        cells = [pct(entries[s]["mean"], entries[s]["std"]) if s in entries else "-" for s in SIZES]
+        cells = [(pct(entries[s]["mean"], entries[s]["std"])
+                  + ("" if len(entries[s]["accuracies"]) == 3 else f" ({len(entries[s]['accuracies'])} seeds)"))
+                 if s in entries else "-" for s in SIZES]
         full = entries.get("full")
         wall = (f"{protocol.total_steps(60000)}, {full['seconds'] / 60 / len(full['accuracies']):.1f}"
                 if full and not full.get("cached_seeds") else "-")
