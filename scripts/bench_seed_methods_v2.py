@@ -84,7 +84,8 @@ def run(args) -> None:
             start = time.perf_counter()
             # soft stage first (ranking later, from the file's hard-cpu@2 card), so the minutes-long hard
             # full-data reference is trained once, by bench_protocols_v2, not here
-            card = evaluate(str(out), protocol, list(range(args.seeds)), teachers=[args.teacher], full_reference=False,
+            card = evaluate(str(out), protocol, list(range(args.seeds)), teachers=[args.teacher],
+                            full_reference=args.stage == "hard",
                             ranking=args.stage == "hard")
             _record(key, {"arm": arm, "ipc": ipc, "protocol": protocol, "synth_cmd": cmd, "synth_seconds": synth_seconds,
                           "eval_seconds": time.perf_counter() - start, "card": card.to_dict()})
