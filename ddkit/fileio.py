@@ -81,21 +81,19 @@ def attr_text(value) -> str:
 
 def open_checked_h5(path: str | os.PathLike, *, fmt: str, schema: int, kind: str, remedy: str,
                     cache_bytes: int | None = None):
-    """A ddkit side file (pool, scores) opened read-only, its `format` and `schema` attributes checked.
+    """A ddkit side file (pool, scores) opened read-only under the reader policy of `ddkit.h5safe`,
+    its `format` and `schema` attributes checked.
 
     `kind` names the file in messages ("pool", "pool-scores"); `remedy` says how to make a good one
     (e.g. "build one with `ddkit pool build`"). `cache_bytes`: HDF5 chunk cache per dataset. Raises
     FileFormatError for a missing, unreadable, foreign or newer file; the caller closes the result.
     """
-    import h5py
+    from ddkit.h5safe import open_hdf5
 
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"{kind} file {path} does not exist", remedy)
-    try:
-        f = h5py.File(path, "r", **({"rdcc_nbytes": cache_bytes} if cache_bytes else {}))
-    except OSError as exc:
-        raise FileFormatError(f"{path} is not a readable HDF5 {kind} file ({exc})", remedy) from None
+    f = open_hdf5(path, cache_bytes=cache_bytes, what=f"{kind} file")
     found = attr_text(f.attrs.get("format", ""))
     if found != fmt:
         f.close()
