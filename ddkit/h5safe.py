@@ -128,7 +128,7 @@ def _check_attrs(obj, name: str, path) -> None:
             value = value.reshape(-1)[0] if isinstance(value, np.ndarray) and value.size else value
             length = len(value) if isinstance(value, (str, bytes)) else 0
             if length > MAX_ATTR_BYTES:
-                raise _refuse(path, where, f"is {length} characters, over the {MAX_ATTR_BYTES} limit for an attribute")
+                raise _refuse(path, where, f"is {length} characters, over the {MAX_ATTR_BYTES} byte limit")
 
 
 def _check_dataset(ds: h5py.Dataset, name: str, path, file_bytes: int) -> int:
