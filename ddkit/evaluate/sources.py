@@ -128,9 +128,10 @@ def _pick_scheme(available: list[str], protocol: Protocol, path: str) -> str | N
 
 
 def distilled_source(path: str, protocol: Protocol) -> TrainSource:
-    from ddkit.store import DistilledDataset
+    from ddkit.store import DistilledDataset, require_valid
 
     reader = DistilledDataset(path)
+    require_valid(reader)  # never train on what `ddkit validate` refuses
     header = reader.header
     scheme = _pick_scheme(sorted(reader.soft), protocol, path)
     images = reader.info.normalization.apply(reader.pixels())

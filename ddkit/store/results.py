@@ -22,7 +22,11 @@ def read_results(path: str | os.PathLike) -> dict[str, dict]:
     h5, _ = open_store(path, STORE_FORMATS)
     with h5, reading(path):
         group = h5.get("results", {})
-        return {name: load_json(group[name].attrs["card"], f"result card {name!r}") for name in group}
+        cards = {name: load_json(group[name].attrs["card"], f"result card {name!r}") for name in group}
+        for name, card in cards.items():
+            if not isinstance(card, dict):
+                raise ValueError(f"result card {name!r} is a JSON {type(card).__name__}, not an object")
+        return cards
 
 
 def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
