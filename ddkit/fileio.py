@@ -14,18 +14,39 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from ddkit.errors import DdkitError, FileFormatError, OutputExists
+from ddkit.errors import DdkitError, FileFormatError, OutputExists, OutputUnwritable
 
 
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing file unless `overwrite`; make sure the folder exists."""
+    """Refuse to replace an existing file unless `overwrite`, a path naming a folder, and a folder
+    that cannot be written; make sure the folder exists. Commands call it before any work starts."""
+    if str(path).endswith(("/", os.sep)):
+        raise OutputExists(f"{path} names a folder (it ends with '/')", "give a file path, e.g. DIR/name.ddk.h5")
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExists(f"{path} already exists", "pass --overwrite (overwrite=True) or choose another path")
     if path.is_dir():
         raise OutputExists(f"{path} is a directory", "give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise OutputExists(f"{path} already exists", "pass --overwrite (overwrite=True) or choose another path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputUnwritable(f"cannot create the folder of {path} ({exc.strerror or exc})",
+                               "choose an output path in a folder you can write") from None
+    check_writable(path, str(path), "choose an output path in a folder you can write")
     return path
+
+
+def check_writable(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse (OutputUnwritable) when a file cannot be created beside `path` (so `path` cannot be
+    written or replaced atomically). A real probe file, not `os.access`, which root always passes."""
+    folder = Path(path).parent
+    probe = folder / f".{Path(path).name}.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        probe.unlink()
+    except OSError as exc:
+        raise OutputUnwritable(f"cannot write {what}: folder {folder} is not writable ({exc.strerror or exc})",
+                               fix) from None
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -37,14 +58,48 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def temp_path(final: Path, pid: int | None = None) -> Path:
+    """The temporary name a write of `final` uses: `.NAME.PID.tmp` beside it."""
+    return final.with_name(f".{final.name}.{os.getpid() if pid is None else pid}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> list[Path]:
+    """Delete temporary files of earlier writes of `final` whose process is gone (a `kill -9`
+    leaves them behind); temporary files of live processes are left alone. Returns what was removed."""
+    removed = []
+    prefix, suffix = f".{final.name}.", ".tmp"
+    with contextlib.suppress(OSError):
+        for entry in final.parent.iterdir():
+            pid = entry.name[len(prefix) : -len(suffix)]
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix) and pid.isdigit():
+                if int(pid) != os.getpid() and not _alive(int(pid)):
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+                        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces `path` in one rename.
 
-    On any exception the temporary file is removed and the previous file (if any) is untouched.
+    On any exception (and on SIGTERM/SIGHUP under the `ddkit` command, which turns them into
+    SystemExit) the temporary file is removed and the previous file (if any) is untouched; the
+    temporary files a killed process left behind are removed on the next write of the same path.
     """
     final = check_output(path, overwrite)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    remove_stale_temps(final)
+    tmp = temp_path(final)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -64,6 +119,21 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def folder_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on the folder of `path` for a read-modify-write of
+    `path`: writers that take it (result cards) never interleave, so none loses another's update.
+    The lock is on the folder, not the file, because the file is replaced by rename."""
+    import fcntl
+
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

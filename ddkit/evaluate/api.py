@@ -16,6 +16,7 @@ from ddkit.evaluate.card import Arm, ResultCard
 from ddkit.evaluate.protocols import Protocol, get_protocol
 from ddkit.evaluate.sources import TrainSource, full_data_source, real_subset_source, resolve_train_set
 from ddkit.evaluate.trainer import Students, train_students
+from ddkit.fileio import check_writable
 from ddkit.models.teacher import Teacher, load_teacher
 from ddkit.training import pick_device
 
@@ -66,17 +67,24 @@ def evaluate(
     steps: int | None = None,
     batched: bool | None = None,
     write_card: bool = True,
+    dataset: str | None = None,
 ) -> ResultCard:
+    """`dataset`: the source a file was made from, when the file names it by a path (see
+    `resolve_train_set`). With `write_card`, the file must be writable, checked before training."""
     start = time.perf_counter()
     seeds = list(seeds)
     if not seeds:
         raise InvalidInput("evaluate needs at least one seed")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise InvalidInput(f"steps must be a positive integer, got {steps!r}", "e.g. --steps 300, or leave the protocol's")
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if steps is not None:
         proto = proto.with_overrides(steps=steps, epochs=0)
     dev = pick_device(device)
     loaded = [t if isinstance(t, Teacher) else load_teacher(t, dev) for t in teachers]
-    source = resolve_train_set(train_set, proto, loaded)
+    source = resolve_train_set(train_set, proto, loaded, dataset)
+    if write_card and source.path:
+        check_writable(source.path, "the result card", "pass --no-write, or copy the file to a folder you can write")
     if proto.label_source == "stored" and source.scheme is None:
         raise IncompatibleError(f"{train_set} has no stored label payload for protocol {proto.id}",
                                 "use a hard-label or teacher protocol (hard-cpu, teacher-cpu)")

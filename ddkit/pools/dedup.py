@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ddkit import index
-from ddkit.data import load_dataset
+from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.poolfile import load_pool, open_pool, pool_task, write_pool
 from ddkit.errors import InvalidInput
 from ddkit.fileio import attr_text
@@ -47,7 +47,7 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike, ou
     dev = pick_device(device)
     teacher = load_teacher(teacher_path, dev)
     teacher.check_fits(pool.info)
-    test_name = test_dataset or pool_task(pool_path).name
+    test_name = test_dataset or recorded_dataset(pool_task(pool_path).name, None, f"pool {pool_path}")
     test = load_dataset(test_name, "test")
     teacher.check_fits(test.info)
     norm = pool.info.normalization

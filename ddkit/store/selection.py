@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 import ddkit
-from ddkit.data import ImageDataset, load_dataset
+from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
 from ddkit.records import check_value
@@ -173,13 +173,16 @@ def ids_to_positions(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def resolve_selection(sel_or_path: Selection | str | os.PathLike, pool: ImageDataset | None = None) -> ImageDataset:
     """The kept samples as an ImageDataset, in pick order.
 
-    The pool is loaded by the recorded name and split unless given; it must have the recorded
-    fingerprint, so the ids are known to resolve to the pixels that were selected.
+    The pool is loaded by the recorded name and split unless given (a pool named by a path is never
+    opened from the file's record: pass it); it must have the recorded fingerprint, so the ids are
+    known to resolve to the pixels that were selected.
     """
     sel = sel_or_path if isinstance(sel_or_path, Selection) else read_selection(sel_or_path)
     record = sel.pool
-    if pool is None:
-        pool = load_dataset(record["name"], record["split"])
+    if pool is None:  # by its registry name only: a pool:PATH / imagefolder:PATH source must be passed
+        pool = load_dataset(recorded_dataset(record["name"], None, f"selection {sel_or_path}"
+                                             if not isinstance(sel_or_path, Selection) else "the selection"),
+                            record["split"])
     if pool.fingerprint() != record["fingerprint"]:
         raise IncompatibleError(
             f"the pool changed since selection: {record['name']} ({record['split']}) now has fingerprint "
