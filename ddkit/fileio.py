@@ -20,11 +20,7 @@ from ddkit.errors import DdkitError, FileFormatError, OutputExists, OutputUnwrit
 def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse to replace an existing file unless `overwrite`, a path naming a folder, and a folder
     that cannot be written; make sure the folder exists. Commands call it before any work starts."""
-    if str(path).endswith(("/", os.sep)):
-        raise OutputExists(f"{path} names a folder (it ends with '/')", "give a file path, e.g. DIR/name.ddk.h5")
-    path = Path(path)
-    if path.is_dir():
-        raise OutputExists(f"{path} is a directory", "give a file path")
+    path = check_output_folder(path)
     if path.exists() and not overwrite:
         raise OutputExists(f"{path} already exists", "pass --overwrite (overwrite=True) or choose another path")
     try:
@@ -32,8 +28,24 @@ def check_output(path: str | os.PathLike, overwrite: bool) -> Path:
     except OSError as exc:
         raise OutputUnwritable(f"cannot create the folder of {path} ({exc.strerror or exc})",
                                "choose an output path in a folder you can write") from None
-    check_writable(path, str(path), "choose an output path in a folder you can write")
     return path
+
+
+def check_output_folder(path: str | os.PathLike) -> Path:
+    """Without creating anything: refuse an output path that names a folder, or whose nearest
+    existing ancestor folder cannot be written (for command-line checks before any work starts)."""
+    if str(path).endswith(("/", os.sep)):
+        raise OutputExists(f"{path} names a folder (it ends with '/')", "give a file path, e.g. DIR/name.ddk.h5")
+    target = Path(path)
+    if target.is_dir():
+        raise OutputExists(f"{path} is a directory", "give a file path")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputUnwritable(f"cannot write {path}: {folder} is not a folder", "choose an output path in a folder")
+    check_writable(folder / target.name, str(path), "choose an output path in a folder you can write")
+    return target
 
 
 def check_writable(path: str | os.PathLike, what: str, fix: str) -> None:
