@@ -462,9 +462,9 @@ def validate(path, teacher):
 
     kwargs = {}
     if teacher:
-        from ddkit.models.teacher import read_teacher_header
+        from ddkit.models.teacher import load_teacher
 
-        h = read_teacher_header(teacher)
+        h = load_teacher(teacher).header  # all of it (weights, hash, architecture), as evaluate loads it
         kwargs = {"num_classes": h.num_classes, "image_shape": h.input_shape}
     report = validate_file(path, **kwargs)
     click.echo(str(report))

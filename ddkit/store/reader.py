@@ -78,6 +78,11 @@ class DistilledDataset(torch.utils.data.Dataset):
                 DAMAGED_FIX,
             )
         self.num_stored = images.shape[0]
+        # Declared sizes against each other and the header before any array is read.
+        if labels.shape != (self.num_stored,) or self.num_stored > self.header.budget.instances:
+            raise FileFormatError(
+                f"{self.path}: /labels {labels.shape} and /images {images.shape} disagree with each other or with the "
+                f"recorded {self.header.budget.instances} instances", DAMAGED_FIX)
         stored_labels = torch.from_numpy(labels[()])
         check_labels(stored_labels, self.header.num_classes, self.num_stored, "/labels")
         self.composite: AdditiveComposite | None = None
