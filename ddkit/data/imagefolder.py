@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,8 @@ def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:  # reads the header only; pixels are decoded by convert() below
+        with warnings.catch_warnings(), Image.open(path) as im:  # the header only; convert() decodes
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
                                    "(a decompression bomb, or not a dataset image)", "resize or remove the file")
