@@ -106,8 +106,10 @@ def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with warnings.catch_warnings(), Image.open(path) as im:  # the header only; convert() decodes
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size is checked here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ddkit's own limit is below
+            im = Image.open(path)  # reads the header only; convert() below decodes
+        with im:
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
                                    "(a decompression bomb, or not a dataset image)", "resize or remove the file")
