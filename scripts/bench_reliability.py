@@ -156,7 +156,8 @@ def concurrent_cards(work: Path, checkout: Path, writers: int, cards: int, trial
         path = distilled(work, f"cards{trial}.ddk.h5")
         start_at = str(time.time() + 45)  # after every writer has imported torch and ddkit (slow on 2 busy cores)
         procs = [subprocess.Popen([sys.executable, "-c", _CARD_WRITER, str(path), f"w{w}", str(cards), start_at], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for w in range(writers)]
+                                  cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # cwd: `-c` imports from it
+                 for w in range(writers)]
         for p in procs:
             p.wait()
         from ddkit.store import read_results
