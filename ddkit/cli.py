@@ -43,6 +43,47 @@ def _local(spec):
     return resolve(spec)
 
 
+# -- checked option values: counts, finite numbers, output paths (issue 19) -----------------------
+class _Finite(click.ParamType):
+    """A finite float, optionally bounded below (strictly with `positive`)."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, positive: bool = False):
+        self.low, self.positive = low, positive
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < self.low or (self.positive and number == self.low):
+            self.fail(f"{value!r} must be a finite number {'>' if self.positive else '≥'} {self.low:g}", param, ctx)
+        return number
+
+
+class _OutputFile(click.Path):
+    """An output file path whose folder can be written, checked before any work starts."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        from ddkit.fileio import check_output_folder
+
+        check_output_folder(value)
+        return super().convert(value, param, ctx)
+
+
+COUNT = click.IntRange(min=1)  # epochs, batch sizes, budgets, seeds, steps, processes
+ZERO_OK = click.IntRange(min=0)
+POSITIVE = _Finite(positive=True)  # learning rates
+NONNEGATIVE = _Finite()  # weight decay, momentum, distances
+OUT_FILE = _OutputFile()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(ddkit.__version__, prog_name="ddkit")
 def cli():
@@ -77,15 +118,15 @@ def teacher():
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="registered dataset name")
 @click.option("--model", default="convnet-bn", show_default=True, help="registered model name (`ddkit list models`)")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="model constructor option, e.g. width=32")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--lr", default=0.05, show_default=True)
+@click.option("--epochs", default=10, show_default=True, type=COUNT)
+@click.option("--batch-size", default=128, show_default=True, type=COUNT)
+@click.option("--lr", default=0.05, show_default=True, type=POSITIVE)
 @click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw", "adam"]))
-@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=NONNEGATIVE)
 @click.option("--augmentation", default="crop-flip", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, or auto (default)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .safetensors file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .safetensors file")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, weight_decay, augmentation, seed, device, out, overwrite):
     """Train a teacher on DATASET's train split (minus a val split); record its test accuracy."""
@@ -105,7 +146,7 @@ def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, 
 @click.option("--model", required=True, help="the registered model the checkpoint is a state dict of")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE")
 @click.option("--device", default=None)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .safetensors file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .safetensors file")
 @click.option("--overwrite", is_flag=True)
 def teacher_import(checkpoint, dataset, model, model_opt, device, out, overwrite):
     """Import a foreign PyTorch state dict (read with weights_only=True; nothing is unpickled as code)."""
@@ -144,16 +185,16 @@ def experts():
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="registered dataset (its full train split)")
 @click.option("--model", default="convnet", show_default=True, help="registered model without BatchNorm")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE", help="model constructor option, e.g. width=32")
-@click.option("--experts", "num_experts", default=5, show_default=True, help="number of experts")
-@click.option("--epochs", default=50, show_default=True, help="epochs per expert (parameters saved after each)")
-@click.option("--lr", default=0.01, show_default=True, help="plain SGD step size")
-@click.option("--momentum", default=0.0, show_default=True)
-@click.option("--weight-decay", default=0.0, show_default=True)
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--experts", "num_experts", default=5, show_default=True, type=COUNT, help="number of experts")
+@click.option("--epochs", default=50, show_default=True, type=COUNT, help="epochs per expert (parameters saved after each)")
+@click.option("--lr", default=0.01, show_default=True, type=POSITIVE, help="plain SGD step size")
+@click.option("--momentum", default=0.0, show_default=True, type=NONNEGATIVE)
+@click.option("--weight-decay", default=0.0, show_default=True, type=NONNEGATIVE)
+@click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @click.option("--augmentation", default="dsa", show_default=True, help="dsa, crop-flip or none")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, or auto (default)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .experts.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .experts.h5 file")
 @click.option("--resume", is_flag=True, help="reuse finished experts and epochs of an interrupted run (OUT.work/)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 def experts_train(dataset, model, model_opt, num_experts, epochs, lr, momentum, weight_decay, batch_size, augmentation,
@@ -191,7 +232,7 @@ def pool():
               help="images from a registered dataset (or imagefolder:PATH), split train by default; repeatable. "
                    "Their labels are kept aside, never used for training or selection")
 @click.option("--name", default=None, help="pool name (default: from the file name)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .pool.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .pool.h5 file")
 @click.option("--overwrite", is_flag=True)
 def pool_build(task, sources, name, out, overwrite):
     """Build a chunked HDF5 pool with stable ids and a fingerprint."""
@@ -216,12 +257,13 @@ def pool_build(task, sources, name, out, overwrite):
               help="pixels: the teacher-free detector of `validate --against`; teacher: distance between teacher embeddings")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="teacher whose embeddings compare images (--detector teacher)")
 @click.option("--test", "test_dataset", default=None, help="dataset whose TEST split must not leak into the pool (default: the pool's task)")
-@click.option("--threshold", default=0.1, show_default=True, help="(teacher) L2 distance between unit embeddings that counts as a near-duplicate")
-@click.option("--test-threshold", default=None, type=float, help="(teacher) threshold against test images (default: --threshold)")
+@click.option("--threshold", default=0.1, show_default=True, type=NONNEGATIVE,
+              help="(teacher) L2 distance between unit embeddings that counts as a near-duplicate")
+@click.option("--test-threshold", default=None, type=NONNEGATIVE, help="(teacher) threshold against test images (default: --threshold)")
 @click.option("--embedding", default="map", show_default=True, type=click.Choice(["map", "pooled"]), help="(teacher) which features")
-@click.option("--k", default=16, show_default=True, help="(teacher) neighbours searched per sample")
+@click.option("--k", default=16, show_default=True, type=COUNT, help="(teacher) neighbours searched per sample")
 @click.option("--device", default=None)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .pool.h5 (the pool without the dropped samples)")
+@click.option("--out", required=True, type=OUT_FILE, help="output .pool.h5 (the pool without the dropped samples)")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def pool_dedup(pool_path, detector, teacher, test_dataset, threshold, test_threshold, embedding, k, device, out, overwrite, as_json):
@@ -241,13 +283,13 @@ def pool_dedup(pool_path, detector, teacher, test_dataset, threshold, test_thres
 @pool.command("score")
 @click.argument("pool_path")
 @click.option("--teacher", required=True, type=click.Path(dir_okay=False), help="teacher file (.safetensors)")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .scores.h5 (logits, probs, embeddings, ids)")
+@click.option("--out", required=True, type=OUT_FILE, help="output .scores.h5 (logits, probs, embeddings, ids)")
 @click.option("--embedding", default="pooled", show_default=True, type=click.Choice(["pooled", "map", "none"]),
               help="also store L2-normalized embeddings: the classifier's input, or the flattened last feature map")
 @click.option("--probs/--no-probs", default=True, show_default=True, help="also store the softmax of the logits (/probs)")
-@click.option("--batch-size", default=512, show_default=True, help="images per teacher batch (a fixed grid: results do not depend on --nproc)")
+@click.option("--batch-size", default=512, show_default=True, type=COUNT, help="images per teacher batch (a fixed grid: results do not depend on --nproc)")
 @click.option("--device", default=None)
-@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): shards of the batch grid are shared out, rank 0 writes")
+@click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): shards of the batch grid are shared out, rank 0 writes")
 @click.option("--resume", is_flag=True, help="reuse the finished shards of an interrupted run (OUT.work/)")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -276,10 +318,10 @@ def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, np
 @click.argument("scores")
 @click.option("--field", default="embeddings", show_default=True, type=click.Choice(["embeddings", "probs", "logits"]),
               help="the dataset of the scores file whose rows are compared (L2)")
-@click.option("--budget", required=True, type=int, help="number of new samples to pick")
+@click.option("--budget", required=True, type=COUNT, help="number of new samples to pick")
 @click.option("--labeled", default=None, type=click.Path(dir_okay=False), help="already-labeled samples (.sel.h5 of the scored pool): initial centers, kept in the output")
 @click.option("--seed", default=0, show_default=True, help="draws the first pick when there is no labeled sample")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .sel.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
 def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite):
     """Greedy k-center on a field of a SCORES file, streamed in row blocks (O(N) memory), into a .sel.h5."""
@@ -295,14 +337,14 @@ def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite):
 @click.option("--method", default="random-real", show_default=True, help="registered synthesizer (`ddkit list synthesizers`)")
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher file (repeat for several)")
-@click.option("--ipc", required=True, type=int, help="budget: stored images per class")
+@click.option("--ipc", required=True, type=COUNT, help="budget: stored images per class")
 @click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="method option (see the method's config)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .ddk.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .ddk.h5 file")
 @click.option("--overwrite", is_flag=True)
 @click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items")
-@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): work items are shared out, rank 0 writes")
+@click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): work items are shared out, rank 0 writes")
 def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume, nproc):
     """Distill DATASET into a compact .ddk.h5 training set."""
     from ddkit import distributed
@@ -324,11 +366,11 @@ def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, 
 @click.option("--method", default="random", show_default=True, help="registered selector (`ddkit list selectors`)")
 @click.option("--pool", default=DEFAULT_DATASET, show_default=True, help="dataset whose train split is the pool")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path())
-@click.option("--budget", required=True, type=int, help="number of samples to keep")
+@click.option("--budget", required=True, type=COUNT, help="number of samples to keep")
 @click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default=None)
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .sel.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
 @click.option("--labeled", default=None, type=click.Path(dir_okay=False), help="already-labeled samples (.sel.h5 of this pool); the output keeps them and adds BUDGET new ones")
 @click.option("--teacher-logits", default=None, type=click.Path(dir_okay=False), help="precomputed teacher logits for the pool (.npy N×C in pool order, or .h5 with logits + ids)")
@@ -344,14 +386,14 @@ def select(method, pool, teachers, budget, config_pairs, seed, device, out, over
 
 @cli.command("active-learn")
 @click.option("--pool", default=DEFAULT_DATASET, show_default=True, help="dataset whose train split is the pool (labels act as the oracle)")
-@click.option("--pool-size", default=0, show_default=True, help="use a seeded random subset of this many pool samples (0: all)")
+@click.option("--pool-size", default=0, show_default=True, type=ZERO_OK, help="use a seeded random subset of this many pool samples (0: all)")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="teacher file")
 @click.option("--teacher-logits", default=None, type=click.Path(dir_okay=False), help="precomputed teacher logits for the pool")
 @click.option("--methods", default="pcoreset,random,entropy,coreset-features,pcoreset-teacher,class-balanced", show_default=True,
               help="comma-separated acquisition rules to compare")
-@click.option("--rounds", default=10, show_default=True, help="acquisition rounds")
-@click.option("--queries", default=0, show_default=True, help="samples queried per round (0: the number of classes)")
-@click.option("--seeds", default=3, show_default=True, help="number of seeds (0..N-1)")
+@click.option("--rounds", default=10, show_default=True, type=COUNT, help="acquisition rounds")
+@click.option("--queries", default=0, show_default=True, type=ZERO_OK, help="samples queried per round (0: the number of classes)")
+@click.option("--seeds", default=3, show_default=True, type=COUNT, help="number of seeds (0..N-1)")
 @click.option("--distill", default="both", show_default=True, type=click.Choice(["both", "on", "off"]), help="ActiveKD distillation terms")
 @click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="ActiveKD student option, e.g. steps_per_label=1")
 @click.option("--device", default=None)
@@ -376,20 +418,22 @@ def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, 
 @cli.command()
 @click.argument("train_set")
 @click.option("--protocol", default="hard-cpu", show_default=True, help="registered protocol (`ddkit list protocols`)")
-@click.option("--seeds", default=3, show_default=True, help="number of seeds (0..N-1)")
+@click.option("--seeds", default=3, show_default=True, type=COUNT, help="number of seeds (0..N-1)")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher(s) for teacher/stored protocols")
 @click.option("--device", default=None)
 @click.option("--no-baseline", is_flag=True, help="skip the random-subset baseline (not recommended)")
 @click.option("--no-full", is_flag=True, help="skip the full-data reference")
-@click.option("--steps", default=None, type=int, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
+@click.option("--steps", default=None, type=COUNT, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
 @click.option("--batched/--sequential", default=None,
               help="train the seeds as one vmapped model, or one at a time (default: batched on a GPU, one at a time on a CPU)")
 @click.option("--no-write", is_flag=True, help="do not write the result card into the file")
 @click.option("--no-ranking", is_flag=True,
               help="skip DD-Ranking's HLR/IOR/LRS (which train the set under the hard-label partner protocol)")
-@click.option("--nproc", default=1, show_default=True, help="processes (torchrun): the seeds are shared out, one student per rank")
+@click.option("--dataset", default=None, help="the data a file was made from when the file names it by a path "
+              "(imagefolder:DIR, pool:FILE): ddkit never opens a path named inside a file")
+@click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): the seeds are shared out, one student per rank")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, no_write, no_ranking, nproc,
+def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, no_write, no_ranking, dataset, nproc,
              as_json):
     """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
     from ddkit import distributed
@@ -404,7 +448,7 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
     train_set, teachers = resolve_train_set(train_set, list(teachers))
     card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=teachers, device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
-                          batched=batched, write_card=not no_write, ranking=not no_ranking)
+                          batched=batched, write_card=not no_write, ranking=not no_ranking, dataset=dataset)
     if distributed.world().rank != 0:
         return
     if as_json:
@@ -462,9 +506,9 @@ def validate(path, teacher, against, no_write):
 def _validate_and_report(validate_file, path, teacher):
     kwargs = {}
     if teacher:
-        from ddkit.models.teacher import read_teacher_header
+        from ddkit.models.teacher import load_teacher
 
-        h = read_teacher_header(_local(teacher))
+        h = load_teacher(_local(teacher)).header  # all of it (weights, hash, architecture), as evaluate loads it
         kwargs = {"num_classes": h.num_classes, "image_shape": h.input_shape}
     report = validate_file(_local(path), **kwargs)
     click.echo(str(report))
@@ -474,21 +518,23 @@ def _validate_and_report(validate_file, path, teacher):
 
 @cli.command()
 @click.argument("path", type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output PNG")
-@click.option("--per-class", default=10, show_default=True)
+@click.option("--out", required=True, type=OUT_FILE, help="output PNG")
+@click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--max-rows", default=100, show_default=True, type=COUNT, help="draw at most this many rows (classes)")
 @click.option("--what", default="instances", show_default=True, type=click.Choice(["instances", "compensators"]))
 @click.option("--overwrite", is_flag=True)
-def show(path, out, per_class, what, overwrite):
+def show(path, out, per_class, max_rows, what, overwrite):
     """Render a per-class grid of a distilled file's instances (or its compensators) to a PNG."""
     from ddkit.store import render_grid
 
-    render_grid(_local(path), out, per_class=per_class, what=what, overwrite=overwrite)
-    click.echo(f"wrote {out}")
+    drawn = render_grid(_local(path), out, per_class=per_class, what=what, overwrite=overwrite, max_rows=max_rows)
+    click.echo(f"wrote {out}" + (f" (first {drawn['rows']} of {drawn['of']} rows; see --max-rows)"
+                                 if drawn["rows"] < drawn["of"] else ""))
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path())
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="output .ddk.h5 file")
+@click.option("--out", required=True, type=OUT_FILE, help="output .ddk.h5 file")
 @click.option("--overwrite", is_flag=True)
 def merge(files, out, overwrite):
     """Merge distilled files of the same dataset, normalization, teachers and method (lineage recorded)."""
@@ -607,11 +653,11 @@ def catalog_get(entry_id, catalog_path, out):
 @cli.command()
 @click.option("--workdir", default="runs/quickstart", show_default=True, type=click.Path(file_okay=False))
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
-@click.option("--ipc", default=10, show_default=True)
-@click.option("--epochs", default=5, show_default=True, help="teacher epochs")
-@click.option("--steps", default=None, type=int, help="evaluation steps (default: the protocol's)")
+@click.option("--ipc", default=10, show_default=True, type=COUNT)
+@click.option("--epochs", default=5, show_default=True, type=COUNT, help="teacher epochs")
+@click.option("--steps", default=None, type=COUNT, help="evaluation steps (default: the protocol's)")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--iterations", default=300, show_default=True, help="distribution-matching iterations")
+@click.option("--iterations", default=300, show_default=True, type=COUNT, help="distribution-matching iterations")
 def quickstart(workdir, dataset, ipc, epochs, steps, seed, iterations):
     """The main job end to end on the embedded dataset: teacher → distilled file → info → show → evaluate."""
     from ddkit.quickstart import run_quickstart
@@ -619,7 +665,25 @@ def quickstart(workdir, dataset, ipc, epochs, steps, seed, iterations):
     run_quickstart(workdir, dataset, ipc, epochs, steps, seed, iterations, echo=click.echo)
 
 
+def _exit_on_signal(signum, frame) -> None:
+    """SIGTERM/SIGHUP end the command like an exception, so temporary files are removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> None:
+    import signal
+    import threading
+
+    handled = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
+    previous = {signum: signal.signal(signum, _exit_on_signal) for signum in handled}
+    try:
+        _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _main(argv=None) -> None:
     _ARGV[:] = list(sys.argv[1:] if argv is None else argv)
     try:
         code = cli.main(args=argv, prog_name="ddkit", standalone_mode=False)

@@ -35,3 +35,7 @@ class InvalidInput(DdkitError):
 
 class OutputExists(DdkitError):
     """Refusing to replace an existing output without --overwrite."""
+
+
+class OutputUnwritable(DdkitError):
+    """An output's folder cannot be written (permissions, read-only file system, not a folder)."""

@@ -43,6 +43,7 @@ from ddkit.fileio import atomic_output, check_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
 from ddkit.progress import progress
 from ddkit.provenance import utc_now
+from ddkit.records import record_fields
 from ddkit.seeding import derive_seed, generator
 from ddkit.store.h5io import building, check_seal, open_h5, reading
 from ddkit.store.schema import attr_text, dump_json, load_json
@@ -283,16 +284,17 @@ def load_experts(
             data = load_json(h5.attrs["header"], "root attribute 'header'")
             if not isinstance(data, dict) or data.get("format") != EXPERTS_FORMAT:
                 raise ValueError("the header is not an experts header")
-            header = ExpertsHeader(**data)
-            params = h5["params"][()]
+            header = ExpertsHeader(**record_fields(ExpertsHeader, data, "experts header"))
+            expected = (header.num_experts, header.epochs + 1, header.num_params)
+            stored = h5["params"]
+            if stored.dtype != np.float32 or stored.shape != expected:  # the declared shape, before reading
+                raise FileFormatError(
+                    f"{path}: /params is {stored.dtype} {stored.shape}, the header says float32 {expected}",
+                    "the file is damaged; train the experts again",
+                )
+            params = stored[()]
     finally:
         h5.close()
-    expected = (header.num_experts, header.epochs + 1, header.num_params)
-    if params.dtype != np.float32 or params.shape != expected:
-        raise FileFormatError(
-            f"{path}: /params is {params.dtype} {params.shape}, the header says float32 {expected}",
-            "the file is damaged; train the experts again",
-        )
     if params_sha256(params) != header.params_sha256:
         raise FileFormatError(
             f"{path}: params hash mismatch — the trajectories were modified or corrupted",

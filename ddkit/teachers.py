@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddkit.data import load_dataset, train_val_split
+from ddkit.data import load_dataset, recorded_dataset, train_val_split
 from ddkit.fileio import check_output
 from ddkit.models import create_model
 from ddkit.models.teacher import Teacher, TeacherHeader, load_teacher, save_teacher
@@ -66,7 +66,7 @@ def evaluate_teacher(path: str | Path, dataset: str | None = None, split: str = 
     """Accuracy of a teacher file on a dataset split (default: the dataset it was trained on)."""
     dev = pick_device(device)
     teacher: Teacher = load_teacher(path, dev)
-    data = load_dataset(dataset or teacher.header.dataset, split)
+    data = load_dataset(dataset or recorded_dataset(teacher.header.dataset, None, f"teacher {path}"), split)
     teacher.check_fits(data.info)
     acc = accuracy(teacher.model, data.normalized().to(dev), data.labels.to(dev))
     return {"teacher": str(path), "arch": teacher.header.arch, "dataset": data.info.name, "split": split,

@@ -40,6 +40,15 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine | constant | step
     warmup_fraction: float = 0.0
 
+    def __post_init__(self):
+        # A NaN or non-positive step size trains nothing and still writes a file that looks trained.
+        for name, low, strict in (("lr", 0.0, True), ("momentum", 0.0, False), ("weight_decay", 0.0, False),
+                                  ("warmup_fraction", 0.0, False)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                    value < low or (strict and value == low):
+                raise InvalidInput(f"{name} must be a finite number {'>' if strict else '≥'} {low:g}, got {value!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 

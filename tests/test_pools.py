@@ -15,7 +15,7 @@ from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 
 from ddkit.data import load_dataset
 from ddkit.data.poolfile import load_pool, read_aside, read_dedup_record
-from ddkit.errors import FileFormatError, InvalidInput, OutputExists
+from ddkit.errors import DdkitError, FileFormatError, InvalidInput, OutputExists
 from ddkit.models import create_model
 from ddkit.models.teacher import save_teacher
 from ddkit.pools.build import PoolPart, build_pool, dataset_part
@@ -139,9 +139,12 @@ def test_pool_cli_build_dedup_and_kd3_select(tmp_path, teacher_file, capsys):
                              "--budget", 50, "--config", "epochs=1", "--config", "student=convnet-bn", "--config", "student_width=4",
                              "--config", "tau=0.1", "--config", f"student_out={student}", "--out", sel)
     assert code == 0, err
+    from ddkit.data import load_dataset
     from ddkit.store import read_selection, resolve_selection
 
-    chosen = resolve_selection(read_selection(sel))
+    with pytest.raises(DdkitError, match="path named inside the file"):  # the file's pool:PATH is never opened
+        resolve_selection(read_selection(sel))
+    chosen = resolve_selection(read_selection(sel), load_dataset(f"pool:{clean}"))
     assert 1 <= len(chosen) <= 50 and chosen.ids.max() < 400
     code, out, err = run_cli(capsys, "teacher", "eval", student, "--dataset", "procedural")
     assert code == 0 and "kd3-student on procedural/test" in out, err

@@ -302,7 +302,7 @@ def test_newer_schema_is_refused_with_upgrade_hint(tmp_path):
         (lambda f: f.__delitem__("labels"), "has no /labels dataset"),
         (lambda f: f.attrs.__delitem__("budget"), "budget"),
         (lambda f: f.attrs.__setitem__("config", "{not json"), "'config' is not valid JSON"),
-        (lambda f: f.attrs.__setitem__("config", "[1]"), "not a JSON dict"),
+        (lambda f: f.attrs.__setitem__("config", "[1]"), "config must be a JSON object"),
         (lambda f: f.attrs.__setitem__("teachers", "x" * ((1 << 20) + 1)), "byte limit"),
         (lambda f: f["labels"].__setitem__(0, 99), "labels span"),
         (lambda f: f["composite/members"].__setitem__((0, 0), 99), "members span"),

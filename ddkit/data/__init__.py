@@ -37,6 +37,38 @@ def load_dataset(name: str, split: str = "train") -> ImageDataset:
     return factory(split, arg or None)
 
 
+def names_a_path(name: str) -> bool:
+    """Whether `name` is a source whose argument is a filesystem path (`imagefolder:PATH`, `pool:PATH`)."""
+    base = name.partition(":")[0]
+    return base in DATASETS and DATASETS.entry(base).tags.get("arg") == "PATH"
+
+
+def recorded_dataset(recorded: str, given: str | None, where: str) -> str:
+    """The dataset to load for a name recorded inside a file (`where` names the file).
+
+    A file never names a path for ddkit to read: a registry name (`fashion-mnist`, `procedural:3`)
+    is used as it is, but a source whose argument is a path (`imagefolder:PATH`, `pool:PATH`) is
+    resolved only from `given`, what the user passed (e.g. `--dataset imagefolder:DIR`). `given`
+    must be of the same kind as the recorded source, and equal to it for registry names; the
+    caller then checks the loaded data against the file (class names, shape, fingerprint).
+    """
+    if not isinstance(recorded, str) or not recorded:
+        raise InvalidInput(f"{where} records no dataset name")
+    kind = recorded.partition(":")[0]
+    if given is None:
+        if names_a_path(recorded):
+            raise InvalidInput(
+                f"{where} was made from {recorded!r}, a path named inside the file; ddkit does not open paths "
+                "that a file names",
+                f"pass that data yourself, e.g. --dataset {kind}:PATH (a {kind} you trust)",
+            )
+        return recorded
+    if given.partition(":")[0] != kind or (not names_a_path(recorded) and given != recorded):
+        raise InvalidInput(f"{where} was made from {recorded!r}, but {given!r} was given",
+                           f"pass the dataset the file was made from (a {kind} source)")
+    return given
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """The dataset's describing record (class names, shape, normalization)."""
     return load_dataset(name, "train").info
@@ -47,5 +79,6 @@ from ddkit.data import sources as _sources  # noqa: E402,F401
 
 __all__ = [
     "DATASETS", "DEFAULT_DATASET", "DatasetInfo", "ImageDataset", "Normalization",
-    "check_pixels", "dataset_info", "load_dataset", "on_test_split_load", "train_val_split",
+    "check_pixels", "dataset_info", "load_dataset", "names_a_path", "on_test_split_load", "recorded_dataset",
+    "train_val_split",
 ]

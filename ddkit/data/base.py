@@ -7,6 +7,7 @@ it and is applied when samples are read, so a stored file can be de-normalized a
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
@@ -14,7 +15,11 @@ import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
+from ddkit.records import check_positive, record_fields
 from ddkit.seeding import numpy_rng
+
+MAX_IMAGE_SIDE = 1 << 14  # a header claiming larger images is not describing real data
+MAX_CHANNELS = 64
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,15 @@ class Normalization:
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
+
+    def __post_init__(self):
+        # A NaN, infinite or zero std would turn every pixel into NaN/inf and train a ~chance model.
+        if len(self.mean) != len(self.std) or not self.mean:
+            raise InvalidInput(f"normalization has {len(self.mean)} means and {len(self.std)} stds",
+                               "give one mean and one std per channel")
+        if not all(math.isfinite(m) for m in self.mean) or not all(math.isfinite(s) and s > 0 for s in self.std):
+            raise InvalidInput(f"normalization mean {list(self.mean)} / std {list(self.std)} is not finite with std > 0",
+                               "use the per-channel mean and (positive) std of the training pixels")
 
     def _shape(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         view = (-1, 1, 1)
@@ -42,8 +56,8 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
-        return cls(tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"]))
+    def from_dict(cls, d: dict, where: str = "normalization") -> "Normalization":
+        return cls(**record_fields(cls, d, where))
 
 
 @dataclass(frozen=True)
@@ -68,13 +82,29 @@ class DatasetInfo:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DatasetInfo":
-        return cls(
-            name=str(d["name"]),
-            class_names=tuple(str(c) for c in d["class_names"]),
-            image_shape=tuple(int(s) for s in d["image_shape"]),
-            normalization=Normalization.from_dict(d["normalization"]),
-        )
+    def from_dict(cls, d: dict, where: str = "dataset") -> "DatasetInfo":
+        """The record stored in a file header, every field typed and checked (InvalidInput names it)."""
+        fields = record_fields(cls, d, where, allow_extra=True)
+        check_image_shape(fields["image_shape"], f"{where}.image_shape")
+        if not fields["class_names"]:
+            raise InvalidInput(f"{where}.class_names is empty", "a dataset has at least one class")
+        if "num_classes" in d and d["num_classes"] != len(fields["class_names"]):
+            raise InvalidInput(f"{where}.num_classes is {d['num_classes']!r} but {where}.class_names has "
+                               f"{len(fields['class_names'])} names")
+        if len(fields["normalization"].mean) != fields["image_shape"][0]:
+            raise InvalidInput(f"{where}.normalization has {len(fields['normalization'].mean)} channels, "
+                               f"{where}.image_shape {fields['image_shape'][0]}")
+        return cls(**fields)
+
+
+def check_image_shape(shape: Sequence[int], where: str) -> tuple[int, int, int]:
+    """Refuse a C×H×W shape with a zero, negative or absurd side (InvalidInput naming `where`)."""
+    if len(shape) != 3:
+        raise InvalidInput(f"{where} must be C×H×W (3 numbers), got {list(shape)}")
+    check_positive(shape[0], f"{where}[0] (channels)", MAX_CHANNELS)
+    check_positive(shape[1], f"{where}[1] (height)", MAX_IMAGE_SIDE)
+    check_positive(shape[2], f"{where}[2] (width)", MAX_IMAGE_SIDE)
+    return tuple(shape)
 
 
 def check_pixels(images: torch.Tensor, image_shape: Sequence[int] | None = None, what: str = "images") -> None:

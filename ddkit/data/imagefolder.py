@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from ddkit.fileio import atomic_output
 CLASS_MAP = "classes.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 _TO_GRAY = frozenset({"1", "LA"})
+MAX_IMAGE_PIXELS = 1 << 24  # 16 Mpixel: far above any training image, far below a decompression bomb
 _TO_RGB = frozenset({"P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
@@ -104,12 +106,18 @@ def _read_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ddkit's own limit is below
+            im = Image.open(path)  # reads the header only; convert() below decodes
+        with im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
+                                   "(a decompression bomb, or not a dataset image)", "resize or remove the file")
             mode = "L" if im.mode in _TO_GRAY else "RGB" if im.mode in _TO_RGB else im.mode
             if mode not in ("L", "RGB"):
                 raise InvalidInput(f"{path} has pixel mode {im.mode}", "convert it to 8-bit grayscale (L) or RGB")
             array = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise FileFormatError(f"cannot decode image {path} ({exc})", "replace or remove the file") from exc
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
@@ -145,7 +153,11 @@ def _signature(root: Path) -> tuple:
     entries = []
     for dirpath, _, files in os.walk(root):
         for f in files:
-            st = os.stat(os.path.join(dirpath, f))
+            try:
+                st = os.stat(os.path.join(dirpath, f))
+            except OSError as exc:  # a dangling symlink, or a file removed while listing
+                raise FileFormatError(f"{os.path.join(dirpath, f)} cannot be read ({exc.strerror or exc})",
+                                      "remove the broken link or restore its target") from None
             entries.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size, st.st_mtime_ns))
     return tuple(sorted(entries))
 

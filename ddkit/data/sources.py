@@ -6,7 +6,16 @@ Tags: `offline=True` marks sources that never need files or a download (embedded
 
 from __future__ import annotations
 
-from ddkit.data import DATASETS, fashion_mnist, imagefolder, load_dataset, mini, procedural, torchvision_sources
+from ddkit.data import (
+    DATASETS,
+    fashion_mnist,
+    imagefolder,
+    load_dataset,
+    mini,
+    procedural,
+    recorded_dataset as _recorded,
+    torchvision_sources,
+)
 from ddkit.data.base import ImageDataset
 from ddkit.data.locations import no_argument
 from ddkit.data.poolfile import load_pool, pool_task
@@ -73,5 +82,5 @@ def _pool(split: str, arg: str | None) -> ImageDataset:
     if not arg:
         raise InvalidInput("the pool dataset needs a path: pool:PATH", "build one with `ddkit pool build`")
     if split == "test":
-        return load_dataset(pool_task(arg).name, "test")
+        return load_dataset(_recorded(pool_task(arg).name, None, f"pool {arg}"), "test")
     return load_pool(arg)

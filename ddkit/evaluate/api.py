@@ -18,6 +18,7 @@ from ddkit.evaluate.protocols import Protocol, get_protocol, hard_protocol_for
 from ddkit.evaluate.ranking import ranking_scores
 from ddkit.evaluate.sources import TrainSource, full_data_source, real_subset_source, resolve_train_set
 from ddkit.evaluate.trainer import Students, train_students
+from ddkit.fileio import check_writable
 from ddkit.models.teacher import Teacher, load_teacher
 from ddkit.training import pick_device
 
@@ -72,7 +73,8 @@ def _stored_hard_arms(hard_id: str, source: TrainSource, seeds: list[int]):
     return pick("result"), pick("full_data")
 
 
-def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps, device, batched, write_card) -> dict | None:
+def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps, device, batched, write_card,
+             dataset=None) -> dict | None:
     """DD-Ranking's scores for this card (None when the protocol has no hard-label partner)."""
     hard_id = hard_protocol_for(proto)
     if hard_id is None:
@@ -85,7 +87,7 @@ def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps,
     elif steps is None:  # a derived (shortened) protocol never reuses a full card
         arms = _stored_hard_arms(hard_id, source, seeds)
     if arms is None:
-        hard = evaluate(train_set, hard_id, seeds, device=device, steps=steps, batched=batched,
+        hard = evaluate(train_set, hard_id, seeds, device=device, steps=steps, batched=batched, dataset=dataset,
                         write_card=write_card, ranking=False)  # with its random baseline: a whole hard-label card
         arms, measured_under = (hard.result.accuracies, hard.full_data.accuracies), hard.protocol["id"]
     scores = ranking_scores(card.protocol["id"], card.result.accuracies, card.random_baseline.accuracies,
@@ -105,21 +107,28 @@ def evaluate(
     batched: bool | None = None,
     write_card: bool = True,
     ranking: bool = True,
+    dataset: str | None = None,
 ) -> ResultCard:
     """Train students on `train_set` under `protocol`, one per seed, and report their test accuracy
     beside random real at the same budget and full data; with `ranking`, also DD-Ranking's HLR, IOR
     and LRS (which need the set's hard-label arm: read from the file's card under the hard protocol
-    when it holds one for these seeds, else trained and written like any other card)."""
+    when it holds one for these seeds, else trained and written like any other card).
+    `dataset`: the source a file was made from, when the file names it by a path (see
+    `resolve_train_set`). With `write_card`, the file must be writable, checked before training."""
     start = time.perf_counter()
     seeds = list(seeds)
     if not seeds:
         raise InvalidInput("evaluate needs at least one seed")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise InvalidInput(f"steps must be a positive integer, got {steps!r}", "e.g. --steps 300, or leave the protocol's")
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     if steps is not None:
         proto = proto.with_overrides(steps=steps, epochs=0)
     dev = pick_device(device)
     loaded = [t if isinstance(t, Teacher) else load_teacher(t, dev) for t in teachers]
-    source = resolve_train_set(train_set, proto, loaded)
+    source = resolve_train_set(train_set, proto, loaded, dataset)
+    if write_card and source.path:
+        check_writable(source.path, "the result card", "pass --no-write, or copy the file to a folder you can write")
     if proto.label_source == "stored" and source.scheme is None:
         raise IncompatibleError(f"{train_set} has no stored label payload for protocol {proto.id}",
                                 "use a hard-label or teacher protocol (hard-cpu, teacher-cpu)")
@@ -184,7 +193,7 @@ def evaluate(
         wall_seconds=time.perf_counter() - start,
     )
     if ranking and card.random_baseline is not None and (steps is not None or "[" not in proto.name):
-        card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card)
+        card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card, dataset)
         card.wall_seconds = time.perf_counter() - start
     if write_card and source.path and w.is_main:
         from ddkit.store import add_result

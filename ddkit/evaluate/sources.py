@@ -7,13 +7,14 @@ the random baseline at the same budget).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ddkit.data import ImageDataset, load_dataset
+from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.data.base import class_balanced_indices
 from ddkit.dbr import DBRTargets, baseline_targets, check_protocol_views, get_recipe, targets_from_payload
 from ddkit.errors import IncompatibleError, InvalidInput
@@ -127,11 +128,27 @@ def _pick_scheme(available: list[str], protocol: Protocol, path: str) -> str | N
     return "logits" if "logits" in available else sorted(available)[0]
 
 
-def distilled_source(path: str, protocol: Protocol) -> TrainSource:
-    from ddkit.store import DistilledDataset
+def _given_matches(name: str, given: str | None, info, path: str) -> None:
+    """A dataset the user passed for a file must be the one the file was made from (classes, shape)."""
+    if given is None:
+        return
+    loaded = load_dataset(name, "train").info
+    if tuple(loaded.class_names) != tuple(info.class_names) or tuple(loaded.image_shape) != tuple(info.image_shape):
+        raise IncompatibleError(
+            f"{path} was made from {info.name} ({info.num_classes} classes, {tuple(info.image_shape)}), "
+            f"but {given} has {loaded.num_classes} classes of {tuple(loaded.image_shape)}",
+            "pass the dataset the file was made from",
+        )
+
+
+def distilled_source(path: str, protocol: Protocol, dataset: str | None = None) -> TrainSource:
+    from ddkit.store import DistilledDataset, require_valid
 
     reader = DistilledDataset(path)
+    require_valid(reader)  # never train on what `ddkit validate` refuses
     header = reader.header
+    name = recorded_dataset(header.dataset.info.name, dataset, str(path))
+    _given_matches(name, dataset, header.dataset.info, path)
     scheme = _pick_scheme(sorted(reader.soft), protocol, path)
     images = reader.info.normalization.apply(reader.pixels())
     labels = reader.labels
@@ -149,18 +166,19 @@ def distilled_source(path: str, protocol: Protocol) -> TrainSource:
 
     budget = header.budget
     return TrainSource(
-        label=f"{header.method} ({path})", dataset=header.dataset.info.name, ipc=float(budget.ipc_stored),
+        label=f"{header.method} ({path})", dataset=name, ipc=float(budget.ipc_stored),
         instances=len(labels), make=make, content_sha256=reader.content_sha256, budget_bytes=budget.bytes_total,
         path=str(path), file_teachers=list(header.teachers), scheme=scheme,
     )
 
 
-def selection_source(path: str, protocol: Protocol) -> TrainSource:
+def selection_source(path: str, protocol: Protocol, dataset: str | None = None) -> TrainSource:
     from ddkit.store import read_selection, resolve_selection
 
     selection = read_selection(path)
-    chosen: ImageDataset = resolve_selection(selection)
-    if str(selection.pool.get("name", "")).startswith("pool:") and protocol.label_source != "teacher":
+    name = recorded_dataset(selection.pool["name"], dataset, str(path))
+    chosen: ImageDataset = resolve_selection(selection, load_dataset(name, selection.pool["split"]))
+    if name.startswith("pool:") and protocol.label_source != "teacher":
         raise IncompatibleError(f"{path} selects from an unlabeled pool: protocol {protocol.id} would train on placeholder labels",
                                 "evaluate under a teacher protocol (e.g. --protocol teacher-cpu --teacher T)")
     images, labels = chosen.normalized(), chosen.labels
@@ -170,25 +188,32 @@ def selection_source(path: str, protocol: Protocol) -> TrainSource:
 
     nbytes = len(chosen) * chosen.images[0].numel() * chosen.images.element_size()
     return TrainSource(
-        label=f"{selection.method} ({path})", dataset=selection.pool["name"], ipc=len(chosen) / chosen.num_classes,
+        label=f"{selection.method} ({path})", dataset=name, ipc=len(chosen) / chosen.num_classes,
         instances=len(chosen), make=make, content_sha256=selection.content_sha256, budget_bytes=nbytes,
         path=str(path), file_teachers=list(selection.teachers),
     )
 
 
-def resolve_train_set(spec: str, protocol: Protocol, teachers) -> TrainSource:
-    """`random:DATASET:IPC`, a `.sel.h5` file, or a `.ddk.h5` file."""
+def resolve_train_set(spec: str, protocol: Protocol, teachers, dataset: str | None = None) -> TrainSource:
+    """`random:DATASET:IPC`, a `.sel.h5` file, or a `.ddk.h5` file.
+
+    `dataset` is the source a file was made from when the file names it by a path
+    (`imagefolder:PATH`, `pool:PATH`): ddkit loads only what the user passes, never a path a file names.
+    """
     if spec.startswith("random:"):
         _, _, rest = spec.partition(":")
-        dataset, _, ipc = rest.rpartition(":")
+        dataset_name, _, ipc = rest.rpartition(":")
         try:
             per_class = float(ipc)
         except ValueError:
-            raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10") from None
-        if not dataset:
-            raise InvalidInput(f"bad train set {spec!r}", "write random:DATASET:IPC, e.g. random:fashion-mnist:10")
+            per_class = math.nan
+        if not dataset_name or not math.isfinite(per_class) or per_class <= 0:
+            raise InvalidInput(f"bad train set {spec!r}: IPC must be a positive number",
+                               "write random:DATASET:IPC, e.g. random:fashion-mnist:10")
+        if dataset is not None:
+            raise InvalidInput("--dataset applies to .ddk.h5 / .sel.h5 files", f"name the dataset in the spec: {spec}")
         scheme = protocol.extra.get("scheme", "logits") if protocol.label_source == "stored" else None
-        return real_subset_source(dataset, per_class, protocol, scheme, teachers, label=f"random real ({spec})")
+        return real_subset_source(dataset_name, per_class, protocol, scheme, teachers, label=f"random real ({spec})")
     if spec.endswith(".sel.h5"):
-        return selection_source(spec, protocol)
-    return distilled_source(spec, protocol)
+        return selection_source(spec, protocol, dataset)
+    return distilled_source(spec, protocol, dataset)

@@ -8,6 +8,7 @@ itself (`arch`, `arch_kwargs`) so a teacher file can be loaded without pickles.
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -63,6 +64,8 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
     if unknown:
         allowed = [p for p in params if p not in ("in_channels", "image_size", "num_classes")]
         raise InvalidInput(f"model {name!r} has no option {', '.join(unknown)}", f"its options are: {', '.join(allowed)}")
+    for key, value in kwargs.items():
+        _check_option(name, key, value, params[key].default)
     try:
         if seed is None:
             model = factory(in_channels, image_size, num_classes, **kwargs)
@@ -70,13 +73,30 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(derive_seed(seed, "init", name))
                 model = factory(in_channels, image_size, num_classes, **kwargs)
-    except ValueError as exc:
-        raise InvalidInput(f"cannot build model {name!r}: {exc}") from exc
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise InvalidInput(f"cannot build model {name!r} with {kwargs or 'its defaults'}: {exc}") from exc
     model.arch = name
     model.arch_kwargs = dict(kwargs)
     model.input_shape = (in_channels, image_size, image_size)
     model.num_classes = num_classes
     return model
+
+
+def _check_option(model: str, key: str, value, default) -> None:
+    """Refuse a constructor option whose type differs from its default's (width=abc, depth=2.5), and
+    a non-positive size: the model would fail deep inside torch, or build something else."""
+    if default is inspect.Parameter.empty or default is None:
+        return
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool else
+          isinstance(value, int) and not isinstance(value, bool) if kind is int else
+          isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) if kind is float else
+          isinstance(value, kind))
+    if not ok:
+        raise InvalidInput(f"model {model!r} option {key}={value!r} must be {kind.__name__} (like its default {default!r})",
+                           f"e.g. --model-opt {key}={default}")
+    if kind is int and default > 0 and value <= 0:  # sizes and counts
+        raise InvalidInput(f"model {model!r} option {key}={value!r} must be positive", f"e.g. --model-opt {key}={default}")
 
 
 def parse_model_options(pairs) -> dict:

@@ -17,11 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import ddkit
-from ddkit.data.base import DatasetInfo, Normalization
-from ddkit.errors import FileFormatError, IncompatibleError
+from ddkit.data.base import DatasetInfo, Normalization, check_image_shape
+from ddkit.errors import DdkitError, FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
 from ddkit.provenance import utc_now
+from ddkit.records import check_positive, record_fields
 
 TEACHER_FORMAT = "ddkit.teacher"
 TEACHER_SCHEMA = 1
@@ -65,6 +66,20 @@ class TeacherHeader:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return (self.in_channels, self.image_size, self.image_size)
+
+    def check(self) -> None:
+        """Refuse (InvalidInput) values the types allow but a teacher cannot have."""
+        check_image_shape(self.input_shape, "teacher header in_channels/image_size")
+        check_positive(self.num_classes, "teacher header num_classes", 1 << 20)
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise InvalidInput(f"teacher header class_names has {len(self.class_names)} names for {self.num_classes} classes")
+        norm = Normalization.from_dict(self.normalization, "teacher header normalization")
+        if len(norm.mean) != self.in_channels:
+            raise InvalidInput(f"teacher header normalization has {len(norm.mean)} channels for {self.in_channels} input channels")
+        for name in ("test_accuracy", "val_accuracy"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise InvalidInput(f"teacher header {name} must be in [0, 1], got {value}")
 
     def record(self) -> TeacherRecord:
         return TeacherRecord(self.arch, self.arch_kwargs, self.tensors_sha256, self.dataset, self.test_accuracy)
@@ -162,13 +177,26 @@ def _open(path: str | Path, load_tensors: bool = False):
         raise FileFormatError(f"teacher file {path} does not exist", "train one with `ddkit teacher train` or fix the path")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            state = {k: fh.get_tensor(k) for k in fh.keys()} if load_tensors else None
+            header = _parse_header(path, fh.metadata() or {})
+            state = None
+            if load_tensors:
+                # Check the tensors' names and shapes against the architecture the header names
+                # before any tensor or model is allocated: a header cannot make ddkit build a
+                # network larger than the weights the file really holds.
+                _check_architecture(path, header, {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()})
+                state = {k: fh.get_tensor(k) for k in fh.keys()}
+    except DdkitError:
+        raise
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise FileFormatError(
             f"{path} is not a readable safetensors teacher file ({type(exc).__name__}: {exc})",
             "the file is truncated or corrupt, or not a teacher; re-download or retrain it",
         ) from None
+    return header, state
+
+
+def _parse_header(path: Path, meta: dict) -> TeacherHeader:
+    """The typed, checked header of a teacher file from its safetensors metadata."""
     raw = meta.get("ddkit")
     if raw is None:
         raise FileFormatError(
@@ -182,19 +210,43 @@ def _open(path: str | Path, load_tensors: bool = False):
                               "re-download or retrain the teacher")
     try:
         data = json.loads(raw)
+        if not isinstance(data, dict):
+            raise InvalidInput(f"the header must be a JSON object, got {type(data).__name__}")
         if data.get("format") != TEACHER_FORMAT:
             raise FileFormatError(f"{path} is not a ddkit teacher (format {data.get('format')!r})")
-        if int(data.get("schema", 0)) > TEACHER_SCHEMA:
+        schema = data.get("schema", 0)
+        if isinstance(schema, int) and schema > TEACHER_SCHEMA:
             raise FileFormatError(
                 f"{path} was written by a newer ddkit (teacher schema {data['schema']}, this ddkit reads {TEACHER_SCHEMA})",
                 "upgrade ddkit: pip install -U ddkit",
             )
-        header = TeacherHeader(**data)
+        header = TeacherHeader(**record_fields(TeacherHeader, data, "teacher header"))
+        header.check()
     except FileFormatError:
         raise
+    except InvalidInput as exc:
+        raise FileFormatError(f"{path}: malformed teacher header: {exc.problem}",
+                              "the file is corrupt or was not written by ddkit; re-download or retrain it") from None
     except (ValueError, TypeError, KeyError) as exc:
         raise FileFormatError(f"{path}: malformed teacher header ({exc})", "the file is corrupt; re-download or retrain it") from None
-    return header, state
+    return header
+
+
+def _check_architecture(path: Path, header: TeacherHeader, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights whose names or shapes are not those of the header's architecture (built on the
+    meta device, which allocates no memory)."""
+    try:
+        with torch.device("meta"):
+            model = create_model(header.arch, header.in_channels, header.image_size, header.num_classes, **header.arch_kwargs)
+    except DdkitError as exc:
+        raise FileFormatError(f"{path}: the header's architecture cannot be built: {exc.problem}",
+                              "the file is corrupt or needs a newer ddkit") from None
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if expected != shapes:
+        wrong = sorted(k for k in set(expected) | set(shapes) if expected.get(k) != shapes.get(k))
+        detail = ", ".join(f"{k}: header {expected.get(k)} vs file {shapes.get(k)}" for k in wrong[:3])
+        raise FileFormatError(f"{path}: weights do not fit the {header.arch} {header.arch_kwargs} architecture ({detail})",
+                              "the file is corrupt")
 
 
 def load_teacher(path: str | Path, device: str | torch.device = "cpu") -> Teacher:

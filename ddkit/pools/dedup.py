@@ -18,7 +18,7 @@ import torch
 from ddkit import index
 from ddkit.contamination.check import load_reference
 from ddkit.contamination.detector import Detector, as_uint8, within
-from ddkit.data import load_dataset
+from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.poolfile import load_pool, open_pool, pool_task, write_pool
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import attr_text
@@ -136,7 +136,7 @@ def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike,
     dev = pick_device(device)
     teacher = load_teacher(teacher_path, dev)
     teacher.check_fits(pool.info)
-    test_name = test_dataset or pool_task(pool_path).name
+    test_name = test_dataset or recorded_dataset(pool_task(pool_path).name, None, f"pool {pool_path}")
     test = load_dataset(test_name, "test")
     teacher.check_fits(test.info)
     norm = pool.info.normalization

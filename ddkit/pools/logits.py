@@ -17,6 +17,7 @@ import torch
 from ddkit.data.base import ImageDataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, sha256_file
+from ddkit.h5safe import open_hdf5
 from ddkit.pools.scores import SCORES_FORMAT
 from ddkit.store.schema import load_json
 from ddkit.store.selection import ids_to_positions
@@ -79,7 +80,7 @@ def load_teacher_logits(path: str | os.PathLike, pool: ImageDataset) -> tuple[to
                                   "save the logits with numpy.save, without pickles") from None
     elif path.suffix in (".h5", ".hdf5"):
         try:
-            with h5py.File(path, "r") as f:
+            with open_hdf5(path, what="teacher logits file") as f:
                 if "logits" not in f:
                     raise FileFormatError(f"{path} has no `logits` dataset",
                                           "store the N×C logits as /logits (and the sample ids as /ids)")

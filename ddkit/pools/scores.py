@@ -40,6 +40,7 @@ from ddkit.data.base import DatasetInfo
 from ddkit.data.poolfile import open_pool, pool_fingerprint, pool_ids_sha256
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, check_output, open_checked_h5
+from ddkit.h5safe import open_hdf5
 from ddkit.models.teacher import load_teacher
 from ddkit.pools.embed import check_embedding, teacher_outputs
 from ddkit.progress import progress
@@ -142,13 +143,13 @@ def _shard_path(workdir: Path, start: int, stop: int) -> Path:
 def _shard_is_whole(path: Path, run: ScoreRun, start: int, stop: int) -> bool:
     """A shard file of this very run and row range, with every field it should have."""
     try:
-        with h5py.File(path, "r") as f:
+        with open_hdf5(path, what="score shard") as f:
             if attr_text(f.attrs.get("run", "")) != run.to_json():
                 return False
             if (int(f.attrs["start"]), int(f.attrs["stop"])) != (start, stop):
                 return False
             return all(name in f and f[name].shape[0] == stop - start for name in _fields(run))
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, FileFormatError):
         return False
 
 
@@ -192,7 +193,7 @@ def _write_final(out: Path, overwrite: bool, source: PoolSource, teacher, run: S
             f.create_dataset("ids", data=source.ids, chunks=(_chunk_rows(len(source), 2),))
             datasets: dict[str, h5py.Dataset] = {}
             for start, stop in shards:
-                with h5py.File(_shard_path(workdir, start, stop), "r") as shard:
+                with open_hdf5(_shard_path(workdir, start, stop), what="score shard") as shard:
                     for name in _fields(run):
                         src = shard[name]
                         if name not in datasets:

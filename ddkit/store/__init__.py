@@ -28,7 +28,7 @@ from ddkit.store.schema import (
     DistilledHeader,
 )
 from ddkit.store.selection import Selection, pool_record, read_selection, resolve_selection, write_selection
-from ddkit.store.validate import ValidationReport, validate_file
+from ddkit.store.validate import ValidationReport, require_valid, validate_file
 from ddkit.store.writer import write_distilled
 
 __all__ = [
@@ -36,5 +36,6 @@ __all__ = [
     "DistilledHeader", "DistilledSet", "GenericPayload", "LabelPayload", "LogitsLabels", "PAYLOADS",
     "SCHEMA", "SELECTION_FORMAT", "Selection", "TopKLabels", "ValidationReport",
     "add_result", "describe", "merge_files", "info_dict", "pool_record", "read_results", "read_selection", "render_grid",
+    "require_valid",
     "resolve_selection", "summarize_card", "validate_file", "write_distilled", "write_selection",
 ]

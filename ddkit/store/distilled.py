@@ -40,15 +40,15 @@ def check_labels(labels: torch.Tensor, num_classes: int, count: int, what: str =
 
 def check_provenance(method: str, config, teachers) -> None:
     """Refuse header fields the reader could not type back: shared by distilled and selection files."""
-    if not method:
-        raise InvalidInput("the method name is empty", "set the method name")
+    if not method or not isinstance(method, str):
+        raise InvalidInput(f"the method name must be a non-empty string, got {method!r}", "set the method name")
     if not isinstance(config, dict):
         raise InvalidInput(f"config must be a dict (or a dataclass), got {type(config).__name__}")
     if not isinstance(teachers, (list, tuple)):
         raise InvalidInput(f"teachers must be a list of dicts, got {type(teachers).__name__}")
     for i, teacher in enumerate(teachers):
-        if not isinstance(teacher, dict) or not {"arch", "sha256"} <= set(teacher):
-            raise InvalidInput(f"teacher record {i} must be a dict with at least 'arch' and 'sha256', got {teacher!r}")
+        if not isinstance(teacher, dict) or not all(isinstance(teacher.get(k), str) for k in ("arch", "sha256")):
+            raise InvalidInput(f"teacher record {i} must be a dict with string 'arch' and 'sha256', got {repr(teacher)[:80]}")
 
 
 @dataclass

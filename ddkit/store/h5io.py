@@ -7,9 +7,10 @@ the HDF5 C library itself (a segfault is not an exception anyone can catch); a t
 or bit-flipped file is refused with a clear message instead.
 
 Every read of a store file goes through `open_store` (which refuses missing, non-HDF5, foreign and
-too-new files with one clear message) and runs inside `reading`, which turns whatever h5py, the OS
-or the JSON parser raises into a `FileFormatError` naming the file, so a damaged file never ends
-in a raw traceback.
+too-new files with one clear message, and files that break the reader policy of `ddkit.h5safe`:
+links or data outside the file, declared sizes the file cannot hold, oversized attributes) and
+runs inside `reading`, which turns whatever h5py, the OS or the JSON parser raises into a
+`FileFormatError` naming the file, so a damaged file never ends in a raw traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import ddkit
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
+from ddkit.h5safe import open_hdf5
 from ddkit.store.hashing import content_sha256, header_sha256
 from ddkit.store.schema import DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
 
@@ -124,19 +126,10 @@ def check_seal(path: str | os.PathLike, full: bool = True, wanted: str = "ddkit 
 
 
 def open_h5(path: str | os.PathLike) -> h5py.File:
-    """Open `path` read-only, refusing a missing file or one HDF5 cannot read."""
-    path = Path(path)
-    if not path.exists():
-        raise FileFormatError(f"{path} does not exist", "check the path")
-    if path.is_dir():
-        raise FileFormatError(f"{path} is a directory, not a file", "give the path of a .ddk.h5 or .sel.h5 file")
-    try:
-        return h5py.File(path, "r")
-    except READ_ERRORS as exc:
-        raise FileFormatError(
-            f"{path} is not a readable HDF5 file (truncated, corrupt or another format: {exc})",
-            "re-download or re-create the file; a partial download is the usual cause",
-        ) from exc
+    """Open the local file `path` read-only under ddkit's reader policy (`ddkit.h5safe`): nothing
+    outside the file is reachable and no dataset declares more than the file holds. This is the one
+    opener of every ddkit HDF5 format; `open_store` adds the seal and the format checks."""
+    return open_hdf5(path, what="ddkit file")
 
 
 def check_identity(h5: h5py.File, path: str | os.PathLike, formats: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ import torch
 from ddkit.data.base import DatasetInfo, transformed_sample
 from ddkit.errors import FileFormatError
 from ddkit.store.composite import AdditiveComposite, instance_labels, read_composite
-from ddkit.store.distilled import IMAGE_DTYPES, check_labels
+from ddkit.store.distilled import IMAGE_DTYPES, check_labels, check_provenance
 from ddkit.store.h5io import DAMAGED_FIX, open_h5, open_store, reading, should_verify, verify_content
 from ddkit.store.payloads import LabelPayload, read_payload
 from ddkit.store.results import read_results
@@ -65,6 +65,7 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     def _load_metadata(self, h5: h5py.File) -> None:
         self.header: DistilledHeader = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
+        check_provenance(self.header.method, self.header.config, self.header.teachers)
         self.content_sha256: str = attr_text(h5.attrs["content_sha256"])
         for name in ("images", "labels"):
             if not isinstance(h5.get(name), h5py.Dataset):
@@ -77,6 +78,11 @@ class DistilledDataset(torch.utils.data.Dataset):
                 DAMAGED_FIX,
             )
         self.num_stored = images.shape[0]
+        # Declared sizes against each other and the header before any array is read.
+        if labels.shape != (self.num_stored,) or self.num_stored > self.header.budget.instances:
+            raise FileFormatError(
+                f"{self.path}: /labels {labels.shape} and /images {images.shape} disagree with each other or with the "
+                f"recorded {self.header.budget.instances} instances", DAMAGED_FIX)
         stored_labels = torch.from_numpy(labels[()])
         check_labels(stored_labels, self.header.num_classes, self.num_stored, "/labels")
         self.composite: AdditiveComposite | None = None

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ddkit.errors import InvalidInput
 from ddkit.fileio import atomic_output
 from ddkit.store.reader import DistilledDataset
+from ddkit.store.validate import require_valid
 
 _PAD = 2
 _MIN_CELL = 48  # small images are upscaled (nearest) to at least this many pixels
@@ -64,25 +65,54 @@ def grid_image(
 
 def render_grid(
     path: str | os.PathLike, out_png: str | os.PathLike, per_class: int = 10, what: str = "instances",
-    overwrite: bool = False,
-) -> None:
+    overwrite: bool = False, max_rows: int = 100,
+) -> dict:
     """Write a PNG grid of a `.ddk.h5` file: `what="instances"` shows the first `per_class`
     instances of each class (one row per class, named when the names are plain and short);
     `what="compensators"` shows the composite's compensators, `per_class` per row, each min-max scaled.
+
+    At most `max_rows` rows are drawn and the sheet is refused above `MAX_SHEET_PIXELS`, so a file
+    with many classes cannot make the drawing take unbounded memory. The file is checked as
+    `ddkit validate` checks it first. Returns {"rows": drawn, "of": rows there are}.
     """
-    if per_class < 1:
-        raise InvalidInput(f"per_class must be at least 1, got {per_class}")
-    with DistilledDataset(path, verify=False) as ds:
+    if per_class < 1 or max_rows < 1:
+        raise InvalidInput(f"per_class and max_rows must be at least 1, got {per_class} and {max_rows}")
+    with DistilledDataset(path) as ds:
+        require_valid(ds)
+        h, w = ds.info.image_shape[1:]
         if what == "instances":
-            rows = [ds.pixels(torch.nonzero(ds.labels == c).flatten()[:per_class].numpy()) for c in range(ds.num_classes)]
-            names = ds.classes if _simple(ds.classes) else None
+            total = ds.num_classes
         elif what == "compensators":
             if ds.composite is None:
                 raise InvalidInput(f"{path} has no compensators (no /composite)", "render what='instances'")
-            comps = _min_max(torch.from_numpy(ds.composite.compensators))
-            rows, names = list(comps.split(per_class)), None
+            total = -(-len(ds.composite.compensators) // per_class)
         else:
             raise InvalidInput(f"what must be 'instances' or 'compensators', got {what!r}")
-    image = grid_image(rows, per_class, tuple(ds.info.image_shape[1:]), names)
+        shown = min(total, max_rows)
+        check_sheet_size(shown, per_class, (h, w))
+        if what == "instances":
+            rows = [ds.pixels(torch.nonzero(ds.labels == c).flatten()[:per_class].numpy()) for c in range(shown)]
+            names = ds.classes[:shown] if _simple(ds.classes[:shown]) else None
+        else:
+            comps = _min_max(torch.from_numpy(ds.composite.compensators[: shown * per_class]))
+            rows, names = list(comps.split(per_class)), None
+    image = grid_image(rows, per_class, (h, w), names)
     with atomic_output(out_png, overwrite) as tmp:
         image.save(tmp, format="PNG")
+    return {"rows": shown, "of": total}
+
+
+MAX_SHEET_PIXELS = 1 << 25  # about 100 MB as RGB
+
+
+def check_sheet_size(rows: int, columns: int, image_hw: tuple[int, int]) -> None:
+    """Refuse a contact sheet larger than MAX_SHEET_PIXELS before anything is drawn."""
+    h, w = image_hw
+    scale = max(1, -(-_MIN_CELL // max(h, w)))
+    pixels = (rows * (h * scale + _PAD) + _PAD) * (columns * (w * scale + _PAD) + _PAD + 200)
+    if pixels > MAX_SHEET_PIXELS:
+        raise InvalidInput(
+            f"a sheet of {rows} rows × {columns} images of {h}×{w} would be about {pixels / 1e6:.0f} Mpixels, "
+            f"over the {MAX_SHEET_PIXELS / 1e6:.0f} Mpixel limit",
+            "lower --per-class or --max-rows",
+        )

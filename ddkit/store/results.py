@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ddkit.errors import IncompatibleError, InvalidInput
-from ddkit.fileio import atomic_output
+from ddkit.fileio import atomic_output, folder_lock
 from ddkit.store.h5io import building, open_store, reading
 from ddkit.store.schema import DISTILLED_FORMAT, SELECTION_FORMAT, attr_text, dump_json, load_json
 
@@ -22,7 +22,11 @@ def read_results(path: str | os.PathLike) -> dict[str, dict]:
     h5, _ = open_store(path, STORE_FORMATS)
     with h5, reading(path):
         group = h5.get("results", {})
-        return {name: load_json(group[name].attrs["card"], f"result card {name!r}") for name in group}
+        cards = {name: load_json(group[name].attrs["card"], f"result card {name!r}") for name in group}
+        for name, card in cards.items():
+            if not isinstance(card, dict):
+                raise ValueError(f"result card {name!r} is a JSON {type(card).__name__}, not an object")
+        return cards
 
 
 def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
@@ -30,30 +34,32 @@ def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
 
     The file is copied next to itself, the card written into the copy, and the copy renamed over
     the original: a crash leaves the old file intact. A card that names a `content_sha256` must
-    name this file's. Two concurrent calls on one file keep only the last card written.
+    name this file's. Concurrent calls (several `ddkit evaluate` runs on one file) take a lock on
+    the file's folder in turn, so every card is kept.
     """
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
         raise InvalidInput(f"result name {name!r} is not a valid name", "use the protocol name, without '/'")
     if not isinstance(card, dict):
         raise InvalidInput(f"a result card must be a dict, got {type(card).__name__}")
     text = dump_json(card, f"result card {name!r}")
-    h5, _ = open_store(path, STORE_FORMATS)
-    with h5, reading(path):
-        recorded = attr_text(h5.attrs["content_sha256"])
-    if card.get("content_sha256", recorded) != recorded:
-        raise IncompatibleError(
-            f"the card is for content {str(card['content_sha256'])[:12]}…, but {path} holds content {recorded[:12]}…",
-            "write the card into the file that was evaluated",
-        )
-    with open(path, "rb") as fh:
-        current = fh.read()
-    with building(current) as (h5, image):
-        results = h5.require_group("results")
-        if name in results:
-            del results[name]
-        results.create_group(name).attrs["card"] = text
-    with atomic_output(path, overwrite=True) as tmp:
-        tmp.write_bytes(image[0])
+    with folder_lock(path):  # read, add, replace: one writer at a time, so no card is lost
+        h5, _ = open_store(path, STORE_FORMATS)
+        with h5, reading(path):
+            recorded = attr_text(h5.attrs["content_sha256"])
+        if card.get("content_sha256", recorded) != recorded:
+            raise IncompatibleError(
+                f"the card is for content {str(card['content_sha256'])[:12]}…, but {path} holds content {recorded[:12]}…",
+                "write the card into the file that was evaluated",
+            )
+        with open(path, "rb") as fh:
+            current = fh.read()
+        with building(current) as (h5, image):
+            results = h5.require_group("results")
+            if name in results:
+                del results[name]
+            results.create_group(name).attrs["card"] = text
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_bytes(image[0])
 
 
 def _arm(card: dict, key: str) -> tuple:

@@ -20,6 +20,7 @@ import numpy as np
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import InvalidInput
 from ddkit.fileio import attr_text  # noqa: F401  (part of this module's reading helpers)
+from ddkit.records import check_value, record_fields
 
 DISTILLED_FORMAT = "ddkit.distilled"
 SELECTION_FORMAT = "ddkit.selection"
@@ -49,8 +50,10 @@ class DatasetRecord:
         return {**self.info.to_dict(), "split": self.split, "ids_sha256": self.ids_sha256}
 
     @classmethod
-    def from_dict(cls, d: dict) -> DatasetRecord:
-        return cls(DatasetInfo.from_dict(d), str(d["split"]), str(d["ids_sha256"]))
+    def from_dict(cls, d: dict, where: str = "dataset") -> DatasetRecord:
+        info = DatasetInfo.from_dict(d, where)
+        split, ids_sha256 = (check_value(d.get(k), str, f"{where}.{k}") for k in ("split", "ids_sha256"))
+        return cls(info, split, ids_sha256)
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,13 @@ class Budget:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> Budget:
-        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+    def from_dict(cls, d: dict, where: str = "budget") -> Budget:
+        """The stored budget, every field typed (a string where a count belongs is refused, naming it)."""
+        values = record_fields(cls, d, where, allow_extra=True)
+        for name in ("ipc_stored", "instances", "bytes_images", "bytes_labels", "bytes_aux", "bytes_source"):
+            if values[name] < 0:
+                raise InvalidInput(f"{where}.{name} must not be negative, got {values[name]}")
+        return cls(**values)
 
 
 def budget_parts(datasets: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -139,7 +147,7 @@ class DistilledHeader:
     seed: int
     dataset: DatasetRecord
     normalization: Normalization
-    teachers: list
+    teachers: list[dict]
     budget: Budget
     license_note: str
 
@@ -224,6 +232,8 @@ def decode_attrs(cls: type, attrs: typing.Mapping, names: Iterable[str] | None =
             raise KeyError(f"root attribute {name!r} is missing")
         raw, hint = attrs[name], hints[name]
         if hint is str:
+            if not isinstance(raw, (str, bytes)):
+                raise ValueError(f"root attribute {name!r} is not a string")
             out[name] = attr_text(raw)
         elif hint is int:
             if not isinstance(raw, (int, np.integer)):
@@ -231,12 +241,6 @@ def decode_attrs(cls: type, attrs: typing.Mapping, names: Iterable[str] | None =
             out[name] = int(raw)
         else:
             value = load_json(raw, f"root attribute {name!r}")
-            origin = typing.get_origin(hint) or hint
-            if hasattr(origin, "from_dict"):
-                if not isinstance(value, dict):
-                    raise ValueError(f"root attribute {name!r} is not a JSON object")
-                value = origin.from_dict(value)
-            elif origin in (dict, list) and not isinstance(value, origin):
-                raise ValueError(f"root attribute {name!r} is not a JSON {origin.__name__}")
+            value = check_value(value, hint, name)
             out[name] = value
     return out

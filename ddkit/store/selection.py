@@ -13,12 +13,14 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+import h5py
 import numpy as np
 
 import ddkit
-from ddkit.data import ImageDataset, load_dataset
+from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
+from ddkit.records import check_value
 from ddkit.store.arrays import as_array
 from ddkit.store.distilled import check_provenance
 from ddkit.store.h5io import open_store, read_group_arrays, reading, should_verify, verify_content, write_store
@@ -63,7 +65,7 @@ class Selection:
     rank: np.ndarray | None = None
     round: np.ndarray | None = None
     extra: dict[str, np.ndarray] = field(default_factory=dict)
-    teachers: list = field(default_factory=list)
+    teachers: list[dict] = field(default_factory=list)
     created: str = ""
     ddkit_version: str = ddkit.__version__
     content_sha256: str = ""
@@ -100,6 +102,8 @@ class Selection:
         missing = [key for key in POOL_KEYS if key not in self.pool]
         if missing:
             raise InvalidInput(f"the pool record lacks {', '.join(missing)}", "build it with pool_record(pool)")
+        for key in POOL_KEYS:
+            check_value(self.pool[key], int if key == "size" else str, f"pool.{key}")
         if n > self.pool["size"]:
             raise InvalidInput(f"the selection keeps {n} samples of a pool of {self.pool['size']}")
 
@@ -124,11 +128,29 @@ def read_selection(path: str | os.PathLike, verify: bool | str = "auto") -> Sele
         with reading(path):
             digest = attr_text(h5.attrs["content_sha256"])
             header = decode_attrs(Selection, h5.attrs, HEADER_FIELDS)
+            _check_declared_rows(h5, header["pool"])
             arrays = {name: h5[name][()] for name in ARRAY_FIELDS}
             extra = read_group_arrays(h5["extra"]) if "extra" in h5 else {}
             sel = Selection(**header, **arrays, extra=extra, content_sha256=digest)
             sel.check()
     return sel
+
+
+def _check_declared_rows(h5, pool: dict) -> None:
+    """Refuse per-id arrays whose declared shapes disagree with each other or with the pool's size,
+    before any of them is read (a crafted file could declare billions of ids)."""
+    size = pool.get("size") if isinstance(pool, dict) else None
+    if not isinstance(size, int):
+        raise InvalidInput(f"pool.size must be an integer, got {size!r}")
+    rows = {}
+    for name in ARRAY_FIELDS:
+        if not isinstance(h5.get(name), h5py.Dataset):
+            raise KeyError(f"dataset /{name} is missing")
+        rows[name] = h5[name].shape
+    n = rows["ids"][0] if len(rows["ids"]) == 1 else None
+    if n is None or any(shape != (n,) for shape in rows.values()) or n > size:
+        raise InvalidInput(f"per-id arrays have shapes {rows} for a pool of {size} samples",
+                           "one entry per kept id, at most the pool's size")
 
 
 def ids_to_positions(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -151,13 +173,16 @@ def ids_to_positions(pool_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def resolve_selection(sel_or_path: Selection | str | os.PathLike, pool: ImageDataset | None = None) -> ImageDataset:
     """The kept samples as an ImageDataset, in pick order.
 
-    The pool is loaded by the recorded name and split unless given; it must have the recorded
-    fingerprint, so the ids are known to resolve to the pixels that were selected.
+    The pool is loaded by the recorded name and split unless given (a pool named by a path is never
+    opened from the file's record: pass it); it must have the recorded fingerprint, so the ids are
+    known to resolve to the pixels that were selected.
     """
     sel = sel_or_path if isinstance(sel_or_path, Selection) else read_selection(sel_or_path)
     record = sel.pool
-    if pool is None:
-        pool = load_dataset(record["name"], record["split"])
+    if pool is None:  # by its registry name only: a pool:PATH / imagefolder:PATH source must be passed
+        pool = load_dataset(recorded_dataset(record["name"], None, f"selection {sel_or_path}"
+                                             if not isinstance(sel_or_path, Selection) else "the selection"),
+                            record["split"])
     if pool.fingerprint() != record["fingerprint"]:
         raise IncompatibleError(
             f"the pool changed since selection: {record['name']} ({record['split']}) now has fingerprint "

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ddkit.data.base import check_pixels
-from ddkit.errors import DdkitError, IncompatibleError, InvalidInput
-from ddkit.store.h5io import READ_ERRORS, open_store, verify_content
+from ddkit.errors import DdkitError, FileFormatError, IncompatibleError, InvalidInput
+from ddkit.store.h5io import DAMAGED_FIX, READ_ERRORS, open_store, reading, verify_content
 from ddkit.store.hashing import iter_blocks, stored_datasets
 from ddkit.store.reader import DistilledDataset
-from ddkit.store.results import STORE_FORMATS
+from ddkit.store.results import STORE_FORMATS, read_results
 from ddkit.store.schema import DISTILLED_FORMAT, budget_parts
 from ddkit.store.selection import read_selection
 
@@ -82,6 +82,7 @@ def validate_file(
     else:
         report.run("structure (header, unique ids, per-id arrays)", lambda: read_selection(path, verify=False))
         report.run("content hash", lambda: _check_hash(path))
+        report.run("result cards", lambda: read_results(path))
     return report
 
 
@@ -89,6 +90,56 @@ def _check_hash(path) -> None:
     h5, _ = open_store(path, STORE_FORMATS)
     with h5:
         verify_content(h5, path)
+
+
+def _content_checks(ds: DistilledDataset) -> list[tuple[str, Callable[[], None]]]:
+    """The checks of a distilled file's content beyond what opening it checks, by name.
+
+    `validate_file` runs and reports each; `require_valid` runs them for `evaluate` and `show`,
+    so neither trains on nor draws a file that `validate` refuses.
+    """
+    h5 = ds._h5()
+    header = ds.header
+
+    def pixels() -> None:
+        for block in iter_blocks(h5["images"]):
+            # uint8 pixels are in range by construction; float ones must be finite and in [0, 1].
+            check_pixels(torch.from_numpy(block), what="stored images")
+
+    def coverage() -> None:
+        counts = torch.bincount(ds.labels, minlength=ds.num_classes)
+        empty = [f"{c} ({ds.classes[c]})" for c in torch.nonzero(counts == 0).flatten().tolist()[:10]]
+        if empty:
+            raise InvalidInput(f"classes {', '.join(empty)} have no instance", "every class needs at least one")
+
+    def budget() -> None:
+        parts = budget_parts((p, d.nbytes) for p, d in stored_datasets(h5))
+        recorded = header.budget
+        if parts != recorded.bytes_by_part or recorded.instances != len(ds):
+            raise InvalidInput(
+                f"the recorded budget ({recorded.instances} instances, {recorded.bytes_by_part}) does not "
+                f"match the file ({len(ds)} instances, {parts})"
+            )
+
+    return [
+        ("pixel values (finite, in [0, 1])", pixels),
+        ("class coverage", coverage),
+        ("label payloads (rows per instance, label space)", lambda: ds.soft),
+        ("recorded budget", budget),
+    ]
+
+
+def require_valid(ds: DistilledDataset) -> None:
+    """Refuse (FileFormatError) a distilled file that fails any check `validate` runs on its content."""
+    for name, check in _content_checks(ds):
+        try:
+            with reading(ds.path):
+                check()
+        except FileFormatError:
+            raise
+        except DdkitError as exc:
+            raise FileFormatError(f"{ds.path}: {name}: {exc.problem}",
+                                  f"`ddkit validate {ds.path}` lists every problem; {DAMAGED_FIX}") from None
 
 
 def _validate_distilled(report: ValidationReport, path, num_classes, image_shape) -> None:
@@ -102,34 +153,9 @@ def _validate_distilled(report: ValidationReport, path, num_classes, image_shape
         h5 = ds._h5()
         header = ds.header
         report.run("content hash", lambda: verify_content(h5, path))
-
-        def pixels() -> None:
-            for block in iter_blocks(h5["images"]):
-                # uint8 pixels are in range by construction; float ones must be finite and in [0, 1].
-                check_pixels(torch.from_numpy(block), what="stored images")
-
-        report.run("pixel values (finite, in [0, 1])", pixels)
-
-        def coverage() -> None:
-            counts = torch.bincount(ds.labels, minlength=ds.num_classes)
-            empty = [f"{c} ({ds.classes[c]})" for c in torch.nonzero(counts == 0).flatten().tolist()]
-            if empty:
-                raise InvalidInput(f"classes {', '.join(empty)} have no instance", "every class needs at least one")
-
-        report.run("class coverage", coverage)
-        report.run("label payloads (rows per instance, label space)", lambda: ds.soft)
-
-        def budget() -> None:
-            parts = budget_parts((p, d.nbytes) for p, d in stored_datasets(h5))
-            recorded = header.budget
-            if parts != recorded.bytes_by_part or recorded.instances != len(ds):
-                raise InvalidInput(
-                    f"the recorded budget ({recorded.instances} instances, {recorded.bytes_by_part}) does not "
-                    f"match the file ({len(ds)} instances, {parts})"
-                )
-
-        report.run("recorded budget", budget)
-
+        for name, check in _content_checks(ds):
+            report.run(name, check)
+        report.run("result cards", lambda: ds.results)
         if num_classes is not None:
             report.run("teacher label space", _fits("number of classes", int(num_classes), header.num_classes))
         if image_shape is not None:
