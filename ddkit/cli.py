@@ -483,7 +483,9 @@ def info(path, as_json):
               help="also look for copies of this dataset's images (test split by default) in the file, its recorded "
                    "real sources, or the pool; the result is written into the file")
 @click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
-def validate(path, teacher, against, no_write):
+@click.option("--dataset", default=None,
+              help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
+def validate(path, teacher, against, no_write, dataset):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space
     (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""
     from ddkit.store import validate_file
@@ -495,7 +497,7 @@ def validate(path, teacher, against, no_write):
             _validate_and_report(validate_file, path, teacher)
         from ddkit.contamination import check_file
 
-        check = check_file(path, against, record=not no_write)
+        check = check_file(path, against, record=not no_write, source=dataset)
         click.echo(str(check))
         if not check.ok:
             raise SystemExit(1)

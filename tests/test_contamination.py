@@ -12,7 +12,7 @@ from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 from ddkit.contamination import PERTURBATIONS, Detector, check_file, parse_against, perturb, suite_kinds, within
 from ddkit.data import load_dataset
 from ddkit.data.poolfile import load_pool, read_dedup_record
-from ddkit.errors import FileFormatError, IncompatibleError
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.pools.build import PoolPart, build_pool, dataset_part
 from ddkit.pools.dedup import DROP_TEST, dedup_pool
 from ddkit.store import AdditiveComposite, DistilledSet, info_dict, read_results, write_distilled
@@ -126,7 +126,9 @@ def test_cli_validate_against_pool_and_dedup_default(tmp_path, mini, capsys):
 
     sel = tmp_path / "s.sel.h5"
     write_selection(sel, Selection("random", "1", {}, 0, pool_record(load_pool(path), f"pool:{path}"), [3, 202, 50, 204]))
-    report = check_file(sel, MINI)
+    with pytest.raises(InvalidInput, match="path named inside the file"):  # issue 19: never opened from the file
+        check_file(sel, MINI)
+    report = check_file(sel, MINI, source=f"pool:{path}")
     assert report.parts[0].name == "selected samples" and sorted(report.parts[0].flagged_ids) == [202, 204]
     assert info_dict(sel)["contamination"]["flagged"] == 2
     clean = tmp_path / "c.pool.h5"

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ddkit.contamination.detector import Detector, DetectorConfig, as_uint8
-from ddkit.data import load_dataset
+from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.poolfile import is_pool_file, load_pool, record_pool_provenance
 from ddkit.errors import DatasetUnavailable, IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
@@ -162,9 +162,10 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
 
 
 def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | None = None,
-               record: bool = True) -> ContaminationReport:
+               record: bool = True, source: str | None = None) -> ContaminationReport:
     """Check every image of `path` (a .ddk.h5, .sel.h5 or .pool.h5) against the images of `against`
-    (`DATASET[:SPLIT]`, test by default); with `record`, write the result into the file."""
+    (`DATASET[:SPLIT]`, test by default); with `record`, write the result into the file. `source`:
+    a selection's pool when the file names it by a path (`pool:PATH`), which ddkit never opens itself."""
     pool = is_pool_file(path)
     if pool:  # integrity first: the fingerprint over ids and pixels
         data = load_pool(path, verify=True)
@@ -187,7 +188,11 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
         parts, content = _distilled_parts(path, detector, reference, split)
     else:
         sel = read_selection(path)
-        kept = resolve_selection(sel)
+        pool_source = None
+        if source is not None:
+            named = recorded_dataset(sel.pool["name"], source, f"selection {path}")
+            pool_source = load_dataset(named, sel.pool["split"])
+        kept = resolve_selection(sel, pool_source)
         _check_shape(shape, tuple(kept.images.shape[1:]), "selection's pool")
         parts = [_part("selected samples", detector, as_uint8(kept.images), kept.ids.numpy(), ref_ids)]
         content = sel.content_sha256
