@@ -101,7 +101,9 @@ def render(args) -> None:
         "`protocols-v2` (same protocol, seeds and teacher). DD-Ranking's scores per seed, then mean: "
         "IOR = set − random real under the row's protocol; HLR = full data − set, both under `hard-cpu@2` "
         "(lower is better); LRS = (exp(IOR/2 − HLR/2) − e⁻¹)/(e − e⁻¹) in percent (`ddkit/evaluate/ranking.py`). "
-        f"Teacher: `{args.teacher}`.",
+        f"Teacher: `{args.teacher}`. The DM and herding files are the `matching` section's IPC-10 files "
+        "(`runs/matching/files/`, made by `scripts/bench_matching.py`, copied here): the command shown for them "
+        "is the equivalent one with default options. Synthesis wall times are upper bounds (shared cores).",
         "",
         f"Machine: {machine()}. Date: {today()}. Command: `OMP_NUM_THREADS=1 flock /tmp/ddkit-cpu.lock python "
         f"scripts/bench_seed_methods_v2.py --teacher {args.teacher} --ipcs IPC --arms ARMS --seeds N` (each arm under its "
