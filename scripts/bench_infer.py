@@ -151,7 +151,7 @@ def run_all(args, out: Path) -> dict:
         syn = synthesize(args.dataset, ipc, teachers, args.iterations, file)
         d = info_dict(file)
         k = d["config"]["k_per_class"]
-        protocols = ["stored-cpu", "dynamic-cpu"] if m == 3 else ["stored-cpu"]
+        protocols = ["stored-cpu@1", "dynamic-cpu@1"] if m == 3 else ["stored-cpu@1"]  # the section is @1
         for protocol in protocols:
             full = m == 3 and protocol not in full_rows
             card = evaluate(str(file), protocol, seeds=seeds, teachers=teachers, full_reference=full, steps=args.steps)
@@ -160,12 +160,12 @@ def run_all(args, out: Path) -> dict:
                 full_rows[protocol] = arm(card, "full_data")
             eval_cmd = shlex.join(["ddkit", "evaluate", str(file), "--protocol", protocol, "--seeds", str(args.seeds),
                                    *sum((["--teacher", t] for t in teachers), [])])
-            name = "INFER (static)" if protocol == "stored-cpu" else "INFER+Dyn"
+            name = "INFER (static)" if protocol == "stored-cpu@1" else "INFER+Dyn"
             row = (f"| {name} | {ipc} | {m} | {k} | {d['instances'] // d['dataset']['num_classes']} | {card.protocol['id']} | {arm(card, 'result')} | "
                    f"{arm(card, 'random_baseline')} | {100 * card.gain:+.2f} | `{eval_cmd}` |")
             if m == 3:
                 main_rows.append(row)
-            if protocol == "stored-cpu" and ipc == args.ablation_ipc:
+            if protocol == "stored-cpu@1" and ipc == args.ablation_ipc:
                 ablation_rows.append((m, row))
         c, b = d["composite"], d["budget"]
         cost_rows.append(f"| {ipc} | {m} | {k} | {c['compensators']} | {syn['wall'] / 60:.1f} | {syn['rss']:.0f} | `{shlex.join(syn['cmd'])}` |")

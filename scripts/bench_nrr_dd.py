@@ -43,8 +43,8 @@ VARIANTS = {
     "rded-style": {"refine": "false", "select": "highest-confidence", "per_image": "confidence"},
 }
 # (variant, protocol) in order of importance: a run cut short keeps the most useful numbers
-ARMS = [("nrr-dd", "teacher-cpu"), ("nrr-dd-dbr", "dbr-cpu"), ("rded-style", "teacher-cpu"), ("cidd-only", "teacher-cpu"),
-        ("nrr-dd", "hard-cpu"), ("rded-style", "hard-cpu"), ("cidd-only", "hard-cpu")]
+ARMS = [("nrr-dd", "teacher-cpu@1"), ("nrr-dd-dbr", "dbr-cpu@1"), ("rded-style", "teacher-cpu@1"), ("cidd-only", "teacher-cpu@1"),
+        ("nrr-dd", "hard-cpu@1"), ("rded-style", "hard-cpu@1"), ("cidd-only", "hard-cpu@1")]  # the section is @1
 LABELS = {"nrr-dd": "NRR-DD (teacher mode)", "nrr-dd-dbr": "NRR-DD (DBR mode)", "cidd-only": "CIDD-only (no refinement)",
           "nrr-dd-paper": "NRR-DD, the paper's lowest-confidence selection",
           "rded-style": "RDED-style (highest confidence, no refinement)"}

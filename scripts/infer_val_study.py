@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--teachers-dir", default="runs/teachers")
     parser.add_argument("--teachers", type=int, default=3)
     parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--protocol", default="stored-cpu")
+    parser.add_argument("--protocol", default="stored-cpu@1")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[], help="'base' or KEY=VALUE[,KEY=VALUE] infer options")
     parser.add_argument("--protocol-opt", action="append", default=[], metavar="KEY=VALUE",
