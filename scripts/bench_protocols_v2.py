@@ -13,7 +13,6 @@ standard errors, and full data reaches the teacher's test accuracy minus 2 point
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import sys
@@ -21,10 +20,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, pct, today, write_section  # noqa: E402
+from benchlib import machine, pct, record_state, today, write_section  # noqa: E402
 
 from ddkit.evaluate import evaluate, get_protocol  # noqa: E402
-from ddkit.fileio import atomic_output  # noqa: E402
 from ddkit.models.teacher import load_teacher  # noqa: E402
 
 STATE = Path("runs/protocols/v2_test.json")
@@ -32,13 +30,7 @@ SIZES = ["1", "10", "50", "full"]
 
 
 def _record(key: str, entry: dict) -> None:
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    with open(STATE.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = json.loads(STATE.read_text()) if STATE.exists() else {}
-        state[key] = entry
-        with atomic_output(STATE, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(state, indent=1))
+    record_state(STATE, key, entry)
     print(key, json.dumps({k: entry[k] for k in ("mean", "std", "seconds")}), flush=True)
 
 
@@ -114,7 +106,9 @@ def render(args) -> None:
                   + ("" if len(entries[s]["accuracies"]) == 3 else f" ({len(entries[s]['accuracies'])} seeds)"))
                  if s in entries else "-" for s in SIZES]
         full = entries.get("full")
-        timed = entries.get("full-2", full)  # a first run of fewer seeds, completed later from the cache
+        # "full-2": this session's first 2-seed full-data runs, kept (renamed by hand) when a third seed was
+        # added from the cache, since a run that trains only the missing seed would time just that one
+        timed = entries.get("full-2", full)
         trained = len(timed["accuracies"]) - len(timed.get("cached_seeds") or []) if timed else 0
         wall = f"{protocol.total_steps(60000)}, {timed['seconds'] / 60 / trained:.1f}" if full and trained else "-"
         lines.append(f"| {proto_id} | " + " | ".join(cells) + f" | {wall} | "

@@ -14,7 +14,6 @@ table). Writes BENCHMARKS.md section `seed-methods-v2`.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import subprocess
@@ -23,10 +22,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, pct, today, write_section  # noqa: E402
+from benchlib import machine, pct, record_state, today, write_section  # noqa: E402
 
 from ddkit.evaluate import evaluate  # noqa: E402
-from ddkit.fileio import atomic_output  # noqa: E402
 
 STATE = Path("runs/protocols/seed_methods_v2.json")
 FILES = Path("runs/protocols/files")
@@ -56,13 +54,7 @@ def synth_command(arm: str, ipc: int, teacher: str, dataset: str) -> tuple[list[
 
 
 def _record(key: str, entry: dict) -> None:
-    STATE.parent.mkdir(parents=True, exist_ok=True)
-    with open(STATE.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        state = json.loads(STATE.read_text()) if STATE.exists() else {}
-        state[key] = entry
-        with atomic_output(STATE, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(state, indent=1))
+    record_state(STATE, key, entry)
     print(key, f"{100 * entry['card']['result']['mean']:.2f}", flush=True)
 
 

@@ -66,3 +66,20 @@ def write_section(name: str, body: str) -> None:
 
 def pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def record_state(path: Path, key: str, entry: dict) -> None:
+    """Add `entry` under `key` to a benchmark's JSON state file, atomically and under a lock, so
+    several lanes of one script can share the file without losing each other's entries."""
+    import fcntl
+    import json
+
+    from ddkit.fileio import atomic_output
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = json.loads(path.read_text()) if path.exists() else {}
+        state[key] = entry
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(state, indent=1))

@@ -15,7 +15,6 @@ resumes where it stopped. `--render` writes the BENCHMARKS.md section `protocols
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import sys
 import time
@@ -25,14 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, pct, today, write_section  # noqa: E402
+from benchlib import machine, pct, record_state, today, write_section  # noqa: E402
 
 from ddkit.data import load_dataset  # noqa: E402
 from ddkit.data.base import class_balanced_indices, train_val_split  # noqa: E402
 from ddkit.evaluate import get_protocol  # noqa: E402
 from ddkit.evaluate.card import mean_std  # noqa: E402
 from ddkit.evaluate.trainer import StudentData, train_students  # noqa: E402
-from ddkit.fileio import atomic_output  # noqa: E402
 from ddkit.models import parse_model_options  # noqa: E402
 from ddkit.models.teacher import load_teacher  # noqa: E402
 from ddkit.training import predict_logits  # noqa: E402
@@ -81,14 +79,8 @@ def run(args) -> None:
                 acc = train_and_score(protocol, part, val, seed, teachers, train.info)
                 entry = {"candidate": name, "spec": spec, "size": size, "seed": seed, "val_accuracy": acc,
                          "steps": protocol.total_steps(len(part)), "seconds": time.perf_counter() - start}
-                STATE.parent.mkdir(parents=True, exist_ok=True)
-                with open(STATE.with_suffix(".lock"), "w") as lock:  # several lanes share the state file
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                    state = json.loads(STATE.read_text()) if STATE.exists() else {}
-                    state[key] = entry
-                    with atomic_output(STATE, overwrite=True) as tmp:
-                        tmp.write_text(json.dumps(state, indent=1))
-                print(key, f"{100 * acc:.2f}", f"{state[key]['seconds']:.0f}s", flush=True)
+                record_state(STATE, key, entry)
+                print(key, f"{100 * acc:.2f}", f"{entry['seconds']:.0f}s", flush=True)
 
 
 def render(args) -> None:

@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 
 from ddkit.errors import InvalidInput
+from ddkit.evaluate.card import mean_std
 
 LRS_WEIGHT = 0.5  # DD-Ranking's default λ between IOR and HLR
 
@@ -55,8 +56,6 @@ class RankingScores:
     weight: float = LRS_WEIGHT
 
     def to_dict(self) -> dict:
-        from ddkit.evaluate.card import mean_std
-
         out = {"protocol": self.protocol, "hard_protocol": self.hard_protocol, "weight": self.weight,
                "source": "DD-Ranking (arXiv:2505.13300), final-step accuracies, per seed"}
         for name in ("hlr", "ior", "lrs", "hard_set", "hard_full"):
