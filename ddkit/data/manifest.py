@@ -13,6 +13,7 @@ paths.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -210,7 +211,16 @@ def index_split(root: Path, split: str, class_names: tuple[str, ...], fit: Folde
     cached = _load(cache)
     if cached is not None and cached.signature == signature:
         return cached
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as lock:  # ranks of one machine index a folder once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _load(cache)
+        if cached is not None and cached.signature == signature:
+            return cached
+        return _index(root, split, class_names, fit, signature, cache, cached, paths, labels, sizes, mtimes)
 
+
+def _index(root, split, class_names, fit, signature, cache, cached, paths, labels, sizes, mtimes) -> Manifest:
     n = len(paths)
     shapes, digests = np.zeros((n, 3), dtype=np.int64), np.zeros(n, dtype="<U32")
     sums, sumsq, ok = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros(n, dtype=bool)  # channels beyond C stay 0
