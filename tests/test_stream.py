@@ -131,6 +131,7 @@ def test_mixed_sizes_need_a_declared_fit(tmp_path, make_imagefolder, monkeypatch
 def test_teacher_training_streams_to_the_same_teacher(folder, monkeypatch, tmp_path):
     from ddkit.teachers import train_teacher
 
+    monkeypatch.setenv("DDKIT_WORKERS", "0")  # worker processes are covered above; here they only cost time
     runs = {}
     for mode in ("memory", "stream"):
         monkeypatch.setenv("DDKIT_DATA_MODE", mode)
@@ -143,6 +144,7 @@ def test_teacher_training_streams_to_the_same_teacher(folder, monkeypatch, tmp_p
 def test_evaluation_streams_full_data_and_test_split_to_the_same_card(folder, monkeypatch, tmp_path):
     from ddkit.evaluate import evaluate
 
+    monkeypatch.setenv("DDKIT_WORKERS", "0")
     cards = {}
     for mode in ("memory", "stream"):
         monkeypatch.setenv("DDKIT_DATA_MODE", mode)
