@@ -141,8 +141,9 @@ def _identity(x):
     return x
 
 
-def _check(root: Path, paths: np.ndarray, todo: np.ndarray, fit: FolderFit | None, desc: str) -> list[tuple]:
-    """Decode the files at `todo` in worker processes (DataLoader), with a progress bar."""
+def _check(root: Path, paths: np.ndarray, todo: np.ndarray, fit: FolderFit | None, desc: str):
+    """Decode the files at `todo` in worker processes (DataLoader), with a progress bar; yields each
+    file's result as it arrives, so nothing per file is held beyond the manifest's own arrays."""
     import torch
 
     from ddkit.progress import progress
@@ -151,13 +152,11 @@ def _check(root: Path, paths: np.ndarray, todo: np.ndarray, fit: FolderFit | Non
     workers = min(stream_workers(), len(chunks)) if len(todo) > CHECK_CHUNK else 0
     loader = torch.utils.data.DataLoader(_CheckFiles(str(root), paths, fit), sampler=chunks, batch_size=None,
                                          num_workers=workers, collate_fn=_identity)
-    results = []
     bar = progress(total=len(todo), desc=desc, unit="img")
     for part in loader:
-        results += part
+        yield from part
         bar.update(len(part))
     bar.close()
-    return results
 
 
 def _cache_path(root: Path, split: str) -> Path:
