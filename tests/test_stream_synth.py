@@ -83,7 +83,7 @@ TINY = {  # each method's smallest run that still makes every pass it makes over
     "herding": {"batch_size": 8},
     "kcenter": {"batch_size": 8},
     "infer": {"iterations": 2, "jitter": 1},
-    "nrr-dd": {"mipc": 6, "num_crop": 2, "iterations": 2, "jitter": 1, "transfer": "dbr"},
+    "nrr-dd": {"mipc": 6, "num_crop": 2, "iterations": 2, "jitter": 1, "transfer": "teacher"},
     "dm": {"iterations": 3, "batch_real": 5, "checkpoint_every": 2},
     "mtt": {"iterations": 2, "syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1},
 }
