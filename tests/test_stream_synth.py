@@ -8,6 +8,10 @@ pixels are decoded, so the written file's content hash must not change with the 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +116,25 @@ def test_streamed_expert_trajectories_equal_the_in_memory_ones(folder, experts, 
     a, b = load_experts(experts), load_experts(streamed)
     assert a.header.params_sha256 == b.header.params_sha256
     assert np.array_equal(a.params.numpy(), b.params.numpy())
+
+
+@pytest.mark.slow
+def test_two_ranks_on_a_streamed_source_equal_one_process_in_memory(folder, teacher, tmp_path):
+    """Work items (herding's classes; NRR-DD's and INFER's shard the same way) over 2 gloo ranks, each
+    streaming its own classes under the memory limit: rank 0 writes the same file as one process
+    holding the split in memory."""
+    from ddkit.store import DistilledDataset
+
+    method, env = "herding", {**os.environ, "DDKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1", "DDKIT_WORKERS": "1"}
+    base = [sys.executable, "-m", "ddkit", "synthesize", "--method", method, "--dataset", f"imagefolder:{folder}",
+            "--teacher", teacher, "--ipc", "2", "--seed", "3", *sum((["--config", f"{k}={v}"]
+                                                                      for k, v in TINY[method].items()), [])]
+    one, two = tmp_path / "one.ddk.h5", tmp_path / "two.ddk.h5"
+    single = subprocess.run(base + ["--out", str(one)], env={**env, "DDKIT_DATA_MODE": "memory"},
+                            capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run(base + ["--out", str(two), "--nproc", "2"], capture_output=True, text=True,
+                           env={**env, "DDKIT_DATA_MODE": "stream", "DDKIT_MEMORY_LIMIT": str(LIMIT)})
+    assert multi.returncode == 0, multi.stderr
+    with DistilledDataset(one) as a, DistilledDataset(two) as b:
+        assert a.content_sha256 == b.content_sha256
