@@ -138,3 +138,11 @@ def test_two_ranks_on_a_streamed_source_equal_one_process_in_memory(folder, teac
     assert multi.returncode == 0, multi.stderr
     with DistilledDataset(one) as a, DistilledDataset(two) as b:
         assert a.content_sha256 == b.content_sha256
+
+
+def test_real_picks_beyond_the_memory_limit_are_refused_before_any_output(folder, tmp_path, monkeypatch):
+    _mode(monkeypatch, "stream")  # 3 classes × ipc 3 = 9 images, over the limit of 8
+    out = tmp_path / "r.ddk.h5"
+    with pytest.raises(InvalidInput, match="memory limit"):
+        run_synthesizer("random-real", f"imagefolder:{folder}", [], 3, {}, seed=0, out=out)
+    assert not out.exists()

@@ -64,11 +64,11 @@ def register_synthesizer(cls: type[Synthesizer]) -> type[Synthesizer]:
 def pick_real(source: ImageDataset, positions) -> ImageDataset:
     """The samples at `positions` held in memory, for the few real images a method keeps or starts from.
 
-    A streamed source decodes only those rows (never the whole split), so the result, and every file
-    made from it, is the same whichever path the source took.
+    A streamed source decodes only those rows (never the whole split), a few dozen per worker process,
+    so the result, and every file made from it, is the same whichever path the source took.
     """
     picked = source.subset(positions)
-    return picked.materialize() if is_streamed(picked) else picked
+    return picked.materialize(batch_size=32) if is_streamed(picked) else picked
 
 
 def static_labels(teachers, pixels: torch.Tensor, normalization: Normalization, device) -> torch.Tensor:
