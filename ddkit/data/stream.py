@@ -131,12 +131,6 @@ class LazyImages:
     def shape(self) -> tuple:
         return (len(self._ds), *self._ds.info.image_shape)
 
-    def numel(self) -> int:
-        return int(np.prod(self.shape))
-
-    def element_size(self) -> int:
-        return 1
-
     def __getitem__(self, index) -> torch.Tensor:
         return self._ds.raw(index)
 
