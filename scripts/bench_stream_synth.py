@@ -5,9 +5,9 @@ A seeded folder of N JPEGs (`--classes` classes, `--image-size` px, colour noise
 colour) is written once per size; a randomly initialised BN ConvNet stands in for the teacher and
 one expert trained for one epoch for MTT's buffer (memory and equality do not need a good model).
 Every (size, method, data mode) runs `ddkit.synth.run_synthesizer` in a fresh Python process,
-started from a parent that never imports torch, which reports its RSS high-water mark (VmHWM; the
-decoding workers are not counted: forked, they share the parent's pages); the streamed run's content
-hash is compared with the in-memory run's. Writes the `stream-synth` section of BENCHMARKS.md.
+watched by `benchlib.run_watched` (peak RSS of the process, peak PSS of its tree: the decoding
+workers included, shared pages counted once); the streamed run's content hash is compared with the
+in-memory run's. Writes the `stream-synth` section of BENCHMARKS.md.
 
     OMP_NUM_THREADS=1 flock /tmp/ddkit-cpu.lock python scripts/bench_stream_synth.py
 """
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, run, today, write_section  # noqa: E402
+from benchlib import machine, run, run_watched, today, write_section  # noqa: E402
 
 METHODS = {  # small runs that still make every pass each method makes over the source
     "random-real": {},
@@ -71,16 +71,7 @@ def child(method: str, folder: str, teacher: str, experts: str, out: str) -> Non
     digest = run_synthesizer(method, f"imagefolder:{folder}", [] if method == "mtt" else [teacher], IPC, config,
                              seed=0, out=out, overwrite=True)
     wall = time.perf_counter() - t0
-    print(json.dumps({"digest": digest, "wall": wall, "rss": peak_rss_mib()}))
-
-
-def peak_rss_mib() -> float:
-    """This process's resident-set high-water mark (VmHWM: per address space, so not inherited through
-    fork + exec as getrusage's ru_maxrss is)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise SystemExit("no VmHWM in /proc/self/status (this benchmark needs Linux)")
+    print(json.dumps({"digest": digest, "wall": wall}))
 
 
 def prepare(root: Path, n: int, classes: int, size: int) -> tuple[Path, str, str]:
@@ -133,8 +124,9 @@ def main() -> None:
             for mode in ("memory", "stream"):
                 cmd = [sys.executable, __file__, "--child", method, str(folder), teacher, experts,
                        str(root / f"{method}-{n}-{mode}.ddk.h5")]
-                _, out = run(cmd, env={**env, "DDKIT_DATA_MODE": mode})
-                got[mode] = json.loads(out.strip().splitlines()[-1])
+                watched = run_watched(cmd, env={**env, "DDKIT_DATA_MODE": mode})
+                got[mode] = {**json.loads(watched["stdout"].strip().splitlines()[-1]),
+                             "rss": watched["main_rss_mib"], "pss": watched["tree_pss_mib"]}
                 print(n, method, mode, got[mode], flush=True)
             same = got["memory"]["digest"] == got["stream"]["digest"]
             rows.append((method, n, got, same))
@@ -150,17 +142,19 @@ def main() -> None:
         "one-epoch expert for MTT; configs: "
         + "; ".join(f"{m} {' '.join(f'{k}={v}' for k, v in c.items()) or '(defaults)'}" for m, c in METHODS.items()
                     if m in args.methods)
-        + ". Each run is a fresh process (`DDKIT_DATA_MODE=memory` or `stream`, 2 decoding workers); peak RSS is "
-        "its VmHWM (torch and the model included; the decoding workers not). \"same file\": the streamed "
+        + ". Each run is a fresh process (`DDKIT_DATA_MODE=memory` or `stream`, 2 decoding workers); wall time "
+        "is the synthesis alone, RSS the process's peak, PSS the peak of its tree (the workers included, "
+        "shared pages once), sampled every 0.2 s (torch and the model included). \"same file\": the streamed "
         "file's content_sha256 equals the in-memory one's.",
         "",
-        "| method | N | memory: wall s | memory: peak RSS MiB | stream: wall s | stream: peak RSS MiB | same file |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| method | N | memory: wall s | memory: RSS MiB | stream: wall s | stream: RSS MiB | stream: tree PSS MiB "
+        "| same file |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for method, n, got, same in rows:
         m, s = got["memory"], got["stream"]
         lines.append(f"| {method} | {n} | {m['wall']:.1f} | {m['rss']:.0f} | {s['wall']:.1f} | {s['rss']:.0f} "
-                     f"| {'yes' if same else '**no**'} |")
+                     f"| {s['pss']:.0f} | {'yes' if same else '**no**'} |")
     write_section("stream-synth", "\n".join(lines))
     if not all(same for *_, same in rows):
         raise SystemExit("a streamed file differs from the in-memory one")
