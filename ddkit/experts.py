@@ -38,6 +38,7 @@ import ddkit
 from ddkit.augment import build_augmentation
 from ddkit.data import load_dataset
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
+from ddkit.data.stream import batches_at, normalized_source
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, check_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
@@ -311,7 +312,7 @@ def load_experts(
 def train_epoch(
     model: ImageClassifier,
     opt: torch.optim.Optimizer,
-    images: torch.Tensor,
+    images,
     labels: torch.Tensor,
     batch_size: int,
     augment,
@@ -319,13 +320,14 @@ def train_epoch(
     aug_gen: torch.Generator,
     bar=None,
 ) -> float:
-    """One pass over `images` (normalized, on the model's device) in a fresh random order; mean loss."""
+    """One pass in a fresh random order over `images` (`normalized_source`: the normalized tensor on the
+    model's device, or the streamed views of a large source, decoded ahead); mean loss."""
     n = len(images)
-    order = torch.randperm(n, generator=order_gen).to(images.device)
+    order = torch.randperm(n, generator=order_gen)
+    batches = [order[s : s + batch_size] for s in range(0, n, batch_size)]
     total = 0.0
-    for s in range(0, n, batch_size):
-        idx = order[s : s + batch_size]
-        loss = F.cross_entropy(model(augment(images[idx], aug_gen)), labels[idx])
+    for idx, x in zip(batches, batches_at(images, batches)):
+        loss = F.cross_entropy(model(augment(x, aug_gen)), labels[idx.to(labels.device)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -417,7 +419,7 @@ def train_experts(
     identity = {k: v for k, v in asdict(header).items() if k not in ("params_sha256", "created", "ddkit_version")}
     store = WorkItemStore(workdir, {"kind": EXPERTS_FORMAT, **identity})
 
-    images = source.normalized().to(dev)
+    images = normalized_source(source, dev)  # the tensor, or streamed views of a large source
     labels = source.labels.to(dev)
     augment = build_augmentation(training.augmentation)
     steps = math.ceil(len(images) / training.batch_size)

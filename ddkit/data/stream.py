@@ -178,16 +178,20 @@ class StreamedImageDataset(ImageDataset):
             return self.rows[[int(index)]]
         return self.rows[np.asarray(torch.as_tensor(index).cpu(), dtype=np.int64)]
 
-    def raw(self, index=slice(None)) -> torch.Tensor:
-        """uint8 pixels of `index`, decoded now; refused when they would exceed the memory limit."""
-        rows = self._positions(index)
-        nbytes = len(rows) * int(np.prod(self.info.image_shape))
+    def _check_read(self, n: int) -> None:
+        """Refuse to hold `n` images at once when they would exceed the memory limit."""
+        nbytes = n * int(np.prod(self.info.image_shape))
         if nbytes > memory_limit():
             raise InvalidInput(
-                f"reading {len(rows)} images of {self.info.name} at once would take {nbytes / 2**30:.2f} GiB, over the "
+                f"reading {n} images of {self.info.name} at once would take {nbytes / 2**30:.2f} GiB, over the "
                 f"memory limit ({memory_limit() / 2**30:.2f} GiB): this pass does not stream",
                 "raise DDKIT_MEMORY_LIMIT if the machine has the memory, or use a smaller subset",
             )
+
+    def raw(self, index=slice(None)) -> torch.Tensor:
+        """uint8 pixels of `index`, decoded now; refused when they would exceed the memory limit."""
+        rows = self._positions(index)
+        self._check_read(len(rows))
         x = self.reader.read(rows)
         return x[0] if isinstance(index, (int, np.integer)) else x
 
@@ -200,10 +204,12 @@ class StreamedImageDataset(ImageDataset):
         return StreamedImageDataset(self.info, self.split, self.reader, self.labels[t], self.ids[t], self.rows[idx],
                                     self.transform, self.target_transform, self.source, self.base_fingerprint)
 
-    def materialize(self) -> ImageDataset:
-        """The same samples held in memory (refused above the memory limit)."""
-        images = torch.cat([b.x for b in iter_batches(self, normalized=False, raw=True)]) if len(self) else \
-            torch.zeros((0, *self.info.image_shape), dtype=torch.uint8)
+    def materialize(self, batch_size: int = 512) -> ImageDataset:
+        """The same samples held in memory (refused above the memory limit), decoded `batch_size` at a time
+        by the workers (a smaller batch spreads a small read over more of them)."""
+        self._check_read(len(self))
+        batches = [b.x for b in iter_batches(self, batch_size, normalized=False, raw=True)]
+        images = torch.cat(batches) if batches else torch.zeros((0, *self.info.image_shape), dtype=torch.uint8)
         out = ImageDataset(self.info, self.split, images, self.labels, self.ids, self.transform,
                            self.target_transform, self.source)
         return out

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddkit.data.base import ImageDataset, Normalization
+from ddkit.data.stream import is_streamed
 from ddkit.errors import InvalidInput
 from ddkit.models.teacher import Teacher
 from ddkit.registry import Registry
@@ -58,6 +59,16 @@ def register_synthesizer(cls: type[Synthesizer]) -> type[Synthesizer]:
     summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
     SYNTHESIZERS.register(cls.name, summary=summary)(cls)
     return cls
+
+
+def pick_real(source: ImageDataset, positions) -> ImageDataset:
+    """The samples at `positions` held in memory, for the few real images a method keeps or starts from.
+
+    A streamed source decodes only those rows (never the whole split), a few dozen per worker process,
+    so the result, and every file made from it, is the same whichever path the source took.
+    """
+    picked = source.subset(positions)
+    return picked.materialize(batch_size=32) if is_streamed(picked) else picked
 
 
 def static_labels(teachers, pixels: torch.Tensor, normalization: Normalization, device) -> torch.Tensor:

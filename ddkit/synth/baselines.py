@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ddkit.data.base import class_balanced_indices
 from ddkit.store import DistilledSet
-from ddkit.synth.base import Synthesizer, register_synthesizer
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer
 
 
 @register_synthesizer
@@ -15,8 +15,7 @@ class RandomReal(Synthesizer):
     version = "1"
 
     def synthesize(self, source, teachers, ipc, config, seed, device, workdir=None):
-        idx = class_balanced_indices(source, ipc, seed)
-        picked = source.subset(idx)
+        picked = pick_real(source, class_balanced_indices(source, ipc, seed))
         return DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={"source_ids": picked.ids.tolist()},
             seed=seed, images=picked.images, labels=picked.labels, ipc=ipc,

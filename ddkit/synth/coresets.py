@@ -8,6 +8,10 @@
 The feature space is a teacher's embedding (the classifier's input) when a teacher is given, otherwise
 that of a randomly initialised network (`net`, seeded); the file's config says which. A distilled set
 must beat these, not only random real images, at the same budget (DESIGN §5).
+
+Each class is one work item: its images are embedded in a streamed pass (`iter_batches`), its
+coreset chosen, and only the chosen positions kept, so memory holds one class's features whatever
+the source's size; under torchrun each rank embeds only its classes, and a killed run resumes.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import numpy as np
 import torch
 
 from ddkit import index
-from ddkit.data.base import per_class_positions
+from ddkit.data.base import ImageDataset, per_class_positions
+from ddkit.data.stream import iter_batches
 from ddkit.errors import InvalidInput
 from ddkit.models import create_model, parse_model_options
 from ddkit.seeding import derive_seed
 from ddkit.store import DistilledSet
-from ddkit.synth.base import Synthesizer, register_synthesizer, say
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say
+from ddkit.workitems import WorkItemStore
 
 
 @dataclass
@@ -36,11 +42,12 @@ class CoresetConfig:
 
 
 @torch.no_grad()
-def embed_source(model, images: torch.Tensor, batch_size: int, device) -> torch.Tensor:
-    """The classifier-input features of normalized `images`, in eval mode, float32 on the CPU."""
+def embed_source(model, source: ImageDataset, positions, batch_size: int, device) -> torch.Tensor:
+    """The classifier-input features of the images at `positions` of `source`, in eval mode, float32 on
+    the CPU; one pass in batches, streamed when the source is."""
     model.eval()
-    out = [model.pool(model.features(images[i:i + batch_size].to(device))).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    out = [model.pool(model.features(b.x)).float().cpu()
+           for b in iter_batches(source, batch_size, positions, device=device)]
     return torch.cat(out)
 
 
@@ -91,15 +98,27 @@ class Coreset(Synthesizer):
                                  seed=derive_seed(seed, self.name, "random-features"), **kwargs).to(device)
             described = f"randomly initialised {config.net}({config.net_options}), seed {seed}"
         per_class = per_class_positions(source, ipc)
-        say(f"{self.name}: embedding {len(source)} images in the feature space of a {described}")
-        features = embed_source(model, source.normalized(), config.batch_size, device)
-        picks = np.concatenate([rows.numpy()[self.choose(features[rows], ipc, derive_seed(seed, self.name, c))]
-                                for c, rows in enumerate(per_class)])
-        picked = source.subset(picks)
+        store = WorkItemStore(workdir, {
+            "method": self.name, "method_version": self.version, "config": dataclasses.asdict(config), "seed": seed,
+            "ipc": ipc, "dataset": info.name, "source_ids_sha256": source.ids_sha256(), "feature_space": described,
+            "teacher": teachers[0].header.tensors_sha256 if space == "teacher" else None,
+        })
+        say(f"{self.name}: embedding {len(source)} images, class by class, in the feature space of a {described}")
+
+        def compute(key: str) -> dict[str, np.ndarray]:
+            c = int(key[5:])
+            rows = per_class[c].numpy()
+            features = embed_source(model, source, rows, config.batch_size, device)
+            return {"picks": rows[self.choose(features, ipc, derive_seed(seed, self.name, c))],
+                    "feature_dim": np.array([features.shape[1]])}
+
+        keys = [f"class{c:05d}" for c in range(len(per_class))]
+        items = store.run(keys, compute, desc=f"{self.name} classes")
+        picked = pick_real(source, np.concatenate([items[key]["picks"] for key in keys]))
         return DistilledSet.from_source(
             source, method=self.name, method_version=self.version,
             config={**dataclasses.asdict(config), "features_resolved": space, "feature_space": described,
-                    "feature_dim": int(features.shape[1]), "source_ids": picked.ids.tolist()},
+                    "feature_dim": int(items[keys[0]]["feature_dim"][0]), "source_ids": picked.ids.tolist()},
             seed=seed, images=picked.images, labels=picked.labels, ipc=ipc,
             teachers=[t.header.summary() for t in teachers],
         )

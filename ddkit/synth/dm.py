@@ -18,6 +18,7 @@ statistics as in the paper.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,12 +26,13 @@ import torch
 
 from ddkit.augment import DSA, DSA_STRATEGY, take_rows
 from ddkit.data.base import Normalization, class_balanced_indices
+from ddkit.data.stream import batches_at, normalized_source
 from ddkit.errors import InvalidInput
 from ddkit.models import create_model, has_batchnorm, parse_model_options
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
 from ddkit.store import DistilledSet, LogitsLabels
-from ddkit.synth.base import Synthesizer, register_synthesizer, say, static_labels
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say, static_labels
 from ddkit.workitems import WorkItemStore
 
 
@@ -111,13 +113,14 @@ def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, 
     return (mean_real - mean_syn).square().sum()
 
 
-def real_batch(by_class: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
-    """`size` random rows of every class (all of a smaller class's rows, repeated to size), class-major."""
-    rows = []
-    for images in by_class:
-        order = torch.randperm(len(images), generator=gen)
-        rows.append(images[order.repeat(size // len(images) + 1)[:size]])
-    return torch.cat(rows)
+def real_positions(class_rows: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` random positions of every class (all of a smaller class's, repeated to size), class-major;
+    `class_rows` are the source's `class_indices()`."""
+    picks = []
+    for rows in class_rows:
+        order = torch.randperm(len(rows), generator=gen)
+        picks.append(rows[order.repeat(size // len(rows) + 1)[:size]])
+    return torch.cat(picks)
 
 
 def clamp_pixels(z: torch.Tensor, normalization: Normalization) -> torch.Tensor:
@@ -145,7 +148,7 @@ class DMState:
 
 def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
     """The seeded, class-balanced real images DM starts from (or noise), and their source rows."""
-    picked = source.subset(class_balanced_indices(source, ipc, seed, salt="dm-init"))  # class-major
+    picked = pick_real(source, class_balanced_indices(source, ipc, seed, salt="dm-init"))  # class-major
     if config.init == "real":
         z = picked.normalized()
     else:
@@ -156,20 +159,30 @@ def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
 def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None):
     """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding the
     loss after each one; every iteration's randomness depends only on (seed, iteration), so a resumed
-    run equals an uninterrupted one."""
+    run equals an uninterrupted one.
+
+    Each iteration reads only its `batch_real` images per class from the source: indexed in the
+    normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
+    """
     config.check()
     info = source.info
-    by_class = [source.normalized(idx).to(device) for idx in source.class_indices()]
+    class_rows = source.class_indices()
     dsa, net_kwargs = config.augmentation(), config.net_kwargs()
     chunk = config.forward_chunk or (32 if torch.device(device).type == "cpu" else 0)
-    for it in range(state.iteration, config.iterations if stop is None else stop):
-        gen = generator(seed, "dm-iteration", it)
+
+    def draws():  # each iteration's generator, after it drew that iteration's real positions
+        for it in range(state.iteration, config.iterations if stop is None else stop):
+            gen = generator(seed, "dm-iteration", it)
+            yield it, gen, real_positions(class_rows, config.batch_real, gen)
+
+    plan, ahead = itertools.tee(draws())
+    reals = batches_at(normalized_source(source, device), (positions for _, _, positions in ahead))
+    for (it, gen, _), real in zip(plan, reals):
         net = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
                            seed=derive_seed(seed, "dm-net", it), **net_kwargs).to(device)
         net.train()  # batch-norm nets use batch statistics, as in the paper
         for p in net.parameters():
             p.requires_grad_(False)
-        real = real_batch(by_class, config.batch_real, gen)
         z = state.images.requires_grad_(True)
         loss = matching_loss(net, real, z, info.num_classes, dsa, gen, chunk)
         (grad,) = torch.autograd.grad(loss, z)

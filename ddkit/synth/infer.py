@@ -34,7 +34,7 @@ from ddkit.errors import InvalidInput
 from ddkit.seeding import generator
 from ddkit.store import AdditiveComposite, DistilledSet, LogitsLabels
 from ddkit.store.reader import to_unit_float
-from ddkit.synth.base import Synthesizer, register_synthesizer, say as _say, static_labels
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say as _say, static_labels
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.training import optimizer_step
 from ddkit.workitems import WorkItemStore
@@ -173,7 +173,7 @@ class Infer(Synthesizer):
              f"(≤ {ipc * num_classes}), {k * (m + 1)} training instances per class")
 
         # The K·C real images, class-major (row c·K + k is class c's image of group k).
-        picked = source.subset(class_balanced_indices(source, k, seed, salt="infer-groups"))
+        picked = pick_real(source, class_balanced_indices(source, k, seed, salt="infer-groups"))
         derived = {"k_per_class": k, "num_teachers": m, "instances_per_class": k * (m + 1),
                    "ufcs": k * m, "ufc_space": "pixel units (optimized in normalized units: u = v·std)",
                    "source_ids": picked.ids.tolist()}

@@ -54,7 +54,7 @@ from ddkit.fileio import atomic_output
 from ddkit.progress import progress
 from ddkit.seeding import generator
 from ddkit.store import DistilledSet, LogitsLabels
-from ddkit.synth.base import Synthesizer, register_synthesizer, say
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say
 
 META_GRADS = ("constant", "unrolled")
 LABEL_STORAGE = ("auto", "hard", "logits")
@@ -315,7 +315,7 @@ class MTT(Synthesizer):
             raise InvalidInput(
                 f"mtt option batch_syn={config.batch_syn} exceeds the {n_syn} synthetic images", "use batch_syn=0 (all)"
             )
-        picked = source.subset(class_balanced_indices(source, ipc, seed, salt="mtt-init"))  # refuses ipc > a class
+        picked = pick_real(source, class_balanced_indices(source, ipc, seed, salt="mtt-init"))  # refuses ipc > a class
 
         model = experts.build_model().to(device)
         layout = experts.header.param_layout

@@ -47,7 +47,7 @@ from ddkit.dbr import dbr_payload, get_recipe
 from ddkit.errors import InvalidInput
 from ddkit.seeding import derive_seed, generator
 from ddkit.store import DistilledSet
-from ddkit.synth.base import Synthesizer, register_synthesizer
+from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer
 from ddkit.synth.bn_stats import BNStatisticsLoss
 from ddkit.synth.cam import cam_ratio, class_confidence, normalized_cam
 from ddkit.training import OptimConfig, build_optimizer, optimizer_step
@@ -283,7 +283,8 @@ class NRRDD(Synthesizer):
         """One class, start to end, from its own seed: the resumable unit of work."""
         gen = generator(seed, "nrr-dd", "class", cls)
         pick = idx[torch.randperm(len(idx), generator=gen)[: cfg.mipc]].sort().values
-        found = discover(model, norm, source.pixels(pick).to(device), source.ids[pick], cls, ipc, factor, cfg, gen)
+        candidates = pick_real(source, pick)  # only this class's mipc candidates are read
+        found = discover(model, norm, candidates.pixels().to(device), candidates.ids, cls, ipc, factor, cfg, gen)
         images = refine(model, norm, found.images, cls, cfg, gen) if cfg.refine else found.images
         item = {"images": images.cpu().float().numpy(), "source_ids": found.source_ids.numpy().astype(np.int64),
                 "confidence": found.confidence.float().numpy(), "ratio": found.ratio.float().numpy()}
