@@ -111,7 +111,7 @@ class Runner:
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
         name = stage.split(":", 1)[-1]
         index = _index_library() if name in INDEX_METHODS else "-"
-        res = StageResult(stage, not error, round(wall, 2), None if peak is None else round(peak, 1), index, note, error)
+        res = StageResult(stage, not error, round(wall, 3), None if peak is None else round(peak, 1), index, note, error)
         self.report.stages.append(res)
         print(_row(res), flush=True)
         return None if error else (result if result is not None else True)
