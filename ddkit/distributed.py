@@ -59,9 +59,18 @@ def barrier() -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum a CPU tensor over ranks (a no-op in a world of one)."""
+    """Sum a tensor over ranks, in place (a no-op in a world of one).
+
+    NCCL (the backend on CUDA) reduces only CUDA tensors: a CPU tensor goes through this rank's
+    GPU and back, so callers may keep their small tables on the CPU whatever the backend.
+    """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        if dist.get_backend() == "nccl" and tensor.device.type != "cuda":
+            on_gpu = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+            dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_gpu.cpu())
+        else:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 

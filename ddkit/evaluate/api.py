@@ -126,6 +126,11 @@ def evaluate(
     if steps is not None:
         proto = proto.with_overrides(steps=steps, epochs=0)
     dev = pick_device(device)
+    # Under torchrun each rank trains its share of the seeds (one seed per rank when there are as
+    # many ranks as seeds); a student is never split across ranks, so results do not depend on it.
+    # Joined before any tensor is placed: on CUDA, joining selects this rank's GPU, and a teacher
+    # loaded before that would sit on GPU 0 beside students on GPU r.
+    w = distributed.init(dev)
     loaded = [t if isinstance(t, Teacher) else load_teacher(t, dev) for t in teachers]
     source = resolve_train_set(train_set, proto, loaded, dataset)
     if write_card and source.path:
@@ -139,10 +144,6 @@ def evaluate(
         t.check_fits(info)
     uses_teachers = proto.label_source != "hard"
     teacher_ids = sorted(t.header.tensors_sha256 for t in loaded) if uses_teachers else []
-
-    # Under torchrun each rank trains its share of the seeds (one seed per rank when there are as
-    # many ranks as seeds); a student is never split across ranks, so results do not depend on it.
-    w = distributed.init(dev)
 
     # Phase 1: train every student that has no cached accuracy. The test split is not touched.
     trained: dict[str, tuple[Students, list[int]]] = {}
