@@ -253,9 +253,11 @@ def pool_ids_sha256(pool_name: str, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset | StreamedPoolDataset:
+def load_pool(path: str | os.PathLike, verify: bool = True,
+              stream: bool | None = None) -> PoolDataset | StreamedPoolDataset:
     """The pool as a dataset named `pool:PATH` (absolute path): in memory, or streamed from the file
-    when its pixels exceed the memory limit (`ddkit.data.stream.should_stream`).
+    when its pixels exceed the memory limit (`ddkit.data.stream.should_stream`) or `stream` says so
+    (a single pass in batches, e.g. scoring, never needs the pixels whole).
 
     With `verify`, the fingerprint is recomputed from the ids and pixels (in row blocks when
     streamed) and must match the header.
@@ -270,7 +272,7 @@ def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset | Str
             shape = tuple(h5["images"].shape)
             if shape != (len(ids), *task.image_shape) or h5["images"].dtype != np.uint8:
                 raise ValueError(f"/images is {h5['images'].dtype} {shape} for {len(ids)} ids of {task.image_shape}")
-            streamed = should_stream(len(ids), task.image_shape)
+            streamed = should_stream(len(ids), task.image_shape) if stream is None else stream
             images = h5["images"] if streamed else torch.from_numpy(h5["images"][()])
             if verify and pool_fingerprint(ids, images) != stored:
                 raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or "
