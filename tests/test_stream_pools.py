@@ -11,8 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from helpers import one_thread  # noqa: F401 (autouse)
+from PIL import Image
 
 from ddkit.contamination.check import check_file
 from ddkit.data import load_dataset

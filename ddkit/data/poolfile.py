@@ -10,7 +10,10 @@ normalization), so a teacher of that task can score it, but it carries no traini
 labels its sources had (and where each sample came from) are kept aside under `/aside` for analysis
 only. Loading a pool as a dataset (`load_dataset("pool:PATH")`, or `load_pool`) gives an
 `ImageDataset` whose labels are a constant placeholder, so nothing downstream can train on or
-select with the aside labels by accident; `read_aside` is the one way to read them.
+select with the aside labels by accident; `read_aside` is the one way to read them. A pool whose
+pixels exceed the memory limit loads as a `StreamedPoolDataset` (rows read from the file on
+demand, `PoolReader`) with the same ids, id hash and fingerprint; the fingerprint has one
+definition (`PoolHasher`), fed in row blocks by the writer and the checks alike.
 
 Layout: root attrs `format="ddkit.pool"`, `schema`, `name`, `task` (DatasetInfo JSON of the task),
 `fingerprint`, `size`, `origins` (JSON list of origin names), `provenance` (JSON), `created`,
