@@ -59,9 +59,10 @@ def dataset_outputs(teacher, dataset: ImageDataset, embedding: str | None = None
                 vectors.append(v)
     finally:
         teacher.model.train(was)
-    c = dataset.info.num_classes
-    out = torch.cat(logits) if logits else torch.empty(0, c)
-    return out, (torch.cat(vectors).numpy() if vectors else np.empty((0, 0), np.float32)) if embedding else None
+    out = torch.cat(logits) if logits else torch.empty(0, dataset.info.num_classes)
+    if embedding is None:
+        return out, None
+    return out, torch.cat(vectors).numpy() if vectors else np.empty((0, 0), np.float32)
 
 
 def teacher_embeddings(teacher, images, normalization, embedding: str = "map",
