@@ -126,3 +126,30 @@ def test_mixed_sizes_need_a_declared_fit(tmp_path, make_imagefolder, monkeypatch
     (root / "ddkit-folder.json").write_text(json.dumps({"image_size": "8"}))
     with pytest.raises(InvalidInput, match="image_size must be an integer"):
         load_dataset(f"imagefolder:{root}")
+
+
+def test_teacher_training_streams_to_the_same_teacher(folder, monkeypatch, tmp_path):
+    from ddkit.teachers import train_teacher
+
+    monkeypatch.setenv("DDKIT_WORKERS", "0")  # worker processes are covered above; here they only cost time
+    runs = {}
+    for mode in ("memory", "stream"):
+        monkeypatch.setenv("DDKIT_DATA_MODE", mode)
+        runs[mode] = train_teacher(tmp_path / f"{mode}.safetensors", f"imagefolder:{folder}", model="convnet-bn",
+                                   model_kwargs={"width": 8, "depth": 2}, epochs=2, batch_size=4, device="cpu")
+    assert runs["stream"].history == runs["memory"].history
+    assert runs["stream"].header.test_accuracy == runs["memory"].header.test_accuracy
+
+
+def test_evaluation_streams_full_data_and_test_split_to_the_same_card(folder, monkeypatch, tmp_path):
+    from ddkit.evaluate import evaluate
+
+    monkeypatch.setenv("DDKIT_WORKERS", "0")
+    cards = {}
+    for mode in ("memory", "stream"):
+        monkeypatch.setenv("DDKIT_DATA_MODE", mode)
+        monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / mode))  # no reference shared between the two
+        cards[mode] = evaluate(f"random:imagefolder:{folder}:2", "hard-cpu@2", seeds=[0, 1], steps=6, device="cpu",
+                               ranking=False, write_card=False)
+    assert cards["stream"].full_data.accuracies == cards["memory"].full_data.accuracies
+    assert cards["stream"].result.accuracies == cards["memory"].result.accuracies

@@ -91,7 +91,8 @@ def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> list[tup
     items = []
     for label, name in enumerate(class_names):
         files = sorted(p for p in (folder / name).iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                       if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
+                       and p.suffix.lower() in IMAGE_EXTENSIONS)  # a broken link is listed, then skipped
         if not files and split == "train":
             raise InvalidInput(f"class {name!r} has no images in {folder / name}", "add images or drop the class")
         items += [(p, label) for p in files]

@@ -13,6 +13,7 @@ paths.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -94,12 +95,12 @@ def _listing(root: Path, items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.
     for path, _ in items:
         try:
             st = os.stat(path)
-        except OSError as exc:  # a dangling symlink, or a file removed while listing
-            raise FileFormatError(f"{path} cannot be read ({exc.strerror or exc})",
-                                  "remove the broken link or restore its target") from None
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a broken link, or a file removed while listing: indexing skips it and says why
+            size, mtime = -1, -1
         paths.append(os.path.relpath(path, root))
-        sizes.append(st.st_size)
-        mtimes.append(st.st_mtime_ns)
+        sizes.append(size)
+        mtimes.append(mtime)
     labels = np.array([label for _, label in items], dtype=np.int64)
     return np.array(paths, dtype=str), labels, np.array(sizes, dtype=np.int64), np.array(mtimes, dtype=np.int64)
 
@@ -127,7 +128,9 @@ class _CheckFiles:
                     data = fh.read()
                 array = decode_image(path, self.fit, data)
             except (OSError, FileFormatError, InvalidInput) as exc:
-                out.append((i, False, getattr(exc, "problem", None) or str(exc), None, "", None, None))
+                why = ("a broken link" if os.path.islink(path) and not os.path.exists(path)
+                       else getattr(exc, "problem", None) or str(exc))
+                out.append((i, False, why, None, "", None, None))
                 continue
             x = array.reshape(array.shape[0], -1).astype(np.float64) / 255.0
             out.append((i, True, "", array.shape, hashlib.sha256(data).hexdigest()[:32], x.sum(1), (x * x).sum(1)))
@@ -210,7 +213,16 @@ def index_split(root: Path, split: str, class_names: tuple[str, ...], fit: Folde
     cached = _load(cache)
     if cached is not None and cached.signature == signature:
         return cached
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.with_suffix(".lock"), "w") as lock:  # ranks of one machine index a folder once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        cached = _load(cache)
+        if cached is not None and cached.signature == signature:
+            return cached
+        return _index(root, split, class_names, fit, signature, cache, cached, paths, labels, sizes, mtimes)
 
+
+def _index(root, split, class_names, fit, signature, cache, cached, paths, labels, sizes, mtimes) -> Manifest:
     n = len(paths)
     shapes, digests = np.zeros((n, 3), dtype=np.int64), np.zeros(n, dtype="<U32")
     sums, sumsq, ok = np.zeros((n, 3)), np.zeros((n, 3)), np.zeros(n, dtype=bool)  # channels beyond C stay 0

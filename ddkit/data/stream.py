@@ -91,6 +91,7 @@ class LazyImages:
     """`dataset.images` of a streamed dataset: indexable like the in-memory uint8 tensor."""
 
     dtype = torch.uint8
+    ndim = 4
 
     def __init__(self, dataset: "StreamedImageDataset"):
         self._ds = dataset
@@ -104,6 +105,12 @@ class LazyImages:
 
     def __getitem__(self, index) -> torch.Tensor:
         return self._ds.raw(index)
+
+    def element_size(self) -> int:
+        return 1
+
+    def numel(self) -> int:
+        return int(np.prod(self.shape))
 
 
 class StreamedImageDataset(ImageDataset):
