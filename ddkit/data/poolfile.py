@@ -48,7 +48,7 @@ POOL_SCHEMA = 1
 DEFAULT_CHUNK_ROWS = 1024
 CHUNK_BYTES = 4 << 20  # at most this much uint8 per HDF5 chunk (fewer rows for large images)
 HASH_BLOCK_BYTES = 64 << 20  # rows hashed per block (bounded memory whatever the pool's size)
-READ_CACHE_BYTES = 64 << 20  # HDF5 chunk cache of a streamed pool reader (per process)
+READ_CACHE_BYTES = 16 << 20  # HDF5 chunk cache of a streamed pool reader (per process; > a few chunks)
 
 
 @dataclass
@@ -266,7 +266,7 @@ def load_pool(path: str | os.PathLike, verify: bool = True,
     streamed) and must match the header.
     """
     path = Path(path).resolve()
-    with open_pool(path, cache_bytes=READ_CACHE_BYTES) as h5:
+    with open_pool(path) as h5:  # read whole or in whole-chunk blocks: no chunk cache needed
         try:
             task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
             ids = h5["ids"][()]
