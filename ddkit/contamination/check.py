@@ -16,7 +16,8 @@ flagged ids, the detector's version) is written into the file: a `/results/conta
 provenance; `ddkit info` shows it.
 
 The checked images stream (`ddkit.contamination.passes`): a pool, a selection's pool or a source
-dataset larger than memory is matched block by block; the reference split is held in memory.
+dataset larger than memory is matched block by block, and a streamed reference split is read once
+into a temporary row file.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ddkit.contamination.detector import Detector, DetectorConfig, as_uint8
-from ddkit.contamination.passes import dataset_pixels, match_dataset
+from ddkit.contamination.passes import match_dataset, reference_detector
 from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.base import ImageDataset
 from ddkit.data.poolfile import is_pool_file, load_pool, record_pool_provenance
@@ -182,30 +183,30 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
     reference = load_reference(against)
     name, split = parse_against(against)
     shape = tuple(reference.info.image_shape)
-    detector = Detector(dataset_pixels(reference), config)
-    ref_ids = reference.ids.numpy()
-    if pool:
-        _check_shape(shape, tuple(data.info.image_shape), "pool")
-        parts = [_part("pool samples", detector, data, data.ids.numpy(), ref_ids)]
-        content = data.fingerprint()
-    elif kind == DISTILLED_FORMAT:
-        with DistilledDataset(path, verify=False) as ds:
-            _check_shape(shape, tuple(ds.header.dataset.info.image_shape), "distilled file")
-        parts, content = _distilled_parts(path, detector, reference, split)
-    else:
-        sel = read_selection(path)
-        pool_source = None
-        if source is not None:
-            named = recorded_dataset(sel.pool["name"], source, f"selection {path}")
-            pool_source = load_dataset(named, sel.pool["split"])
-        kept = resolve_selection(sel, pool_source)
-        _check_shape(shape, tuple(kept.info.image_shape), "selection's pool")
-        parts = [_part("selected samples", detector, kept, kept.ids.numpy(), ref_ids)]
-        content = sel.content_sha256
-    if sum(p.checked for p in parts) == 0:
-        raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
-    what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
-    report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
+    with reference_detector(reference, config) as detector:
+        ref_ids = reference.ids.numpy()
+        if pool:
+            _check_shape(shape, tuple(data.info.image_shape), "pool")
+            parts = [_part("pool samples", detector, data, data.ids.numpy(), ref_ids)]
+            content = data.fingerprint()
+        elif kind == DISTILLED_FORMAT:
+            with DistilledDataset(path, verify=False) as ds:
+                _check_shape(shape, tuple(ds.header.dataset.info.image_shape), "distilled file")
+            parts, content = _distilled_parts(path, detector, reference, split)
+        else:
+            sel = read_selection(path)
+            pool_source = None
+            if source is not None:
+                named = recorded_dataset(sel.pool["name"], source, f"selection {path}")
+                pool_source = load_dataset(named, sel.pool["split"])
+            kept = resolve_selection(sel, pool_source)
+            _check_shape(shape, tuple(kept.info.image_shape), "selection's pool")
+            parts = [_part("selected samples", detector, kept, kept.ids.numpy(), ref_ids)]
+            content = sel.content_sha256
+        if sum(p.checked for p in parts) == 0:
+            raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
+        what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
+        report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
     if record:
         if pool:
             record_pool_provenance(path, CARD_NAME, report.to_dict())

@@ -2,10 +2,9 @@
 
 Queries are matched block by block as `iter_batches` reads them (decoded ahead in workers for a
 streamed dataset), and an in-memory dataset goes through the same blocks, so both paths give the
-same matches. A set searched against itself (`within`) is read once into an uncompressed row file
-(`numpy.memmap`) when it streams, from which the detector reads the candidates it verifies: memory
-holds the candidate vectors, never the pixels. The references of a check (a test split) are held
-in memory as uint8.
+same matches. The references (a test split, or the set itself for `within`) are read once into an
+uncompressed row file (`numpy.memmap`) when they stream, from which the detector reads the
+candidates it verifies: memory holds the candidate vectors, never the pixels.
 """
 
 from __future__ import annotations
@@ -22,14 +21,6 @@ from ddkit.data.base import ImageDataset
 from ddkit.data.stream import is_streamed, iter_batches
 
 QUERY_BLOCK = 4096  # queries read and matched per block (a multiple of the detector's verification block)
-
-
-def dataset_pixels(dataset: ImageDataset) -> np.ndarray:
-    """Every image of `dataset` as uint8 N×C×H×W in memory (a streamed one read in one pass)."""
-    if not is_streamed(dataset):
-        return as_uint8(dataset.images)
-    return np.concatenate([as_uint8(b.x) for b in iter_batches(dataset, QUERY_BLOCK, normalized=False, raw=True)]) \
-        if len(dataset) else np.zeros((0, *dataset.info.image_shape), np.uint8)
 
 
 def match_dataset(detector: Detector, dataset: ImageDataset, positions=None) -> Matches:
@@ -63,6 +54,13 @@ def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path
             yield np.memmap(path, np.uint8, "r", shape=shape)
         else:
             yield np.zeros(shape, np.uint8)
+
+
+@contextlib.contextmanager
+def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None) -> Iterator[Detector]:
+    """A `Detector` over every image of `dataset` (a streamed one read once into a row file)."""
+    with pixel_rows(dataset, np.arange(len(dataset)), workdir) as images:
+        yield Detector(images, config)
 
 
 def within_dataset(dataset: ImageDataset, positions: np.ndarray, config=None,

@@ -8,9 +8,9 @@ that it misses shifted copies unless it also drops a large share of clean images
 
 Every pass over the pool streams (`ddkit.contamination.passes`, `pools.embed.dataset_outputs`) and
 the kept samples are written block by block, so a pool larger than memory deduplicates with the
-same result as in memory; the test split, the candidate vectors and the embeddings stay in memory.
-A streamed pool's search inside itself reads the pool once into a temporary uncompressed row file
-beside the output (removed afterwards)."""
+same result as in memory; the candidate vectors and the embeddings stay in memory. A streamed pool
+(or test split) is read once into a temporary uncompressed row file beside the output for the
+search (removed afterwards)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ import numpy as np
 
 from ddkit import index
 from ddkit.contamination.check import load_reference
-from ddkit.contamination.detector import Detector
-from ddkit.contamination.passes import QUERY_BLOCK, dataset_pixels, match_dataset, within_dataset
+from ddkit.contamination.passes import QUERY_BLOCK, match_dataset, reference_detector, within_dataset
 from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.poolfile import block_rows, load_pool, open_pool, pool_task, write_pool_blocks
 from ddkit.data.stream import iter_batches
@@ -65,8 +64,8 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
     if tuple(test.info.image_shape) != tuple(pool.info.image_shape):
         raise IncompatibleError(f"the pool's images are {tuple(pool.info.image_shape)}, {test_name}'s "
                                 f"{tuple(test.info.image_shape)}", "deduplicate against the pool's own task")
-    det = Detector(dataset_pixels(test))
-    m = match_dataset(det, pool)
+    with reference_detector(test, workdir=Path(out).resolve().parent) as det:
+        m = match_dataset(det, pool)
     contaminated = m.flagged
     rest = np.flatnonzero(~contaminated)
     group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent)
