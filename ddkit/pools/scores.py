@@ -55,7 +55,6 @@ SCORES_SCHEMA = 1
 FIELDS = ("logits", "probs", "embeddings")
 CHUNK_BYTES = 1 << 20  # per chunk of a float dataset in the final file
 COPY_BYTES = 8 << 20  # per block when streaming shards into the final file
-POOL_CACHE_BYTES = 64 << 20  # HDF5 chunk cache for reading the pool's gzip chunks in batches
 SHARD_BATCHES_MAX = 64  # batches per shard file (fewer for small pools, so ranks share the work)
 
 
@@ -119,7 +118,7 @@ def open_pool_source(pool: str | os.PathLike) -> PoolSource:
         data = load_pool(path, verify=False, stream=True)
 
         def verify() -> None:
-            with open_pool(path, cache_bytes=POOL_CACHE_BYTES) as h5:
+            with open_pool(path) as h5:  # read in whole-chunk blocks: no chunk cache needed
                 if pool_fingerprint(np.asarray(h5["ids"][()], np.int64), h5["images"]) != data.fingerprint():
                     raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint "
                                           "(changed or corrupted)",
