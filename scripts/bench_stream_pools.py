@@ -71,7 +71,7 @@ Every streamed result equals the in-memory one (tests/test_stream_pools.py).
 Reading: the run shared the 2 cores with other jobs (wall times are loose). Peaks include the
 teacher's activations on 512-image batches, which vary by about ±100 MiB between runs; at these
 sizes the in-memory pool (15–31 MiB of pixels, 63–125 MiB normalized) is within that spread, so
-the table bounds memory but does not yet separate the modes; run with `--sizes 60000,120000`
+the table bounds memory but does not yet separate the modes; run with `--sizes 30000,60000`
 (not run here) to see the in-memory pool grow.
 """
     write_section("stream-pools", body)
