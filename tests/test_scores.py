@@ -113,8 +113,8 @@ def test_resume_reuses_whole_shards_of_this_run(files, scored, tmp_path, monkeyp
         f.attrs["run"] = f.attrs["run"].replace('"batch_size": 48', '"batch_size": 47')
 
     calls = []
-    original = scores_mod._score_shard
-    monkeypatch.setattr(scores_mod, "_score_shard", lambda *a: (calls.append(a[3:5]), original(*a)))
+    original = scores_mod._score_shards
+    monkeypatch.setattr(scores_mod, "_score_shards", lambda *a: (calls.extend(a[3]), original(*a)))
     score_pool(pool, teacher, out, batch_size=BATCH, resume=True)
     assert sorted(calls) == shard_grid(400, BATCH)[:2], "only the lost and the foreign shard are scored again"
     a, b = _read(scored), _read(out)

@@ -14,6 +14,10 @@ pool) runs before any search, so a damaged file is refused, not half-checked. Th
 flagged ids, the detector's version) is written into the file: a `/results/contamination` card
 (outside the content hash) for `.ddk.h5`/`.sel.h5`, the `contamination` entry of a pool's
 provenance; `ddkit info` shows it.
+
+The checked images stream (`ddkit.contamination.passes`): a pool, a selection's pool or a source
+dataset larger than memory is matched block by block, and a streamed reference split is read once
+into a temporary row file.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ddkit.contamination.detector import Detector, DetectorConfig, as_uint8
+from ddkit.contamination.passes import match_dataset, reference_detector
 from ddkit.data import load_dataset, recorded_dataset
+from ddkit.data.base import ImageDataset
 from ddkit.data.poolfile import is_pool_file, load_pool, record_pool_provenance
 from ddkit.errors import DatasetUnavailable, IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
@@ -121,9 +127,10 @@ def summarize(record: dict) -> str:
 
 
 def _part(name: str, detector: Detector, images, ids: np.ndarray, reference_ids: np.ndarray) -> Part:
+    """Check `images` (uint8 array, or a dataset, matched block by block as it streams)."""
     if len(images) == 0:
         return Part(name, 0)
-    m = detector.match(images)
+    m = match_dataset(detector, images) if isinstance(images, ImageDataset) else detector.match(images)
     rows = np.flatnonzero(m.flagged)
     return Part(name, len(images), [int(i) for i in ids[rows]], [int(r) for r in reference_ids[m.reference[rows]]],
                 int(m.exact.sum()))
@@ -156,7 +163,7 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
     if source_ids is not None and len(source_ids):
         record = header.dataset
         source = load_dataset(record.info.name, record.split)
-        images = as_uint8(source.images[ids_to_positions(source.ids.numpy(), source_ids)])
+        images = source.subset(ids_to_positions(source.ids.numpy(), source_ids))
         parts.append(_part(f"real sources ({record.info.name}:{record.split})", detector, images, source_ids, ref_ids))
     return parts, digest
 
@@ -175,31 +182,31 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
         h5.close()
     reference = load_reference(against)
     name, split = parse_against(against)
-    shape = tuple(reference.images.shape[1:])
-    detector = Detector(as_uint8(reference.images), config)
-    ref_ids = reference.ids.numpy()
-    if pool:
-        _check_shape(shape, tuple(data.images.shape[1:]), "pool")
-        parts = [_part("pool samples", detector, as_uint8(data.images), data.ids.numpy(), ref_ids)]
-        content = data.fingerprint()
-    elif kind == DISTILLED_FORMAT:
-        with DistilledDataset(path, verify=False) as ds:
-            _check_shape(shape, tuple(ds.header.dataset.info.image_shape), "distilled file")
-        parts, content = _distilled_parts(path, detector, reference, split)
-    else:
-        sel = read_selection(path)
-        pool_source = None
-        if source is not None:
-            named = recorded_dataset(sel.pool["name"], source, f"selection {path}")
-            pool_source = load_dataset(named, sel.pool["split"])
-        kept = resolve_selection(sel, pool_source)
-        _check_shape(shape, tuple(kept.images.shape[1:]), "selection's pool")
-        parts = [_part("selected samples", detector, as_uint8(kept.images), kept.ids.numpy(), ref_ids)]
-        content = sel.content_sha256
-    if sum(p.checked for p in parts) == 0:
-        raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
-    what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
-    report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
+    shape = tuple(reference.info.image_shape)
+    with reference_detector(reference, config) as detector:
+        ref_ids = reference.ids.numpy()
+        if pool:
+            _check_shape(shape, tuple(data.info.image_shape), "pool")
+            parts = [_part("pool samples", detector, data, data.ids.numpy(), ref_ids)]
+            content = data.fingerprint()
+        elif kind == DISTILLED_FORMAT:
+            with DistilledDataset(path, verify=False) as ds:
+                _check_shape(shape, tuple(ds.header.dataset.info.image_shape), "distilled file")
+            parts, content = _distilled_parts(path, detector, reference, split)
+        else:
+            sel = read_selection(path)
+            pool_source = None
+            if source is not None:
+                named = recorded_dataset(sel.pool["name"], source, f"selection {path}")
+                pool_source = load_dataset(named, sel.pool["split"])
+            kept = resolve_selection(sel, pool_source)
+            _check_shape(shape, tuple(kept.info.image_shape), "selection's pool")
+            parts = [_part("selected samples", detector, kept, kept.ids.numpy(), ref_ids)]
+            content = sel.content_sha256
+        if sum(p.checked for p in parts) == 0:
+            raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
+        what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
+        report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
     if record:
         if pool:
             record_pool_provenance(path, CARD_NAME, report.to_dict())

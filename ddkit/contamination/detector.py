@@ -40,6 +40,7 @@ NAME = "pixel-align"
 VERSION = "1"
 CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
 _BLOCK = 256  # queries verified per block (bounded memory: block × variants × shifts × window floats)
+ROW_BLOCK = 4096  # rows hashed and reduced to candidate vectors per block (references and queries)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def as_uint8(images) -> np.ndarray:
     if x.ndim != 4:
         raise InvalidInput(f"images must be N×C×H×W, got shape {x.shape}")
     if x.dtype == np.uint8:
-        return np.ascontiguousarray(x)
+        return x if isinstance(x, np.memmap) else np.ascontiguousarray(x)  # a memmap is read by rows, never whole
     return (np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
@@ -217,11 +218,16 @@ def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Ten
 
 
 def _to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().div_(255.0)
+    return torch.from_numpy(images if images.flags.writeable else images.copy()).float().div_(255.0)
 
 
 class Detector:
-    """Index `references` once (uint8 N×C×H×W), then `match(queries)`; see the module docstring."""
+    """Index `references` once (uint8 N×C×H×W), then `match(queries)`; see the module docstring.
+
+    Only the candidate vectors (2N small rows, the mirror images included) and the pixel hashes are
+    held; the references' pixels are read by row when a query's candidates are verified, so a
+    `numpy.memmap` of references far larger than memory works (as `within` of a streamed pool uses).
+    """
 
     def __init__(self, references, config: DetectorConfig | None = None):
         self.config = (config or DetectorConfig()).resolved()
@@ -233,21 +239,36 @@ class Detector:
         if min(h, w) <= 2 * self.config.max_shift + 2:
             raise InvalidInput(f"images of {h}×{w} px are too small for a ±{self.config.max_shift} px shift search")
         self.n = len(refs)
+        self._refs = refs
         self._hashes: dict[bytes, list[int]] = {}
-        for row, digest in enumerate(pixel_hashes(refs)):
-            self._hashes.setdefault(digest, []).append(row)
-        both = np.concatenate([refs, refs[..., ::-1]])  # rows n.. are the mirror images
-        x = _to_float(both)
-        self._coarse = self._coarse_vectors(x)
-        s = self.config.max_shift
-        self._windows = _blur(x, self.config.blur)[:, :, s : h - s, s : w - s].flatten(1)
-        self._blurred = _blur(x, self.config.refine_blur) if self.config.refine else None
+        coarse = []
+        for start in range(0, self.n, ROW_BLOCK):
+            block = np.asarray(refs[start : start + ROW_BLOCK])
+            for row, digest in enumerate(pixel_hashes(block), start):
+                self._hashes.setdefault(digest, []).append(row)
+            x = _to_float(block)
+            coarse.append((self._coarse_vectors(x), self._coarse_vectors(x.flip(-1))))
+        # rows n.. are the mirror images
+        self._coarse = np.concatenate([c[0] for c in coarse] + [c[1] for c in coarse])
+
+    def _references(self, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Float pixels of the distinct reference rows among `rows` (a row ≥ n is the mirror image
+        of row − n) and, for each entry of `rows`, its place among them."""
+        unique, inverse = np.unique(rows.reshape(-1), return_inverse=True)
+        base = unique % self.n
+        order = np.argsort(base, kind="stable")  # increasing rows: cheap reads from a memmap
+        x = torch.empty((len(unique), *self.shape))
+        x[torch.from_numpy(order)] = _to_float(np.asarray(self._refs[base[order]]))
+        mirrored = torch.from_numpy(unique >= self.n)
+        x[mirrored] = x[mirrored].flip(-1)
+        return x, inverse.reshape(rows.shape)
 
     @property
     def version(self) -> str:
         return self.config.version
 
     def _coarse_vectors(self, x: torch.Tensor) -> np.ndarray:
+        """The candidate-search vectors (see the module docstring) of float images."""
         pooled = F.adaptive_avg_pool2d(_blur(canonical(x), 1.0), self.config.grid)
         return _unit_rows(pooled.flatten(1)).numpy().astype(np.float32)
 
@@ -278,7 +299,9 @@ class Detector:
         h, w = self.shape[1:]
         s = self.config.max_shift
         lo, hi = 1.0 / self.config.max_gain, self.config.max_gain
-        c = self._windows[torch.from_numpy(candidates)]  # block × k × d
+        refs, where_ref = self._references(candidates)
+        windows = _blur(refs, self.config.blur)[:, :, s : h - s, s : w - s].flatten(1)
+        c = windows[torch.from_numpy(where_ref)]  # block × k × d
         cc = (c * c).sum(2)[:, :, None]
         residual = torch.full(candidates.shape, float("inf"))
         where = torch.zeros(candidates.shape, dtype=torch.long)
@@ -312,7 +335,7 @@ class Detector:
         theta = base.clone()
         theta[:, :, 2] = base[:, :, 2] + torch.einsum("pij,pj->pi", base[:, :, :2], t)
         query = _blur(x[rows], self.config.refine_blur)
-        ref = self._blurred[torch.from_numpy(candidates[rows.numpy(), picked.numpy()])]
+        ref = _blur(refs[torch.from_numpy(where_ref[rows.numpy(), picked.numpy()])], self.config.refine_blur)
         out[rows.numpy(), picked.numpy()] = registered_residual(query, ref, theta, s, self.config.refine_steps,
                                                                 self.config.max_gain).numpy()
         return out
@@ -333,17 +356,22 @@ class Detector:
         own = np.full(n, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(-1)
         if len(own) != n:
             raise InvalidInput(f"exclude has {len(own)} rows for {n} queries")
+        digests, vectors = [], []
+        for start in range(0, n, ROW_BLOCK):
+            block = np.asarray(q[start : start + ROW_BLOCK])
+            digests += pixel_hashes(block)
+            vectors.append(self._coarse_vectors(canonical(_to_float(block))))
         exact_row = np.array([next((r for r in self._hashes.get(d, ()) if r != o), -1)
-                              for d, o in zip(pixel_hashes(q), own)], dtype=np.int64)
+                              for d, o in zip(digests, own)], dtype=np.int64)
         score = np.full(n, np.inf)
         best = np.full(n, -1, np.int64)
         if n:
             k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
-            _, cand = index.knn(self._coarse_vectors(canonical(_to_float(q))), self._coarse, k)
+            _, cand = index.knn(np.concatenate(vectors), self._coarse, k)
             for start in range(0, n, _BLOCK):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
-                res = self._verify(_to_float(q[rows]), block_cand)
+                res = self._verify(_to_float(np.asarray(q[rows])), block_cand)
                 res[(cand[rows] < 0) | (block_cand % self.n == own[rows, None])] = np.inf
                 pick = res.argmin(1)
                 score[rows] = res[np.arange(len(res)), pick]

@@ -10,7 +10,10 @@ normalization), so a teacher of that task can score it, but it carries no traini
 labels its sources had (and where each sample came from) are kept aside under `/aside` for analysis
 only. Loading a pool as a dataset (`load_dataset("pool:PATH")`, or `load_pool`) gives an
 `ImageDataset` whose labels are a constant placeholder, so nothing downstream can train on or
-select with the aside labels by accident; `read_aside` is the one way to read them.
+select with the aside labels by accident; `read_aside` is the one way to read them. A pool whose
+pixels exceed the memory limit loads as a `StreamedPoolDataset` (rows read from the file on
+demand, `PoolReader`) with the same ids, id hash and fingerprint; the fingerprint has one
+definition (`PoolHasher`), fed in row blocks by the writer and the checks alike.
 
 Layout: root attrs `format="ddkit.pool"`, `schema`, `name`, `task` (DatasetInfo JSON of the task),
 `fingerprint`, `size`, `origins` (JSON list of origin names), `provenance` (JSON), `created`,
@@ -28,12 +31,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import h5py
 import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.data.stream import StreamedImageDataset, should_stream
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, open_checked_h5
 from ddkit.provenance import Stamp
@@ -41,6 +46,9 @@ from ddkit.provenance import Stamp
 POOL_FORMAT = "ddkit.pool"
 POOL_SCHEMA = 1
 DEFAULT_CHUNK_ROWS = 1024
+CHUNK_BYTES = 4 << 20  # at most this much uint8 per HDF5 chunk (fewer rows for large images)
+HASH_BLOCK_BYTES = 64 << 20  # rows hashed per block (bounded memory whatever the pool's size)
+READ_CACHE_BYTES = 16 << 20  # HDF5 chunk cache of a streamed pool reader (per process; > a few chunks)
 
 
 @dataclass
@@ -58,16 +66,35 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
 
 
+class PoolHasher:
+    """The pool fingerprint computed as the pixels go by: sha256 of the format, the id list, the
+    images' shape and their uint8 bytes in row order. Fed whole or in row blocks of any size, it
+    gives the same digest, so the in-memory and the streamed paths share one definition."""
+
+    def __init__(self, ids: np.ndarray, shape: tuple):
+        self.h = hashlib.sha256(f"{POOL_FORMAT}/{POOL_SCHEMA}|".encode())
+        self.h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
+        self.h.update(f"{tuple(int(s) for s in shape)}|uint8|".encode())
+
+    def update(self, block) -> None:
+        block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
+        self.h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
+
+
+def block_rows(image_shape, rows: int = DEFAULT_CHUNK_ROWS * 16, max_bytes: int = HASH_BLOCK_BYTES) -> int:
+    """Rows per block: at most `rows`, and at most `max_bytes` of uint8 pixels (large images)."""
+    return max(1, min(rows, max_bytes // max(1, int(np.prod(image_shape)))))
+
+
 def pool_fingerprint(ids: np.ndarray, images) -> str:
     """sha256 of the id list and the pixels (read in row blocks; `images` may be an h5py dataset)."""
-    h = hashlib.sha256(f"{POOL_FORMAT}/{POOL_SCHEMA}|".encode())
-    h.update(np.ascontiguousarray(ids, dtype="<i8").tobytes())
-    h.update(f"{tuple(images.shape)}|uint8|".encode())
-    step = DEFAULT_CHUNK_ROWS * 16
+    h = PoolHasher(ids, images.shape)
+    step = block_rows(images.shape[1:])
     for start in range(0, int(images.shape[0]), step):
-        block = images[start : start + step]
-        block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
-        h.update(np.ascontiguousarray(block, dtype=np.uint8).tobytes())
+        h.update(images[start : start + step])
     return h.hexdigest()
 
 
@@ -75,21 +102,48 @@ def write_pool(out: str | os.PathLike, images: torch.Tensor, ids: np.ndarray, ta
                aside: dict[str, np.ndarray], origins: list[str], provenance: dict | None = None,
                extra_groups: dict[str, tuple[dict, dict]] | None = None, overwrite: bool = False,
                chunk_rows: int = DEFAULT_CHUNK_ROWS) -> PoolSummary:
-    """Write a pool file atomically (the one writer used by `ddkit.pools.build_pool` and `dedup_pool`)."""
+    """Write a pool file atomically from images in memory (see `write_pool_blocks`)."""
     images = to_uint8(images)
-    ids = np.asarray(ids, dtype=np.int64)
     if len(ids) != len(images):
         raise InvalidInput(f"{len(images)} images but {len(ids)} ids")
-    if len(ids) == 0:
+    step = block_rows(images.shape[1:])
+    blocks = (images[s : s + step] for s in range(0, len(images), step))
+    return write_pool_blocks(out, blocks, tuple(images.shape[1:]), ids, task, name, aside, origins, provenance,
+                             extra_groups, overwrite, chunk_rows)
+
+
+def write_pool_blocks(out: str | os.PathLike, blocks: Iterable[torch.Tensor], image_shape: tuple, ids: np.ndarray,
+                      task: DatasetInfo, name: str, aside: dict[str, np.ndarray], origins: list[str],
+                      provenance: dict | None = None, extra_groups: dict[str, tuple[dict, dict]] | None = None,
+                      overwrite: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> PoolSummary:
+    """Write a pool file atomically, its images arriving as row blocks (uint8, or floats in [0, 1]):
+    the one writer used by `ddkit.pools.build_pool` and `dedup_pool`. Memory holds one block at a
+    time; the fingerprint is computed as the blocks are written. `ids` gives the row count: the
+    blocks must add up to exactly that many rows, or nothing is written."""
+    ids = np.asarray(ids, dtype=np.int64)
+    n, image_shape = len(ids), tuple(int(s) for s in image_shape)
+    if n == 0:
         raise InvalidInput("the pool would be empty", "give at least one image")
-    if len(np.unique(ids)) != len(ids):
+    if len(np.unique(ids)) != n:
         raise InvalidInput("pool ids must be unique")
-    fingerprint = pool_fingerprint(ids, images)
+    hasher = PoolHasher(ids, (n, *image_shape))
     with atomic_output(out, overwrite) as tmp:
         with h5py.File(tmp, "w") as h5:
-            rows = max(1, min(chunk_rows, len(ids)))
-            h5.create_dataset("images", data=images.numpy(), chunks=(rows, *images.shape[1:]),
-                              compression="gzip", compression_opts=1, shuffle=True)
+            rows = max(1, min(chunk_rows, block_rows(image_shape, chunk_rows, CHUNK_BYTES), n))
+            images = h5.create_dataset("images", shape=(n, *image_shape), dtype=np.uint8,
+                                       chunks=(rows, *image_shape), compression="gzip", compression_opts=1,
+                                       shuffle=True)
+            at = 0
+            for block in blocks:
+                block = to_uint8(torch.as_tensor(block))
+                if tuple(block.shape[1:]) != image_shape or at + len(block) > n:
+                    raise InvalidInput(f"pool images: a block of shape {tuple(block.shape)} at row {at} does not "
+                                       f"fit {n} images of {image_shape}")
+                images[at : at + len(block)] = block.numpy()
+                hasher.update(block)
+                at += len(block)
+            if at != n:
+                raise InvalidInput(f"{at} images but {n} ids")
             h5.create_dataset("ids", data=ids)
             group = h5.create_group("aside")
             for key, value in aside.items():
@@ -100,13 +154,14 @@ def write_pool(out: str | os.PathLike, images: torch.Tensor, ids: np.ndarray, ta
                     g.create_dataset(key, data=np.asarray(value))
                 for key, value in attrs.items():
                     g.attrs[key] = json.dumps(value)
+            fingerprint = hasher.hexdigest()
             h5.attrs.update({
                 "format": POOL_FORMAT, "schema": POOL_SCHEMA, "name": name, "task": json.dumps(task.to_dict()),
-                "fingerprint": fingerprint, "size": len(ids), "origins": json.dumps(list(origins)),
+                "fingerprint": fingerprint, "size": n, "origins": json.dumps(list(origins)),
                 "provenance": json.dumps(provenance or {}), **Stamp().to_dict(),
             })
     counts = np.bincount(np.asarray(aside["origin"], dtype=np.int64), minlength=len(origins))
-    return PoolSummary(str(out), name, len(ids), fingerprint, {o: int(c) for o, c in zip(origins, counts)})
+    return PoolSummary(str(out), name, n, fingerprint, {o: int(c) for o, c in zip(origins, counts)})
 
 
 def open_pool(path: str | os.PathLike, cache_bytes: int | None = None) -> h5py.File:
@@ -119,13 +174,56 @@ def open_pool(path: str | os.PathLike, cache_bytes: int | None = None) -> h5py.F
                            remedy="build one with `ddkit pool build`", cache_bytes=cache_bytes)
 
 
-class PoolDataset(ImageDataset):
-    """A pool as an ImageDataset: placeholder labels (all 0), the pool's stored fingerprint.
+class PoolReader:
+    """Rows of a pool file's /images for `StreamedImageDataset` (picklable: the file is opened once
+    per process, with a chunk cache, so a run of batches decompresses each chunk once)."""
 
-    `labeled = False` tells consumers that `labels` carry no information.
-    """
+    def __init__(self, path: str, n: int, shape: tuple):
+        self.path, self.n, self.shape = path, n, tuple(shape)
+        self._file, self._pid = None, None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self):
+        return {"path": self.path, "n": self.n, "shape": self.shape, "_file": None, "_pid": None}
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = open_pool(self.path, cache_bytes=READ_CACHE_BYTES), os.getpid()
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return torch.zeros((0, *self.shape), dtype=torch.uint8)
+        order = np.argsort(rows, kind="stable")
+        unique, inverse = np.unique(rows[order], return_inverse=True)
+        if unique[-1] - unique[0] + 1 == len(unique):  # a run of rows: one slice, not a point selection
+            block = self._file["images"][int(unique[0]) : int(unique[-1]) + 1]
+        else:
+            block = self._file["images"][unique]  # h5py wants increasing indices
+        out = np.empty((len(rows), *self.shape), dtype=np.uint8)
+        out[order] = block[inverse]
+        return torch.from_numpy(out)
+
+
+class _PoolIdentity:
+    """What makes a dataset a pool, shared by the in-memory and the streamed pool: placeholder
+    labels (`labeled = False`), ids hashed with the pool's name, and the fingerprint stored in the
+    file (checked against the pixels when loaded) for the whole pool."""
 
     labeled = False
+    pool_name: str
+    path: str
+    _pool_fingerprint: str
+
+    def ids_sha256(self) -> str:
+        return pool_ids_sha256(self.pool_name, self.ids.numpy())
+
+    def fingerprint(self) -> str:
+        return self._pool_fingerprint
+
+
+class PoolDataset(_PoolIdentity, ImageDataset):
+    """A pool in memory as an ImageDataset: placeholder labels (all 0), the pool's stored fingerprint."""
 
     def __init__(self, info: DatasetInfo, images: torch.Tensor, ids: torch.Tensor, fingerprint: str, pool_name: str,
                  path: str):
@@ -135,11 +233,20 @@ class PoolDataset(ImageDataset):
         self.path = path
         self._pool_fingerprint = fingerprint
 
-    def ids_sha256(self) -> str:
-        return pool_ids_sha256(self.pool_name, self.ids.numpy())
 
-    def fingerprint(self) -> str:
-        return self._pool_fingerprint
+class StreamedPoolDataset(_PoolIdentity, StreamedImageDataset):
+    """A pool too large for memory: the same samples, ids and fingerprint as `PoolDataset`, its
+    pixels read from the file on demand (`ddkit.data.stream`). A subset is a plain streamed dataset,
+    as a subset of `PoolDataset` is a plain `ImageDataset`."""
+
+    def __init__(self, info: DatasetInfo, reader: PoolReader, ids: torch.Tensor, fingerprint: str, pool_name: str,
+                 path: str):
+        placeholder = torch.zeros(len(reader), dtype=torch.long)
+        super().__init__(info, "train", reader, placeholder, ids, source=f"pool {pool_name} ({path})",
+                         base_fingerprint=fingerprint)
+        self.pool_name = pool_name
+        self.path = path
+        self._pool_fingerprint = fingerprint
 
 
 def pool_ids_sha256(pool_name: str, ids: np.ndarray) -> str:
@@ -149,28 +256,38 @@ def pool_ids_sha256(pool_name: str, ids: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def load_pool(path: str | os.PathLike, verify: bool = True) -> PoolDataset:
-    """The pool's images and ids in memory, as a dataset named `pool:PATH` (absolute path).
+def load_pool(path: str | os.PathLike, verify: bool = True,
+              stream: bool | None = None) -> PoolDataset | StreamedPoolDataset:
+    """The pool as a dataset named `pool:PATH` (absolute path): in memory, or streamed from the file
+    when its pixels exceed the memory limit (`ddkit.data.stream.should_stream`) or `stream` says so
+    (a single pass in batches, e.g. scoring, never needs the pixels whole).
 
-    With `verify`, the fingerprint is recomputed from the ids and pixels and must match the header.
+    With `verify`, the fingerprint is recomputed from the ids and pixels (in row blocks when
+    streamed) and must match the header.
     """
     path = Path(path).resolve()
-    with open_pool(path) as h5:
+    with open_pool(path) as h5:  # read whole or in whole-chunk blocks: no chunk cache needed
         try:
             task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
             ids = h5["ids"][()]
-            images = torch.from_numpy(h5["images"][()])
-            stored = h5.attrs["fingerprint"]
-            name = h5.attrs["name"]
+            stored = attr_text(h5.attrs["fingerprint"])
+            name = attr_text(h5.attrs["name"])
+            shape = tuple(h5["images"].shape)
+            if shape != (len(ids), *task.image_shape) or h5["images"].dtype != np.uint8:
+                raise ValueError(f"/images is {h5['images'].dtype} {shape} for {len(ids)} ids of {task.image_shape}")
+            streamed = should_stream(len(ids), task.image_shape) if stream is None else stream
+            images = h5["images"] if streamed else torch.from_numpy(h5["images"][()])
+            if verify and pool_fingerprint(ids, images) != stored:
+                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or "
+                                      "corrupted)", "rebuild the pool; selections made on it cannot be trusted")
         except (KeyError, ValueError, OSError) as exc:
             raise FileFormatError(f"{path}: damaged pool file ({exc})", "rebuild it with `ddkit pool build`") from None
-    stored = attr_text(stored)
-    name = attr_text(name)
-    if verify and pool_fingerprint(ids, images) != stored:
-        raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint (changed or corrupted)",
-                              "rebuild the pool; selections made on it cannot be trusted")
     info = DatasetInfo(f"pool:{path}", task.class_names, task.image_shape, task.normalization)
-    return PoolDataset(info, images, torch.from_numpy(ids.astype(np.int64)), stored, name, str(path))
+    ids_t = torch.from_numpy(ids.astype(np.int64))
+    if streamed:
+        return StreamedPoolDataset(info, PoolReader(str(path), len(ids), task.image_shape), ids_t, stored, name,
+                                   str(path))
+    return PoolDataset(info, images, ids_t, stored, name, str(path))
 
 
 def pool_task(path: str | os.PathLike) -> DatasetInfo:

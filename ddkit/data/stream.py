@@ -2,7 +2,8 @@
 
 A `StreamedImageDataset` has the interface of `ImageDataset` (labels, ids, `subset`,
 `class_indices`, `pixels`, `normalized`, `fingerprint`) but keeps only the index in memory: its
-pixels come from a *row reader* (image files through their manifest, or a pool file's chunks).
+pixels come from a *row reader* (image files through their manifest, or a pool file's chunks:
+`ddkit.data.poolfile.PoolReader`).
 Small reads (a few images per class, a batch) decode at once; whole passes go through
 `iter_batches`, which decodes batches in worker processes ahead of the consumer, so memory is
 bounded by a few batches whatever the dataset's size. A read that would materialize more than the
@@ -82,35 +83,6 @@ class FolderReader:
                 raise FileFormatError(f"{path} is now {array.shape}, indexed as {self.shape}: the folder changed",
                                       "leave the folder unchanged while ddkit reads it; the next run re-indexes it")
             out[k] = array
-        return torch.from_numpy(out)
-
-
-class PoolReader:
-    """Rows of a pool file's /images, read chunk-wise (the file is opened once per process)."""
-
-    def __init__(self, path: str, n: int, shape: tuple):
-        self.path, self.n, self.shape = path, n, tuple(shape)
-        self._file, self._pid = None, None
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getstate__(self):
-        return {"path": self.path, "n": self.n, "shape": self.shape, "_file": None, "_pid": None}
-
-    def read(self, rows: np.ndarray) -> torch.Tensor:
-        from ddkit.data.poolfile import open_pool
-
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = open_pool(self.path), os.getpid()
-        rows = np.asarray(rows, dtype=np.int64)
-        if not len(rows):
-            return torch.zeros((0, *self.shape), dtype=torch.uint8)
-        order = np.argsort(rows, kind="stable")
-        unique, inverse = np.unique(rows[order], return_inverse=True)
-        block = self._file["images"][unique]  # h5py wants increasing indices
-        out = np.empty((len(rows), *self.shape), dtype=np.uint8)
-        out[order] = block[inverse]
         return torch.from_numpy(out)
 
 

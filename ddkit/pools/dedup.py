@@ -4,7 +4,13 @@ inside the pool.
 Two detectors: `pixels` (the default) is the teacher-free detector of `ddkit.contamination`, the
 same one `ddkit validate --against` runs; `teacher` is the older distance between teacher
 embeddings (FAISS through `ddkit.index`), kept as an option: BENCHMARKS.md `contamination` shows
-that it misses shifted copies unless it also drops a large share of clean images."""
+that it misses shifted copies unless it also drops a large share of clean images.
+
+Every pass over the pool streams (`ddkit.contamination.passes`, `pools.embed.dataset_outputs`) and
+the kept samples are written block by block, so a pool larger than memory deduplicates with the
+same result as in memory; the candidate vectors and the embeddings stay in memory. A streamed pool
+(or test split) is read once into a temporary uncompressed row file beside the output for the
+search (removed afterwards)."""
 
 from __future__ import annotations
 
@@ -13,13 +19,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ddkit import index
 from ddkit.contamination.check import load_reference
-from ddkit.contamination.detector import Detector, as_uint8, within
+from ddkit.contamination.passes import QUERY_BLOCK, match_dataset, reference_detector, within_dataset
 from ddkit.data import load_dataset, recorded_dataset
-from ddkit.data.poolfile import load_pool, open_pool, pool_task, write_pool
+from ddkit.data.poolfile import block_rows, load_pool, open_pool, pool_task, write_pool_blocks
+from ddkit.data.stream import iter_batches
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import attr_text
 from ddkit.models.teacher import load_teacher
@@ -55,15 +61,14 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
     pool = load_pool(pool_path)  # the fingerprint is checked before any search
     test_name = test_dataset or pool_task(pool_path).name
     test = load_reference(test_name)
-    if tuple(test.images.shape[1:]) != tuple(pool.images.shape[1:]):
-        raise IncompatibleError(f"the pool's images are {tuple(pool.images.shape[1:])}, {test_name}'s "
-                                f"{tuple(test.images.shape[1:])}", "deduplicate against the pool's own task")
-    images = as_uint8(pool.images)
-    det = Detector(as_uint8(test.images))
-    m = det.match(images)
+    if tuple(test.info.image_shape) != tuple(pool.info.image_shape):
+        raise IncompatibleError(f"the pool's images are {tuple(pool.info.image_shape)}, {test_name}'s "
+                                f"{tuple(test.info.image_shape)}", "deduplicate against the pool's own task")
+    with reference_detector(test, workdir=Path(out).resolve().parent) as det:
+        m = match_dataset(det, pool)
     contaminated = m.flagged
     rest = np.flatnonzero(~contaminated)
-    group, keep, score = within(images[rest])
+    group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent)
     test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
     kept_pos = rest[keep]
     ids = pool.ids.numpy()
@@ -105,8 +110,11 @@ def _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrit
 
         provenance["contamination"] = dict(check, created=utc_now(),
                                            of="the pool before dedup (every flagged id was dropped)")
-    summary = write_pool(out, pool.images[torch.from_numpy(kept_pos)], ids[kept_pos], pool_task(pool_path), name, aside,
-                         origins, provenance, extra_groups={"dedup": ({"report": report}, record)}, overwrite=overwrite)
+    rows = block_rows(pool.info.image_shape, QUERY_BLOCK)
+    blocks = (b.x for b in iter_batches(pool, rows, kept_pos, normalized=False, raw=True))
+    summary = write_pool_blocks(out, blocks, tuple(pool.info.image_shape), ids[kept_pos], pool_task(pool_path), name,
+                                aside, origins, provenance, extra_groups={"dedup": ({"report": report}, record)},
+                                overwrite=overwrite)
     report["out"] = summary.path
     report["out_fingerprint"] = summary.fingerprint
     return report
@@ -140,8 +148,8 @@ def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike,
     test = load_dataset(test_name, "test")
     teacher.check_fits(test.info)
     norm = pool.info.normalization
-    emb = teacher_embeddings(teacher, pool.images, norm, embedding)
-    test_emb = teacher_embeddings(teacher, test.images, norm, embedding)
+    emb = teacher_embeddings(teacher, pool, norm, embedding)
+    test_emb = teacher_embeddings(teacher, test, norm, embedding)
 
     # 1. contamination: nearest test image within test_threshold.
     dist2, nearest = index.knn(emb, test_emb, 1)

@@ -18,15 +18,18 @@ from ddkit.data.base import ImageDataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, sha256_file
 from ddkit.h5safe import open_hdf5
+from ddkit.pools.embed import dataset_outputs
 from ddkit.pools.scores import SCORES_FORMAT
 from ddkit.store.schema import load_json
 from ddkit.store.selection import ids_to_positions
-from ddkit.training import predict_logits
 
 
-def teacher_pool_logits(teacher, pool: ImageDataset, device: torch.device) -> torch.Tensor:
-    """A loaded teacher's logits on the pool's clean, normalized images (N×C, float32, CPU)."""
-    return predict_logits(teacher.model, pool.normalized(), device=device)
+def teacher_pool_logits(teacher, pool: ImageDataset, device: torch.device | None = None) -> torch.Tensor:
+    """A loaded teacher's logits on the pool's clean, normalized images (N×C, float32, CPU), in one
+    streamed pass (`pools.embed.dataset_outputs`); the teacher runs where it was loaded (`device`)."""
+    if device is not None:
+        teacher.model.to(device)
+    return dataset_outputs(teacher, pool)[0]
 
 
 def save_teacher_logits(path: str | os.PathLike, logits, pool: ImageDataset, overwrite: bool = False) -> None:

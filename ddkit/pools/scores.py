@@ -8,7 +8,8 @@ batches) are shared out as contiguous ranges, one range per rank; each rank writ
 `OUT.work/` (each file atomically, so a killed run leaves only whole shards), and rank 0 streams
 them into the final file, which appears under its name in one rename. `resume=True` reuses the
 shards of an interrupted run whose identity (pool fingerprint, teacher sha256, rows, settings)
-matches. The pool is read in row blocks, never whole, so pools larger than memory work.
+matches. The pool is streamed in batches (`ddkit.data.stream.iter_batches`, decoded ahead in
+workers), never read whole, so pools larger than memory work.
 
 Layout: root attrs `format="ddkit.pool-scores"`, `schema`, `pool_fingerprint`, `pool` (JSON: the
 selection files' pool record), `teacher` (JSON summary, with its `sha256`), `teacher_sha256`,
@@ -28,7 +29,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import h5py
 import numpy as np
@@ -36,8 +37,9 @@ import torch
 
 from ddkit import distributed
 from ddkit.data import DATASETS, load_dataset
-from ddkit.data.base import DatasetInfo
-from ddkit.data.poolfile import open_pool, pool_fingerprint, pool_ids_sha256
+from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.data.poolfile import load_pool, open_pool, pool_fingerprint
+from ddkit.data.stream import iter_batches
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, check_output, open_checked_h5
 from ddkit.h5safe import open_hdf5
@@ -53,7 +55,6 @@ SCORES_SCHEMA = 1
 FIELDS = ("logits", "probs", "embeddings")
 CHUNK_BYTES = 1 << 20  # per chunk of a float dataset in the final file
 COPY_BYTES = 8 << 20  # per block when streaming shards into the final file
-POOL_CACHE_BYTES = 64 << 20  # HDF5 chunk cache for reading the pool's gzip chunks in batches
 SHARD_BATCHES_MAX = 64  # batches per shard file (fewer for small pools, so ranks share the work)
 
 
@@ -75,50 +76,56 @@ class ScoreRun:
 
 @dataclass
 class PoolSource:
-    """The pool's rows, wherever they live: `read(start, stop)` gives uint8 (or [0, 1] float) images."""
+    """The pool's rows as a dataset (a pool file always streamed from the file, a registered dataset
+    as it loads), read in batches by `batches`; `verify` checks a pool file's pixels against its
+    fingerprint."""
 
-    info: DatasetInfo
-    ids: np.ndarray
-    fingerprint: str
-    record: dict  # `store.selection.pool_record` of the pool
-    read: Callable[[int, int], torch.Tensor]
+    data: ImageDataset
     verify: Callable[[], None]
-    close: Callable[[], None]
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.data.info
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.data.ids.numpy().astype(np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.data.fingerprint()
+
+    @property
+    def record(self) -> dict:
+        return pool_record(self.data)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.data)
+
+    def batches(self, positions: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+        """uint8 (or [0, 1] float) images of `positions` in batches, decoded ahead in workers when streamed."""
+        for batch in iter_batches(self.data, batch_size, positions, normalized=False, raw=True):
+            yield batch.x
 
 
 def open_pool_source(pool: str | os.PathLike) -> PoolSource:
-    """A `.pool.h5` file (also written `pool:PATH`; read in row blocks) or a registered dataset's
-    train split (in memory, as `select --pool` and `active-learn --pool` load it)."""
+    """A `.pool.h5` file (also written `pool:PATH`; streamed in row blocks, never read whole) or a
+    registered dataset's train split (as `select --pool` and `active-learn --pool` load it)."""
     text = str(pool)
     path = Path(text[len("pool:"):] if text.startswith("pool:") else text)
     if text.startswith("pool:") or text.endswith(".h5") or path.is_file() or text.split(":")[0] not in DATASETS.names():
         path = path.resolve()
-        h5 = open_pool(path, cache_bytes=POOL_CACHE_BYTES)
-        try:
-            task = DatasetInfo.from_dict(json.loads(h5.attrs["task"]))
-            ids = np.asarray(h5["ids"][()], np.int64)
-            images = h5["images"]
-            fingerprint, name = (attr_text(h5.attrs[k]) for k in ("fingerprint", "name"))
-        except (KeyError, ValueError, OSError) as exc:
-            h5.close()
-            raise FileFormatError(f"{path}: damaged pool file ({exc})", "rebuild it with `ddkit pool build`") from None
-        info = DatasetInfo(f"pool:{path}", task.class_names, task.image_shape, task.normalization)
-        record = {"name": info.name, "split": "train", "size": len(ids), "fingerprint": fingerprint,
-                  "ids_sha256": pool_ids_sha256(name, ids)}
+        data = load_pool(path, verify=False, stream=True)
 
         def verify() -> None:
-            if pool_fingerprint(ids, images) != fingerprint:
-                raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint "
-                                      "(changed or corrupted)",
-                                      "rebuild the pool; scores of it cannot be trusted")
+            with open_pool(path) as h5:  # read in whole-chunk blocks: no chunk cache needed
+                if pool_fingerprint(np.asarray(h5["ids"][()], np.int64), h5["images"]) != data.fingerprint():
+                    raise FileFormatError(f"{path}: the pool's ids or pixels do not match its fingerprint "
+                                          "(changed or corrupted)",
+                                          "rebuild the pool; scores of it cannot be trusted")
 
-        return PoolSource(info, ids, fingerprint, record, lambda s, e: torch.from_numpy(images[s:e]), verify, h5.close)
-    data = load_dataset(text, "train")
-    return PoolSource(data.info, data.ids.numpy().astype(np.int64), data.fingerprint(), pool_record(data),
-                      lambda s, e: data.images[s:e], lambda: None, lambda: None)
+        return PoolSource(data, verify)
+    return PoolSource(load_dataset(text, "train"), lambda: None)
 
 
 def shard_grid(rows: int, batch_size: int) -> list[tuple[int, int]]:
@@ -157,23 +164,29 @@ def _fields(run: ScoreRun) -> list[str]:
     return ["logits"] + (["probs"] if run.probs else []) + (["embeddings"] if run.embedding != "none" else [])
 
 
-def _score_shard(source: PoolSource, teacher, run: ScoreRun, start: int, stop: int, path: Path, bar) -> None:
-    out: dict[str, list[np.ndarray]] = {name: [] for name in _fields(run)}
+def _score_shards(source: PoolSource, teacher, run: ScoreRun, shards: list, workdir: Path, bar) -> None:
+    """Score `shards` (row ranges on the global batch grid) into their shard files, the pool's rows
+    streamed through one pass of `iter_batches` (batches decoded ahead, one shard's outputs held)."""
+    if not shards:
+        return
     embedding = None if run.embedding == "none" else run.embedding
-    for s in range(start, stop, run.batch_size):
-        e = min(s + run.batch_size, stop)
-        logits, vectors = teacher_outputs(teacher, source.read(s, e), source.info.normalization, embedding)
-        out["logits"].append(logits.numpy())
-        if run.probs:
-            out["probs"].append(torch.softmax(logits, -1).numpy())
-        if vectors is not None:
-            out["embeddings"].append(vectors.numpy())
-        bar.update(e - s)
-    with atomic_output(path, overwrite=True) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name, parts in out.items():
-                f.create_dataset(name, data=np.concatenate(parts))
-            f.attrs.update({"run": run.to_json(), "start": start, "stop": stop})
+    stream = source.batches(np.concatenate([np.arange(s, e) for s, e in shards]), run.batch_size)
+    for start, stop in shards:
+        out: dict[str, list[np.ndarray]] = {name: [] for name in _fields(run)}
+        for s in range(start, stop, run.batch_size):
+            images = next(stream)
+            logits, vectors = teacher_outputs(teacher, images, source.info.normalization, embedding)
+            out["logits"].append(logits.numpy())
+            if run.probs:
+                out["probs"].append(torch.softmax(logits, -1).numpy())
+            if vectors is not None:
+                out["embeddings"].append(vectors.numpy())
+            bar.update(len(images))
+        with atomic_output(_shard_path(workdir, start, stop), overwrite=True) as tmp:
+            with h5py.File(tmp, "w") as f:
+                for name, parts in out.items():
+                    f.create_dataset(name, data=np.concatenate(parts))
+                f.attrs.update({"run": run.to_json(), "start": start, "stop": stop})
 
 
 def _copy_rows(src: h5py.Dataset, dst: h5py.Dataset, offset: int) -> None:
@@ -228,41 +241,37 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
     dev = pick_device(device)
     w = distributed.init(dev)
     source = open_pool_source(pool)
-    try:
-        teacher = load_teacher(teacher_path, dev)
-        teacher.check_fits(source.info)
-        shards = shard_grid(len(source), batch_size)
-        run = ScoreRun(source.fingerprint, teacher.header.tensors_sha256, embedding or "none", bool(probs), batch_size,
-                       len(source), shards[0][1] - shards[0][0])
-        workdir = Path(f"{out}.work")
-        if w.is_main and workdir.exists() and not resume:
-            shutil.rmtree(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        distributed.barrier()
-        if w.is_main:
-            source.verify()  # the output records this fingerprint: the pixels must match it
-        mine = rank_shards(shards, w)
-        todo = [(s, e) for s, e in mine if not (resume and _shard_is_whole(_shard_path(workdir, s, e), run, s, e))]
-        if log and w.is_main and resume:
-            log(f"resuming: {len(mine) - len(todo)} of this rank's {len(mine)} shards already scored")
-        bar = progress(total=sum(e - s for s, e in todo), desc="scoring pool", unit="img")
-        for start, stop in todo:
-            _score_shard(source, teacher, run, start, stop, _shard_path(workdir, start, stop), bar)
-        bar.close()
-        distributed.barrier()
-        if not w.is_main:
-            distributed.barrier()  # wait for rank 0's file
-            return None
-        missing = [(s, e) for s, e in shards if not _shard_is_whole(_shard_path(workdir, s, e), run, s, e)]
-        if missing:
-            raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run "
-                                    f"(rows {missing[0]}, ...)",
-                                    "run again without --resume")
-        _write_final(out, overwrite, source, teacher, run, shards, workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
-        distributed.barrier()
-    finally:
-        source.close()
+    teacher = load_teacher(teacher_path, dev)
+    teacher.check_fits(source.info)
+    shards = shard_grid(len(source), batch_size)
+    run = ScoreRun(source.fingerprint, teacher.header.tensors_sha256, embedding or "none", bool(probs), batch_size,
+                   len(source), shards[0][1] - shards[0][0])
+    workdir = Path(f"{out}.work")
+    if w.is_main and workdir.exists() and not resume:
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier()
+    if w.is_main:
+        source.verify()  # the output records this fingerprint: the pixels must match it
+    mine = rank_shards(shards, w)
+    todo = [(s, e) for s, e in mine if not (resume and _shard_is_whole(_shard_path(workdir, s, e), run, s, e))]
+    if log and w.is_main and resume:
+        log(f"resuming: {len(mine) - len(todo)} of this rank's {len(mine)} shards already scored")
+    bar = progress(total=sum(e - s for s, e in todo), desc="scoring pool", unit="img")
+    _score_shards(source, teacher, run, todo, workdir, bar)
+    bar.close()
+    distributed.barrier()
+    if not w.is_main:
+        distributed.barrier()  # wait for rank 0's file
+        return None
+    missing = [(s, e) for s, e in shards if not _shard_is_whole(_shard_path(workdir, s, e), run, s, e)]
+    if missing:
+        raise IncompatibleError(f"{len(missing)} shards of {workdir} are missing or from another run "
+                                f"(rows {missing[0]}, ...)",
+                                "run again without --resume")
+    _write_final(out, overwrite, source, teacher, run, shards, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    distributed.barrier()
     return read_scores_header(out)
 
 

@@ -25,6 +25,7 @@ import torch
 
 from ddkit import index
 from ddkit.data.base import DatasetInfo, ImageDataset, class_balanced_indices
+from ddkit.data.stream import StreamedViews, normalized_source
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.pools.logits import load_teacher_logits, teacher_pool_logits
 from ddkit.selectors.acquisition import Acquired, RoundState, Rule
@@ -71,9 +72,10 @@ class Oracle:
 
 @dataclass
 class PoolView:
-    """What acquisition may see of the pool: normalized pixels, sample ids, class list. No labels."""
+    """What acquisition may see of the pool: normalized pixels (the tensor, or `StreamedViews` of a
+    streamed pool), sample ids, class list. No labels."""
 
-    images: torch.Tensor
+    images: torch.Tensor | StreamedViews
     ids: np.ndarray
     info: DatasetInfo
 
@@ -86,7 +88,7 @@ class PoolView:
 
 
 def split_pool(pool: ImageDataset) -> tuple[PoolView, Oracle]:
-    return PoolView(pool.normalized(), pool.ids.numpy(), pool.info), Oracle(pool.labels.numpy())
+    return PoolView(normalized_source(pool), pool.ids.numpy(), pool.info), Oracle(pool.labels.numpy())
 
 
 # -- one round ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from torch import nn
 
 from ddkit.augment import build_augmentation
 from ddkit.data.base import ImageDataset
+from ddkit.data.stream import StreamedViews, batches_at, normalized_source
 from ddkit.errors import InvalidInput
 from ddkit.models import ImageClassifier, create_model
 from ddkit.progress import progress
@@ -152,9 +153,10 @@ class _Cycler:
         return torch.cat(parts)
 
 
-def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray, teacher_logits: torch.Tensor | None,
+def train_student(images, labeled: np.ndarray, labels: np.ndarray, teacher_logits: torch.Tensor | None,
                   cfg: ActiveKDConfig, num_classes: int, seed: int, round_index: int, device: torch.device) -> DualHeadStudent:
-    """Train one round's student on normalized pool `images` (all of the pool, labeled or not).
+    """Train one round's student on normalized pool `images` (all of the pool, labeled or not): the
+    tensor, or `StreamedViews` of a streamed pool, whose step batches are then read ahead.
 
     `labeled`/`labels`: positions into `images` and their oracle labels. `teacher_logits`: N×C pool
     logits (required when `cfg.distill`). Unlabeled batches cycle over the rest of the pool.
@@ -164,7 +166,7 @@ def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray,
         raise InvalidInput("distillation needs a teacher", "pass --teacher or --teacher-logits, or --config distill=false")
     if not cfg.distill and len(labeled) == 0:
         raise InvalidInput("without distillation the student needs labeled samples", "pass --labeled, or a teacher to distill from")
-    student = build_student(cfg, tuple(images.shape[1:]), num_classes, seed).to(device).train()
+    student = build_student(cfg, _image_shape(images), num_classes, seed).to(device).train()
     images = images.to(device)
     labeled_t = torch.as_tensor(labeled, dtype=torch.long)
     labels_t = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -178,14 +180,20 @@ def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray,
     augment = build_augmentation(cfg.augmentation)
     labeled_cycle = _Cycler(torch.arange(len(labeled)), gen)
     unlabeled_cycle = _Cycler(unlabeled_t, gen) if cfg.distill and len(unlabeled_t) else None
+    # Every step's positions first (they depend only on the seed), so a streamed pool's batches can be read ahead.
+    plan = []
+    for _ in range(total):
+        rows = labeled_cycle.next(cfg.batch_size) if len(labeled) else torch.empty(0, dtype=torch.long)
+        pos_l = labeled_t[rows]
+        pos_u = unlabeled_cycle.next(cfg.batch_size) if unlabeled_cycle is not None else pos_l[:0]
+        plan.append((rows, pos_l, pos_u))
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup_fraction * total)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_linear(s, total, warmup))
-    for _ in progress(range(total), desc=f"ActiveKD round {round_index}"):
-        rows = labeled_cycle.next(cfg.batch_size) if len(labeled) else torch.empty(0, dtype=torch.long)
-        pos_l = labeled_t[rows].to(device)
-        pos_u = unlabeled_cycle.next(cfg.batch_size).to(device) if unlabeled_cycle is not None else pos_l[:0]
-        x = augment(images[torch.cat([pos_l, pos_u])], aug_gen)
+    views = batches_at(images, [torch.cat([pos_l, pos_u]) for _, pos_l, pos_u in plan])
+    for (rows, pos_l, pos_u), batch in progress(zip(plan, views), total=total, desc=f"ActiveKD round {round_index}"):
+        pos_l, pos_u = pos_l.to(device), pos_u.to(device)
+        x = augment(batch, aug_gen)
         z_ce, z_kd, _ = student(x)
         n_l = len(pos_l)
         if cfg.distill:
@@ -197,16 +205,22 @@ def train_student(images: torch.Tensor, labeled: np.ndarray, labels: np.ndarray,
     return student.eval()
 
 
+def _image_shape(images) -> tuple:
+    return tuple(images.dataset.info.image_shape) if isinstance(images, StreamedViews) else tuple(images.shape[1:])
+
+
 @torch.no_grad()
-def student_outputs(student: DualHeadStudent, images: torch.Tensor, cfg: ActiveKDConfig, batch_size: int = 1000,
+def student_outputs(student: DualHeadStudent, images, cfg: ActiveKDConfig, batch_size: int = 1000,
                     features: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Combined probabilities p(x) (N×C) and pooled features (N×D, or None) on clean views, eval mode."""
+    """Combined probabilities p(x) (N×C) and pooled features (N×D, or None) on clean views, eval mode
+    (`images`: a normalized tensor or `StreamedViews`, read in one pass)."""
     student.eval()
     device = next(student.parameters()).device
     probs, feats = [], []
     alpha = cfg.alpha if cfg.distill else 0.0
-    for i in range(0, len(images), batch_size):
-        z_ce, z_kd, pooled = student(images[i : i + batch_size].to(device))
+    chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
+    for x in batches_at(images, chunks):
+        z_ce, z_kd, pooled = student(x.to(device))
         probs.append(combine_heads(z_ce, z_kd, alpha, cfg.beta).float().cpu())
         if features:
             feats.append(pooled.float().cpu())
@@ -216,5 +230,5 @@ def student_outputs(student: DualHeadStudent, images: torch.Tensor, cfg: ActiveK
 
 
 def student_accuracy(student: DualHeadStudent, test: ImageDataset, cfg: ActiveKDConfig) -> float:
-    probs, _ = student_outputs(student, test.normalized(), cfg, features=False)
+    probs, _ = student_outputs(student, normalized_source(test), cfg, features=False)
     return float((probs.argmax(1) == test.labels).float().mean())

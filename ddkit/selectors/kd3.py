@@ -2,7 +2,8 @@
 unlabeled pool, selecting the pool samples to train on every epoch.
 
 Per epoch e of E: score every pool image on its clean, deterministic view (the pool is normalized
-once and cached as one tensor; the teacher's logits are computed once, the student's every epoch),
+once and cached as one tensor, or streamed batch by batch when it does not fit in memory; the
+teacher's logits are computed once, the student's every epoch),
 combine the logits `α(e)·z_T + (1−α(e))·z_S`, and keep x iff its confidence beats the
 class-adaptive threshold of its predicted class (`kd3_losses.select_instances`). Then train one
 epoch on the kept samples with `L = L_FA + m·L_MD`: the projector + frozen, reused teacher
@@ -31,6 +32,7 @@ from torch import nn
 
 from ddkit.augment import build_augmentation
 from ddkit.data.base import DatasetInfo
+from ddkit.data.stream import batches_at, normalized_source
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output
 from ddkit.models import create_model
@@ -125,10 +127,12 @@ class Embedding(nn.Module):
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _logits(model: nn.Module, images, batch_size: int) -> torch.Tensor:
+    """Logits of every pool image on its clean view, in one pass (prefetched when streamed)."""
     was = model.training
     model.eval()
-    out = torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(images), batch_size)])
+    chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
+    out = torch.cat([model(x).float() for x in batches_at(images, chunks)])
     model.train(was)
     return out
 
@@ -163,7 +167,7 @@ class KD3Selector(Selector):
             raise IncompatibleError(f"teacher {teacher.path or teacher.header.arch} classifies flattened features, "
                                     "so its classifier cannot be reused on projected student features",
                                     "use a teacher with global average pooling (convnet-bn, resnet8/20/18, mobilenet)")
-        student, history, stats = train_kd3(pool.normalized(), teacher, config, seed, device)
+        student, history, stats = train_kd3(normalized_source(pool, device), teacher, config, seed, device)
         keep, margin = stats["kept"], stats["final_confidence"] - stats["final_threshold"]
         kept = np.flatnonzero(keep)
         kept = kept[np.argsort(-margin[kept], kind="stable")][:budget]
@@ -217,9 +221,12 @@ def _alpha(config: KD3Config, epoch: int) -> float:
     return 1.0 if config.selection == "teacher" else alpha_schedule(epoch, config.epochs)
 
 
-def train_kd3(images: torch.Tensor, teacher, config: KD3Config, seed: int, device) -> tuple[nn.Module, list[dict], dict]:
+def train_kd3(images, teacher, config: KD3Config, seed: int, device) -> tuple[nn.Module, list[dict], dict]:
     """Train a KD³ student on normalized pool `images` (no labels); returns (student, per-epoch
-    history, per-sample stats: epochs_selected, final_confidence, final_threshold, final_class, kept)."""
+    history, per-sample stats: epochs_selected, final_confidence, final_threshold, final_class, kept).
+
+    `images`: the normalized tensor, or `StreamedViews` of a streamed pool (`normalized_source`):
+    every pass and every epoch's batches are then read ahead from the pool, never held whole."""
     config.check()
     images = images.to(device)
     n = len(images)
@@ -255,11 +262,10 @@ def train_kd3(images: torch.Tensor, teacher, config: KD3Config, seed: int, devic
         chosen = chosen[torch.randperm(len(chosen), generator=order_gen)]
         total, count = 0.0, 0
         student.train()
-        for start in range(0, len(chosen), config.batch_size):
-            idx = chosen[start : start + config.batch_size].to(device)
-            if len(idx) < 2:  # BatchNorm and NT-Xent need two samples
-                continue
-            x = augment(images[idx], aug_gen)
+        batches = [chosen[start : start + config.batch_size] for start in range(0, len(chosen), config.batch_size)]
+        batches = [idx for idx in batches if len(idx) >= 2]  # BatchNorm and NT-Xent need two samples
+        for idx, views in zip(batches, batches_at(images, batches)):
+            x = augment(views, aug_gen)
             loss = kd3_loss(student, tmodel, head_s, head_t, x, config, mix_gen)
             optimizer_step(opt, loss)
             total += float(loss.detach()) * len(idx)

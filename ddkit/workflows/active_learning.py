@@ -98,7 +98,7 @@ def protocol_accuracies(loops: list[LoopResult], pool: ImageDataset, test: Image
     wall seconds spent per (seed, set). Students of one |L| train together (one call, batched on a
     GPU); the test split is read after all of them are trained."""
     device = device or torch.device("cpu")
-    images, labels = pool.normalized(), pool.labels
+    labels = pool.labels  # the labeled sets' pixels are read per set: a streamed pool is never read whole
     wanted: dict[tuple, tuple[int, np.ndarray]] = {}
     for loop in loops:
         for r in range(len(loop.sizes)):
@@ -110,7 +110,8 @@ def protocol_accuracies(loops: list[LoopResult], pool: ImageDataset, test: Image
     trained, seconds = [], {}
     for size, keys in sorted(by_size.items()):
         start = time.perf_counter()
-        data = [StudentData(images[wanted[k][1]].to(device), labels[wanted[k][1]].to(device)) for k in keys]
+        data = [StudentData(pool.normalized(torch.as_tensor(wanted[k][1])).to(device), labels[wanted[k][1]].to(device))
+                for k in keys]
         students = train_students(protocol, data, [wanted[k][0] for k in keys], pool.info, device,
                                   [t.model for t in teachers], batched=batched, desc=f"students |L|={size}")
         trained.append((keys, students))
@@ -141,7 +142,7 @@ def selection_card(run: EvaluatedRun, baseline: EvaluatedRun | None, path: str, 
     uses_teachers = protocol.label_source != "hard"
     return ResultCard(
         protocol=protocol.to_dict(), train_set=str(path), content_sha256=digest,
-        budget_bytes=n * pool.images[0].numel() * pool.images.element_size(), ipc=ipc, instances=n, seeds=[run.seed],
+        budget_bytes=n * pool.images[0].numel() * pool.images[0].element_size(), ipc=ipc, instances=n, seeds=[run.seed],
         result=arm, random_baseline=base, teachers=[t.header.summary() for t in teachers] if uses_teachers else [],
         device=str(device), wall_seconds=seconds,
     )

@@ -1,0 +1,70 @@
+"""The detector over datasets, in memory or streamed: the passes `pool dedup` and `validate --against` make.
+
+Queries are matched block by block as `iter_batches` reads them (decoded ahead in workers for a
+streamed dataset), and an in-memory dataset goes through the same blocks, so both paths give the
+same matches. The references (a test split, or the set itself for `within`) are read once into an
+uncompressed row file (`numpy.memmap`) when they stream, from which the detector reads the
+candidates it verifies: memory holds the candidate vectors, never the pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ddkit.contamination.detector import Detector, Matches, as_uint8, within
+from ddkit.data.base import ImageDataset
+from ddkit.data.stream import is_streamed, iter_batches
+
+QUERY_BLOCK = 4096  # queries read and matched per block (a multiple of the detector's verification block)
+
+
+def match_dataset(detector: Detector, dataset: ImageDataset, positions=None) -> Matches:
+    """`detector.match` of the dataset's images (or of its `positions`, in that order), block by block."""
+    found = [detector.match(as_uint8(b.x))
+             for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True)]
+    if not found:
+        return detector.match(np.zeros((0, *detector.shape), np.uint8))
+    return Matches(*(np.concatenate([getattr(m, f) for m in found])
+                     for f in ("flagged", "exact", "score", "reference", "flipped")), found[0].version)
+
+
+@contextlib.contextmanager
+def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path | None = None) -> Iterator[np.ndarray]:
+    """The uint8 images of `positions`: in memory for an in-memory dataset, else a read-only
+    `numpy.memmap` of an uncompressed temporary file under `workdir` (removed on exit)."""
+    positions = np.asarray(positions, np.int64)
+    if not is_streamed(dataset):
+        yield as_uint8(dataset.images[positions])
+        return
+    shape = (len(positions), *dataset.info.image_shape)
+    with tempfile.TemporaryDirectory(prefix="ddkit-rows-", dir=workdir) as tmp:
+        path = Path(tmp) / "rows.u8"
+        if len(positions):
+            rows, at = np.memmap(path, np.uint8, "w+", shape=shape), 0
+            for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
+                rows[at : at + len(b.x)] = as_uint8(b.x)
+                at += len(b.x)
+            rows.flush()
+            del rows
+            yield np.memmap(path, np.uint8, "r", shape=shape)
+        else:
+            yield np.zeros(shape, np.uint8)
+
+
+@contextlib.contextmanager
+def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None) -> Iterator[Detector]:
+    """A `Detector` over every image of `dataset` (a streamed one read once into a row file)."""
+    with pixel_rows(dataset, np.arange(len(dataset)), workdir) as images:
+        yield Detector(images, config)
+
+
+def within_dataset(dataset: ImageDataset, positions: np.ndarray, config=None,
+                   workdir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`detector.within` of the images at `positions` (group, keep, score per position)."""
+    with pixel_rows(dataset, positions, workdir) as images:
+        return within(images, config)
