@@ -42,6 +42,8 @@ def test_streamed_and_in_memory_paths_give_the_same_samples(folder, monkeypatch,
     assert torch.equal(st.subset(picks).ids, mem.subset(picks).ids)
     assert [len(c) for c in st.class_indices()] == [len(c) for c in mem.class_indices()]
     assert torch.equal(st.materialize().images, mem.images)
+    assert st.fingerprint() == mem.fingerprint() == st.materialize().fingerprint()  # one definition, both paths
+    assert st.subset(picks).fingerprint() == mem.subset(picks).fingerprint() != mem.fingerprint()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -132,8 +132,7 @@ def test_pool_score_gives_the_same_scores(folder, teacher, pools, tmp_path, monk
         header = score_pool(pool, teacher, tmp_path / f"{mode}.scores.h5", batch_size=4)
         got[mode] = (_read_scores(tmp_path / f"{mode}.scores.h5"), header["pool_fingerprint"])
     (a, fa), (b, fb) = got["memory"], got["stream"]
-    # (an image folder's fingerprint differs between its two paths: the manifest's vs the pixels' hash)
-    assert (fa == fb or source == "imagefolder") and set(a) == {"ids", "logits", "probs", "embeddings"}
+    assert fa == fb and set(a) == {"ids", "logits", "probs", "embeddings"}
     assert all(np.array_equal(a[k], b[k]) for k in a) and len(a["ids"]) == 26
 
 

@@ -177,6 +177,9 @@ class ImageDataset(torch.utils.data.Dataset):
         self.target_transform = target_transform
         self.source = source
         self._fingerprint: str | None = None
+        # (fingerprint of an indexed source's content, its row count): set for sources read through an
+        # index (image folders), so the same samples fingerprint alike in memory and streamed
+        self.indexed_content: tuple[str, int] | None = None
 
     # -- torchvision-style access ------------------------------------------------------------
     def __len__(self) -> int:
@@ -214,10 +217,12 @@ class ImageDataset(torch.utils.data.Dataset):
     def subset(self, indices) -> "ImageDataset":
         """The samples at positions `indices`, keeping their source ids."""
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return ImageDataset(
+        out = ImageDataset(
             self.info, self.split, self.images[idx], self.labels[idx], self.ids[idx],
             self.transform, self.target_transform, self.source,
         )
+        out.indexed_content = self.indexed_content
+        return out
 
     def class_indices(self) -> list[torch.Tensor]:
         """Positions of each class's samples, in order."""
@@ -230,7 +235,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return h.hexdigest()
 
     def fingerprint(self) -> str:
-        """Hash of the id list and of the pixel data: ids resolve to the same pixels iff equal."""
+        """Hash of the id list and of the pixel data: ids resolve to the same pixels iff equal.
+
+        For an indexed source the index's content hash stands for the pixels (`indexed_fingerprint`),
+        which the streamed path computes without reading them."""
+        if self._fingerprint is None and self.indexed_content is not None:
+            self._fingerprint = indexed_fingerprint(self.ids_sha256(), *self.indexed_content, self.ids, self.labels)
         if self._fingerprint is None:
             h = hashlib.sha256(self.ids_sha256().encode())
             images = self.images.contiguous()
@@ -239,6 +249,15 @@ class ImageDataset(torch.utils.data.Dataset):
             h.update(self.labels.numpy().astype("<i8").tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+
+def indexed_fingerprint(ids_sha256: str, content: str, total: int, rows, labels: torch.Tensor) -> str:
+    """The fingerprint of samples at `rows` of an indexed source whose content hash is `content`."""
+    h = hashlib.sha256(ids_sha256.encode())
+    h.update(f"{content}/{total}".encode())
+    h.update(np.asarray(rows, dtype="<i8").tobytes())
+    h.update(labels.numpy().astype("<i8").tobytes())
+    return h.hexdigest()
 
 
 def train_val_split(dataset: ImageDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[ImageDataset, ImageDataset]:

@@ -154,7 +154,9 @@ def load(arg: str | None, split: str) -> ImageDataset:
     if should_stream(len(manifest), shape):
         return StreamedImageDataset(info, split, reader, labels, source=str(root), base_fingerprint=fingerprint)
     images = _in_memory(str(root), split, fingerprint, reader)
-    return ImageDataset(info, split, images.clone(), labels, source=str(root))
+    dataset = ImageDataset(info, split, images.clone(), labels, source=str(root))
+    dataset.indexed_content = (fingerprint, len(reader))  # fingerprints as the streamed path does
+    return dataset
 
 
 def _fmt(shape) -> str:

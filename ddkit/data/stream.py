@@ -15,7 +15,6 @@ Which path a source takes is decided by its size against $DDKIT_MEMORY_LIMIT (by
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -23,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.data.base import DatasetInfo, ImageDataset, indexed_fingerprint
 from ddkit.data.decode import FolderFit, decode_image
 from ddkit.data.manifest import stream_workers
 from ddkit.errors import FileFormatError, InvalidInput
@@ -184,15 +183,14 @@ class StreamedImageDataset(ImageDataset):
         images = torch.cat(batches) if batches else torch.zeros((0, *self.info.image_shape), dtype=torch.uint8)
         out = ImageDataset(self.info, self.split, images, self.labels, self.ids, self.transform,
                            self.target_transform, self.source)
+        if self.base_fingerprint and np.array_equal(self.rows, self.ids.numpy()):
+            out.indexed_content = (self.base_fingerprint, len(self.reader))
         return out
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            h = hashlib.sha256(self.ids_sha256().encode())
-            h.update(f"{self.base_fingerprint}/{len(self.reader)}".encode())
-            h.update(self.rows.astype("<i8").tobytes())
-            h.update(self.labels.numpy().astype("<i8").tobytes())
-            self._fingerprint = h.hexdigest()
+            self._fingerprint = indexed_fingerprint(self.ids_sha256(), self.base_fingerprint, len(self.reader),
+                                                    self.rows, self.labels)
         return self._fingerprint
 
 
