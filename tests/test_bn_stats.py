@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import tiny_model_options
 from torch import nn
 
 from ddkit.models import MODELS, create_model
@@ -32,7 +33,7 @@ def test_hand_computation_two_layers():
 
 @pytest.mark.parametrize("name", MODELS.names(teacher=True))
 def test_every_bn_model_is_hooked_without_model_code(name):
-    model = create_model(name, 1, 16, 10, **({"width": 8} if name != "mobilenet" else {"width": 4, "head": 16})).eval()
+    model = create_model(name, 1, 16, 10, **tiny_model_options(name)).eval()
     x = torch.rand(2, 1, 16, 16, requires_grad=True)
     with BNStatisticsLoss(model) as hook:
         model(x)
