@@ -170,6 +170,7 @@ def fit_state_dict(state: dict[str, torch.Tensor], model: nn.Module, what: str, 
         raise FileFormatError(f"{what} is not a {model_name} state dict: {_few('missing', missing)}"
                               f"{'; ' if missing and unexpected else ''}{_few('unexpected', unexpected)}", fix)
     weight_key, bias_key = classifier_keys(model)
+    _check_shapes(state, expected, (weight_key, bias_key), what, model_name)  # the body first: input channels
     rows = state[weight_key].shape[0]
     note = "as in the checkpoint"
     if state[weight_key].ndim != 2:
@@ -196,12 +197,17 @@ def fit_state_dict(state: dict[str, torch.Tensor], model: nn.Module, what: str, 
             "pass --checkpoint-classes FILE (the checkpoint's class names in output order, e.g. ImageNet's wnids) "
             "to keep the rows of the dataset's classes, or import it for a dataset with the checkpoint's classes",
         )
-    wrong = [k for k in expected if tuple(state[k].shape) != expected[k]]
+    _check_shapes(state, expected, (), what, model_name)
+    return state, note
+
+
+def _check_shapes(state: dict, expected: dict, skip: tuple, what: str, model_name: str) -> None:
+    wrong = [k for k in expected if k not in skip and tuple(state[k].shape) != expected[k]]
     if wrong:
         detail = ", ".join(f"{k}: checkpoint {tuple(state[k].shape)} vs model {expected[k]}" for k in wrong[:3])
         raise FileFormatError(f"{what} does not fit {model_name} for this dataset ({detail})",
-                              f"{fix}, and a dataset with the input channels it was trained on")
-    return state, note
+                              "import it for a dataset with the input channels it was trained on, with the --model and "
+                              "--model-opt it was trained as")
 
 
 def _few(label: str, keys: list[str]) -> str:
