@@ -258,3 +258,19 @@ def test_misfit_checkpoints_give_one_clear_error(tmp_path, capsys, folder32):
     gray = load_dataset("procedural").info  # one input channel: the stem's shape says so
     code, _, stderr = _import(capsys, resnet, "--model", "tv-resnet18", "--dataset", "procedural", "--out", tmp_path / "g.safetensors")
     assert code == 2 and "conv1.weight: checkpoint (64, 3, 7, 7) vs model (64, 1, 7, 7)" in stderr and gray.image_shape[0] == 1
+
+
+@pytest.mark.parametrize("protocol", ["teacher-imagenet", "stored-imagenet"])
+def test_imported_teacher_teaches_a_torchvision_student_on_an_image_folder(tmp_path, capsys, folder32, protocol):
+    """The ImageNet-style protocols run end to end on an image folder: a torchvision teacher imported
+    as released labels (on the fly, or as stored logits) a torchvision ResNet-18 student."""
+    from ddkit.evaluate import evaluate, get_protocol
+
+    ckpt, teacher = tmp_path / "t.pth", tmp_path / "t.safetensors"
+    torch.save(_torchvision("tv-mobilenet-v2").state_dict(), ckpt)
+    assert _import(capsys, ckpt, "--model", "tv-mobilenet-v2", "--dataset", folder32, "--out", teacher)[0] == 0
+    card = evaluate(f"random:{folder32}:1", protocol, seeds=[0], teachers=[str(teacher)], steps=2, baseline=False,
+                    full_reference=False, write_card=False, ranking=False)
+    assert card.protocol["student"] == get_protocol(protocol).student == "tv-resnet18"
+    assert card.protocol["augmentation"] == get_protocol(protocol).augmentation and len(card.result.accuracies) == 1
+    assert 0.0 <= card.result.accuracies[0] <= 1.0
