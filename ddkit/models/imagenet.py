@@ -57,8 +57,12 @@ class TorchvisionClassifier(ImageClassifier):
             _replace_stem(net, in_channels)
         if not isinstance(self.classifier, nn.Linear):
             raise ValueError(f"torchvision {arch.builder}: head {arch.head!r} ends in no Linear layer")
-        self.register_state_dict_post_hook(_drop_net_prefix)
-        self.register_load_state_dict_pre_hook(_add_net_prefix)
+        if hasattr(self, "register_state_dict_post_hook"):  # public in newer torch; the same hooks, private, before
+            self.register_state_dict_post_hook(_drop_net_prefix)
+            self.register_load_state_dict_pre_hook(_add_net_prefix)
+        else:
+            self._register_state_dict_hook(_drop_net_prefix)
+            self._register_load_state_dict_pre_hook(_add_net_prefix, with_module=True)
 
     @property
     def body(self) -> nn.Module:  # type: ignore[override]  (a view of the trunk; `net` owns the modules)
