@@ -18,6 +18,7 @@ each is undone and recorded:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -64,7 +65,8 @@ def read_state_dict(path: str | os.PathLike, entry: str | None = None, source: s
     if not path.is_file():
         raise FileFormatError(f"checkpoint {path} does not exist", "check the path")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        allow = getattr(torch.serialization, "safe_globals", None)  # absent before torch 2.5: plain weights_only
+        with allow([argparse.Namespace]) if allow else contextlib.nullcontext():
             blob = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything beyond tensors and containers, or a corrupt file
         raise FileFormatError(
