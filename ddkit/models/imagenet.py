@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ddkit.models.base import ImageClassifier
+from ddkit.models.base import ImageClassifier, ModelOutput
 
 _NET = "net."
 
@@ -86,9 +86,10 @@ class TorchvisionClassifier(ImageClassifier):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.features(x)))
 
-    def forward_all(self, x: torch.Tensor):
-        out = super().forward_all(x)
-        return out._replace(logits=self.head(out.pooled))  # the head's dropout too, as torchvision's forward
+    def forward_all(self, x: torch.Tensor) -> ModelOutput:
+        fmap = self.features(x)
+        pooled = self.pool(fmap)
+        return ModelOutput(self.head(pooled), pooled, fmap)  # the head's dropout too, as torchvision's forward
 
 
 def build_torchvision(arch: TorchvisionArch, in_channels: int, num_classes: int, **options) -> TorchvisionClassifier:
