@@ -86,8 +86,19 @@ OUT_FILE = _OutputFile()
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(ddkit.__version__, prog_name="ddkit")
-def cli():
+@click.option("--data-mode", type=click.Choice(["auto", "memory", "stream"]), default=None,
+              help="hold datasets in memory or stream them from disk (default auto: stream what is larger than "
+                   "$DDKIT_MEMORY_LIMIT, 512 MiB); sets $DDKIT_DATA_MODE")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="decoding worker processes for streamed datasets (default min(4, CPUs)); sets $DDKIT_WORKERS")
+def cli(data_mode, workers):
     """ddkit: distill datasets, select samples with a teacher, evaluate honestly."""
+    import os
+
+    if data_mode is not None:
+        os.environ["DDKIT_DATA_MODE"] = data_mode
+    if workers is not None:
+        os.environ["DDKIT_WORKERS"] = str(workers)
 
 
 # -- registries ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ddkit.data import dataset_info, load_dataset, recorded_dataset, train_val_split
+from ddkit.data.stream import normalized_source
 from ddkit.fileio import check_output
 from ddkit.models import create_model
 from ddkit.models.checkpoint import fit_state_dict, read_class_names, read_state_dict
@@ -52,11 +53,11 @@ def train_teacher(
     net = create_model(model, info.image_shape[0], info.image_shape[1], info.num_classes, seed=seed, **(model_kwargs or {}))
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, augmentation=augmentation,
                       optim=OptimConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay))
-    history = train_supervised(net, train.normalized(), train.labels, cfg, seed, dev,
-                               val=(val.normalized().to(dev), val.labels.to(dev)), desc=f"teacher {model}")
+    history = train_supervised(net, normalized_source(train), train.labels, cfg, seed, dev,
+                               val=(normalized_source(val, dev), val.labels.to(dev)), desc=f"teacher {model}")
     val_acc = history[-1].get("val_accuracy")
     test = load_dataset(dataset, "test")
-    test_acc = accuracy(net, test.normalized().to(dev), test.labels.to(dev))
+    test_acc = accuracy(net, normalized_source(test, dev), test.labels.to(dev))
     wall = time.perf_counter() - start
     train_record = {**cfg.to_dict(), "seed": seed, "val_fraction": val_fraction, "train_size": len(train),
                     "device": str(dev), "wall_seconds": round(wall, 2)}
@@ -70,7 +71,7 @@ def evaluate_teacher(path: str | Path, dataset: str | None = None, split: str = 
     teacher: Teacher = load_teacher(path, dev)
     data = load_dataset(dataset or recorded_dataset(teacher.header.dataset, None, f"teacher {path}"), split)
     teacher.check_fits(data.info)
-    acc = accuracy(teacher.model, data.normalized().to(dev), data.labels.to(dev))
+    acc = accuracy(teacher.model, normalized_source(data, dev), data.labels.to(dev))
     return {"teacher": str(path), "arch": teacher.header.arch, "dataset": data.info.name, "split": split,
             "accuracy": acc, "samples": len(data), "recorded_test_accuracy": teacher.header.test_accuracy}
 
@@ -98,7 +99,7 @@ def import_teacher(checkpoint: str | Path, out: str | Path, dataset: str, model:
     net.load_state_dict(state, strict=True)
     dev = pick_device(device)
     net.to(dev).eval()
-    test = load_dataset(dataset, "test")  # streamed pass: lead wires this
-    test_acc = accuracy(net, test.normalized().to(dev), test.labels.to(dev))
+    test = load_dataset(dataset, "test")
+    test_acc = accuracy(net, normalized_source(test, dev), test.labels.to(dev))
     record = dataclasses.replace(record, classes=classes)
     return save_teacher(out, net.cpu(), info, overwrite=overwrite, test_accuracy=test_acc, train=record.to_dict())

@@ -1,9 +1,10 @@
 """Shared training machinery: device choice, optimizer + schedule from a small typed config, the
-one optimizer step every loop in ddkit takes (`optimizer_step`), and a single-model loop over an
-in-memory tensor dataset (teachers, students of selectors).
+one optimizer step every loop in ddkit takes (`optimizer_step`), and a single-model loop over a
+dataset (teachers, students of selectors).
 
 Small image sets live on the device whole and are batched by index, so there is no DataLoader
-worker overhead; augmentation is the seeded, replayable kind from `ddkit.augment`.
+worker overhead; a streamed set (`ddkit.data.stream.StreamedViews`) is read in the same seeded
+batch order, decoded ahead by workers. Augmentation is the seeded, replayable kind from `ddkit.augment`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.augment import build_augmentation
+from ddkit.data.stream import StreamedViews, batches_at
 from ddkit.errors import InvalidInput
 from ddkit.progress import progress
 from ddkit.seeding import generator
@@ -92,17 +94,23 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, sched=None) -
 
 
 @torch.no_grad()
-def predict_logits(model, images: torch.Tensor, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
-    """Logits of `model` (eval mode) on already-normalized images, computed in batches."""
+def predict_logits(model, images, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+    """Logits of `model` (eval mode) on already-normalized images (a tensor, or the `StreamedViews`
+    of a streamed dataset), computed in batches."""
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
+    if isinstance(images, StreamedViews):
+        batches = batches_at(images, chunks)
+    else:
+        batches = (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    out = [model(x.to(device)).float().cpu() for x in batches]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(model, images, labels: torch.Tensor, batch_size: int = 512) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((predict_logits(model, images, batch_size).argmax(1) == labels.cpu()).float().mean())
@@ -130,7 +138,7 @@ class TrainConfig:
 
 def train_supervised(
     model,
-    images: torch.Tensor,
+    images,
     labels: torch.Tensor,
     cfg: TrainConfig,
     seed: int,
@@ -138,8 +146,9 @@ def train_supervised(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
     desc: str = "train",
 ) -> list[dict]:
-    """Train `model` with cross-entropy on normalized `images`; returns per-epoch history
-    (train loss, and val accuracy when a validation split is given — never the test split)."""
+    """Train `model` with cross-entropy on normalized `images` (a tensor, or `StreamedViews`: then the
+    batches are decoded ahead in worker processes); returns per-epoch history (train loss, and val
+    accuracy when a validation split is given — never the test split)."""
     if len(images) == 0:
         raise InvalidInput("cannot train on an empty set")
     model.to(device).train()
@@ -155,9 +164,9 @@ def train_supervised(
     for epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen).to(device)
         total, count = 0.0, 0
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = augment(images[idx], aug_gen)
+        index_batches = [order[i * cfg.batch_size : (i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
+        for idx, batch in zip(index_batches, batches_at(images, index_batches)):
+            x = augment(batch, aug_gen)
             loss = F.cross_entropy(model(x), labels[idx], label_smoothing=cfg.label_smoothing)
             optimizer_step(opt, loss, sched)
             total += loss.item() * len(idx)

@@ -83,3 +83,74 @@ def record_state(path: Path, key: str, entry: dict) -> None:
         state[key] = entry
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(state, indent=1))
+
+
+def _tree(root: int) -> list[int]:
+    """`root` and its live descendants (from /proc: no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _memory_kib(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in KiB; PSS shares pages among the processes that map them."""
+    rss = pss = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    except OSError:
+        pass
+    return rss, pss
+
+
+def run_watched(cmd: list[str], env: dict | None = None, interval: float = 0.2) -> dict:
+    """Run a command, sampling memory every `interval` s; fail loudly.
+
+    Returns wall seconds, stdout/stderr, the peak RSS of the main process, and the peak PSS summed
+    over the process tree (main + decoding workers: shared pages counted once), in MiB.
+    """
+    import threading
+
+    peaks = {"main_rss": 0, "tree_pss": 0, "tree_rss": 0, "processes": 1}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            pids = _tree(proc.pid)
+            mem = [_memory_kib(p) for p in pids]
+            peaks["main_rss"] = max(peaks["main_rss"], mem[0][0])
+            peaks["tree_pss"] = max(peaks["tree_pss"], sum(p for _, p in mem))
+            peaks["tree_rss"] = max(peaks["tree_rss"], sum(r for r, _ in mem))
+            peaks["processes"] = max(peaks["processes"], len(pids))
+            done.wait(interval)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    out, err = proc.communicate()
+    done.set()
+    thread.join()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(out + err)
+        raise SystemExit(f"command failed ({proc.returncode}): {shlex.join(cmd)}")
+    return {"wall": wall, "stdout": out, "stderr": err, "main_rss_mib": peaks["main_rss"] / 1024,
+            "tree_pss_mib": peaks["tree_pss"] / 1024, "tree_rss_mib": peaks["tree_rss"] / 1024,
+            "processes": peaks["processes"], "command": shlex.join(cmd)}

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
+
+# Caches the tests write (image-folder manifests, reference accuracies) go to a throwaway folder, never
+# to the user's ~/.cache/ddkit; tests that need their own set DDKIT_CACHE themselves.
+os.environ.setdefault("DDKIT_CACHE", tempfile.mkdtemp(prefix="ddkit-test-cache-"))
 
 
 def write_imagefolder(root, class_names, per_split=None, size=(8, 8), mode="RGB", seed=0):

@@ -342,7 +342,10 @@ def test_imagefolder_grayscale_and_bad_paths(tmp_path, make_imagefolder):
     with pytest.raises(DatasetUnavailable, match="does not exist"):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
     (root / "train" / "a" / "bad.png").write_bytes(b"not a png")
-    with pytest.raises(FileFormatError, match="bad.png"):
+    assert len(load_dataset(f"imagefolder:{root}")) == 12  # unreadable files are skipped and counted
+    for path in (root / "train" / "b").iterdir():
+        path.write_bytes(b"truncated")
+    with pytest.raises(InvalidInput, match="class 'b' has no readable images"):
         load_dataset(f"imagefolder:{root}")
 
 

@@ -115,11 +115,12 @@ def test_cli_misuse_is_one_clear_message(tmp_path, capsys, args, message):
 
 
 @pytest.mark.parametrize("bad, message", [("dangling-symlink", "broken link"), ("bomb-png", "pixel limit")])
-def test_bad_image_folders_are_one_clear_message(tmp_path, capsys, bad, message):
+def test_bad_files_in_image_folders_are_skipped_with_one_clear_line(tmp_path, capsys, bad, message):
     root = image_folder(tmp_path, bad)
     code, _, err = run_cli(capsys, "teacher", "train", "--dataset", f"imagefolder:{root}", "--epochs", "1",
                            "--out", tmp_path / "t.safetensors")
-    assert code != 0 and "Traceback" not in err and message in err, err
+    assert code == 0 and "Traceback" not in err and message in err, err
+    assert "skipped 1 unreadable image(s) of 5" in err
 
 
 def test_evaluate_checks_the_card_folder_before_training(tmp_path, capsys, monkeypatch):

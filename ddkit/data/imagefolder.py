@@ -9,25 +9,22 @@ and a silently different order would relabel every stored set and teacher made f
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
-from ddkit.data.stats import channel_stats
+from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.data.decode import read_fit
+from ddkit.data.manifest import index_split
+from ddkit.data.stream import FolderReader, StreamedImageDataset, read_rows, should_stream
 from ddkit.errors import DatasetUnavailable, FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
 
 CLASS_MAP = "classes.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-_TO_GRAY = frozenset({"1", "LA"})
-MAX_IMAGE_PIXELS = 1 << 24  # 16 Mpixel: far above any training image, far below a decompression bomb
-_TO_RGB = frozenset({"P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
 
 
 def _check_class_names(class_names, where: str) -> tuple[str, ...]:
@@ -94,99 +91,71 @@ def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> list[tup
     items = []
     for label, name in enumerate(class_names):
         files = sorted(p for p in (folder / name).iterdir()
-                       if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+                       if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
+                       and p.suffix.lower() in IMAGE_EXTENSIONS)  # a broken link is listed, then skipped
         if not files and split == "train":
             raise InvalidInput(f"class {name!r} has no images in {folder / name}", "add images or drop the class")
         items += [(p, label) for p in files]
     return items
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """One image as uint8 C×H×W (C = 1 for grayscale, 3 for color)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ddkit's own limit is below
-            im = Image.open(path)  # reads the header only; convert() below decodes
-        with im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
-                                   "(a decompression bomb, or not a dataset image)", "resize or remove the file")
-            mode = "L" if im.mode in _TO_GRAY else "RGB" if im.mode in _TO_RGB else im.mode
-            if mode not in ("L", "RGB"):
-                raise InvalidInput(f"{path} has pixel mode {im.mode}", "convert it to 8-bit grayscale (L) or RGB")
-            array = np.asarray(im.convert(mode), dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-        raise FileFormatError(f"cannot decode image {path} ({exc})", "replace or remove the file") from exc
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+def _manifests(root: Path) -> tuple:
+    """The train manifest (always: it gives the normalization and the image shape) and the class map."""
+    class_names = read_class_map(root)
+    fit = read_fit(root)
+    return class_names, fit, index_split(root, "train", class_names, fit, list_split(root, "train", class_names))
 
 
-@functools.lru_cache(maxsize=8)
-def _load_split(root: str, split: str, _signature: tuple) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
-    """Decode a split once per process; `_signature` (map + file stats) invalidates on change."""
-    class_names = read_class_map(Path(root))
-    items = list_split(Path(root), split, class_names)
-    arrays, first = [], None
-    for path, _ in items:
-        array = _read_image(path)
-        if first is None:
-            first = (path, array.shape)
-        elif array.shape != first[1]:
-            raise InvalidInput(
-                f"images in {root} differ in size/channels: {first[0]} is {_fmt(first[1])} "
-                f"but {path} is {_fmt(array.shape)}",
-                "convert all images to one size and mode (all L or all RGB)",
-            )
-        arrays.append(array)
-    images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, 1, 1, 1), dtype=torch.uint8)
-    labels = torch.tensor([label for _, label in items], dtype=torch.long)
-    return images, labels, class_names
+_DECODED: dict[tuple, torch.Tensor] = {}  # (root, split, manifest fingerprint) -> pixels, a few at most
 
 
-def _fmt(shape) -> str:
-    return "×".join(str(s) for s in shape) + " (C×H×W)"
-
-
-def _signature(root: Path) -> tuple:
-    """A cheap fingerprint of the folder: the class map's bytes and every file's path, size and mtime."""
-    entries = []
-    for dirpath, _, files in os.walk(root):
-        for f in files:
-            try:
-                st = os.stat(os.path.join(dirpath, f))
-            except OSError as exc:  # a dangling symlink, or a file removed while listing
-                raise FileFormatError(f"{os.path.join(dirpath, f)} cannot be read ({exc.strerror or exc})",
-                                      "remove the broken link or restore its target") from None
-            entries.append((os.path.relpath(os.path.join(dirpath, f), root), st.st_size, st.st_mtime_ns))
-    return tuple(sorted(entries))
+def _in_memory(root: str, split: str, fingerprint: str, reader: FolderReader) -> torch.Tensor:
+    """A split decoded once per process (keyed by its manifest's fingerprint, so a change re-reads)."""
+    key = (root, split, fingerprint)
+    if key not in _DECODED:
+        rows = np.arange(len(reader))
+        batches = [rows[i:i + 256] for i in range(0, len(rows), 256)]
+        _DECODED[key] = torch.cat(list(read_rows(reader, batches, None if len(batches) > 1 else 0))) if len(rows) \
+            else torch.zeros((0, *reader.shape), dtype=torch.uint8)
+        while len(_DECODED) > 8:
+            _DECODED.pop(next(iter(_DECODED)))
+    return _DECODED[key]
 
 
 def load(arg: str | None, split: str) -> ImageDataset:
-    """Split `split` of the image folder at `arg`; ids are the row in the canonical order."""
+    """Split `split` of the image folder at `arg`; ids are the row in the canonical order.
+
+    The folder is indexed (and the index cached, see `ddkit.data.manifest`); a split whose pixels
+    fit the memory limit is decoded into memory, a larger one is streamed (`ddkit.data.stream`).
+    """
     if not arg:
         raise InvalidInput("imagefolder needs a path", "use imagefolder:PATH (PATH/train/<class>/…, PATH/classes.json)")
     root = Path(arg).expanduser().resolve()
     if not root.is_dir():
         raise DatasetUnavailable(f"image folder {arg} does not exist", "give the folder that holds train/ and test/")
-    signature = _signature(root)
-    train_images, train_labels, class_names = _load_split(str(root), "train", signature)
-    shape = tuple(train_images.shape[1:])
-    if split == "train":
-        images, labels = train_images, train_labels
-    else:
-        images, labels, _ = _load_split(str(root), split, signature)
-        if not len(images):
-            images = torch.zeros((0, *shape), dtype=torch.uint8)
-        elif tuple(images.shape[1:]) != shape:
-            raise InvalidInput(
-                f"{root}/{split} images are {_fmt(images.shape[1:])} but train images are {_fmt(shape)}",
-                "convert both splits to one size and mode",
-            )
-    info = DatasetInfo(f"imagefolder:{arg}", class_names, shape, _normalization(str(root), signature))
-    return ImageDataset(info, split, images.clone(), labels.clone(), source=str(root))
+    class_names, fit, train = _manifests(root)
+    empty = [name for c, name in enumerate(class_names) if not (train.labels == c).any()]
+    if empty:
+        raise InvalidInput(f"class {empty[0]!r} has no readable images in {root / 'train' / empty[0]}"
+                           + (f" (nor do {empty[1:]})" if len(empty) > 1 else ""),
+                           "add readable images or drop the class from classes.json")
+    shape = train.image_shape
+    manifest = train if split == "train" else index_split(root, split, class_names, fit,
+                                                          list_split(root, split, class_names))
+    if len(manifest) and manifest.image_shape != shape:
+        raise InvalidInput(
+            f"{root}/{split} images are {_fmt(manifest.image_shape)} but train images are {_fmt(shape)}",
+            "convert both splits to one size and mode",
+        )
+    info = DatasetInfo(f"imagefolder:{arg}", class_names, shape, train.normalization())
+    reader = FolderReader(str(root), manifest.paths, manifest.sizes, shape, fit)
+    labels = torch.from_numpy(manifest.labels)
+    fingerprint = manifest.fingerprint()
+    if should_stream(len(manifest), shape):
+        return StreamedImageDataset(info, split, reader, labels, source=str(root), base_fingerprint=fingerprint)
+    images = _in_memory(str(root), split, fingerprint, reader)
+    return ImageDataset(info, split, images.clone(), labels, source=str(root))
 
 
-@functools.lru_cache(maxsize=8)
-def _normalization(root: str, signature: tuple) -> Normalization:
-    return channel_stats(_load_split(root, "train", signature)[0])
+def _fmt(shape) -> str:
+    return "×".join(str(s) for s in shape) + " (C×H×W)"

@@ -11,6 +11,7 @@ import torch
 
 from ddkit import distributed
 from ddkit.data import load_dataset
+from ddkit.data.stream import normalized_source
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.cache import load_reference, reference_key, store_reference
 from ddkit.evaluate.card import Arm, ResultCard
@@ -169,7 +170,7 @@ def evaluate(
 
     # Phase 2: the final evaluation, the only place the test split is read.
     test = load_dataset(source.dataset, "test")
-    test_images, test_labels = test.normalized().to(dev), test.labels.to(dev)
+    test_images, test_labels = normalized_source(test, dev), test.labels.to(dev)
     accs = {name: dict(zip(s, students.accuracies(test_images, test_labels))) for name, (students, s) in trained.items()}
     accs = _gather(accs, ["result", *references], seeds, w)
 

@@ -16,6 +16,7 @@ import torch
 
 from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.data.base import class_balanced_indices
+from ddkit.data.stream import normalized_source
 from ddkit.dbr import DBRTargets, baseline_targets, check_protocol_views, get_recipe, targets_from_payload
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.evaluate.labels import require_stored_scheme
@@ -65,7 +66,7 @@ class TrainSource:
     file_teachers: list = field(default_factory=list)
     scheme: str | None = None
 
-    def student_data(self, seed: int, device: torch.device) -> StudentData:
+    def student_data(self, seed: int, device: torch.device) -> StudentData:  # images: a tensor or StreamedViews
         images, labels, payload, scheme = self.make(seed)
         return StudentData(images.to(device), labels.to(device), None if payload is None else payload.to(device), scheme)
 
@@ -109,8 +110,8 @@ def real_subset_source(dataset: str, per_class: float, protocol: Protocol, schem
 def full_data_source(dataset: str, protocol: Protocol, scheme: str | None, teachers) -> TrainSource:
     train = load_dataset(dataset, "train")
 
-    def make(seed: int):
-        return _with_payload(train.normalized(), train.labels, protocol, scheme, teachers, seed)
+    def make(seed: int):  # a large train split streams (decoded batch by batch while training)
+        return _with_payload(normalized_source(train), train.labels, protocol, scheme, teachers, seed)
 
     return TrainSource("full data", dataset, len(train) / train.num_classes, len(train), make, scheme=scheme)
 

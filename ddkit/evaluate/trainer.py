@@ -17,6 +17,7 @@ student sees exactly the teacher's views whatever its batch size.
 
 from __future__ import annotations
 
+import collections
 import copy
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from ddkit.augment import build_augmentation, build_mix
 from ddkit.data.base import DatasetInfo
+from ddkit.data.stream import StreamedViews, batches_at
 from ddkit.dbr import DBRTargets
 from ddkit.errors import InvalidInput
 from ddkit.evaluate.labels import MixInfo, hard_loss, kl_at_temperature, mix_targets, require_stored_scheme
@@ -41,9 +43,10 @@ BATCHED_ON_CPU = False
 
 @dataclass
 class StudentData:
-    """One seed's train set, already normalized and on the training device."""
+    """One seed's train set, already normalized and on the training device (or, for a streamed
+    set, its `StreamedViews`, read batch by batch)."""
 
-    images: torch.Tensor
+    images: torch.Tensor | StreamedViews
     labels: torch.Tensor
     payload: torch.Tensor | DBRTargets | None = None  # per-instance label rows (e.g. logits), or DBR targets
     scheme: str | None = None
@@ -63,6 +66,25 @@ class EpochSampler:
         return idx
 
 
+class _SampledViews:
+    """A seed's batches in sampler order: (positions, normalized images), prefetched when streamed."""
+
+    def __init__(self, images, sampler: EpochSampler, steps: int):
+        self._pending: collections.deque = collections.deque()
+
+        def indices():
+            for _ in range(steps):
+                idx = sampler.next()
+                self._pending.append(idx)
+                yield idx
+
+        self._views = batches_at(images, indices())
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = next(self._views)
+        return self._pending.popleft().to(x.device), x
+
+
 class Students:
     """N trained students; `predict` returns N×B×K logits."""
 
@@ -71,10 +93,11 @@ class Students:
         self._stacked = stacked  # (params, buffers, base) when trained batched
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    def predict(self, images, batch_size: int = 1000) -> torch.Tensor:
+        """N×B×K logits on normalized `images` (a tensor, or a streamed set's `StreamedViews`)."""
         outs = []
-        for i in range(0, len(images), batch_size):
-            x = images[i : i + batch_size]
+        chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
+        for x in batches_at(images, chunks):
             if self._stacked is not None:
                 params, buffers, base = self._stacked
                 fn = vmap(lambda p, b, xx: functional_call(base, (p, b), (xx,)), in_dims=(0, 0, None))
@@ -83,7 +106,7 @@ class Students:
                 outs.append(torch.stack([m.eval()(x) for m in self.models]))
         return torch.cat(outs, 1)
 
-    def accuracies(self, images: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    def accuracies(self, images, labels: torch.Tensor) -> list[float]:
         pred = self.predict(images).argmax(-1)
         return [float(v) for v in (pred == labels.view(1, -1)).float().mean(1)]
 
@@ -147,18 +170,20 @@ def train_students(
     samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches")) for d, s in zip(data, seeds)]
     aug_gens = [generator(s, "eval-augment", device=device) for s in seeds]
     streams = [_replay_stream(d, protocol, total_steps) for d in data]
+    sampled = [None if stream is not None else _SampledViews(d.images, sampler, total_steps)
+             for d, sampler, stream in zip(data, samplers, streams)]
 
     bar = progress(total=total_steps, desc=desc)
     for _ in range(total_steps):
         views, labels, rows, mixes = [], [], [], []
-        for d, sampler, gen, stream in zip(data, samplers, aug_gens, streams):
+        for d, sampler, gen, stream, batches in zip(data, samplers, aug_gens, streams, sampled):
             if stream is not None:  # replayed views (DBR): the file decides what the student sees
                 chunk = stream.next(sampler.batch)
                 x, y, r = chunk.x, chunk.y_org, d.payload.rows(chunk)
                 mix = MixInfo(chunk.lam, None, chunk.y_aug)
             else:
-                idx = sampler.next().to(d.images.device)
-                x = augment(d.images[idx], gen)
+                idx, x = batches.next()
+                x = augment(x, gen)
                 mix = MixInfo()
                 if mixer is not None:
                     mp = mixer.sample(x.shape, gen)

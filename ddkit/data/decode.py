@@ -1,0 +1,119 @@
+"""Decoding one image file into uint8 C×H×W pixels, and the fit that makes folders of mixed sizes usable.
+
+One function serves every path that reads image files (the in-memory image folder, the streamed one,
+and their index), so a picture decodes to the same pixels whichever path read it. `FolderFit` is
+the eval-style transform of an ImageNet folder (resize the shorter side, then center-crop): it is
+applied at decode time, so a dataset always has one declared image shape.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.records import check_positive
+
+MAX_IMAGE_PIXELS = 1 << 24  # 16 Mpixel: far above any training image, far below a decompression bomb
+FIT_FILE = "ddkit-folder.json"
+_TO_GRAY = frozenset({"1", "LA"})
+_TO_RGB = frozenset({"P", "PA", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+
+
+@dataclass(frozen=True)
+class FolderFit:
+    """Every image of a folder resized (shorter side to `resize`) and center-cropped to `size`×`size`,
+    with `channels` (1 = grayscale, 3 = RGB). Declared in ROOT/ddkit-folder.json."""
+
+    channels: int
+    size: int
+    resize: int
+
+    def to_dict(self) -> dict:
+        return {"channels": self.channels, "image_size": self.size, "resize": self.resize}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.size, self.size)
+
+
+def read_fit(root: Path) -> FolderFit | None:
+    """The folder's declared fit (None when it declares none: then every image must have one size).
+
+    ROOT/ddkit-folder.json: {"image_size": 224, "resize": 256, "channels": 3}; `resize` defaults to
+    image_size × 8/7 (the 224/256 ratio of the ImageNet eval transform), `channels` to 3.
+    """
+    path = root / FIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path} is not readable JSON ({exc})", 'write e.g. {"image_size": 224}') from None
+    if not isinstance(d, dict) or set(d) - {"image_size", "resize", "channels"} or "image_size" not in d:
+        raise InvalidInput(f"{path} must be a JSON object with image_size (and optional resize, channels)",
+                           'write e.g. {"image_size": 224, "resize": 256, "channels": 3}')
+    for key in ("image_size", "resize"):
+        if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
+            raise InvalidInput(f"{path}: {key} must be an integer number of pixels, got {d[key]!r}")
+    size = check_positive(d["image_size"], f"{path}: image_size", 1 << 14)
+    resize = check_positive(d.get("resize", round(size * 8 / 7)), f"{path}: resize", 1 << 14)
+    channels = d.get("channels", 3)
+    if channels not in (1, 3):
+        raise InvalidInput(f"{path}: channels must be 1 or 3, got {channels!r}")
+    if resize < size:
+        raise InvalidInput(f"{path}: resize {resize} is smaller than image_size {size}", "use resize ≥ image_size")
+    return FolderFit(channels, size, resize)
+
+
+def decode_image(path: str | Path, fit: FolderFit | None = None, data: bytes | None = None) -> np.ndarray:
+    """One image file as uint8 C×H×W (C = 1 for grayscale, 3 for color), fitted when `fit` is given.
+
+    `data` is the file's bytes when the caller already read them (e.g. to hash them). Raises
+    FileFormatError for a file that is not a readable image (truncated, garbage, a decompression
+    bomb), naming the file.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # ddkit's own limit is below
+            # open() reads the header only; convert() below decodes
+            im = Image.open(path if data is None else io.BytesIO(data))
+        with im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
+                                   "(a decompression bomb, or not a dataset image)", "resize or remove the file")
+            if fit is not None:
+                mode = "L" if fit.channels == 1 else "RGB"
+            else:
+                mode = "L" if im.mode in _TO_GRAY else "RGB" if im.mode in _TO_RGB else im.mode
+            if mode not in ("L", "RGB"):
+                raise InvalidInput(f"{path} has pixel mode {im.mode}", "convert it to 8-bit grayscale (L) or RGB")
+            im = im.convert(mode)
+            if fit is not None:
+                im = _resize_center_crop(im, fit)
+            array = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        why = str(exc).split(" <_io.BytesIO")[0]  # PIL names the in-memory buffer, not the file
+        raise FileFormatError(f"cannot decode image {path} ({why})", "replace or remove the file") from exc
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _resize_center_crop(im, fit: FolderFit):
+    """Shorter side to `fit.resize` (bilinear, antialiased), then the central `fit.size` square."""
+    from PIL import Image
+
+    w, h = im.size
+    scale = fit.resize / min(w, h)
+    nw, nh = max(fit.size, round(w * scale)), max(fit.size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+    left, top = (nw - fit.size) // 2, (nh - fit.size) // 2
+    return im.crop((left, top, left + fit.size, top + fit.size))
