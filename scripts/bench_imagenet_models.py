@@ -11,7 +11,7 @@ needs to know about their cost.
 
 Writes the `imagenet-models` section of BENCHMARKS.md.
 
-    OMP_NUM_THREADS=1 nice -n 5 python scripts/bench_imagenet_models.py --batch 8 --reps 3
+    PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 5 python scripts/bench_imagenet_models.py --batch 4 --reps 2
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def main() -> None:
         imported = import_row(Path(tmp))
     body = f"""## ImageNet-style models at 224 px on CPU (issue 16)
 
-`OMP_NUM_THREADS=1 nice -n 5 python scripts/bench_imagenet_models.py --batch {args.batch} --reps {args.reps}`
+`PYTHONPATH=. OMP_NUM_THREADS=1 nice -n 5 python scripts/bench_imagenet_models.py --batch {args.batch} --reps {args.reps}`
 — {machine()}, one thread, {today()}; a machine shared with other jobs, so rates are lower bounds.
 Images/s are medians of {args.reps} batches of {args.batch} after a warm-up. "Synthesis step" is INFER's and
 NRR-DD's inner step: forward with the BN-statistics hooks, cross-entropy + BN loss, backward to the pixels.
