@@ -371,6 +371,9 @@ AUGMENTATIONS.register("crop-flip", summary="4-pixel zero-pad crop + horizontal 
     lambda: Compose([RandomCropPad(4), RandomHorizontalFlip()]))
 AUGMENTATIONS.register("resized-crop-flip", summary="random resized crop (area 0.5–1) + horizontal flip")(
     lambda: Compose([RandomResizedCrop((0.5, 1.0)), RandomHorizontalFlip()]))
+AUGMENTATIONS.register("imagenet-crop-flip", summary="ImageNet's training view: random resized crop (area 0.08–1, "
+                       "aspect 3/4–4/3) + horizontal flip, of the stored (decode-time resized) image")(
+    lambda: Compose([RandomResizedCrop((0.08, 1.0)), RandomHorizontalFlip()]))
 AUGMENTATIONS.register("dsa", summary="DSA single mode: one of color/crop/cutout/flip/scale/rotate per batch")(DSA)
 
 MIXES = Registry("mix")

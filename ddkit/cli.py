@@ -154,18 +154,24 @@ def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, 
 @teacher.command("import")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True, help="the dataset it was trained on")
-@click.option("--model", required=True, help="the registered model the checkpoint is a state dict of")
+@click.option("--model", required=True, help="the registered model the checkpoint is a state dict of (tv-resnet18, ...)")
 @click.option("--model-opt", multiple=True, metavar="KEY=VALUE")
+@click.option("--source", default=None, help="where the checkpoint came from (e.g. its download URL), recorded in the header")
+@click.option("--checkpoint-key", default=None, metavar="KEY", help="the entry holding the weights (e.g. model_ema); default: found")
+@click.option("--checkpoint-classes", default=None, type=click.Path(dir_okay=False),
+              help="the checkpoint's class names in output order (JSON list or one per line): keep the dataset's rows")
 @click.option("--device", default=None)
 @click.option("--out", required=True, type=OUT_FILE, help="output .safetensors file")
 @click.option("--overwrite", is_flag=True)
-def teacher_import(checkpoint, dataset, model, model_opt, device, out, overwrite):
+def teacher_import(checkpoint, dataset, model, model_opt, source, checkpoint_key, checkpoint_classes, device, out, overwrite):
     """Import a foreign PyTorch state dict (read with weights_only=True; nothing is unpickled as code)."""
     from ddkit.models import parse_model_options
     from ddkit.teachers import import_teacher
 
-    h = import_teacher(checkpoint, out, dataset, model, parse_model_options(model_opt), device, overwrite)
-    click.echo(f"wrote {out}: {h.arch} imported with torch.load(weights_only=True), test accuracy {100 * h.test_accuracy:.2f}%")
+    h = import_teacher(checkpoint, out, dataset, model, parse_model_options(model_opt), device, overwrite, source=source,
+                       checkpoint_key=checkpoint_key, checkpoint_classes=checkpoint_classes)
+    click.echo(f"wrote {out}: {h.arch} imported with torch.load(weights_only=True) from {h.train['source']} "
+               f"(sha256 {h.train['checkpoint_sha256']}), test accuracy {100 * h.test_accuracy:.2f}%")
 
 
 @teacher.command("eval")

@@ -1,4 +1,4 @@
-"""`ddkit teacher train` / `ddkit teacher eval` as library calls.
+"""`ddkit teacher train` / `eval` / `import` as library calls.
 
 A teacher is trained on the training split minus a deterministic validation split; the test split is
 read once, after training, to record the final test accuracy in the teacher's header.
@@ -6,14 +6,16 @@ read once, after training, to record the final test accuracy in the teacher's he
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ddkit.data import load_dataset, recorded_dataset, train_val_split
+from ddkit.data import dataset_info, load_dataset, recorded_dataset, train_val_split
 from ddkit.data.stream import normalized_source
 from ddkit.fileio import check_output
 from ddkit.models import create_model
+from ddkit.models.checkpoint import fit_state_dict, read_class_names, read_state_dict
 from ddkit.models.teacher import Teacher, TeacherHeader, load_teacher, save_teacher
 from ddkit.training import OptimConfig, TrainConfig, accuracy, pick_device, train_supervised
 
@@ -75,46 +77,29 @@ def evaluate_teacher(path: str | Path, dataset: str | None = None, split: str = 
 
 
 def import_teacher(checkpoint: str | Path, out: str | Path, dataset: str, model: str, model_kwargs: dict | None = None,
-                   device: str | None = None, overwrite: bool = False) -> TeacherHeader:
+                   device: str | None = None, overwrite: bool = False, source: str | None = None,
+                   checkpoint_key: str | None = None, checkpoint_classes: str | Path | None = None) -> TeacherHeader:
     """Turn a foreign PyTorch checkpoint into a ddkit teacher file.
 
-    The checkpoint is read with `torch.load(weights_only=True)`: tensors and plain containers only,
-    no code from the file is ever run. It must hold a state dict of the registered `model` (at the
-    top level or under "state_dict" / "model"); the test accuracy is measured and recorded.
+    The checkpoint is read with `torch.load(weights_only=True)` (`ddkit.models.checkpoint`): tensors
+    and plain containers only, no code from the file is ever run. It must hold a state dict of the
+    registered `model` built for `dataset` (torchvision's released weights for the `tv-*` models), at
+    the top level or under a training script's entry (`checkpoint_key` names one), behind a
+    `module.` / `_orig_mod.` prefix or not. A classifier over other classes than the dataset's is
+    refused unless `checkpoint_classes` (a file of the checkpoint's class names in output order)
+    says which rows to keep. The header's `train` record names the file, `source` (e.g. the URL it
+    was downloaded from), the file's sha256 and what was undone; the test accuracy is measured.
     """
-    import torch
-
-    from ddkit.errors import FileFormatError
-
     check_output(out, overwrite)
-    try:
-        blob = torch.load(str(checkpoint), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileFormatError(f"checkpoint {checkpoint} does not exist", "check the path") from None
-    except Exception as exc:  # UnpicklingError for anything beyond tensors, or a corrupt file
-        raise FileFormatError(
-            f"{checkpoint} cannot be loaded with torch.load(weights_only=True): {str(exc).splitlines()[0][:300]}",
-            "ddkit imports plain state dicts only (nothing in a checkpoint is executed); re-save it with "
-            "torch.save(model.state_dict(), path)",
-        ) from None
-    state = blob
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FileFormatError(f"{checkpoint} does not hold a state dict of tensors", "save model.state_dict()")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    data = load_dataset(dataset, "train")
-    info = data.info
+    names = read_class_names(checkpoint_classes) if checkpoint_classes is not None else None
+    state, record = read_state_dict(checkpoint, checkpoint_key, source)
+    info = dataset_info(dataset)
     net = create_model(model, info.image_shape[0], info.image_shape[1], info.num_classes, **(model_kwargs or {}))
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise FileFormatError(f"{checkpoint} does not fit the registered model {model!r}: {str(exc)[:300]}",
-                              "pass the --model (and --model-opt) the checkpoint was trained as") from None
+    state, classes = fit_state_dict(state, net, str(checkpoint), model, list(info.class_names), names)
+    net.load_state_dict(state, strict=True)
     dev = pick_device(device)
     net.to(dev).eval()
     test = load_dataset(dataset, "test")
-    test_acc = accuracy(net, test.normalized().to(dev), test.labels.to(dev))
-    return save_teacher(out, net.cpu(), info, overwrite=overwrite, test_accuracy=test_acc,
-                        train={"imported_from": Path(checkpoint).name, "loader": "torch.load(weights_only=True)"})
+    test_acc = accuracy(net, normalized_source(test, dev), test.labels.to(dev))
+    record = dataclasses.replace(record, classes=classes)
+    return save_teacher(out, net.cpu(), info, overwrite=overwrite, test_accuracy=test_acc, train=record.to_dict())

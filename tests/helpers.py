@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import h5py
 import pytest
 import torch
 
 from ddkit.cli import main
+from ddkit.models import MODELS
 from ddkit.store.h5io import seal
 
 
@@ -39,3 +41,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_model_options(name: str) -> dict:
+    """Small constructor options for registered model `name`, so tests can run every model on tiny
+    shapes: width 8 (4 with a 16-wide head for MobileNet-style nets), a quarter-width torchvision
+    MobileNetV2; the other torchvision nets take no size option and run at their real size."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    tiny = {"width": 4 if "head" in params else 8, "head": 16, "width_mult": 0.25}
+    return {k: v for k, v in tiny.items() if k in params}

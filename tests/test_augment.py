@@ -133,3 +133,18 @@ def test_rotate_and_scale_hand_cases():
 def test_dsa_rejects_unknown_groups():
     with pytest.raises(ValueError, match="unknown group"):
         DSA("color_warp")
+
+
+def test_imagenet_crop_flip_at_224_samples_torchvision_ranges():
+    """The ImageNet training view on 224-px images: same-size views, crop boxes inside the image with
+    area 8–100% and aspect 3/4–4/3 (torchvision's RandomResizedCrop defaults), replayable."""
+    view = build_augmentation("imagenet-crop-flip")
+    x = torch.rand(64, 3, 224, 224)
+    params = view.sample(x.shape, torch.Generator().manual_seed(0))
+    box = params["steps"][0]["box"]
+    w, h = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
+    assert (box[:, :2] >= 0).all() and (box[:, 2] <= 224).all() and (box[:, 3] <= 224).all()
+    assert (w * h / 224**2).min() >= 0.08 - 1e-4 and (w * h / 224**2).max() <= 1 + 1e-4 and (w * h / 224**2).min() < 0.3
+    assert ((w / h) >= 3 / 4 - 1e-4).all() and ((w / h) <= 4 / 3 + 1e-4).all()
+    out = view.apply(x, params)
+    assert out.shape == x.shape and torch.equal(out, view.apply(x, params))

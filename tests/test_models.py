@@ -3,6 +3,7 @@ seeded construction and a training step."""
 
 import pytest
 import torch
+from helpers import tiny_model_options
 
 from ddkit.errors import InvalidInput
 from ddkit.models import MODELS, create_model, has_batchnorm
@@ -13,8 +14,8 @@ SHAPES = [(1, 16), (3, 32)]
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("in_channels,size", SHAPES)
 def test_model_contract(name, in_channels, size):
-    kwargs = {"width": 8} if name != "mobilenet" else {"width": 4, "head": 32}
-    model = create_model(name, in_channels, size, 7, **kwargs)
+    kwargs = tiny_model_options(name)
+    model = create_model(name, in_channels, size, 7, **kwargs).eval()  # eval: dropout off, so two passes agree
     x = torch.randn(3, in_channels, size, size)
     out = model.forward_all(x)
     assert out.logits.shape == (3, 7)
@@ -28,6 +29,7 @@ def test_model_contract(name, in_channels, size):
     scale = 1.0 if model.pooling == "flatten" else 1.0 / (cam.shape[1] * cam.shape[2])
     torch.testing.assert_close(cam.sum((1, 2)) * scale + bias, out.logits[torch.arange(3), torch.tensor([0, 1, 2])], rtol=1e-4, atol=1e-4)
     # One optimizer step works and changes the weights.
+    model.train()
     before = [p.detach().clone() for p in model.parameters()]
     torch.nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2])).backward()
     torch.optim.SGD(model.parameters(), lr=0.1).step()
@@ -37,7 +39,7 @@ def test_model_contract(name, in_channels, size):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_teacher_models_have_batchnorm(name):
-    model = create_model(name, 1, 16, 10, **({"width": 8} if name != "mobilenet" else {"width": 4}))
+    model = create_model(name, 1, 16, 10, **tiny_model_options(name))
     assert has_batchnorm(model) == MODELS.entry(name).tags["teacher"]
 
 
@@ -63,3 +65,28 @@ def test_unknown_option_is_a_clear_error():
 def test_convnet_norms(norm):
     model = create_model("convnet", 1, 16, 10, width=8, norm=norm)
     assert has_batchnorm(model) == (norm == "batch")
+
+
+TORCHVISION = {"tv-resnet18": "resnet18", "tv-mobilenet-v2": "mobilenet_v2", "tv-efficientnet-b0": "efficientnet_b0"}
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_torchvision_models_keep_torchvision_state_dict(name):
+    """A released checkpoint (torchvision's plain state dict) loads with strict=True, predicts what
+    torchvision's own module predicts, and the ddkit model's state dict loads back into torchvision."""
+    import torchvision
+
+    reference = getattr(torchvision.models, TORCHVISION[name])(weights=None, num_classes=5).eval()
+    model = create_model(name, 3, 32, 5, seed=0).eval()
+    assert list(model.state_dict()) == list(reference.state_dict())
+    model.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(model(x), reference(x))
+    out = model.forward_all(x)
+    assert out.pooled.shape == (2, model.feature_dim) and model.classifier.out_features == 5
+    back = getattr(torchvision.models, TORCHVISION[name])(weights=None, num_classes=5)
+    back.load_state_dict(create_model(name, 3, 32, 5, seed=1).state_dict(), strict=True)
+    # One input channel changes only the stem's weight shape, under the same key.
+    gray = create_model(name, 1, 32, 5).state_dict()
+    changed = [k for k, v in gray.items() if v.shape != reference.state_dict()[k].shape]
+    assert list(gray) == list(reference.state_dict()) and len(changed) == 1 and gray[changed[0]].shape[1] == 1

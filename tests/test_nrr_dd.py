@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import tiny_model_options
 
 from ddkit.data import load_dataset
 from ddkit.errors import InvalidInput
@@ -50,8 +51,7 @@ def small(**changes) -> NRRDDConfig:
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_cam_shape_and_normalization_for_every_registered_model(name):
-    kwargs = {"width": 4, "head": 16} if name == "mobilenet" else {"width": 8}
-    model = create_model(name, 1, 16, 10, seed=1, **kwargs).eval()
+    model = create_model(name, 1, 16, 10, seed=1, **tiny_model_options(name)).eval()
     x = torch.randn(5, 1, 16, 16)
     cam, logits = normalized_cam(model, x, torch.tensor([0, 1, 2, 3, 4]))
     assert cam.shape == (5, 16, 16) and logits.shape == (5, 10)

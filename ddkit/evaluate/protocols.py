@@ -214,3 +214,27 @@ STORED_PAPER = _register(Protocol(
     temperature=30.0, family="paper",
     summary="INFER: ResNet-18-modified, stored logits mixed with mixup's λ, KL at T=30, AdamW 1e-3, 400 epochs",
 ))
+
+# -- ImageNet-like image folders (GPU): the two soft-label paper recipes with torchvision's ResNet-18 --
+# teacher-paper@1 and stored-paper@1 train ResNet-18-modified, whose 3×3 stride-1 stem without max-pool
+# is made for 32-px images (at 224 px: 27 GMACs per image against 1.8 for torchvision's; FlopCounterMode). On
+# ImageNet-like folders (64-224 px, decoded and center-cropped to the declared shape) SRe2L, RDED and
+# INFER train torchvision's ResNet-18. Optimizer, schedule, temperature, mixing and epochs are those of
+# the @1 recipes; teacher-imagenet relabels ImageNet's random-resized-crop view (area 0.08-1, as SRe2L
+# and RDED), stored-imagenet keeps stored-paper's light crop+flip because its labels belong to the
+# whole stored image. New names, not new versions: a bare `teacher-paper` keeps its small-image recipe.
+# No hard-label partner is registered yet, so their cards carry no DD-Ranking scores.
+TEACHER_IMAGENET = _register(Protocol(
+    name="teacher-imagenet", version=1, student="tv-resnet18", student_kwargs={}, optim=_SOFT_ADAMW,
+    epochs=300, batch_size=64, augmentation="imagenet-crop-flip", mix="cutmix", label_source="teacher",
+    temperature=20.0, family="imagenet",
+    summary="teacher-paper@1 for ImageNet-like folders: torchvision ResNet-18, teacher KL at T=20 on "
+            "random-resized-crop (0.08-1) + CutMix views, AdamW 1e-3, 300 epochs",
+))
+STORED_IMAGENET = _register(Protocol(
+    name="stored-imagenet", version=1, student="tv-resnet18", student_kwargs={}, optim=_SOFT_ADAMW,
+    epochs=400, batch_size=64, augmentation="crop-flip", mix="mixup", label_source="stored",
+    temperature=30.0, family="imagenet",
+    summary="stored-paper@1 for ImageNet-like folders: torchvision ResNet-18, stored logits mixed with "
+            "mixup's λ, KL at T=30, AdamW 1e-3, 400 epochs",
+))

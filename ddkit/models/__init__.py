@@ -15,6 +15,7 @@ import torch
 from ddkit.errors import InvalidInput
 from ddkit.models.base import ImageClassifier, ModelOutput, has_batchnorm, make_norm
 from ddkit.models.convnet import ConvNet
+from ddkit.models.imagenet import EFFICIENTNET_B0, MOBILENET_V2, RESNET18, build_torchvision
 from ddkit.models.mobilenet import MobileNet
 from ddkit.models.resnet import cifar_resnet, resnet18_modified
 from ddkit.registry import Registry
@@ -51,6 +52,25 @@ def resnet18(in_channels, image_size, num_classes, width=64, norm="batch"):
 @MODELS.register("mobilenet", summary="small MobileNetV2-style net (inverted residuals), BatchNorm", teacher=True)
 def mobilenet(in_channels, image_size, num_classes, width=16, norm="batch", head=256):
     return MobileNet(in_channels, image_size, num_classes, width, norm, head)
+
+
+# torchvision's ImageNet nets (224 px in their papers, any size here), with torchvision's state-dict keys:
+# a released checkpoint imports as is (`ddkit teacher import`). `resnet18`/`mobilenet` above are the
+# small-image variants.
+@MODELS.register("tv-resnet18", summary="torchvision ResNet-18 (ImageNet: 7×7 stride-2 stem + max-pool), its state-dict keys",
+                 teacher=True)
+def tv_resnet18(in_channels, image_size, num_classes):
+    return build_torchvision(RESNET18, in_channels, num_classes)
+
+
+@MODELS.register("tv-mobilenet-v2", summary="torchvision MobileNetV2 (ImageNet), its state-dict keys", teacher=True)
+def tv_mobilenet_v2(in_channels, image_size, num_classes, width_mult=1.0, dropout=0.2):
+    return build_torchvision(MOBILENET_V2, in_channels, num_classes, width_mult=width_mult, dropout=dropout)
+
+
+@MODELS.register("tv-efficientnet-b0", summary="torchvision EfficientNet-B0 (ImageNet), its state-dict keys", teacher=True)
+def tv_efficientnet_b0(in_channels, image_size, num_classes, dropout=0.2, stochastic_depth_prob=0.2):
+    return build_torchvision(EFFICIENTNET_B0, in_channels, num_classes, dropout=dropout, stochastic_depth_prob=stochastic_depth_prob)
 
 
 def create_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int | None = None, **kwargs) -> ImageClassifier:
