@@ -125,6 +125,9 @@ def test_mixed_sizes_need_a_declared_fit(tmp_path, make_imagefolder, monkeypatch
     for mode in ("memory", "stream"):
         ds = _load(root, "train", mode, monkeypatch)
         assert ds.info.image_shape == (3, 8, 8) and ds.pixels().shape == (5, 3, 8, 8)
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    (root / "ddkit-folder.json").write_text(json.dumps({"image_size": 8, "resize": 10, "normalization": imagenet}))
+    assert load_dataset(f"imagefolder:{root}", "test").info.normalization.to_dict() == imagenet
     (root / "ddkit-folder.json").write_text(json.dumps({"image_size": "8"}))
     with pytest.raises(InvalidInput, match="image_size must be an integer"):
         load_dataset(f"imagefolder:{root}")

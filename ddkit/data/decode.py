@@ -41,22 +41,32 @@ class FolderFit:
         return (self.channels, self.size, self.size)
 
 
+def _folder_config(root: Path) -> dict:
+    path = root / FIT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FileFormatError(f"{path} is not readable JSON ({exc})", 'write e.g. {"image_size": 224}') from None
+    if not isinstance(d, dict) or set(d) - {"image_size", "resize", "channels", "normalization"}:
+        raise InvalidInput(f"{path} must be a JSON object with image_size (and optional resize, channels) and/or "
+                           "normalization", 'write e.g. {"image_size": 224, "resize": 256, "channels": 3}')
+    return d
+
+
 def read_fit(root: Path) -> FolderFit | None:
     """The folder's declared fit (None when it declares none: then every image must have one size).
 
     ROOT/ddkit-folder.json: {"image_size": 224, "resize": 256, "channels": 3}; `resize` defaults to
     image_size × 8/7 (the 224/256 ratio of the ImageNet eval transform), `channels` to 3.
     """
+    d = _folder_config(root)
     path = root / FIT_FILE
-    if not path.is_file():
+    if "image_size" not in d:
+        if set(d) & {"resize", "channels"}:
+            raise InvalidInput(f"{path} gives resize/channels without image_size", 'add e.g. "image_size": 224')
         return None
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FileFormatError(f"{path} is not readable JSON ({exc})", 'write e.g. {"image_size": 224}') from None
-    if not isinstance(d, dict) or set(d) - {"image_size", "resize", "channels"} or "image_size" not in d:
-        raise InvalidInput(f"{path} must be a JSON object with image_size (and optional resize, channels)",
-                           'write e.g. {"image_size": 224, "resize": 256, "channels": 3}')
     for key in ("image_size", "resize"):
         if key in d and (not isinstance(d[key], int) or isinstance(d[key], bool)):
             raise InvalidInput(f"{path}: {key} must be an integer number of pixels, got {d[key]!r}")
@@ -68,6 +78,24 @@ def read_fit(root: Path) -> FolderFit | None:
     if resize < size:
         raise InvalidInput(f"{path}: resize {resize} is smaller than image_size {size}", "use resize ≥ image_size")
     return FolderFit(channels, size, resize)
+
+
+def read_normalization(root: Path):
+    """The folder's declared normalization, e.g. ImageNet's for a released teacher trained with it:
+    {"normalization": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}; None when the
+    folder declares none (the train pixels' statistics are used)."""
+    from ddkit.data.base import Normalization
+
+    d = _folder_config(root)
+    if "normalization" not in d:
+        return None
+    n = d["normalization"]
+    if not isinstance(n, dict) or set(n) != {"mean", "std"} or not all(
+            isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for v in n.values()):
+        raise InvalidInput(f"{root / FIT_FILE}: normalization must be {{\"mean\": [...], \"std\": [...]}} with one "
+                           "number per channel")
+    return Normalization(tuple(float(x) for x in n["mean"]), tuple(float(x) for x in n["std"]))
 
 
 def decode_image(path: str | Path, fit: FolderFit | None = None, data: bytes | None = None) -> np.ndarray:

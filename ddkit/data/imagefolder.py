@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, ImageDataset
-from ddkit.data.decode import read_fit
+from ddkit.data.decode import read_fit, read_normalization
 from ddkit.data.manifest import index_split
 from ddkit.data.stream import FolderReader, StreamedImageDataset, read_rows, should_stream
 from ddkit.errors import DatasetUnavailable, FileFormatError, InvalidInput
@@ -147,7 +147,11 @@ def load(arg: str | None, split: str) -> ImageDataset:
             f"{root}/{split} images are {_fmt(manifest.image_shape)} but train images are {_fmt(shape)}",
             "convert both splits to one size and mode",
         )
-    info = DatasetInfo(f"imagefolder:{arg}", class_names, shape, train.normalization())
+    normalization = read_normalization(root) or train.normalization()
+    if len(normalization.mean) != shape[0]:
+        raise InvalidInput(f"{root}/ddkit-folder.json declares a normalization of {len(normalization.mean)} channels, "
+                           f"the images have {shape[0]}", "give one mean and one std per channel")
+    info = DatasetInfo(f"imagefolder:{arg}", class_names, shape, normalization)
     reader = FolderReader(str(root), manifest.paths, manifest.sizes, shape, fit)
     labels = torch.from_numpy(manifest.labels)
     fingerprint = manifest.fingerprint()
