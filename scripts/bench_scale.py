@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import ROOT, machine, record_state, run_watched, today, write_section  # noqa: E402
 
 STATE = ROOT / "runs" / "scale" / "state.json"
-STAGES = ("index", "teacher", "random-real", "infer", "nrr-dd", "select", "evaluate", "pool-build", "pool-score")
+STAGES = ("index", "teacher", "teacher-import", "random-real", "infer", "nrr-dd", "select", "evaluate", "pool-build", "pool-score")
 CONFIGS = {
     "random-real": [],
-    "infer": ["iterations=100"],
-    "nrr-dd": ["iterations=50", "mipc=100"],
+    "infer": ["iterations=10"],
+    "nrr-dd": ["iterations=10", "mipc=50"],
 }
 TEACHER = ["--model", "convnet-bn", "--model-opt", "width=32", "--epochs", "1", "--batch-size", "256"]
 EVAL = ["--protocol", "hard-cpu@2", "--seeds", "1", "--no-full", "--no-ranking", "--steps", "300"]
@@ -69,6 +69,14 @@ def stage_commands(stage: str, folder: Path, work: Path, pool: Path | None) -> l
         return [[sys.executable, "-c", code]]
     if stage == "teacher":
         return [ddkit("teacher", "train", "--dataset", ds, *TEACHER, "--out", str(teacher), "--overwrite")]
+    if stage == "teacher-import":  # the first folder's teacher weights, imported for this folder (same classes)
+        first = ROOT / "runs" / "scale" / Path(FOLDERS[0]).name / "teacher.safetensors"
+        state = work / "imported-state.pt"
+        code = ("import torch; from safetensors.torch import load_file; "
+                f"torch.save(load_file({str(first)!r}), {str(state)!r})")
+        return [[sys.executable, "-c", code],
+                ddkit("teacher", "import", str(state), "--dataset", ds, *TEACHER[:4], "--out", str(teacher),
+                      "--overwrite")]
     if stage in CONFIGS:
         cfg = sum((["--config", c] for c in CONFIGS[stage]), [])
         t = [] if stage == "random-real" else ["--teacher", str(teacher)]
@@ -101,7 +109,11 @@ def run_stage(stage: str, folder: Path, work: Path, pool: Path | None, env: dict
     return entry
 
 
+FOLDERS: list[str] = []
+
+
 def measure(args) -> None:
+    FOLDERS[:] = args.folders if not args.first_folder else [args.first_folder, *args.folders]
     env = {"DDKIT_DATA_MODE": "stream", "DDKIT_PROGRESS": "0"}
     cores = os.cpu_count() or 1
     for folder in map(Path, args.folders):
@@ -177,6 +189,8 @@ def render() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folders", nargs="+", default=[])
+    parser.add_argument("--first-folder", default=None,
+                        help="the folder whose teacher `teacher-import` imports (default: the first of --folders)")
     parser.add_argument("--pool", default=None, help="a --pool-only folder for the pool stages")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--render", action="store_true")
