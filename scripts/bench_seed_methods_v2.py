@@ -36,7 +36,8 @@ ARMS = {
     "infer-static": ("INFER, static labels (1 teacher)", "infer", ["iterations=1000"], "stored-cpu@2", True),
     "infer-dyn": ("INFER+Dyn (1 teacher)", "infer", ["iterations=1000"], "teacher-cpu@2", True),
     "nrr-dd": ("NRR-DD, val-chosen defaults", "nrr-dd", [], "teacher-cpu@2", True),
-    "rded-style": ("RDED-style (no refinement)", "nrr-dd", ["refine=false"], "teacher-cpu@2", True),
+    "rded-style": ("RDED-style (no refinement)", "nrr-dd",  # explicit: independent of NRR-DD's default selection
+                   ["refine=false", "per_image=confidence", "select=highest-confidence"], "teacher-cpu@2", True),
     "nrr-dd-paper": ("NRR-DD, the paper's lowest-confidence selection", "nrr-dd",
                      ["select=lowest-confidence", "per_image=cam-ratio"], "teacher-cpu@2", True),
     "random-real": ("random real (a file)", "random-real", [], "teacher-cpu@2", False),
