@@ -119,17 +119,26 @@ def tune(args, results: dict) -> None:
     seeds = list(range(args.tune_seeds))
     ipc = args.tune_ipc
 
-    def score(key: str, images, labels, protocol, payload_for=None):
-        key = f"{key} [{protocol.name.split('[')[0]}, {protocol.total_steps(len(labels))} steps]"
-        if key in results["tune"]:
+    def row_key(name: str, protocol) -> str:
+        return f"{name} [{protocol.name.split('[')[0]}, {protocol.total_steps(ipc * train.info.num_classes)} steps]"
+
+    def missing(key: str) -> list[int]:
+        """The seeds a row still lacks: a row measured with fewer seeds gets only the rest trained."""
+        return seeds[len(results["tune"].get(key, {}).get("val_accuracies", [])):]
+
+    def score(name: str, images, labels, protocol, payload_for=None):
+        key = row_key(name, protocol)
+        todo = missing(key)
+        if not todo:
             return
         x = norm.apply(images)
-        data = [StudentData(x, labels, payload_for(s) if payload_for else None, "dbr" if payload_for else None) for s in seeds]
+        data = [StudentData(x, labels, payload_for(s) if payload_for else None, "dbr" if payload_for else None) for s in todo]
         start = time.perf_counter()
-        students = train_students(protocol, data, seeds, train.info, device, [teacher.model], desc=key)
-        accs = students.accuracies(val_x, val_y)
+        students = train_students(protocol, data, todo, train.info, device, [teacher.model], desc=key)
+        row = results["tune"].get(key, {"val_accuracies": [], "train_seconds": 0.0})
+        accs = row["val_accuracies"] + students.accuracies(val_x, val_y)
         results["tune"][key] = {"val_accuracies": accs, "protocol": protocol.id, "ipc": ipc,
-                                "train_seconds": time.perf_counter() - start}
+                                "train_seconds": row["train_seconds"] + time.perf_counter() - start}
         save(results)
         print(f"{key}: val {accs}", flush=True)
 
@@ -139,7 +148,7 @@ def tune(args, results: dict) -> None:
     score("random real", rand.pixels(), rand.labels, teacher_cpu)
     synthesized = {}
     for name, changes in (V2_GRID if args.rechoose_v2 else TUNE_GRID).items():
-        if args.tune_variants and name not in args.tune_variants:
+        if (args.tune_variants and name not in args.tune_variants) or not missing(row_key(name, teacher_cpu)):
             continue
         cfg = dataclasses.replace(NRRDDConfig(), **{**PAPER_SELECTION, **changes}, **(SMOKE_SYNTH if SMOKE_STEPS else {}))
         start = time.perf_counter()
