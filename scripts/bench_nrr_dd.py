@@ -258,6 +258,7 @@ def tune_table(tune_rows: list, grid: dict) -> list[str]:
             lines.append(v["row"])
             continue
         m, s = mean_std(v["val_accuracies"])
+        s = s if len(v["val_accuracies"]) > 1 else None  # one seed has no spread to show
         lines.append(f"| {k} | {v['ipc']} | {pct(m, s)} | {' '.join(pct(a) for a in v['val_accuracies'])} |")
     return lines + [""]
 
