@@ -35,7 +35,9 @@ ARMS = {
     "herding": ("herding coreset (teacher features)", "herding", [], "teacher-cpu@2", True),
     "infer-static": ("INFER, static labels (1 teacher)", "infer", ["iterations=1000"], "stored-cpu@2", True),
     "infer-dyn": ("INFER+Dyn (1 teacher)", "infer", ["iterations=1000"], "teacher-cpu@2", True),
-    "nrr-dd": ("NRR-DD, val-chosen defaults", "nrr-dd", [], "teacher-cpu@2", True),
+    "nrr-dd": ("NRR-DD, defaults chosen on val under teacher-cpu@2 (no refinement)", "nrr-dd", [], "teacher-cpu@2", True),
+    "nrr-dd-v1": ("NRR-DD, the earlier choice under teacher-cpu@1 (refined)", "nrr-dd",
+                  ["per_image=confidence", "select=highest-confidence", "refine=true"], "teacher-cpu@2", True),
     "rded-style": ("RDED-style (no refinement)", "nrr-dd",  # explicit: independent of NRR-DD's default selection
                    ["refine=false", "per_image=confidence", "select=highest-confidence"], "teacher-cpu@2", True),
     "nrr-dd-paper": ("NRR-DD, the paper's lowest-confidence selection", "nrr-dd",
