@@ -29,7 +29,7 @@ refinement** (`per_image=cam-ratio select=highest-confidence refine=false`): val
 77.9. So by default this is stage 1 with the paper's per-image crop but RDED's selection, and stage 2
 is off: on Fashion-MNIST with a width-32 teacher the refinement cost 14–15 points under every
 highest-confidence selection (val 60.4 refined vs 75.5), and the paper's lowest-confidence selection
-cost 17–20 (55.6 / 56.8). `refine=true` turns the paper's stage 2 on; the paper's own configuration
+cost 19–20 (56.8 refined, 55.6 not). `refine=true` turns the paper's stage 2 on; the paper's own configuration
 is `per_image=cam-ratio select=lowest-confidence refine=true`; the RDED-style set is
 `per_image=confidence select=highest-confidence refine=false` (val 73.6). The earlier choice under
 `teacher-cpu@1` at 300 steps (section `nrr-dd`: most confident crops, refined at lr 0.01) lost 22
