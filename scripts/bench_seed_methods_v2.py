@@ -117,8 +117,8 @@ def render(args) -> None:
         card, ranking = entry["card"], entry["card"].get("ranking") or _ranking_from_hard_card(entry, state)
 
         def score(name, signed=False):
-            if name not in ranking:
-                return "-"
+            if name not in ranking:  # no hard-cpu@2 card yet: IOR is still the card's own gain over random
+                return f"{100 * card['gain_over_random']:+.2f}" if name == "ior" and card.get("random_baseline") else "-"
             value = 100 * ranking[name]["mean"]
             return f"{value:+.2f}" if signed else f"{value:.2f}"
 
