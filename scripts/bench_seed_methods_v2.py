@@ -35,8 +35,11 @@ ARMS = {
     "herding": ("herding coreset (teacher features)", "herding", [], "teacher-cpu@2", True),
     "infer-static": ("INFER, static labels (1 teacher)", "infer", ["iterations=1000"], "stored-cpu@2", True),
     "infer-dyn": ("INFER+Dyn (1 teacher)", "infer", ["iterations=1000"], "teacher-cpu@2", True),
-    "nrr-dd": ("NRR-DD, val-chosen defaults", "nrr-dd", [], "teacher-cpu@2", True),
-    "rded-style": ("RDED-style (no refinement)", "nrr-dd", ["refine=false"], "teacher-cpu@2", True),
+    "nrr-dd": ("NRR-DD, defaults chosen on val under teacher-cpu@2 (no refinement)", "nrr-dd", [], "teacher-cpu@2", True),
+    "nrr-dd-v1": ("NRR-DD, the earlier choice under teacher-cpu@1 (refined)", "nrr-dd",
+                  ["per_image=confidence", "select=highest-confidence", "refine=true"], "teacher-cpu@2", True),
+    "rded-style": ("RDED-style (no refinement)", "nrr-dd",  # explicit: independent of NRR-DD's default selection
+                   ["refine=false", "per_image=confidence", "select=highest-confidence"], "teacher-cpu@2", True),
     "nrr-dd-paper": ("NRR-DD, the paper's lowest-confidence selection", "nrr-dd",
                      ["select=lowest-confidence", "per_image=cam-ratio"], "teacher-cpu@2", True),
     "random-real": ("random real (a file)", "random-real", [], "teacher-cpu@2", False),
@@ -93,9 +96,12 @@ def render(args) -> None:
         "`protocols-v2` (same protocol, seeds and teacher). DD-Ranking's scores per seed, then mean: "
         "IOR = set − random real under the row's protocol; HLR = full data − set, both under `hard-cpu@2` "
         "(lower is better); LRS = (exp(IOR/2 − HLR/2) − e⁻¹)/(e − e⁻¹) in percent (`ddkit/evaluate/ranking.py`). "
-        f"Teacher: `{args.teacher}`. The DM and herding files are the `matching` section's IPC-10 files "
+        f"Teacher: `{args.teacher}`. The DM and herding files are the `matching` section's files "
         "(`runs/matching/files/`, made by `scripts/bench_matching.py`, copied here): the command shown for them "
         "is the equivalent one with default options. Synthesis wall times are upper bounds (shared cores).",
+        "",
+        f"IPCs measured: {coverage(state)}. INFER has no IPC-1 row: with one teacher and 10 classes its budget "
+        "rule gives K = floor(1·10/11) = 0 real images per class, which `ddkit synthesize` refuses.",
         "",
         f"Machine: {machine()}. Date: {today()}. Command: `OMP_NUM_THREADS=1 flock /tmp/ddkit-cpu.lock python "
         f"scripts/bench_seed_methods_v2.py --teacher {args.teacher} --ipcs IPC --arms ARMS --seeds N` (each arm under its "
@@ -111,8 +117,8 @@ def render(args) -> None:
         card, ranking = entry["card"], entry["card"].get("ranking") or _ranking_from_hard_card(entry, state)
 
         def score(name, signed=False):
-            if name not in ranking:
-                return "-"
+            if name not in ranking:  # no hard-cpu@2 card yet: IOR is still the card's own gain over random
+                return f"{100 * card['gain_over_random']:+.2f}" if name == "ior" and card.get("random_baseline") else "-"
             value = 100 * ranking[name]["mean"]
             return f"{value:+.2f}" if signed else f"{value:.2f}"
 
@@ -127,6 +133,16 @@ def render(args) -> None:
     if args.note:
         lines += ["", *Path(args.note).read_text().rstrip().splitlines()]
     write_section("seed-methods-v2", "\n".join(lines))
+
+
+def coverage(state: dict) -> str:
+    """Which arms ran at which IPC (under any protocol), e.g. `IPC 1: DM, herding; IPC 10: …`."""
+    ran: dict[int, list[str]] = {}
+    for entry in state.values():
+        arms = ran.setdefault(entry["ipc"], [])
+        if entry["arm"] not in arms:
+            arms.append(entry["arm"])
+    return "; ".join(f"IPC {ipc}: {', '.join(sorted(arms, key=list(ARMS).index))}" for ipc, arms in sorted(ran.items()))
 
 
 def _ranking_from_hard_card(entry: dict, state: dict) -> dict:

@@ -24,7 +24,7 @@ from ddkit.synth import SYNTHESIZERS, run_synthesizer
 # its defaults (give it an entry when they are slow).
 TINY = {
     "infer": {"iterations": 3},
-    "nrr-dd": {"mipc": 12, "num_crop": 3, "iterations": 4},
+    "nrr-dd": {"mipc": 12, "num_crop": 3, "iterations": 4, "refine": True},  # stage 2 on (off by default)
     "kd3": {"epochs": 2, "batch_size": 32, "student": "convnet-bn", "student_width": 4, "augmentation": "none",
             "tau": 0.1},
     "dm": {"iterations": 2, "batch_real": 4, "net_options": "depth=2,width=4,norm=instance"},

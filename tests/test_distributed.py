@@ -34,7 +34,7 @@ def test_evaluate_nproc_2_equals_single_process(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,config", [("infer", ["iterations=20"]), ("nrr-dd", ["iterations=10", "mipc=10"])])
+@pytest.mark.parametrize("method,config", [("infer", ["iterations=20"]), ("nrr-dd", ["iterations=10", "mipc=10", "refine=true"])])
 def test_synthesize_nproc_2_equals_world_size_1(tmp_path, method, config):
     """Work items sharded over 2 gloo ranks, rank 0 writes: the same content hash as one process
     (both with one thread per process, so float reductions run in the same order)."""

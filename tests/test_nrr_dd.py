@@ -45,7 +45,7 @@ def teacher(tmp_path_factory, data):
 
 
 def small(**changes) -> NRRDDConfig:
-    base = {"mipc": 12, "num_crop": 3, "iterations": 4}
+    base = {"mipc": 12, "num_crop": 3, "iterations": 4, "refine": True}  # refined: the tests cover stage 2 too
     return dataclasses.replace(NRRDDConfig(), **{**base, **changes})
 
 
@@ -160,9 +160,14 @@ def test_resume_equals_uninterrupted(tmp_path, monkeypatch, teacher, data):
         synth.synthesize(data, [teacher], ipc, small(epsilon=0.3), 5, torch.device("cpu"), workdir)
 
 
+def test_defaults_are_the_val_choice_under_teacher_cpu_v2():
+    """BENCHMARKS.md `nrr-dd-v2-choice`: best-CAM-ratio crop per image, the most confident of those, unrefined."""
+    cfg = NRRDDConfig()
+    assert (cfg.per_image, cfg.select, cfg.refine) == ("cam-ratio", "highest-confidence", False)
+
+
 def test_ablations_come_from_the_same_code(teacher, data):
-    """The crop-only set = NRR-DD before refinement (RDED-style under the val-chosen defaults); the
-    paper's CIDD selection differs only in the crop choice."""
+    """The crop-only set = NRR-DD before refinement; the paper's CIDD selection differs only in the crop choice."""
     synth, ipc = NRRDD(), 1
     full = synth.synthesize(data, [teacher], ipc, small(), 0, torch.device("cpu"))
     rded = synth.synthesize(data, [teacher], ipc, small(refine=False), 0, torch.device("cpu"))
@@ -172,5 +177,5 @@ def test_ablations_come_from_the_same_code(teacher, data):
     assert not torch.equal(full.images, rded.images)
     assert rded.config["patch_source_ids"] != cidd.config["patch_source_ids"]
     assert full.config["refine"] and not rded.config["refine"]
-    assert full.config["select"] == "highest-confidence" and full.config["per_image"] == "confidence"
+    assert full.config["select"] == "highest-confidence" and full.config["per_image"] == "cam-ratio"
     assert cidd.config["select"] == "lowest-confidence"

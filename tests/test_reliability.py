@@ -57,7 +57,7 @@ def test_concurrent_readers_in_processes_and_workers(distilled):
         assert float(out) == pytest.approx(float(expected.sum()), rel=1e-5)
 
 
-@pytest.mark.parametrize("method,config", [("infer", ["iterations=300"]), ("nrr-dd", ["iterations=60", "mipc=12"])])
+@pytest.mark.parametrize("method,config", [("infer", ["iterations=300"]), ("nrr-dd", ["iterations=60", "mipc=12", "refine=true"])])
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, method, config):
     """`kill -9` of a synthesize run once some work items are done, then `--resume`: the same data
     (content hash) as an uninterrupted run, and never a partial file under the final name."""
