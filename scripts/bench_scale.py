@@ -34,7 +34,7 @@ STAGES = ("index", "teacher", "teacher-import", "random-real", "infer", "nrr-dd"
 CONFIGS = {
     "random-real": [],
     "infer": ["iterations=10"],
-    "nrr-dd": ["iterations=10", "mipc=50"],
+    "nrr-dd": ["iterations=10", "mipc=50", "refine=true", "per_image=confidence"],  # the refinement pass too
 }
 TEACHER = ["--model", "convnet-bn", "--model-opt", "width=32", "--epochs", "1", "--batch-size", "256"]
 EVAL = ["--protocol", "hard-cpu@2", "--seeds", "1", "--no-full", "--no-ranking", "--steps", "300"]
