@@ -105,7 +105,7 @@ def run_stage(stage: str, folder: Path, work: Path, pool: Path | None, env: dict
         n, seconds = r["stdout"].split()[-2:]
         entry.update(images=int(n), index_seconds=float(seconds), decode_rate=int(n) / float(seconds))
     if stage == "pool-build":
-        entry["images"] = count_images(pool)
+        entry["images"], entry["pool_folder"] = count_images(pool), pool.name
     return entry
 
 
@@ -178,8 +178,9 @@ def render() -> None:
                          f"{e['pil_single_core'] * e['cores']:.0f} |")
     pool = [v for k, v in state.items() if k.endswith("/pool-build")]
     if pool:
-        lines += ["", f"Pool stages: {pool[0]['images']} images (`--pool-only` folder, seed 1) built into a pool for "
-                      f"the task of {pool[0]['folder']} and scored with its teacher."]
+        source = pool[0].get("pool_folder", pool[0]["folder"])
+        lines += ["", f"Pool stages: the {pool[0]['images']} train images of `{source}` (`--from imagefolder:…@train`) "
+                      f"built into a pool for the task of {pool[0]['folder']}, then scored with its teacher."]
     lines += ["", "Configs: teacher " + " ".join(TEACHER) + "; " + "; ".join(
         f"{k}: {' '.join(v) or 'defaults'}" for k, v in CONFIGS.items()) + "; select: pcoreset-teacher, budget 2000; "
         "evaluate: " + " ".join(EVAL) + " (random-real file)."]
