@@ -93,11 +93,25 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, sched=None) -
         sched.step()
 
 
+def inference_batch(image_shape, base: int = 512) -> int:
+    """Rows per inference batch: `base` for 28×28 images, fewer for larger ones (at least 32), so
+    activation memory stays about the same whatever the image size (a 64-px batch of 512 through a
+    width-32 ConvNet held ~1 GB of activations)."""
+    pixels = int(image_shape[-1]) * int(image_shape[-2])
+    return max(32, min(base, base * 784 // max(pixels, 1)))
+
+
+def _image_shape(images) -> tuple:
+    return tuple(images.dataset.info.image_shape) if isinstance(images, StreamedViews) else tuple(images.shape[1:])
+
+
 @torch.no_grad()
-def predict_logits(model, images, batch_size: int = 512, device: torch.device | None = None) -> torch.Tensor:
+def predict_logits(model, images, batch_size: int | None = None, device: torch.device | None = None) -> torch.Tensor:
     """Logits of `model` (eval mode) on already-normalized images (a tensor, or the `StreamedViews`
-    of a streamed dataset), computed in batches."""
+    of a streamed dataset), computed in batches (default: `inference_batch` of the image size)."""
     device = device or next(model.parameters()).device
+    if batch_size is None:
+        batch_size = inference_batch(_image_shape(images)) if len(images) else 512
     was_training = model.training
     model.eval()
     chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
@@ -110,7 +124,7 @@ def predict_logits(model, images, batch_size: int = 512, device: torch.device | 
     return torch.cat(out) if out else torch.empty(0)
 
 
-def accuracy(model, images, labels: torch.Tensor, batch_size: int = 512) -> float:
+def accuracy(model, images, labels: torch.Tensor, batch_size: int | None = None) -> float:
     if len(labels) == 0:
         return float("nan")
     return float((predict_logits(model, images, batch_size).argmax(1) == labels.cpu()).float().mean())

@@ -35,7 +35,7 @@ from ddkit.evaluate.protocols import Protocol
 from ddkit.models import create_model, has_batchnorm
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
-from ddkit.training import build_optimizer, optimizer_step
+from ddkit.training import build_optimizer, inference_batch, optimizer_step
 
 # Whether `batched=None` batches seeds on a CPU device (measured slower there; see the module doc).
 BATCHED_ON_CPU = False
@@ -93,9 +93,13 @@ class Students:
         self._stacked = stacked  # (params, buffers, base) when trained batched
 
     @torch.no_grad()
-    def predict(self, images, batch_size: int = 1000) -> torch.Tensor:
-        """N×B×K logits on normalized `images` (a tensor, or a streamed set's `StreamedViews`)."""
+    def predict(self, images, batch_size: int | None = None) -> torch.Tensor:
+        """N×B×K logits on normalized `images` (a tensor, or a streamed set's `StreamedViews`), in batches
+        of `inference_batch(image size, 1000)` rows by default."""
         outs = []
+        if batch_size is None:
+            shape = images.dataset.info.image_shape if isinstance(images, StreamedViews) else images.shape[1:]
+            batch_size = inference_batch(shape, 1000)
         chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
         for x in batches_at(images, chunks):
             if self._stacked is not None:

@@ -12,6 +12,7 @@ import torch
 from ddkit.data.base import ImageDataset
 from ddkit.data.stream import iter_batches
 from ddkit.errors import InvalidInput
+from ddkit.training import inference_batch
 
 EMBEDDINGS = ("map", "pooled")
 
@@ -42,13 +43,14 @@ def teacher_outputs(teacher, images: torch.Tensor, normalization, embedding: str
     return result.logits.float().cpu(), vectors
 
 
-def dataset_outputs(teacher, dataset: ImageDataset, embedding: str | None = None, batch_size: int = 512,
+def dataset_outputs(teacher, dataset: ImageDataset, embedding: str | None = None, batch_size: int | None = None,
                     positions=None, normalization=None) -> tuple[torch.Tensor, np.ndarray | None]:
     """`teacher_outputs` over a whole dataset (or its `positions`, in that order), in one pass of
     `iter_batches`: a streamed dataset is decoded ahead in workers, never held whole. Returns the
     logits (N×C float32) and, with `embedding`, the embeddings (N×D float32 numpy).
     `normalization` defaults to the dataset's own."""
     normalization = normalization or dataset.info.normalization
+    batch_size = batch_size or inference_batch(dataset.info.image_shape)
     was = teacher.model.training
     teacher.model.eval()
     logits, vectors = [], []
@@ -67,7 +69,7 @@ def dataset_outputs(teacher, dataset: ImageDataset, embedding: str | None = None
 
 
 def teacher_embeddings(teacher, images, normalization, embedding: str = "map",
-                       batch_size: int = 512) -> np.ndarray:
+                       batch_size: int | None = None) -> np.ndarray:
     """L2-normalized teacher embeddings of clean images ([0, 1] pixels, uint8 or float), or of a
     dataset's images (`images` an ImageDataset, streamed or not, read in one pass).
 
@@ -78,6 +80,7 @@ def teacher_embeddings(teacher, images, normalization, embedding: str = "map",
     check_embedding(embedding)
     if isinstance(images, ImageDataset):
         return dataset_outputs(teacher, images, embedding, batch_size, normalization=normalization)[1]
+    batch_size = batch_size or inference_batch(images.shape[1:])
     out = [teacher_outputs(teacher, images[start : start + batch_size], normalization, embedding)[1]
            for start in range(0, len(images), batch_size)]
     return torch.cat(out).numpy()
