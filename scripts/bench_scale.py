@@ -139,19 +139,22 @@ def measure(args) -> None:
                   f"tree PSS {entry['tree_pss_mib']:6.0f} MiB  ({entry['processes']} processes)", flush=True)
     STATE.parent.mkdir(parents=True, exist_ok=True)
     meta = json.loads(STATE.read_text()) if STATE.exists() else {}
-    record_state(STATE, "_meta", {**meta.get("_meta", {}), "command": shlex.join(sys.argv), "machine": machine(),
+    commands = sorted(set(meta.get("_meta", {}).get("commands", [])) | {shlex.join(["python", *sys.argv])})
+    record_state(STATE, "_meta", {**meta.get("_meta", {}), "commands": commands, "machine": machine(),
                                   "date": today(), "threads": os.environ.get("OMP_NUM_THREADS", "default"),
                                   "workers": os.environ.get("DDKIT_WORKERS", f"default (min(4, {cores}))")})
 
 
-def render() -> None:
+def render(note: str | None = None) -> None:
     state = json.loads(STATE.read_text())
     meta = state.pop("_meta")
     folders = sorted({v["folder"] for v in state.values()}, key=lambda f: min(v["train_images"] for v in state.values()
                                                                               if v["folder"] == f))
     lines = [
         "## Scale: streamed image folders (issue 16)", "",
-        f"Command: `{meta['command']}` (folders from `scripts/make_image_folder.py`, 200 classes, 64×64 JPEG q90). "
+        "Commands (each run with `OMP_NUM_THREADS=2 DDKIT_PROGRESS=0`; a later run of a stage replaces its row): "
+        + "; ".join(f"`{c}`" for c in meta.get("commands", [meta.get("command", "")])) + ". "
+        "Folders from `scripts/make_image_folder.py` (200 classes, 64×64 JPEG q90). "
         f"Machine: {meta['machine']}. Date: {meta['date']}. Torch threads: {meta['threads']}; decoding workers: "
         f"{meta['workers']}. Every command ran with DDKIT_DATA_MODE=stream.", "",
         "Memory is sampled every 0.2 s from /proc: *main RSS* is the ddkit process alone; *tree PSS* sums the "
@@ -184,6 +187,8 @@ def render() -> None:
     lines += ["", "Configs: teacher " + " ".join(TEACHER) + "; " + "; ".join(
         f"{k}: {' '.join(v) or 'defaults'}" for k, v in CONFIGS.items()) + "; select: pcoreset-teacher, budget 2000; "
         "evaluate: " + " ".join(EVAL) + " (random-real file)."]
+    if note:
+        lines += ["", Path(note).read_text().strip()]
     write_section("scale", "\n".join(lines))
 
 
@@ -195,11 +200,12 @@ def main() -> None:
     parser.add_argument("--pool", default=None, help="a --pool-only folder for the pool stages")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     parser.add_argument("--render", action="store_true")
+    parser.add_argument("--note", default=None, help="a file of findings appended to the rendered section")
     args = parser.parse_args()
     if args.folders:
         measure(args)
     if args.render:
-        render()
+        render(args.note)
 
 
 if __name__ == "__main__":
