@@ -101,7 +101,8 @@ def inference_batch(image_shape, base: int = 512) -> int:
     return max(32, min(base, base * 784 // max(pixels, 1)))
 
 
-def _image_shape(images) -> tuple:
+def image_shape_of(images) -> tuple:
+    """C×H×W of normalized images: a tensor's, or a streamed set's (`StreamedViews`)."""
     return tuple(images.dataset.info.image_shape) if isinstance(images, StreamedViews) else tuple(images.shape[1:])
 
 
@@ -111,7 +112,7 @@ def predict_logits(model, images, batch_size: int | None = None, device: torch.d
     of a streamed dataset), computed in batches (default: `inference_batch` of the image size)."""
     device = device or next(model.parameters()).device
     if batch_size is None:
-        batch_size = inference_batch(_image_shape(images)) if len(images) else 512
+        batch_size = inference_batch(image_shape_of(images)) if len(images) else 512
     was_training = model.training
     model.eval()
     chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]

@@ -224,17 +224,13 @@ STORED_PAPER = _register(Protocol(
 # and RDED), stored-imagenet keeps stored-paper's light crop+flip because its labels belong to the
 # whole stored image. New names, not new versions: a bare `teacher-paper` keeps its small-image recipe.
 # No hard-label partner is registered yet, so their cards carry no DD-Ranking scores.
-TEACHER_IMAGENET = _register(Protocol(
-    name="teacher-imagenet", version=1, student="tv-resnet18", student_kwargs={}, optim=_SOFT_ADAMW,
-    epochs=300, batch_size=64, augmentation="imagenet-crop-flip", mix="cutmix", label_source="teacher",
-    temperature=20.0, family="imagenet",
+TEACHER_IMAGENET = _register(replace(
+    TEACHER_PAPER, name="teacher-imagenet", student="tv-resnet18", augmentation="imagenet-crop-flip", family="imagenet",
     summary="teacher-paper@1 for ImageNet-like folders: torchvision ResNet-18, teacher KL at T=20 on "
             "random-resized-crop (0.08-1) + CutMix views, AdamW 1e-3, 300 epochs",
 ))
-STORED_IMAGENET = _register(Protocol(
-    name="stored-imagenet", version=1, student="tv-resnet18", student_kwargs={}, optim=_SOFT_ADAMW,
-    epochs=400, batch_size=64, augmentation="crop-flip", mix="mixup", label_source="stored",
-    temperature=30.0, family="imagenet",
+STORED_IMAGENET = _register(replace(
+    STORED_PAPER, name="stored-imagenet", student="tv-resnet18", family="imagenet",
     summary="stored-paper@1 for ImageNet-like folders: torchvision ResNet-18, stored logits mixed with "
             "mixup's λ, KL at T=30, AdamW 1e-3, 400 epochs",
 ))

@@ -35,7 +35,7 @@ from ddkit.evaluate.protocols import Protocol
 from ddkit.models import create_model, has_batchnorm
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
-from ddkit.training import build_optimizer, inference_batch, optimizer_step
+from ddkit.training import build_optimizer, image_shape_of, inference_batch, optimizer_step
 
 # Whether `batched=None` batches seeds on a CPU device (measured slower there; see the module doc).
 BATCHED_ON_CPU = False
@@ -98,8 +98,7 @@ class Students:
         of `inference_batch(image size, 1000)` rows by default."""
         outs = []
         if batch_size is None:
-            shape = images.dataset.info.image_shape if isinstance(images, StreamedViews) else images.shape[1:]
-            batch_size = inference_batch(shape, 1000)
+            batch_size = inference_batch(image_shape_of(images), 1000)
         chunks = [torch.arange(i, min(i + batch_size, len(images))) for i in range(0, len(images), batch_size)]
         for x in batches_at(images, chunks):
             if self._stacked is not None:
