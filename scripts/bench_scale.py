@@ -87,12 +87,14 @@ def stage_commands(stage: str, folder: Path, work: Path, pool: Path | None) -> l
                       "--budget", "2000", "--out", str(work / "select.sel.h5"), "--overwrite")]
     if stage == "evaluate":
         return [ddkit("evaluate", str(work / "random-real.ddk.h5"), *EVAL, "--dataset", ds, "--json")]
+    pool_work = work if pool == folder else work.parent / pool.name  # a pool of another folder: its own files
     if stage == "pool-build":
+        pool_work.mkdir(parents=True, exist_ok=True)
         return [ddkit("pool", "build", "--task", ds, "--from", f"imagefolder:{pool}@train",
-                      "--out", str(work / "pool.pool.h5"), "--overwrite")]
+                      "--out", str(pool_work / "pool.pool.h5"), "--overwrite")]
     if stage == "pool-score":
-        return [ddkit("pool", "score", str(work / "pool.pool.h5"), "--teacher", str(teacher),
-                      "--out", str(work / "pool.scores.h5"), "--overwrite")]
+        return [ddkit("pool", "score", str(pool_work / "pool.pool.h5"), "--teacher", str(teacher),
+                      "--out", str(pool_work / "pool.scores.h5"), "--overwrite")]
     raise SystemExit(f"unknown stage {stage}")
 
 
@@ -134,7 +136,10 @@ def measure(args) -> None:
                 entry["pil_single_core"] = pil_rate(folder)
                 entry["cores"] = cores
             entry.update(folder=folder.name, train_images=n)
-            record_state(STATE, f"{folder.name}/{stage}", entry)
+            if stage.startswith("pool") and Path(args.pool).name != folder.name:  # a column of its own
+                entry.update(folder=Path(args.pool).name, train_images=count_images(Path(args.pool)),
+                             task_folder=folder.name)
+            record_state(STATE, f"{entry['folder']}/{stage}", entry)
             print(f"{folder.name:>12} {stage:>12}  {entry['wall']:7.1f} s  main RSS {entry['main_rss_mib']:6.0f} MiB  "
                   f"tree PSS {entry['tree_pss_mib']:6.0f} MiB  ({entry['processes']} processes)", flush=True)
     STATE.parent.mkdir(parents=True, exist_ok=True)
@@ -179,11 +184,11 @@ def render(note: str | None = None) -> None:
             lines.append(f"| {f} | {e['train_images']} | {e['images'] - e['train_images']} | {e['index_seconds']:.0f} s | "
                          f"{e['decode_rate']:.0f} | {e['pil_single_core']:.0f} × {e['cores']} = "
                          f"{e['pil_single_core'] * e['cores']:.0f} |")
-    pool = [v for k, v in state.items() if k.endswith("/pool-build")]
-    if pool:
-        source = pool[0].get("pool_folder", pool[0]["folder"])
-        lines += ["", f"Pool stages: the {pool[0]['images']} train images of `{source}` (`--from imagefolder:…@train`) "
-                      f"built into a pool for the task of {pool[0]['folder']}, then scored with its teacher."]
+    for pool in (v for k, v in state.items() if k.endswith("/pool-build")):
+        task = pool.get("task_folder", pool["folder"])
+        lines += ["", f"Pool stages, column {pool['folder']}: the {pool['images']} train images of "
+                      f"`{pool.get('pool_folder', pool['folder'])}` (`--from imagefolder:…@train`) built into a pool "
+                      f"for the task of {task}, then scored with {task}'s teacher."]
     lines += ["", "Configs: teacher " + " ".join(TEACHER) + "; " + "; ".join(
         f"{k}: {' '.join(v) or 'defaults'}" for k, v in CONFIGS.items()) + "; select: pcoreset-teacher, budget 2000; "
         "evaluate: " + " ".join(EVAL) + " (random-real file)."]
