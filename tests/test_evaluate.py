@@ -65,6 +65,17 @@ def test_version_two_budget_is_epochs_with_a_step_floor():
     assert p.to_dict()["min_steps"] == p.min_steps and p.to_dict()["hard_pair"] == "hard-cpu@2"
 
 
+@pytest.mark.parametrize("name", ["teacher-cpu", "stored-cpu"])
+def test_version_three_only_lengthens_the_budget_of_large_sets(name):
+    """@3 changes @2's epochs and nothing else, so sets up to 6 400 images train exactly as under @2."""
+    v2, v3 = get_protocol(f"{name}@2"), get_protocol(f"{name}@3")
+    d2, d3 = v2.to_dict(), v3.to_dict()
+    changed = {k for k in d2 if d2[k] != d3[k]}
+    assert changed == {"version", "id", "epochs", "summary"} and v3.epochs > v2.epochs
+    assert all(v3.total_steps(n) == v2.total_steps(n) == 1000 for n in (10, 100, 500, 6400))
+    assert v3.total_steps(60000) > v2.total_steps(60000)
+
+
 def test_results_under_different_versions_are_never_compared():
     require_same_protocol({"id": "hard-cpu@1"}, {"id": "hard-cpu@1"}, "gain")
     with pytest.raises(IncompatibleError, match="hard-cpu@1.*hard-cpu@2"):
