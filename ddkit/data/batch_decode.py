@@ -158,7 +158,7 @@ def decode_files(encoded: list[torch.Tensor], paths: list[str], shape: tuple, fi
     for k, x in enumerate(images):
         if x is None:  # not a JPEG torchvision takes, or one nvjpeg refused
             array = decode_image(paths[k], data=encoded[k].numpy().tobytes(), channels=channels)
-            images[k] = torch.from_numpy(array).to(device)
+            images[k] = torch.from_numpy(array.copy()).to(device)  # PIL's array is read-only
         elif channels == 1:
             images[k] = gray_from_rgb(x)  # PIL's conversion (libjpeg's grey output is the Y plane: not the same)
     if fit is not None:
