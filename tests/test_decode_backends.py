@@ -77,14 +77,15 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
 
 
-def _assert_close(a: torch.Tensor, b: torch.Tensor, exact: bool) -> None:
-    """Exact, or within the resize's rounding: at most 1/255 per pixel, and that on a minority of them."""
+def _assert_close(a: torch.Tensor, b: torch.Tensor, exact: bool, most: int = 2, share: float = 0.05) -> None:
+    """Exact, or within the resize's rounding (`decode.fit_tensor`): at most `most`/255 per pixel, on at
+    most a `share` of them (CPU's uint8 resize: 2, under 1% measured; float32: 1, about 20%)."""
     assert a.shape == b.shape and a.dtype == b.dtype == torch.uint8
     d = (a.int() - b.int()).abs()
     if exact:
         assert torch.equal(a, b)
     else:
-        assert d.max() <= 1 and d.float().mean() < 0.35
+        assert d.max() <= most and (d > 0).float().mean() <= share
 
 
 @pytest.mark.parametrize("channels,fit,exact", [
@@ -132,11 +133,13 @@ def test_fit_tensor_is_pil_fit_within_rounding_on_one_geometry():
     for (w, h), fit in [((40, 30), FolderFit(3, 24, 28)), ((30, 50), FolderFit(3, 16, 16)),
                         ((20, 20), FolderFit(3, 24, 30)), ((28, 36), FolderFit(3, 28, 28))]:
         px = _photo(rng, w, h, 3, 100)
-        pil = torch.from_numpy(np.array(_resize_center_crop(Image.fromarray(px), fit))).permute(2, 0, 1)
+        pil = torch.from_numpy(np.array(_resize_center_crop(Image.fromarray(px), fit))).permute(2, 0, 1).contiguous()
         x = torch.from_numpy(px).permute(2, 0, 1).contiguous()
         out = fit_tensor(x, fit)
-        _assert_close(out, pil.contiguous(), exact=min(w, h) == fit.resize)
+        _assert_close(out, pil, exact=min(w, h) == fit.resize)
         assert torch.equal(fit_tensor(torch.stack([x, x]), fit), torch.stack([out, out]))  # batched = per image
+        # the float32 resize a CUDA device runs, here on the CPU
+        _assert_close(fit_tensor(x, fit, torch.float32), pil, exact=min(w, h) == fit.resize, most=1, share=0.4)
     rgb = rng.integers(0, 256, (9, 7, 3)).astype(np.uint8)
     expect = torch.from_numpy(np.asarray(Image.fromarray(rgb).convert("L")))[None]
     assert torch.equal(gray_from_rgb(torch.from_numpy(rgb).permute(2, 0, 1)), expect)

@@ -10,7 +10,7 @@
 - `auto` (default): the GPU path when the run's device is CUDA and it is available, else `pil`.
 
 Chosen with $DDKIT_DECODE (the CLI's `ddkit --decode`). The torchvision paths give the PIL path's
-pixels up to the resize's rounding (at most 1/255, `decode.fit_tensor`): JPEG decoding (libjpeg-turbo
+pixels up to the resize's rounding (at most 2/255, `decode.fit_tensor`): JPEG decoding (libjpeg-turbo
 in both on the CPU) and the grey conversion (`decode.gray_from_rgb`) are exact. nvjpeg's IDCT and
 chroma upsampling are its own, so GPU-decoded pixels may differ slightly more (scripts/gpu_check.py
 prints the difference). Ids and fingerprints come from the file bytes and do not depend on the
