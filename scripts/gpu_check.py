@@ -246,6 +246,7 @@ def _warm_up(device: str):
     import faiss  # noqa: F401
     import kornia  # noqa: F401
     import torch
+    import torchvision.io  # noqa: F401 (the decode stage's library: seconds to import)
 
     x = torch.zeros(4, requires_grad=True, device=device)
     torch.optim.SGD([x], lr=0.1).step()
@@ -402,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="student steps of each evaluation")
     parser.add_argument("--hard-protocol", default="hard-cpu@2")
     parser.add_argument("--soft-protocol", default="teacher-cpu@2")
-    parser.add_argument("--decode-images", type=int, default=4000, help="decode stage: JPEGs in its folder")
+    parser.add_argument("--decode-images", type=int, default=4000, help="decode stage: JPEGs in its folder (train)")
     parser.add_argument("--decode-size", type=int, default=160, help="decode stage: their side in pixels")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files made here (default: a temp folder)")

@@ -176,14 +176,15 @@ def check_decoded_shape(path: str, got: tuple, shape: tuple) -> None:
 
 def _decode_jpegs(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
     """RGB uint8 C×H×W per JPEG (None where torchvision refused one: PIL then decodes it). One batched
-    call; when it fails as a whole, file by file, so one odd file does not send its batch to the CPU."""
+    call (torchvision ≥ 0.19 takes a list); when it fails as a whole, file by file, so one odd file does
+    not send its batch to PIL."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not encoded:
         return []
     try:
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         out = []
         for e in encoded:
             try:

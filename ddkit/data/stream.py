@@ -267,6 +267,8 @@ def read_rows(reader, row_batches: Iterable[np.ndarray], workers: int | None = N
     if isinstance(reader, FolderReader):
         plan = plan or decode_plan(device)
         reader, encoded = reader.with_backend(plan.backend), plan.device is not None
+        if plan.backend == "torchvision":  # imported here, not in each worker: seconds apiece before its first batch
+            import torchvision.io  # noqa: F401
     loader = torch.utils.data.DataLoader(_ReadRows(reader, encoded), sampler=row_batches, batch_size=None,
                                          num_workers=workers, collate_fn=_identity, pin_memory=pin and not encoded,
                                          prefetch_factor=2 if workers else None)
