@@ -14,7 +14,8 @@ pixels up to the resize's rounding (at most 2/255, `decode.fit_tensor`): JPEG de
 in both on the CPU) and the grey conversion (`decode.gray_from_rgb`) are exact. nvjpeg's IDCT and
 chroma upsampling are its own, so GPU-decoded pixels may differ slightly more (scripts/gpu_check.py
 prints the difference). Ids and fingerprints come from the file bytes and do not depend on the
-backend.
+backend. Indexing a folder (`ddkit.data.manifest`) always decodes with PIL: it is what validates the
+files and gives the normalization, once per folder.
 """
 
 from __future__ import annotations
