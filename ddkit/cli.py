@@ -91,7 +91,11 @@ OUT_FILE = _OutputFile()
                    "$DDKIT_MEMORY_LIMIT, 512 MiB); sets $DDKIT_DATA_MODE")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="decoding worker processes for streamed datasets (default min(4, CPUs)); sets $DDKIT_WORKERS")
-def cli(data_mode, workers):
+@click.option("--decode", type=click.Choice(["auto", "pil", "torchvision", "nvjpeg"]), default=None,
+              help="who decodes image-folder files: pil (in the workers), torchvision (torchvision.io; batched "
+                   "nvjpeg on a CUDA --device), nvjpeg (that GPU path, required); default auto: nvjpeg on a CUDA "
+                   "device that supports it, else pil; sets $DDKIT_DECODE")
+def cli(data_mode, workers, decode):
     """ddkit: distill datasets, select samples with a teacher, evaluate honestly."""
     import os
 
@@ -99,6 +103,8 @@ def cli(data_mode, workers):
         os.environ["DDKIT_DATA_MODE"] = data_mode
     if workers is not None:
         os.environ["DDKIT_WORKERS"] = str(workers)
+    if decode is not None:
+        os.environ["DDKIT_DECODE"] = decode
 
 
 # -- registries ---------------------------------------------------------------------------------

@@ -4,11 +4,16 @@
     python scripts/gpu_check.py                       # --device cuda: fails at once without a GPU
     python scripts/gpu_check.py --json gpu_check.json # also the table as JSON
     python scripts/gpu_check.py --device cpu --dataset procedural --stages teacher,evaluate   # a smoke run
+    python scripts/gpu_check.py --stages decode       # only the image-decode rates (no teacher)
 
 The chain: a teacher trained for a few epochs on the dataset (fashion-mnist-mini by default), every
 registered synthesizer at IPC 1 with small configs (MTT from a one-expert buffer), every selector
 with a small budget, a pool pass (build, pixel dedup, teacher scores, k-center over the scores), and
 an evaluation of the random-real set under a hard-label and a soft-label protocol with few steps.
+The `decode` stage writes a JPEG folder (scripts/make_image_folder.py, with a resize + crop fit) and
+times one streamed pass over it per decode backend (`ddkit.data.batch_decode`): PIL in the DataLoader
+workers, then nvjpeg batch decode on the GPU (torchvision in the workers with --device cpu), in
+images/s, with the largest pixel difference from the PIL pass.
 Per stage it prints wall seconds, peak GPU memory (torch.cuda.max_memory_allocated, reset before
 each stage) and, where the stage runs distance work, which `ddkit.index` backend did it (faiss-gpu,
 torch on the GPU, or a CPU engine). A failing stage is reported with its error and the chain goes
@@ -25,15 +30,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STAGES = ("teacher", "synth", "select", "pool", "evaluate")
+STAGES = ("teacher", "synth", "select", "pool", "evaluate", "decode")
 # The smallest settings that still run each method end to end (as in tests/test_contracts.py);
 # a method not named here runs with its defaults.
 SYNTH_CONFIGS = {
@@ -61,6 +68,7 @@ class StageResult:
     index: str = "-"
     note: str = ""
     error: str = ""
+    images_per_s: float | None = None  # decode stages
 
 
 @dataclass
@@ -98,9 +106,12 @@ class Runner:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result, error, note = None, "", ""
+        rate = None
         try:
             out = fn()
             result, note = out if isinstance(out, tuple) else (out, "")
+            if isinstance(result, Rate):
+                result, rate = result.result, result.images_per_s
             if self.cuda:
                 torch.cuda.synchronize()
         except Exception as exc:  # noqa: BLE001 - a check reports every failure and goes on
@@ -111,10 +122,19 @@ class Runner:
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
         name = stage.split(":", 1)[-1]
         index = _index_library() if name in INDEX_METHODS else "-"
-        res = StageResult(stage, not error, round(wall, 3), None if peak is None else round(peak, 1), index, note, error)
+        res = StageResult(stage, not error, round(wall, 3), None if peak is None else round(peak, 1), index, note, error,
+                          None if rate is None else round(rate, 1))
         self.report.stages.append(res)
         print(_row(res), flush=True)
         return None if error else (result if result is not None else True)
+
+
+@dataclass
+class Rate:
+    """What a stage returns when it measured a rate (kept in the report's `images_per_s`)."""
+
+    result: object
+    images_per_s: float
 
 
 def _index_library() -> str:
@@ -162,7 +182,8 @@ def run_chain(args, work: Path, report: Report) -> None:
         return only is None or name in only
 
     r.run("setup (imports, CUDA context)", lambda: _warm_up(dev))
-    teacher = r.run("teacher", lambda: _teacher(work, dataset, dev, args.teacher_epochs))
+    teacher = r.run("teacher", lambda: _teacher(work, dataset, dev, args.teacher_epochs)) if stages - {"decode"} \
+        else None
     random_real = None
     if "synth" in stages:
         experts = None
@@ -212,6 +233,11 @@ def run_chain(args, work: Path, report: Report) -> None:
             r.run(f"evaluate:{label}", lambda p=protocol, label=label: _evaluate(random_real, p, teacher, dev, args.steps,
                                                                                     label),
                   needs=needs)
+    if "decode" in stages:
+        folder = r.run("decode:folder", lambda: _decode_folder(work, args.decode_images, args.decode_size))
+        reference: dict = {}
+        for backend in ("pil", "nvjpeg" if r.cuda else "torchvision"):
+            r.run(f"decode:{backend}", lambda b=backend: _decode_pass(folder, b, dev, reference), needs=(folder,))
 
 
 def _warm_up(device: str):
@@ -220,6 +246,7 @@ def _warm_up(device: str):
     import faiss  # noqa: F401
     import kornia  # noqa: F401
     import torch
+    import torchvision.io  # noqa: F401 (the decode stage's library: seconds to import)
 
     x = torch.zeros(4, requires_grad=True, device=device)
     torch.optim.SGD([x], lr=0.1).step()
@@ -291,17 +318,93 @@ def _evaluate(train_set: str, protocol: str, teacher: str | None, device: str, s
     return train_set, f"{protocol}, {steps} steps, accuracy {card.result.mean:.3f}"
 
 
+def _script(name: str):
+    """A sibling script as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)  # dataclasses look the module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def _decode_folder(work: Path, images: int, size: int):
+    """A JPEG folder of `images` train images of size×size (10 classes, quality 90) declaring the
+    ImageNet-style fit (shorter side to 7/8 of size, then the central 3/4 square), indexed once here so
+    that the passes below time decoding only."""
+    from ddkit.data import load_dataset
+
+    make = _script("make_image_folder")
+    per_class = max(1, images // 10)
+    root = work / "decode-folder"
+    make.generate(root, make.Args(classes=10, train_per_class=per_class, test_per_class=1, size=size, seed=0,
+                                  quality=90, corrupt=0, pool_only=False), workers=max(1, min(8, os.cpu_count() or 1)))
+    fit = {"image_size": size * 3 // 4, "resize": size * 7 // 8}
+    (root / "ddkit-folder.json").write_text(json.dumps(fit))
+    with _env(DDKIT_DATA_MODE="stream", DDKIT_DECODE="pil"):
+        n = len(load_dataset(f"imagefolder:{root}", "train"))
+    return str(root), f"{n} JPEGs {size}×{size} q90, fit resize {fit['resize']} crop {fit['image_size']}"
+
+
+@contextmanager
+def _env(**values):
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _decode_pass(root: str, backend: str, device: str, reference: dict):
+    """One streamed pass (batches of 256, uint8 on `device`) over the folder with one decode backend;
+    the first backend's pixels are the reference the next is compared with."""
+    import torch
+
+    from ddkit.data import load_dataset
+    from ddkit.data.batch_decode import decode_plan
+    from ddkit.data.manifest import stream_workers
+    from ddkit.data.stream import iter_batches
+
+    with _env(DDKIT_DATA_MODE="stream", DDKIT_DECODE=backend):
+        ds = load_dataset(f"imagefolder:{root}", "train")
+        plan = decode_plan(device)  # probes GPU decode once, outside the timing
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        pixels = [b.x for b in iter_batches(ds, 256, raw=True, device=device)]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+    pixels = torch.cat([p.cpu() for p in pixels])
+    rate = len(ds) / wall
+    note = f"{rate:.0f} images/s, {plan.describe()}, {stream_workers()} workers"
+    if reference:
+        d = (pixels.int() - reference["pixels"].int()).abs()
+        note += f"; vs {reference['backend']}: max |Δ| {int(d.max())}/255, mean {float(d.float().mean()):.3f}"
+    else:
+        reference.update(backend=backend, pixels=pixels)
+    return Rate(root, rate), note
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu for a smoke run")
     parser.add_argument("--dataset", default="fashion-mnist-mini", help="registered dataset (default: the embedded mini set)")
     parser.add_argument("--stages", default=",".join(STAGES),
-                        help=f"comma-separated subset of {','.join(STAGES)} (the teacher always trains)")
+                        help=f"comma-separated subset of {','.join(STAGES)} (the teacher trains unless only decode is asked)")
     parser.add_argument("--only", default="", help="comma-separated method names: run only these synthesizers/selectors")
     parser.add_argument("--teacher-epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50, help="student steps of each evaluation")
     parser.add_argument("--hard-protocol", default="hard-cpu@2")
     parser.add_argument("--soft-protocol", default="teacher-cpu@2")
+    parser.add_argument("--decode-images", type=int, default=4000, help="decode stage: JPEGs in its folder (train)")
+    parser.add_argument("--decode-size", type=int, default=160, help="decode stage: their side in pixels")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files made here (default: a temp folder)")
     parser.add_argument("--verbose", action="store_true", help="print the traceback of a failing stage")

@@ -62,3 +62,19 @@ def test_a_failing_stage_is_reported_and_its_dependents_skipped(script, tmp_path
     stages = {s["stage"]: s for s in report["stages"]}
     assert stages["teacher"]["ok"] is False and "same device" in stages["teacher"]["error"]
     assert stages["select:random"]["ok"] is None and report["failed"] == ["teacher"]
+
+
+def test_decode_stage_alone_measures_both_backends_without_a_teacher(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DDKIT_WORKERS", "0")
+    out = tmp_path / "check.json"
+    assert script.main(["--device", "cpu", "--stages", "decode", "--decode-images", "20", "--decode-size", "32",
+                        "--json", str(out)]) == 0
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    assert list(stages) == ["setup (imports, CUDA context)", "decode:folder", "decode:pil", "decode:torchvision"]
+    assert "20 JPEGs 32×32" in stages["decode:folder"]["note"] and "resize 28 crop 24" in stages["decode:folder"]["note"]
+    for name in ("decode:pil", "decode:torchvision"):
+        assert stages[name]["ok"] and stages[name]["images_per_s"] > 0
+    note = stages["decode:torchvision"]["note"]
+    assert "torchvision in the workers" in note and "vs pil: max |Δ| " in note
+    assert int(note.split("max |Δ| ")[1].split("/")[0]) <= 2  # the resize's rounding, nothing more

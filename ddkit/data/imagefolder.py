@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, ImageDataset
+from ddkit.data.batch_decode import decode_plan
 from ddkit.data.decode import read_fit, read_normalization
 from ddkit.data.manifest import index_split
 from ddkit.data.stream import FolderReader, StreamedImageDataset, read_rows, should_stream
@@ -106,17 +107,19 @@ def _manifests(root: Path) -> tuple:
     return class_names, fit, index_split(root, "train", class_names, fit, list_split(root, "train", class_names))
 
 
-_DECODED: dict[tuple, torch.Tensor] = {}  # (root, split, manifest fingerprint) -> pixels, a few at most
+_DECODED: dict[tuple, torch.Tensor] = {}  # (root, split, manifest fingerprint, decode plan) -> pixels, a few at most
 
 
 def _in_memory(root: str, split: str, fingerprint: str, reader: FolderReader) -> torch.Tensor:
-    """A split decoded once per process (keyed by its manifest's fingerprint, so a change re-reads)."""
-    key = (root, split, fingerprint)
+    """A split decoded once per process (keyed by its manifest's fingerprint, so a change re-reads, and
+    by the decode backend, whose pixels may differ by the resize's rounding)."""
+    plan = decode_plan()
+    key = (root, split, fingerprint, plan)
     if key not in _DECODED:
         rows = np.arange(len(reader))
         batches = [rows[i:i + 256] for i in range(0, len(rows), 256)]
-        _DECODED[key] = torch.cat(list(read_rows(reader, batches, None if len(batches) > 1 else 0))) if len(rows) \
-            else torch.zeros((0, *reader.shape), dtype=torch.uint8)
+        _DECODED[key] = torch.cat(list(read_rows(reader, batches, None if len(batches) > 1 else 0, plan=plan))) \
+            if len(rows) else torch.zeros((0, *reader.shape), dtype=torch.uint8)
         while len(_DECODED) > 8:
             _DECODED.pop(next(iter(_DECODED)))
     return _DECODED[key]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, ImageDataset, indexed_fingerprint
+from ddkit.data.batch_decode import DecodePlan, bytes_tensor, check_decoded_shape, decode_files, decode_plan
 from ddkit.data.decode import FolderFit, decode_image
 from ddkit.data.manifest import stream_workers
 from ddkit.errors import FileFormatError, InvalidInput
@@ -57,32 +58,64 @@ def should_stream(n: int, image_shape) -> bool:
 
 # -- row readers (picklable: they travel to the worker processes) ------------------------------------
 class FolderReader:
-    """Rows of an indexed image folder: each decoded (and fitted) from its file."""
+    """Rows of an indexed image folder: each decoded (and fitted) from its file, by `backend`
+    ("pil" or "torchvision", `ddkit.data.batch_decode`); `read_encoded` + `decode` split the work
+    for the GPU path (workers read bytes, the consumer decodes the batch on its device)."""
 
-    def __init__(self, root: str, paths: np.ndarray, sizes: np.ndarray, shape: tuple, fit: FolderFit | None):
+    def __init__(self, root: str, paths: np.ndarray, sizes: np.ndarray, shape: tuple, fit: FolderFit | None,
+                 backend: str = "pil"):
         self.root, self.paths, self.sizes, self.shape, self.fit = root, paths, sizes, tuple(shape), fit
+        self.backend = backend
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def read(self, rows: np.ndarray) -> torch.Tensor:
-        out = np.empty((len(rows), *self.shape), dtype=np.uint8)
-        for k, row in enumerate(np.asarray(rows).tolist()):
+    def with_backend(self, backend: str) -> "FolderReader":
+        return self if backend == self.backend else FolderReader(self.root, self.paths, self.sizes, self.shape,
+                                                                 self.fit, backend)
+
+    def read_encoded(self, rows: np.ndarray) -> list[torch.Tensor]:
+        """Each row's file bytes as a uint8 1-D tensor, checked against the indexed size (no decoding)."""
+        out = []
+        for row in np.asarray(rows).tolist():
             path = os.path.join(self.root, self.paths[row])
             try:
-                if os.path.getsize(path) != self.sizes[row]:
-                    raise FileFormatError(f"{path} changed size since the folder was indexed")
-                array = decode_image(path, self.fit)
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                if len(data) != self.sizes[row]:
+                    raise FileFormatError("it changed size since the folder was indexed")
             except (OSError, FileFormatError) as exc:
-                raise FileFormatError(
-                    f"{path} cannot be read as it was indexed ({getattr(exc, 'problem', None) or exc}): the folder "
-                    "changed during the run",
-                    "leave the folder unchanged while ddkit reads it; the next run re-indexes it") from None
-            if array.shape != self.shape:
-                raise FileFormatError(f"{path} is now {array.shape}, indexed as {self.shape}: the folder changed",
-                                      "leave the folder unchanged while ddkit reads it; the next run re-indexes it")
-            out[k] = array
-        return torch.from_numpy(out)
+                raise _changed(f"{path} cannot be read as it was indexed ({getattr(exc, 'problem', None) or exc})") \
+                    from None
+            out.append(bytes_tensor(data))
+        return out
+
+    def decode(self, rows: np.ndarray, encoded: list[torch.Tensor], device: torch.device | str = "cpu",
+               backend: str | None = None) -> torch.Tensor:
+        """uint8 N×C×H×W of the rows' bytes (from `read_encoded`), decoded by `backend` (default the
+        reader's) and left on `device` (PIL decodes on the CPU, torchvision on `device`)."""
+        backend = backend or self.backend
+        paths = [os.path.join(self.root, self.paths[row]) for row in np.asarray(rows).tolist()]
+        try:
+            if backend == "torchvision":
+                return decode_files(encoded, paths, self.shape, self.fit, device)
+            out = np.empty((len(paths), *self.shape), dtype=np.uint8)
+            for k, (path, data) in enumerate(zip(paths, encoded)):
+                array = decode_image(path, self.fit, data.numpy().tobytes())
+                check_decoded_shape(path, array.shape, self.shape)
+                out[k] = array
+        except (FileFormatError, InvalidInput) as exc:
+            raise _changed(exc.problem) from None
+        return torch.from_numpy(out).to(device)
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        return self.decode(rows, self.read_encoded(rows))
+
+
+def _changed(problem: str) -> FileFormatError:
+    """A file of an indexed folder no longer reads as it was indexed."""
+    return FileFormatError(f"{problem}: the folder changed during the run",
+                           "leave the folder unchanged while ddkit reads it; the next run re-indexes it")
 
 
 # -- the dataset ------------------------------------------------------------------------------
@@ -207,27 +240,44 @@ class Batch:
 
 
 class _ReadRows:
-    """Worker task: one batch of reader rows → uint8 pixels."""
+    """Worker task: one batch of reader rows → uint8 pixels (`encoded`: → the files' bytes, undecoded)."""
 
-    def __init__(self, reader):
-        self.reader = reader
+    def __init__(self, reader, encoded: bool = False):
+        self.reader, self.encoded = reader, encoded
 
-    def __getitem__(self, rows: np.ndarray) -> torch.Tensor:
-        return self.reader.read(rows)
+    def __getitem__(self, rows: np.ndarray):
+        return (rows, self.reader.read_encoded(rows)) if self.encoded else self.reader.read(rows)
 
 
 def _identity(x):
     return x
 
 
-def read_rows(reader, row_batches: Iterable[np.ndarray], workers: int | None = None,
-              pin: bool = False) -> Iterator[torch.Tensor]:
-    """uint8 pixels of each row batch, in order, decoded by `workers` processes a few batches ahead."""
+def read_rows(reader, row_batches: Iterable[np.ndarray], workers: int | None = None, pin: bool = False,
+              device: torch.device | str | None = None, plan: DecodePlan | None = None) -> Iterator[torch.Tensor]:
+    """uint8 pixels of each row batch, in order, decoded a few batches ahead.
+
+    By default (and for any reader but an image folder's) `workers` processes decode and the batches
+    come back on the CPU. An image folder decodes as `plan` says (default: `decode_plan(device)`,
+    from $DDKIT_DECODE): when it names a device, the workers only read the files' bytes and each
+    batch is decoded here, at once, on that device — then it is left on `device` (the CPU when None).
+    """
     workers = stream_workers() if workers is None else workers
-    loader = torch.utils.data.DataLoader(_ReadRows(reader), sampler=row_batches, batch_size=None,
-                                         num_workers=workers, collate_fn=_identity, pin_memory=pin,
+    encoded = False
+    if isinstance(reader, FolderReader):
+        plan = plan or decode_plan(device)
+        reader, encoded = reader.with_backend(plan.backend), plan.device is not None
+        if plan.backend == "torchvision":  # imported here, not in each worker: seconds apiece before its first batch
+            import torchvision.io  # noqa: F401
+    loader = torch.utils.data.DataLoader(_ReadRows(reader, encoded), sampler=row_batches, batch_size=None,
+                                         num_workers=workers, collate_fn=_identity, pin_memory=pin and not encoded,
                                          prefetch_factor=2 if workers else None)
-    yield from loader
+    if not encoded:
+        yield from loader
+        return
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    for rows, data in loader:
+        yield reader.decode(rows, data, plan.device).to(target, non_blocking=True)
 
 
 def iter_batches(dataset: ImageDataset, batch_size: int = 512, positions=None, *, normalized: bool = True,
@@ -243,7 +293,8 @@ def iter_batches(dataset: ImageDataset, batch_size: int = 512, positions=None, *
     device = torch.device(device) if device is not None else None
     if is_streamed(dataset):
         source = read_rows(dataset.reader, [dataset.rows[c.numpy()] for c in chunks],
-                           workers if len(chunks) > 1 else 0, pin=device is not None and device.type == "cuda")
+                           workers if len(chunks) > 1 else 0, pin=device is not None and device.type == "cuda",
+                           device=device)
     else:
         source = (dataset.images[c] for c in chunks)
     for c, x in zip(chunks, source):
@@ -275,7 +326,7 @@ class StreamedViews:
 
     def views(self, index_batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
         rows = (self.dataset.rows[torch.as_tensor(i).cpu().numpy()] for i in index_batches)
-        for x in read_rows(self.dataset.reader, rows, pin=self.device.type == "cuda"):
+        for x in read_rows(self.dataset.reader, rows, pin=self.device.type == "cuda", device=self.device):
             x = x.to(self.device, non_blocking=True).float().div_(255.0)
             yield self.dataset.info.normalization.apply(x)
 
