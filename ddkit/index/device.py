@@ -130,8 +130,8 @@ def _detect(kind: str) -> Backend:
         made = Backend("cuda", "torch-cuda", version,
                        f"GPU {name} but no faiss-gpu (pip install -e '.[gpu]'); torch does the GPU work",
                        pinned or "torch")
-        _say(f"ddkit.index: --device cuda but faiss-gpu is not installed: torch does the distance work on {name} "
-             "(pip install -e '.[gpu]' for FAISS on the GPU)")
+        _say(f"ddkit.index: the run is on the GPU but faiss-gpu is not installed: torch does the distance work on "
+             f"{name} (pip install -e '.[gpu]' for FAISS on the GPU)")
         return made
     where = "no GPU" if not torch.cuda.is_available() else "the run's device is the CPU (a GPU is present)"
     if faiss is None:
