@@ -346,11 +346,14 @@ def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, np
 @click.option("--seed", default=0, show_default=True, help="draws the first pick when there is no labeled sample")
 @click.option("--out", required=True, type=OUT_FILE, help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
-def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite):
+@click.option("--device", default=None, help="cpu, cuda, or auto (default): where the k-center passes run")
+def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite, device):
     """Greedy k-center on a field of a SCORES file, streamed in row blocks (O(N) memory), into a .sel.h5."""
     from ddkit.pools.kcenter import kcenter_from_scores
+    from ddkit.training import pick_device
 
-    sel, digest = kcenter_from_scores(scores, field, budget, out, labeled=labeled, seed=seed, overwrite=overwrite)
+    sel, digest = kcenter_from_scores(scores, field, budget, out, labeled=labeled, seed=seed, overwrite=overwrite,
+                                      device=pick_device(device))
     click.echo(f"wrote {out}: {budget} picks by k-center on /{field} ({len(sel)} samples in all; last pick "
                f"{sel.score[-1]:.4g} from its nearest center; content_sha256 {digest[:16]}…)")
 
@@ -508,7 +511,8 @@ def info(path, as_json):
 @click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
 @click.option("--dataset", default=None,
               help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
-def validate(path, teacher, against, no_write, dataset):
+@click.option("--device", default=None, help="with --against: cpu, cuda, or auto (default), where the search runs")
+def validate(path, teacher, against, no_write, dataset, device):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space
     (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""
     from ddkit.store import validate_file
@@ -519,8 +523,9 @@ def validate(path, teacher, against, no_write, dataset):
         if not is_pool_file(path):  # pools have no store checks; their fingerprint is checked by the search
             _validate_and_report(validate_file, path, teacher)
         from ddkit.contamination import check_file
+        from ddkit.training import pick_device
 
-        check = check_file(path, against, record=not no_write, source=dataset)
+        check = check_file(path, against, record=not no_write, source=dataset, device=pick_device(device))
         click.echo(str(check))
         if not check.ok:
             raise SystemExit(1)

@@ -6,6 +6,7 @@ over any number of processes reproduces the single-process result.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import numpy as np
@@ -27,3 +28,21 @@ def generator(root: int, *parts, device: str | torch.device = "cpu") -> torch.Ge
 
 def numpy_rng(root: int, *parts) -> np.random.Generator:
     return np.random.default_rng(derive_seed(root, *parts))
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int, device: str | torch.device = "cpu"):
+    """Run the block with torch's global generator of `device` seeded with `seed`, and restore its
+    state afterwards: for modules that draw from the global RNG and take no generator (torchvision's
+    dropout and stochastic depth), so their draws depend on `seed` alone and nothing else is disturbed."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        gen = torch.default_generator
+    state = gen.get_state()
+    gen.manual_seed(int(seed))
+    try:
+        yield
+    finally:
+        gen.set_state(state)

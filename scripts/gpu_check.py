@@ -121,7 +121,7 @@ class Runner:
         wall = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda else None
         name = stage.split(":", 1)[-1]
-        index = _index_library() if name in INDEX_METHODS else "-"
+        index = _index_library(self.device) if name in INDEX_METHODS else "-"
         res = StageResult(stage, not error, round(wall, 3), None if peak is None else round(peak, 1), index, note, error,
                           None if rate is None else round(rate, 1))
         self.report.stages.append(res)
@@ -137,10 +137,10 @@ class Rate:
     images_per_s: float
 
 
-def _index_library() -> str:
+def _index_library(device: str) -> str:
     from ddkit.index.device import backend
 
-    b = backend()
+    b = backend(device)
     chosen = sorted({c["chosen"] for c in b.checks.values()})
     return b.library + (f" ({', '.join(chosen)})" if chosen else "")
 
@@ -440,10 +440,10 @@ def main(argv: list[str] | None = None) -> int:
         run_chain(args, work, report)
     finally:
         report.total_wall_s = round(time.perf_counter() - start, 2)
-        report.index_backend = backend().to_dict()
+        report.index_backend = backend(args.device).to_dict()
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"total {report.total_wall_s:.1f} s; index backend: {backend().describe()}")
+    print(f"total {report.total_wall_s:.1f} s; index backend: {backend(args.device).describe()}")
     if args.json:
         payload = {**asdict(report), "failed": report.failed}
         args.json.write_text(json.dumps(payload, indent=1) + "\n")

@@ -38,6 +38,11 @@ def test_list_prints_every_registry(capsys):
             assert name in out
 
 
+def test_list_protocols_shows_the_imagenet_hard_label_partner(capsys):
+    code, out, _ = run(capsys, "list", "protocols")
+    assert code == 0 and "hard-imagenet@1" in out and "hard-label partner of teacher-/stored-imagenet@1" in out
+
+
 def test_flow_synthesize_info_validate_show_evaluate(tmp_path, capsys, teacher_path):
     out_file = tmp_path / "rr.ddk.h5"
     code, out, err = run(capsys, "synthesize", "--method", "random-real", "--dataset", "procedural", "--teacher",

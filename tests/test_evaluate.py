@@ -76,6 +76,47 @@ def test_version_three_only_lengthens_the_budget_of_large_sets(name):
     assert v3.total_steps(60000) > v2.total_steps(60000)
 
 
+@pytest.mark.parametrize("soft", ["teacher-imagenet@1", "stored-imagenet@1"])
+def test_imagenet_protocols_have_a_hard_label_partner_and_unchanged_records(soft):
+    """hard-imagenet@1 is teacher-imagenet@1 with hard labels and no mixing; both soft protocols find
+    it by the family rule, so their records (and cache keys) keep no `hard_pair` field."""
+    from ddkit.evaluate.protocols import hard_protocol_for
+
+    hard, teacher = get_protocol("hard-imagenet"), get_protocol("teacher-imagenet@1")
+    assert hard.id == "hard-imagenet@1" and hard_protocol_for(get_protocol(soft)) == hard.id
+    assert (hard.label_source, hard.mix) == ("hard", "none")
+    for same in ("student", "student_kwargs", "augmentation", "epochs", "steps", "batch_size", "optim", "family"):
+        assert getattr(hard, same) == getattr(teacher, same), same
+    paper = get_protocol(soft.replace("imagenet", "paper")).to_dict()
+    record = get_protocol(soft).to_dict()
+    assert "hard_pair" not in record
+    changed = {k for k in record if record[k] != paper[k]}
+    assert changed <= {"name", "id", "student", "augmentation", "family", "summary"}  # the replace() fields only
+
+
+def test_a_teacher_imagenet_card_asks_for_its_hard_pair(monkeypatch):
+    """DD-Ranking's scores of a teacher-imagenet card train the set under hard-imagenet@1."""
+    from types import SimpleNamespace
+
+    from ddkit.evaluate import api
+
+    asked = []
+
+    def fake_evaluate(train_set, protocol, seeds, **kwargs):
+        asked.append(protocol)
+        arm = SimpleNamespace(accuracies=[0.5 for _ in seeds])
+        return SimpleNamespace(result=arm, full_data=SimpleNamespace(accuracies=[0.9 for _ in seeds]),
+                               protocol={"id": protocol})
+
+    monkeypatch.setattr(api, "evaluate", fake_evaluate)
+    proto = get_protocol("teacher-imagenet@1")
+    card = SimpleNamespace(protocol=proto.to_dict(), result=SimpleNamespace(accuracies=[0.7]),
+                           random_baseline=SimpleNamespace(accuracies=[0.6]))
+    scores = api._ranking(card, proto, "random:x:1", SimpleNamespace(path=None), [0], None, "cpu", False, False)
+    assert asked == ["hard-imagenet@1"] and scores["hard_protocol"] == "hard-imagenet@1"
+    assert scores["hlr"]["mean"] == pytest.approx(0.4)
+
+
 def test_results_under_different_versions_are_never_compared():
     require_same_protocol({"id": "hard-cpu@1"}, {"id": "hard-cpu@1"}, "gain")
     with pytest.raises(IncompatibleError, match="hard-cpu@1.*hard-cpu@2"):

@@ -169,10 +169,11 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
 
 
 def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | None = None,
-               record: bool = True, source: str | None = None) -> ContaminationReport:
+               record: bool = True, source: str | None = None, device=None) -> ContaminationReport:
     """Check every image of `path` (a .ddk.h5, .sel.h5 or .pool.h5) against the images of `against`
     (`DATASET[:SPLIT]`, test by default); with `record`, write the result into the file. `source`:
-    a selection's pool when the file names it by a path (`pool:PATH`), which ddkit never opens itself."""
+    a selection's pool when the file names it by a path (`pool:PATH`), which ddkit never opens itself.
+    `device`: the run's (`--device`), where the candidate search runs."""
     pool = is_pool_file(path)
     if pool:  # integrity first: the fingerprint over ids and pixels
         data = load_pool(path, verify=True)
@@ -183,7 +184,7 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
     reference = load_reference(against)
     name, split = parse_against(against)
     shape = tuple(reference.info.image_shape)
-    with reference_detector(reference, config) as detector:
+    with reference_detector(reference, config, device=device) as detector:
         ref_ids = reference.ids.numpy()
         if pool:
             _check_shape(shape, tuple(data.info.image_shape), "pool")

@@ -227,10 +227,12 @@ class Detector:
     Only the candidate vectors (2N small rows, the mirror images included) and the pixel hashes are
     held; the references' pixels are read by row when a query's candidates are verified, so a
     `numpy.memmap` of references far larger than memory works (as `within` of a streamed pool uses).
+    `device`: the run's device, which decides where the candidate search runs (`ddkit.index`).
     """
 
-    def __init__(self, references, config: DetectorConfig | None = None):
+    def __init__(self, references, config: DetectorConfig | None = None, device=None):
         self.config = (config or DetectorConfig()).resolved()
+        self.device = device
         refs = as_uint8(references)
         if len(refs) == 0:
             raise InvalidInput("there are no reference images to check against")
@@ -367,7 +369,7 @@ class Detector:
         best = np.full(n, -1, np.int64)
         if n:
             k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
-            _, cand = index.knn(np.concatenate(vectors), self._coarse, k)
+            _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
             for start in range(0, n, _BLOCK):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
@@ -385,14 +387,14 @@ class Detector:
         return Matches(flagged, exact, score, reference, flipped & ~exact, self.version)
 
 
-def within(images, config: DetectorConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def within(images, config: DetectorConfig | None = None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicates inside one set: (group, keep, score) per row. Each row flagged as a copy of
     another row joins that row's group; a group is named by, and keeps, its smallest row."""
     x = as_uint8(images)
     n = len(x)
     if n < 2:
         return np.arange(n), np.ones(n, bool), np.full(n, np.inf)
-    m = Detector(x, config).match(x, exclude=np.arange(n))
+    m = Detector(x, config, device).match(x, exclude=np.arange(n))
     parent = np.arange(n)
 
     def root(i: int) -> int:

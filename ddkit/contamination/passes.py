@@ -57,14 +57,16 @@ def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path
 
 
 @contextlib.contextmanager
-def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None) -> Iterator[Detector]:
-    """A `Detector` over every image of `dataset` (a streamed one read once into a row file)."""
+def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None,
+                       device=None) -> Iterator[Detector]:
+    """A `Detector` over every image of `dataset` (a streamed one read once into a row file);
+    `device`: the run's, for the candidate search."""
     with pixel_rows(dataset, np.arange(len(dataset)), workdir) as images:
-        yield Detector(images, config)
+        yield Detector(images, config, device)
 
 
 def within_dataset(dataset: ImageDataset, positions: np.ndarray, config=None,
-                   workdir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   workdir: str | Path | None = None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`detector.within` of the images at `positions` (group, keep, score per position)."""
     with pixel_rows(dataset, positions, workdir) as images:
-        return within(images, config)
+        return within(images, config, device)

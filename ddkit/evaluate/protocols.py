@@ -240,7 +240,8 @@ STORED_PAPER = _register(Protocol(
 # the @1 recipes; teacher-imagenet relabels ImageNet's random-resized-crop view (area 0.08-1, as SRe2L
 # and RDED), stored-imagenet keeps stored-paper's light crop+flip because its labels belong to the
 # whole stored image. New names, not new versions: a bare `teacher-paper` keeps its small-image recipe.
-# No hard-label partner is registered yet, so their cards carry no DD-Ranking scores.
+# Their hard-label partner (DD-Ranking's HLR) is `hard-imagenet@1`, below: found by `hard_protocol_for`'s
+# family rule (hard-<family>@<version>), so their records (and cache keys) stay as they are.
 TEACHER_IMAGENET = _register(replace(
     TEACHER_PAPER, name="teacher-imagenet", student="tv-resnet18", augmentation="imagenet-crop-flip", family="imagenet",
     summary="teacher-paper@1 for ImageNet-like folders: torchvision ResNet-18, teacher KL at T=20 on "
@@ -250,4 +251,17 @@ STORED_IMAGENET = _register(replace(
     STORED_PAPER, name="stored-imagenet", student="tv-resnet18", family="imagenet",
     summary="stored-paper@1 for ImageNet-like folders: torchvision ResNet-18, stored logits mixed with "
             "mixup's λ, KL at T=30, AdamW 1e-3, 400 epochs",
+))
+
+# The hard-label partner of the two: teacher-imagenet@1's student, views and budget (torchvision ResNet-18,
+# ImageNet's random-resized-crop + flip, 300 epochs × 64, AdamW 1e-3 cosine) with hard labels and no
+# mixing, so HLR measures a set under the same training as its soft-label card, minus the soft labels
+# (hard-cpu@2 is to the CPU family's soft protocols what this is to these; that family keeps DC's SGD,
+# which was there first). One partner for both: stored-imagenet@1 differs in views and epochs, but HLR
+# compares the set with full data under one fixed hard-label recipe, so one is enough (hard-cpu@2 serves
+# teacher- and stored-cpu@2 alike).
+HARD_IMAGENET = _register(replace(
+    TEACHER_IMAGENET, name="hard-imagenet", mix="none", label_source="hard", temperature=1.0,
+    summary="hard-label partner of teacher-/stored-imagenet@1 (DD-Ranking's HLR): torchvision ResNet-18, hard "
+            "labels, random-resized-crop (0.08-1) + flip, no mixing, AdamW 1e-3, 300 epochs",
 ))

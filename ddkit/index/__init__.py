@@ -4,16 +4,17 @@ numpy in, numpy out, explicit seeds, keyword arguments validated with one clear 
 manner of FAISS's python wrappers. Inputs are N×d arrays or h5py datasets; a dataset is read in
 blocks (aligned to its chunks), so inputs larger than memory work.
 
-The hardware is chosen once per process and reported by `backend()` (FAISS on the GPU when a GPU
-and faiss-gpu are present; the CPU otherwise, where a measured check picks FAISS or torch for the
-distance blocks, see `ddkit.index.device`).
+The hardware follows the run's device (`device=`, from `--device`; None: the GPU when there is
+one), is chosen once per process and device and reported by `backend(device)`: FAISS on the GPU
+for cuda with faiss-gpu (torch on the GPU without it); on the CPU a measured check picks FAISS or
+torch for the distance blocks, see `ddkit.index.device`.
 
     >>> from ddkit import index
-    >>> distances, neighbours = index.knn(queries, database, k=10)
+    >>> distances, neighbours = index.knn(queries, database, k=10, device="cpu")
     >>> km = index.kmeans(x, 100, seed=0)
     >>> picks = index.kcenter(probs, 500, center_positions=labeled).indices
     >>> dups = index.near_duplicates(x, threshold=1e-3)
-    >>> print(index.backend().describe())
+    >>> print(index.backend("cpu").describe())
 """
 
 from ddkit.index.dedup import Duplicates, near_duplicates

@@ -43,8 +43,9 @@ def _find(parent: np.ndarray, i: int) -> int:
     return root
 
 
-def near_duplicates(points, *, threshold: float, k: int = 16, engine: str = "auto") -> Duplicates:
-    """All pairs of rows of `points` (array or h5py dataset) within L2 distance `threshold`."""
+def near_duplicates(points, *, threshold: float, k: int = 16, engine: str = "auto", device=None) -> Duplicates:
+    """All pairs of rows of `points` (array or h5py dataset) within L2 distance `threshold`; the
+    k-NN runs on the backend of the run's `device` (see `ddkit.index.device`)."""
     pts = as_points(points, "points")
     try:
         threshold = float(threshold)
@@ -57,7 +58,7 @@ def near_duplicates(points, *, threshold: float, k: int = 16, engine: str = "aut
     rows_i, rows_j, dists = [], [], []
     truncated = 0
     for start, block in pts.blocks():
-        _, idx = knn(block, pts, kk, engine=engine)
+        _, idx = knn(block, pts, kk, engine=engine, device=device)
         own = np.arange(start, start + len(block))[:, None]
         neighbours = pts.take(np.where(idx >= 0, idx, 0).ravel()).reshape(len(block), kk, pts.d)
         exact = np.sqrt(((neighbours - block[:, None, :]) ** 2).sum(-1, dtype=np.float64))

@@ -1,8 +1,13 @@
-"""Which hardware and library do the distance work: chosen once per process and reported.
+"""Which hardware and library do the distance work: chosen per process and run device, and reported.
 
-- A GPU and `faiss-gpu`: FAISS on the GPU.
-- A GPU without `faiss-gpu`: torch on the GPU (cuBLAS distance blocks), with a hint to install it.
-- No GPU: the CPU. There an *engine* runs the distance blocks (‖x‖² − 2x·y + ‖y‖², then the
+The device is the run's (`--device`, resolved by `training.pick_device` and passed down as
+`device=`), not what happens to be installed: `device="cpu"` keeps the distance work on the CPU even
+on a machine with a GPU and `faiss-gpu`. `device=None` (or "auto") means the GPU when there is one.
+
+- device cuda with `faiss-gpu`: FAISS on the GPU.
+- device cuda without `faiss-gpu`: torch on the GPU (cuBLAS distance blocks); one log line says so
+  and how to install it (docs/design.md, "Devices").
+- device cpu: the CPU. There an *engine* runs the distance blocks (‖x‖² − 2x·y + ‖y‖², then the
   top-k): FAISS or torch, each with the process's thread count or single-threaded (`faiss:1`,
   `torch:1`), whichever a short measured check finds fastest for the problem's dimension and
   k regime. Why a check and why single-threaded candidates: the PyPI `faiss-cpu` wheel runs its
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -62,7 +68,7 @@ class Backend:
 
 
 _lock = threading.Lock()
-_backend: Backend | None = None
+_backends: dict[str, Backend] = {}  # per device kind ("cpu", "cuda"), detected on first use
 
 
 def _faiss():
@@ -71,7 +77,29 @@ def _faiss():
     return faiss
 
 
-def _detect() -> Backend:
+def device_kind(device=None) -> str:
+    """"cpu" or "cuda" for a run device (a `torch.device`, "cpu", "cuda", "cuda:1", …); None or
+    "auto": the GPU when there is one. A GPU asked for where there is none is an error."""
+    if device is None or device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise InvalidInput(f"device must be cpu, cuda or auto, got {device!r}") from None
+    if kind not in ("cpu", "cuda"):
+        raise InvalidInput(f"the index runs on cpu or cuda, not {kind!r}", "use --device cpu or --device cuda")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("CUDA was requested but no GPU is available", "use --device cpu")
+    return kind
+
+
+def _say(message: str) -> None:
+    """One log line on stderr (rank 0 only)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(message, file=sys.stderr)
+
+
+def _pinned_engine() -> str | None:
     pinned = os.environ.get("DDKIT_INDEX_ENGINE") or None
     if pinned is not None and pinned != "auto":
         try:
@@ -79,43 +107,58 @@ def _detect() -> Backend:
         except InvalidInput:
             raise InvalidInput(f"DDKIT_INDEX_ENGINE={pinned!r} is not one of faiss, torch, faiss:1, torch:1, auto",
                                "unset it or use one of those") from None
-    pinned = None if pinned == "auto" else pinned
+    return None if pinned == "auto" else pinned
+
+
+def _detect(kind: str) -> Backend:
+    pinned = _pinned_engine()
     try:
         faiss = _faiss()
         version = getattr(faiss, "__version__", "unknown")
     except ImportError:
         faiss, version = None, None
-    gpus = 0
-    if faiss is not None and hasattr(faiss, "get_num_gpus"):
-        try:
-            gpus = int(faiss.get_num_gpus())
-        except Exception:  # noqa: BLE001 - a CPU build may expose the symbol and fail
-            gpus = 0
-    if torch.cuda.is_available():
+    if kind == "cuda":
+        gpus = 0
+        if faiss is not None and hasattr(faiss, "get_num_gpus"):
+            try:
+                gpus = int(faiss.get_num_gpus())
+            except Exception:  # noqa: BLE001 - a CPU build may expose the symbol and fail
+                gpus = 0
+        name = torch.cuda.get_device_name()
         if gpus > 0:
-            return Backend("cuda", "faiss-gpu", version, f"GPU {torch.cuda.get_device_name(0)} and faiss-gpu {version}", pinned)
-        return Backend("cuda", "torch-cuda", version,
-                       f"GPU {torch.cuda.get_device_name(0)} but no faiss-gpu (pip install -e '.[gpu]'); torch does the GPU work",
+            return Backend("cuda", "faiss-gpu", version, f"GPU {name} and faiss-gpu {version}", pinned)
+        made = Backend("cuda", "torch-cuda", version,
+                       f"GPU {name} but no faiss-gpu (pip install -e '.[gpu]'); torch does the GPU work",
                        pinned or "torch")
+        _say(f"ddkit.index: the run is on the GPU but faiss-gpu is not installed: torch does the distance work on "
+             f"{name} (pip install -e '.[gpu]' for FAISS on the GPU)")
+        return made
+    where = "no GPU" if not torch.cuda.is_available() else "the run's device is the CPU (a GPU is present)"
     if faiss is None:
-        return Backend("cpu", "torch-cpu", None, "no GPU and faiss is not installed; torch does the distance work", "torch")
-    return Backend("cpu", "faiss-cpu", version, "no GPU; CPU distance blocks by FAISS or torch, chosen by a measured check", pinned)
+        return Backend("cpu", "torch-cpu", None, f"{where} and faiss is not installed; torch does the distance work",
+                       "torch")
+    return Backend("cpu", "faiss-cpu", version, f"{where}; CPU distance blocks by FAISS or torch, chosen by a measured check",
+                   pinned)
 
 
-def backend() -> Backend:
-    """The process's backend (detected on first use, then fixed)."""
-    global _backend
+def backend(device=None) -> Backend:
+    """The backend for a run on `device` (detected on first use per device kind, then fixed)."""
+    kind = device_kind(device)
     with _lock:
-        if _backend is None:
-            _backend = _detect()
-        return _backend
+        if kind not in _backends:
+            _backends[kind] = _detect(kind)
+        return _backends[kind]
+
+
+def index_device(device=None) -> torch.device:
+    """The torch device the index's own tensors live on for a run on `device`."""
+    return torch.device(backend(device).device)
 
 
 def reset_backend() -> None:
-    """Forget the detected backend and its checks (for tests and benchmarks)."""
-    global _backend
+    """Forget the detected backends and their checks (for tests and benchmarks)."""
     with _lock:
-        _backend = None
+        _backends.clear()
 
 
 def parse_engine(engine: str) -> tuple[str, int | None]:
@@ -159,10 +202,10 @@ def candidate_engines() -> list[str]:
     return ["faiss", "torch"] + (["faiss:1", "torch:1"] if many else [])
 
 
-def measured_check(key: str, measure: Callable[[], dict]) -> dict:
+def measured_check(key: str, measure: Callable[[], dict], device=None) -> dict:
     """The backend's measured check `key` ("d=64,k>1"), run by `measure` on first use, then kept
     for the report (`Backend.describe`)."""
-    b = backend()
+    b = backend(device)
     with _lock:
         check = b.checks.get(key)
     if check is None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
-from ddkit.index.device import backend
+from ddkit.index.device import index_device
 from ddkit.index.source import Points, as_points, check_int, check_positions
 from ddkit.seeding import numpy_rng
 
@@ -48,7 +48,7 @@ class RunningMin:
 
     def __init__(self, points: Points, device: torch.device | None = None):
         self.points = points
-        self.device = device or torch.device(backend().device)
+        self.device = device or index_device()
         self.mean = self._mean()
         self._center = None
         if points.streamed and self.device.type == "cpu":
@@ -153,6 +153,7 @@ def kcenter(points, budget: int, *, center_positions=None, centers=None, seed: i
     not rows of `points`. With no center at all, the first pick is a uniformly random row drawn
     from `seed` (its min distance is inf); otherwise the result does not depend on `seed`.
     Ties go to the lowest position. Memory: the points (in memory or not) plus O(N) floats.
+    `device`: the run's device (None: the GPU when there is one); the passes run there.
     """
     pts = as_points(points, "points", block_rows=block_rows)
     given = check_positions(center_positions, pts.n, "center_positions")
@@ -163,7 +164,7 @@ def kcenter(points, budget: int, *, center_positions=None, centers=None, seed: i
             raise InvalidInput(f"centers have dimension {extra.d} but points have {pts.d}", "embed both with the same model")
     budget = check_int(budget, "budget", 0, pts.n - len(given))
     seed = check_int(seed, "seed", 0)
-    state = RunningMin(pts, torch.device(device) if device is not None else None)
+    state = RunningMin(pts, index_device(device))
     if extra is not None and extra.n:
         state.add_centers(state.centered(extra.load()))
     if len(given):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ddkit.errors import InvalidInput
-from ddkit.index.device import engine_threads
+from ddkit.index.device import engine_threads, index_device
 from ddkit.index.kcenter import RunningMin
 from ddkit.index.search import nearest
 from ddkit.index.source import as_points, check_int
@@ -35,15 +35,15 @@ class KMeansResult:
     history: list = field(default_factory=list)
 
 
-def _init_random(points, k: int, seed: int) -> np.ndarray:
+def _init_random(points, k: int, seed: int, device=None) -> np.ndarray:
     positions = np.sort(numpy_rng(seed, "kmeans-init").choice(points.n, k, replace=False))
     return points.take(positions)
 
 
-def _init_plus_plus(points, k: int, seed: int) -> np.ndarray:
+def _init_plus_plus(points, k: int, seed: int, device=None) -> np.ndarray:
     """k-means++: each new centroid drawn with probability ∝ squared distance to the nearest one."""
     rng = numpy_rng(seed, "kmeans++")
-    state = RunningMin(points)
+    state = RunningMin(points, index_device(device))
     chosen = [int(rng.integers(points.n))]
     for _ in range(1, k):
         state.add_center(state.rows(np.array(chosen[-1:]))[0])
@@ -53,8 +53,9 @@ def _init_plus_plus(points, k: int, seed: int) -> np.ndarray:
     return points.take(np.array(chosen))
 
 
-def kmeans(points, k: int, *, seed: int, iterations: int = 20, init: str = "random", engine: str = "auto") -> KMeansResult:
-    """Cluster N×d `points` (array or h5py dataset) into `k` centroids.
+def kmeans(points, k: int, *, seed: int, iterations: int = 20, init: str = "random", engine: str = "auto",
+           device=None) -> KMeansResult:
+    """Cluster N×d `points` (array or h5py dataset) into `k` centroids on the run's `device`.
 
     `init="random"` draws k distinct rows (the FAISS default), `"kmeans++"` does D² seeding.
     Stops early when no assignment changes. A centroid left empty is moved to the point farthest
@@ -66,19 +67,19 @@ def kmeans(points, k: int, *, seed: int, iterations: int = 20, init: str = "rand
     iterations = check_int(iterations, "iterations", 1)
     if init not in INITS:
         raise InvalidInput(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    centroids = (_init_random if init == "random" else _init_plus_plus)(pts, k, seed).astype(np.float32)
+    centroids = (_init_random if init == "random" else _init_plus_plus)(pts, k, seed, device).astype(np.float32)
     previous = None
     history = []
     done = 0
     for done in range(1, iterations + 1):
-        dist, assign = nearest(pts, centroids, engine)
+        dist, assign = nearest(pts, centroids, engine, device)
         history.append(float(dist.sum(dtype=np.float64)))
         if previous is not None and np.array_equal(assign, previous):
             done -= 1
             break
         previous = assign
         centroids = _update(pts, assign, dist, centroids)
-    dist, assign = nearest(pts, centroids, engine)
+    dist, assign = nearest(pts, centroids, engine, device)
     return KMeansResult(centroids, assign, dist, float(dist.sum(dtype=np.float64)), done, history)
 
 

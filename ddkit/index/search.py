@@ -23,6 +23,7 @@ from ddkit.index.device import (
     candidate_engines,
     check_engine,
     engine_threads,
+    index_device,
     measured_check,
     parse_engine,
 )
@@ -51,10 +52,10 @@ def _faiss_gpu_resources():
         return _gpu_resources
 
 
-def _faiss_search(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _faiss_search(queries: np.ndarray, database: np.ndarray, k: int, device: torch.device):
     import faiss
 
-    if backend().library == "faiss-gpu":
+    if device.type == "cuda" and backend(device).library == "faiss-gpu":
         return faiss.knn_gpu(_faiss_gpu_resources(), queries, database, k)
     return faiss.knn(queries, database, k)
 
@@ -155,7 +156,7 @@ def search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: str
 def _search_blocks(queries: np.ndarray, database: np.ndarray, k: int, engine: str, device: torch.device):
     kk = min(k, len(database))
     if engine == "faiss":
-        d, i = _faiss_search(queries, database, kk) if kk else (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
+        d, i = _faiss_search(queries, database, kk, device) if kk else (np.empty((len(queries), 0), np.float32), np.empty((len(queries), 0), np.int64))
         d, i = d.astype(np.float32, copy=False), i.astype(np.int64, copy=False)
         if kk < k:
             d = np.concatenate([d, np.full((len(queries), k - kk), np.inf, np.float32)], 1)
@@ -171,10 +172,11 @@ def _bucket(d: int) -> int:
     return 1 << max(4, int(np.ceil(np.log2(max(d, 1)))))
 
 
-def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
-    """The engine for a search of dimension `d`, `k` neighbours and `work` multiply-adds."""
+def choose_engine(d: int, k: int, work: int, engine: str = "auto", device=None) -> str:
+    """The engine for a search of dimension `d`, `k` neighbours and `work` multiply-adds on the
+    backend of the run's `device`."""
     check_engine(engine)
-    b = backend()
+    b = backend(device)
     if engine != "auto":
         if parse_engine(engine)[0] == "faiss" and b.library in ("torch-cpu",):
             raise InvalidInput("engine 'faiss' was asked but faiss is not installed", "pip install faiss-cpu")
@@ -186,7 +188,7 @@ def choose_engine(d: int, k: int, work: int, engine: str = "auto") -> str:
     if work < _SMALL_WORK:
         return "faiss"
     key = f"d={_bucket(d)},{'k=1' if k == 1 else 'k>1'}"
-    return measured_check(key, lambda: _measure(_bucket(d), 1 if k == 1 else 10))["chosen"]
+    return measured_check(key, lambda: _measure(_bucket(d), 1 if k == 1 else 10), device)["chosen"]
 
 
 def _measure(d: int, k: int, reps: int = 3) -> dict:
@@ -216,11 +218,12 @@ def _sort_rows(d: np.ndarray, i: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
 
 
-def knn(queries, database, k: int, *, engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def knn(queries, database, k: int, *, engine: str = "auto", device=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of each query among `database` rows (squared L2 distances).
 
     `queries` and `database`: N×d arrays (float32 is used) or h5py datasets, which are read in
-    blocks, never whole. Returns `(distances, indices)`, both Q×k (float32, int64), each row
+    blocks, never whole. `device`: the run's device (`--device`; None: the GPU when there is one),
+    which decides the backend (see `ddkit.index.device`). Returns `(distances, indices)`, both Q×k (float32, int64), each row
     sorted by (distance, index). Raises InvalidInput for mismatched dimensions or k out of range.
     """
     q = as_points(queries, "queries")
@@ -228,8 +231,8 @@ def knn(queries, database, k: int, *, engine: str = "auto") -> tuple[np.ndarray,
     if q.d != db.d:
         raise InvalidInput(f"queries have dimension {q.d} but the database has {db.d}", "embed both with the same model")
     k = check_int(k, "k", 1, db.n)
-    chosen = choose_engine(db.d, k, q.n * db.n * db.d, engine)
-    device = torch.device(backend().device)
+    chosen = choose_engine(db.d, k, q.n * db.n * db.d, engine, device)
+    device = index_device(device)
     out_d = np.empty((q.n, k), np.float32)
     out_i = np.empty((q.n, k), np.int64)
     for qs, q_block in q.blocks():
@@ -254,15 +257,15 @@ def _search_streamed(q_block: np.ndarray, db: Points, k: int, engine: str, devic
     return best_d, best_i
 
 
-def nearest(points: Points, centers: np.ndarray, engine: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def nearest(points: Points, centers: np.ndarray, engine: str = "auto", device=None) -> tuple[np.ndarray, np.ndarray]:
     """For each row of `points`, the squared distance to and index of its nearest center.
 
     The assignment step of k-means and the initial min-distance of k-center; walks `points` in
     its blocks (so it streams), searching the in-memory `centers`.
     """
     centers = np.ascontiguousarray(centers, dtype=np.float32)
-    chosen = choose_engine(points.d, 1, points.n * len(centers) * points.d, engine)
-    device = torch.device(backend().device)
+    chosen = choose_engine(points.d, 1, points.n * len(centers) * points.d, engine, device)
+    device = index_device(device)
     dist = np.empty(points.n, np.float32)
     index = np.empty(points.n, np.int64)
     for start, block in points.blocks():

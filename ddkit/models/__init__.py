@@ -76,7 +76,9 @@ def tv_efficientnet_b0(in_channels, image_size, num_classes, dropout=0.2, stocha
 def create_model(name: str, in_channels: int, image_size: int, num_classes: int, seed: int | None = None, **kwargs) -> ImageClassifier:
     """Build a registered model; unknown keyword arguments are a clear error, not a TypeError.
 
-    With `seed`, the initial weights depend only on it (the global RNG is left as it was).
+    With `seed`, the initial weights depend only on it (the global RNG is left as it was), and so do the
+    training-time draws of nets whose modules draw randomly (torchvision's dropout and stochastic depth,
+    also inside a wrapper such as the KD³ student: `seed_randomness`).
     """
     factory = MODELS.get(name)
     params = inspect.signature(factory).parameters
@@ -95,6 +97,9 @@ def create_model(name: str, in_channels: int, image_size: int, num_classes: int,
                 model = factory(in_channels, image_size, num_classes, **kwargs)
     except (ValueError, TypeError, RuntimeError) as exc:
         raise InvalidInput(f"cannot build model {name!r} with {kwargs or 'its defaults'}: {exc}") from exc
+    if seed is not None:
+        for i, part in enumerate(m for m in model.modules() if hasattr(m, "seed_randomness")):
+            part.seed_randomness(derive_seed(seed, "randomness", name, i))
     model.arch = name
     model.arch_kwargs = dict(kwargs)
     model.input_shape = (in_channels, image_size, image_size)

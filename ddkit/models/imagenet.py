@@ -13,19 +13,25 @@ tensors are a torchvision state dict again.
 - Any image size works (the nets pool adaptively); at the 32× total stride the last feature map is
   1×1 at 32 px or less, 7×7 at the paper's 224 px.
 - MobileNetV2's and EfficientNet-B0's heads keep their dropout (and EfficientNet its stochastic
-  depth). These draw from torch's global RNG (torchvision's modules take no generator), so training
-  them repeats bit for bit only with `dropout=0` (and `stochastic_depth_prob=0`); evaluation and
-  ResNet-18 are unaffected.
+  depth). torchvision's modules draw from torch's global RNG and take no generator, so the wrapper
+  gives them a stream of their own: a model built with a seed (`create_model(..., seed=)`, as every
+  trainer does) runs its i-th training-mode forward with the global generator of the input's device
+  seeded with `derive_seed(seed, i)` and restored afterwards (`seeding.seeded_global_rng`). Two
+  trainings from the same seed then give bit-identical weights whatever else uses the global RNG,
+  and the global RNG is left as it was. A model built without a seed draws from the global RNG as
+  torchvision's does; evaluation and ResNet-18 (nothing random) are unaffected.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ddkit.models.base import ImageClassifier, ModelOutput
+from ddkit.seeding import derive_seed, seeded_global_rng
 
 _NET = "net."
 
@@ -57,6 +63,9 @@ class TorchvisionClassifier(ImageClassifier):
             _replace_stem(net, in_channels)
         if not isinstance(self.classifier, nn.Linear):
             raise ValueError(f"torchvision {arch.builder}: head {arch.head!r} ends in no Linear layer")
+        self.stochastic = any(_draws_randomly(m) for m in net.modules())
+        self.randomness_seed: int | None = None  # see seed_randomness
+        self._forwards = 0  # training-mode forwards drawn from the stream so far
         if hasattr(self, "register_state_dict_post_hook"):  # public in newer torch; the same hooks, private, before
             self.register_state_dict_post_hook(_drop_net_prefix)
             self.register_load_state_dict_pre_hook(_add_net_prefix)
@@ -83,13 +92,27 @@ class TorchvisionClassifier(ImageClassifier):
             x = getattr(self.net, name)(x)
         return x
 
+    def seed_randomness(self, seed: int) -> None:
+        """Draw dropout and stochastic depth from a stream of `seed` (see the module docstring), from its start."""
+        self.randomness_seed = int(seed)
+        self._forwards = 0
+
+    def _randomness(self, x: torch.Tensor):
+        """The context a forward runs in: the seeded stream's next draw when training a seeded net that draws."""
+        if not (self.training and self.stochastic and self.randomness_seed is not None):
+            return contextlib.nullcontext()
+        self._forwards += 1
+        return seeded_global_rng(derive_seed(self.randomness_seed, self._forwards), x.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(self.features(x)))
+        with self._randomness(x):
+            return self.head(self.pool(self.features(x)))
 
     def forward_all(self, x: torch.Tensor) -> ModelOutput:
-        fmap = self.features(x)
-        pooled = self.pool(fmap)
-        return ModelOutput(self.head(pooled), pooled, fmap)  # the head's dropout too, as torchvision's forward
+        with self._randomness(x):
+            fmap = self.features(x)
+            pooled = self.pool(fmap)
+            return ModelOutput(self.head(pooled), pooled, fmap)  # the head's dropout too, as torchvision's forward
 
 
 def build_torchvision(arch: TorchvisionArch, in_channels: int, num_classes: int, **options) -> TorchvisionClassifier:
@@ -98,6 +121,13 @@ def build_torchvision(arch: TorchvisionArch, in_channels: int, num_classes: int,
 
     net = getattr(torchvision.models, arch.builder)(weights=None, num_classes=num_classes, **options)
     return TorchvisionClassifier(arch, net, in_channels)
+
+
+def _draws_randomly(module: nn.Module) -> bool:
+    """A dropout or stochastic-depth module with a positive rate (they draw from the global RNG)."""
+    from torchvision.ops import StochasticDepth
+
+    return isinstance(module, (nn.modules.dropout._DropoutNd, StochasticDepth)) and float(module.p) > 0
 
 
 def _replace_stem(net: nn.Module, in_channels: int) -> None:

@@ -64,11 +64,12 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
     if tuple(test.info.image_shape) != tuple(pool.info.image_shape):
         raise IncompatibleError(f"the pool's images are {tuple(pool.info.image_shape)}, {test_name}'s "
                                 f"{tuple(test.info.image_shape)}", "deduplicate against the pool's own task")
-    with reference_detector(test, workdir=Path(out).resolve().parent) as det:
+    dev = pick_device(device)
+    with reference_detector(test, workdir=Path(out).resolve().parent, device=dev) as det:
         m = match_dataset(det, pool)
     contaminated = m.flagged
     rest = np.flatnonzero(~contaminated)
-    group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent)
+    group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent, device=dev)
     test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
     kept_pos = rest[keep]
     ids = pool.ids.numpy()
@@ -152,7 +153,7 @@ def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike,
     test_emb = teacher_embeddings(teacher, test, norm, embedding)
 
     # 1. contamination: nearest test image within test_threshold.
-    dist2, nearest = index.knn(emb, test_emb, 1)
+    dist2, nearest = index.knn(emb, test_emb, 1, device=dev)
     test_dist = np.sqrt(np.maximum(dist2[:, 0], 0.0))
     contaminated = test_dist <= test_threshold
     # 2. near-duplicates among the rest; each group keeps its first sample.
@@ -161,7 +162,7 @@ def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike,
     group = np.arange(len(rest))
     truncated = 0
     if len(rest) > 1:
-        dups = index.near_duplicates(emb[rest], threshold=threshold, k=k)
+        dups = index.near_duplicates(emb[rest], threshold=threshold, k=k, device=dev)
         dup_keep, group, truncated = dups.keep, dups.group, dups.truncated
     kept_pos = rest[dup_keep]
     dropped_dup = rest[~dup_keep]
@@ -185,7 +186,7 @@ def teacher_dedup(pool_path: str | os.PathLike, teacher_path: str | os.PathLike,
         "threshold": float(threshold), "test_threshold": float(test_threshold), "k": int(k),
         "embedding": f"{embedding}: L2-normalized teacher features of clean views, L2 distance",
         "truncated_rows": int(truncated),
-        "teacher": teacher.header.summary(), "index_backend": index.backend().describe(),
+        "teacher": teacher.header.summary(), "index_backend": index.backend(dev).describe(),
         "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample",
                     str(DROP_TEST): "near-duplicate of a test image"},
     }

@@ -26,11 +26,12 @@ _HOW = {"probs": "score without --no-probs", "embeddings": "score with --embeddi
 
 
 def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, labeled: Selection | None = None,
-                      seed: int = 0, block_rows: int | None = None) -> Selection:
+                      seed: int = 0, block_rows: int | None = None, device=None) -> Selection:
     """Pick `budget` pool samples by greedy k-center on dataset `field` of the scores file (streamed).
 
     Returns the labeled samples (if any, earlier rounds kept) followed by the picks, each with its
-    L2 distance to the nearest center at pick time (`score` and `extra/min_distance`).
+    L2 distance to the nearest center at pick time (`score` and `extra/min_distance`). `device`: the
+    run's (`--device`; None: the GPU when there is one), where the passes run.
     """
     if field not in FIELDS:
         raise InvalidInput(f"unknown field {field!r}", f"use one of {', '.join(FIELDS)}")
@@ -56,13 +57,14 @@ def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, lab
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or not 1 <= budget <= left:
             raise InvalidInput(f"budget {budget} is not in [1, {left}] (the pool's unlabeled samples)",
                                "choose a smaller budget")
-        result = index.kcenter(f[field], int(budget), center_positions=given, seed=seed, block_rows=block_rows)
+        result = index.kcenter(f[field], int(budget), center_positions=given, seed=seed, block_rows=block_rows,
+                               device=device)
     round_index = int(labeled.round.max()) + 1 if labeled is not None and len(labeled) else 1
     old_md = labeled.extra.get("min_distance") if labeled is not None else None
     prior_md = np.asarray(old_md, np.float64) if old_md is not None else np.full(len(given), np.nan)
     config = {"field": field, "scores": Path(scores).name, "scores_created": header.get("created"),
               "embedding": header.get("embedding"), "budget": int(budget), "block_rows": block_rows,
-              "index_backend": index.backend().to_dict(), "kcenter_kernel": result.kernel}
+              "index_backend": index.backend(device).to_dict(), "kcenter_kernel": result.kernel}
     return Selection(
         method="kcenter", method_version="1", config=config, seed=seed, pool=pool,
         ids=np.concatenate([ids[given], ids[result.indices]]),
@@ -76,9 +78,9 @@ def kcenter_selection(scores: str | os.PathLike, field: str, budget: int, *, lab
 
 def kcenter_from_scores(scores: str | os.PathLike, field: str, budget: int, out: str | os.PathLike, *,
                         labeled: str | os.PathLike | None = None, seed: int = 0, block_rows: int | None = None,
-                        overwrite: bool = False) -> tuple[Selection, str]:
+                        overwrite: bool = False, device=None) -> tuple[Selection, str]:
     """`kcenter_selection` written atomically to `out` (.sel.h5); returns it and its content_sha256."""
     check_output(out, overwrite)
     sel = kcenter_selection(scores, field, budget, labeled=read_selection(labeled) if labeled else None, seed=seed,
-                            block_rows=block_rows)
+                            block_rows=block_rows, device=device)
     return sel, write_selection(out, sel, overwrite=overwrite)

@@ -40,6 +40,7 @@ class RoundState:
     probs: np.ndarray | None = None  # N×C student p(x)
     features: np.ndarray | None = None  # N×D student pooled features
     teacher_probs: np.ndarray | None = None  # N×C
+    device: object = None  # the run's device (--device): where the k-center rules' index work runs
 
     def unlabeled(self) -> np.ndarray:
         mask = np.ones(self.n, bool)
@@ -112,7 +113,7 @@ def _require(state: RoundState, what: str):
 
 
 def _kcenter(points: np.ndarray, state: RoundState, budget: int, seed: int) -> Acquired:
-    res = index.kcenter(points, budget, center_positions=state.labeled, seed=seed)
+    res = index.kcenter(points, budget, center_positions=state.labeled, seed=seed, device=state.device)
     return Acquired(res.indices, res.min_distance, res.min_distance)
 
 

@@ -97,7 +97,7 @@ def prepare_round(view: PoolView, labeled: np.ndarray, labels: np.ndarray, teach
                   device: torch.device) -> RoundState:
     """The rule's `RoundState`, training the round's student only when `needs` looks at it."""
     state = RoundState(len(view), view.num_classes, np.asarray(labeled, np.int64), np.asarray(labels, np.int64),
-                       round_index)
+                       round_index, device=device)
     if "teacher" in needs:
         if teacher_logits is None:
             raise InvalidInput("this selector needs the teacher's probabilities", "pass --teacher or --teacher-logits")
@@ -148,9 +148,9 @@ def round_selection(name: str, version: str, config: dict, seed: int, pool: Imag
                      teachers=teachers)
 
 
-def resolved_config(cfg: ActiveKDConfig, rule: Rule) -> dict:
-    """The config a selection records: the student's, the rule's name and the index backend."""
-    return {**dataclasses.asdict(cfg), "rule": rule.name, "index_backend": index.backend().to_dict()}
+def resolved_config(cfg: ActiveKDConfig, rule: Rule, device=None) -> dict:
+    """The config a selection records: the student's, the rule's name and the index backend of the run's device."""
+    return {**dataclasses.asdict(cfg), "rule": rule.name, "index_backend": index.backend(device).to_dict()}
 
 
 class ActiveSelector(Selector):
@@ -179,7 +179,7 @@ class ActiveSelector(Selector):
         got = rule.acquire(state, budget, seed)
         old_md = prior.extra.get("min_distance") if prior is not None else None
         return round_selection(
-            self.name, self.version, resolved_config(config, rule), seed, pool,
+            self.name, self.version, resolved_config(config, rule, device), seed, pool,
             np.concatenate([labeled, got.positions]),
             np.concatenate([prior.round if prior is not None else np.empty(0, np.int64), np.full(budget, round_index)]),
             np.concatenate([prior.score if prior is not None else np.empty(0), got.score]),
@@ -238,7 +238,7 @@ def run_loop(view: PoolView, oracle: Oracle, initial: np.ndarray, rule: Rule, te
         key = (cfg.distill, seed, tuple(labeled.tolist()), json.dumps(dataclasses.asdict(cfg), sort_keys=True))
         shared = r == 0 and cache is not None and rule.needs_student
         if shared and key in cache:
-            state = _from_cache(cache[key], view, labeled, labels, teacher_logits, rule.needs)
+            state = _from_cache(cache[key], view, labeled, labels, teacher_logits, rule.needs, device)
         else:  # round 0 computes everything a student-based rule can ask for, so later rules reuse it
             needs = rule.needs | STUDENT_NEEDS if shared else rule.needs
             state = prepare_round(view, labeled, labels, teacher_logits, needs, cfg, seed, r + 1, device)
@@ -256,18 +256,18 @@ def run_loop(view: PoolView, oracle: Oracle, initial: np.ndarray, rule: Rule, te
     return LoopResult(rule.name, cfg.distill, seed, sizes, seconds, labeled, picked_round, scores, min_distance)
 
 
-def _from_cache(entry, view, labeled, labels, teacher_logits, needs) -> RoundState:
+def _from_cache(entry, view, labeled, labels, teacher_logits, needs, device=None) -> RoundState:
     probs, features = entry
-    state = RoundState(len(view), view.num_classes, labeled, labels, 1, probs=probs, features=features)
+    state = RoundState(len(view), view.num_classes, labeled, labels, 1, probs=probs, features=features, device=device)
     if "teacher" in needs:
         state.teacher_probs = torch.softmax(teacher_logits.float(), -1).numpy()
     return state
 
 
 def loop_selection(run: LoopResult, pool: ImageDataset, cfg: ActiveKDConfig, rule: Rule, queries: int,
-                   teachers: list) -> Selection:
+                   teachers: list, device=None) -> Selection:
     """The final labeled set of `run` as a `Selection` (what `ddkit active-learn` writes per run)."""
-    config = {**resolved_config(dataclasses.replace(cfg, distill=run.distill), rule), "queries": queries,
+    config = {**resolved_config(dataclasses.replace(cfg, distill=run.distill), rule, device), "queries": queries,
               "rounds": len(run.sizes) - 1}
     return round_selection(rule.name, "1", config, run.seed, pool, run.labeled, run.rounds, run.scores,
                            run.min_distance, teachers)

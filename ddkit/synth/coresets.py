@@ -77,7 +77,8 @@ class Coreset(Synthesizer):
     Config = CoresetConfig
     max_teachers = 1
 
-    def choose(self, features: torch.Tensor, budget: int, seed: int) -> np.ndarray:
+    def choose(self, features: torch.Tensor, budget: int, seed: int, device=None) -> np.ndarray:
+        """`budget` positions among `features` (one class's); `device`: the run's, for index work."""
         raise NotImplementedError
 
     def synthesize(self, source, teachers, ipc, config: CoresetConfig, seed, device, workdir=None):
@@ -109,7 +110,7 @@ class Coreset(Synthesizer):
             c = int(key[5:])
             rows = per_class[c].numpy()
             features = embed_source(model, source, rows, config.batch_size, device)
-            return {"picks": rows[self.choose(features, ipc, derive_seed(seed, self.name, c))],
+            return {"picks": rows[self.choose(features, ipc, derive_seed(seed, self.name, c), device)],
                     "feature_dim": np.array([features.shape[1]])}
 
         keys = [f"class{c:05d}" for c in range(len(per_class))]
@@ -131,7 +132,7 @@ class Herding(Coreset):
     name = "herding"
     version = "1"
 
-    def choose(self, features, budget, seed):
+    def choose(self, features, budget, seed, device=None):
         return herding(features, budget)
 
 
@@ -142,5 +143,5 @@ class KCenter(Coreset):
     name = "kcenter"
     version = "1"
 
-    def choose(self, features, budget, seed):
-        return index.kcenter(features.numpy().astype(np.float32), budget, seed=seed % (2**31)).indices
+    def choose(self, features, budget, seed, device=None):
+        return index.kcenter(features.numpy().astype(np.float32), budget, seed=seed % (2**31), device=device).indices

@@ -219,8 +219,8 @@ def _write_outputs(result, out: Path, paths, pool, test, cfg, rules, proto, teac
     randoms = {(run.distill, run.seed): run for run in result.runs if run.rule == "random"}
     for run in result.runs:
         path = paths[(run.rule, run.distill, run.seed)]
-        digest = write_selection(path, loop_selection(run.loop, pool, cfg, by_rule[run.rule], queries, teacher_records),
-                                 overwrite=overwrite)
+        selection = loop_selection(run.loop, pool, cfg, by_rule[run.rule], queries, teacher_records, device)
+        digest = write_selection(path, selection, overwrite=overwrite)
         final = np.sort(run.loop.labeled).tobytes()
         card = selection_card(run, randoms.get((run.distill, run.seed)), str(path), digest, pool, proto, teachers,
                               device, seconds[(run.seed, final)])
@@ -229,7 +229,8 @@ def _write_outputs(result, out: Path, paths, pool, test, cfg, rules, proto, teac
         result.files.setdefault("selections", []).append(str(path))
     summary = {
         "pool": pool_record(pool), "test": {"name": test.info.name, "split": test.split, "size": len(test)},
-        "protocol": proto.to_dict(), "config": dataclasses.asdict(cfg), "index_backend": index.backend().to_dict(),
+        "protocol": proto.to_dict(), "config": dataclasses.asdict(cfg),
+        "index_backend": index.backend(device).to_dict(),
         "rounds": rounds, "queries": queries, "seeds": list(seeds), "seed_per_class": seed_per_class,
         "teachers": teacher_records, "curves": [s.to_dict() for s in curves(result.runs)],
         "runs": [dataclasses.asdict(run.loop) | {
@@ -285,7 +286,7 @@ def run_active_learning(pool_name: str, out_dir: str | os.PathLike, rules=DEFAUL
         t.check_fits(pool.info)
     logits, records = resolve_teacher(pool, teachers, teacher_logits_path, dev)
     if log:
-        log(index.backend().describe())
+        log(index.backend(dev).describe())
     return active_learn(pool, test, list(rules), logits, records, cfg, rounds, queries, tuple(range(seeds)),
                         modes[distill], out_dir=out_dir, device=dev, overwrite=overwrite, log=log, protocol=proto,
                         teachers=teachers if proto.label_source == "teacher" else [], plot=plot)
