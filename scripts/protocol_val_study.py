@@ -1,4 +1,4 @@
-"""Choose the `@2` CPU protocols on the validation split only (never the test split).
+"""Choose the `@2` and `@3` CPU protocols on the validation split only (never the test split).
 
 The source is Fashion-MNIST's training split minus the deterministic 10% val split
 (`ddkit.data.train_val_split`, seed 0); the teacher was trained on the same part, so the val images
@@ -91,13 +91,13 @@ def render(args) -> None:
     specs = {e["candidate"]: e["spec"] for e in state.values()}
     sizes = ["1", "10", "50", "full"]
     lines = [
-        "## Choosing the `@2` CPU protocols on the val split (issue 14)",
+        "## Choosing the `@2` and `@3` CPU protocols on the val split (issue 14)",
         "",
         "Students trained on class-balanced random real subsets of Fashion-MNIST's train part (the train split minus the "
         "deterministic 10% val split, seed 0; the teacher's own training data) and on the whole train part (54 000 "
         "images), scored on the val part. Final-step val accuracy of one student (seed 0) unless a cell says otherwise: "
         "a coarse, one-seed screen, so differences under about one point at IPC 10 are noise. Only these numbers chose the "
-        "`@2` recipes; the test split was read after the choice, in section `protocols-v2`.",
+        "`@2` and `@3` recipes; the test split was read after the choice, in section `protocols-v2`.",
         "",
         f"Machine: {machine()}. Date: {today()}. Script: `flock /tmp/ddkit-cpu.lock python "
         f"scripts/protocol_val_study.py --teacher {' --teacher '.join(args.teacher)} --candidate ...` "
