@@ -77,8 +77,10 @@ def read_class_map(root: Path) -> tuple[str, ...]:
     return _check_class_names(names, str(path))
 
 
-def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> list[tuple[Path, int]]:
-    """(file, label) pairs of a split in canonical order: classes in map order, files by name."""
+def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """The split's files in canonical order (classes in map order, files by name), as paths relative
+    to `root` and their labels: plain strings, not Path objects, since a listing of millions of files
+    is held while the folder is indexed (a Path costs ~500 bytes)."""
     folder = root / split
     if not folder.is_dir():
         raise DatasetUnavailable(f"{root} has no {split}/ folder", f"put the {split} images in {folder}/<class>/")
@@ -89,22 +91,25 @@ def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> list[tup
             [f"classes without a folder: {missing}"] if missing else [])
         raise InvalidInput(f"{folder} does not match {root / CLASS_MAP}: " + "; ".join(parts),
                            f"make {CLASS_MAP} and the folders of {split}/ name the same classes")
-    items = []
-    for label, name in enumerate(class_names):
-        files = sorted(p for p in (folder / name).iterdir()
-                       if (p.is_file() or p.is_symlink()) and not p.name.startswith(".")
-                       and p.suffix.lower() in IMAGE_EXTENSIONS)  # a broken link is listed, then skipped
+    paths: list[str] = []
+    counts = []
+    for name in class_names:
+        with os.scandir(folder / name) as entries:
+            files = sorted(e.name for e in entries
+                           if not e.name.startswith(".") and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+                           and (e.is_file() or e.is_symlink()))  # a broken link is listed, then skipped
         if not files and split == "train":
             raise InvalidInput(f"class {name!r} has no images in {folder / name}", "add images or drop the class")
-        items += [(p, label) for p in files]
-    return items
+        paths += [os.path.join(split, name, f) for f in files]
+        counts.append(len(files))
+    return paths, np.repeat(np.arange(len(class_names), dtype=np.int64), counts)
 
 
 def _manifests(root: Path) -> tuple:
     """The train manifest (always: it gives the normalization and the image shape) and the class map."""
     class_names = read_class_map(root)
     fit = read_fit(root)
-    return class_names, fit, index_split(root, "train", class_names, fit, list_split(root, "train", class_names))
+    return class_names, fit, index_split(root, "train", class_names, fit, *list_split(root, "train", class_names))
 
 
 _DECODED: dict[tuple, torch.Tensor] = {}  # (root, split, manifest fingerprint, decode plan) -> pixels, a few at most
@@ -144,7 +149,7 @@ def load(arg: str | None, split: str) -> ImageDataset:
                            "add readable images or drop the class from classes.json")
     shape = train.image_shape
     manifest = train if split == "train" else index_split(root, split, class_names, fit,
-                                                          list_split(root, split, class_names))
+                                                          *list_split(root, split, class_names))
     if len(manifest) and manifest.image_shape != shape:
         raise InvalidInput(
             f"{root}/{split} images are {_fmt(manifest.image_shape)} but train images are {_fmt(shape)}",

@@ -90,19 +90,16 @@ class Manifest:
         return Normalization(tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std))
 
 
-def _listing(root: Path, items: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    paths, sizes, mtimes = [], [], []
-    for path, _ in items:
+def _listing(root: Path, rel_paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paths (relative to `root`), sizes and mtimes of the listed files; -1 for one that cannot be stat-ed."""
+    sizes, mtimes = np.empty(len(rel_paths), np.int64), np.empty(len(rel_paths), np.int64)
+    for i, rel in enumerate(rel_paths):
         try:
-            st = os.stat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
+            st = os.stat(os.path.join(root, rel))
+            sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
         except OSError:  # a broken link, or a file removed while listing: indexing skips it and says why
-            size, mtime = -1, -1
-        paths.append(os.path.relpath(path, root))
-        sizes.append(size)
-        mtimes.append(mtime)
-    labels = np.array([label for _, label in items], dtype=np.int64)
-    return np.array(paths, dtype=str), labels, np.array(sizes, dtype=np.int64), np.array(mtimes, dtype=np.int64)
+            sizes[i] = mtimes[i] = -1
+    return np.array(rel_paths, dtype=str), sizes, mtimes
 
 
 def _signature(class_names, fit: FolderFit | None, paths, labels, sizes, mtimes) -> str:
@@ -203,10 +200,11 @@ def _announce(text: str) -> None:
 
 
 def index_split(root: Path, split: str, class_names: tuple[str, ...], fit: FolderFit | None,
-                items: list[tuple[Path, int]]) -> Manifest:
-    """The manifest of `items` (the split's files in canonical order), from the cache when the listing
-    is unchanged, else (re)indexed — decoding only files that are new or changed since the cache."""
-    paths, labels, sizes, mtimes = _listing(root, items)
+                rel_paths: list[str], labels: np.ndarray) -> Manifest:
+    """The manifest of the split's files (`rel_paths` under `root`, in canonical order, and their
+    `labels`), from the cache when the listing is unchanged, else (re)indexed — decoding only files
+    that are new or changed since the cache."""
+    paths, sizes, mtimes = _listing(root, rel_paths)
     signature = _signature(class_names, fit, paths, labels, sizes, mtimes)
     cache = _cache_path(root, split)
     cached = _load(cache)
@@ -244,8 +242,9 @@ def _index(root, split, class_names, fit, signature, cache, cached, paths, label
         ok[i], shapes[i], digests[i] = True, shape, digest
         sums[i, :len(s)], sumsq[i, :len(sq)] = s, sq
     keep = np.flatnonzero(ok)
-    m = Manifest(str(root), split, tuple(class_names), fit, signature, paths[keep], labels[keep], sizes[keep],
-                 mtimes[keep], shapes[keep], digests[keep], sums[keep], sumsq[keep],
+    kept = (lambda a: a) if len(keep) == n else (lambda a: a[keep])  # no second copy when nothing was skipped
+    m = Manifest(str(root), split, tuple(class_names), fit, signature, *map(kept, (paths, labels, sizes, mtimes,
+                 shapes, digests, sums, sumsq)),
                  skipped=[(str(paths[i]), reasons[i]) for i in sorted(reasons)])
     _require_one_shape(m)
     if m.skipped:
