@@ -34,6 +34,9 @@ is `per_image=cam-ratio select=lowest-confidence refine=true`; the RDED-style se
 `per_image=confidence select=highest-confidence refine=false` (val 73.6). The earlier choice under
 `teacher-cpu@1` at 300 steps (section `nrr-dd`: most confident crops, refined at lr 0.01) lost 22
 points to random real on test under `teacher-cpu@2` (section `seed-methods-v2`), and 18 on val here.
+With these defaults on test (3 seeds, section `seed-methods-v2`) the set beats random real at IPC 1
+(+7.0 under `teacher-cpu@2`, +3.8 under `hard-cpu@2`) and loses to it at IPC 10 and 50 (−2.5 / −2.9
+with teacher labels): the most confident crops of a class are alike, which only a tiny budget tolerates.
 The crop machinery follows RDED (Sun et al., CVPR 2024) and the BN loss SRe2L (Yin et al., NeurIPS 2023).
 """
 
