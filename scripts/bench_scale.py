@@ -157,7 +157,7 @@ def render(note: str | None = None) -> None:
                                                                               if v["folder"] == f))
     lines = [
         "## Scale: streamed image folders (issue 16)", "",
-        "Commands (each run with `OMP_NUM_THREADS=2 DDKIT_PROGRESS=0`; a later run of a stage replaces its row): "
+        "Commands (each run with `DDKIT_PROGRESS=0` and `OMP_NUM_THREADS=2`, or 1 where the findings say so; a later run of a stage replaces its row): "
         + "; ".join(f"`{c}`" for c in meta.get("commands", [meta.get("command", "")])) + ". "
         "Folders from `scripts/make_image_folder.py` (200 classes, 64×64 JPEG q90). "
         f"Machine: {meta['machine']}. Date: {meta['date']}. Torch threads: {meta['threads']}; decoding workers: "
