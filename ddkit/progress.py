@@ -22,3 +22,9 @@ def progress(iterable=None, total: int | None = None, desc: str = "", **kwargs):
         enabled = setting not in ("0", "false", "no")
     disable = (not enabled) or _rank() != 0
     return tqdm(iterable, total=total, desc=desc, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+
+
+def say(message: str) -> None:
+    """One log line on stderr (rank 0 only), printed so that it does not break a progress bar."""
+    if _rank() == 0:
+        tqdm.write(message, file=sys.stderr)

@@ -17,7 +17,6 @@ import fcntl
 import hashlib
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from ddkit.data.decode import FolderFit, decode_image
 from ddkit.data.locations import cache_root
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
+from ddkit.progress import say
 
 MANIFEST_VERSION = 1
 CHECK_CHUNK = 256  # files per worker task while indexing
@@ -192,13 +192,6 @@ def _load(path: Path) -> Manifest | None:
         return None
 
 
-def _announce(text: str) -> None:
-    from ddkit.distributed import world
-
-    if world().is_main:
-        print(text, file=sys.stderr)
-
-
 def index_split(root: Path, split: str, class_names: tuple[str, ...], fit: FolderFit | None,
                 rel_paths: list[str], labels: np.ndarray) -> Manifest:
     """The manifest of the split's files (`rel_paths` under `root`, in canonical order, and their
@@ -234,7 +227,7 @@ def _index(root, split, class_names, fit, signature, cache, cached, paths, label
                 shapes[i], digests[i], sums[i], sumsq[i], ok[i] = (cached.shapes[j], cached.digests[j],
                                                                    cached.sums[j], cached.sumsq[j], True)
         todo = np.flatnonzero(~ok)
-        _announce(f"{root}/{split} changed since it was indexed: re-indexing {len(todo)} of {n} files")
+        say(f"{root}/{split} changed since it was indexed: re-indexing {len(todo)} of {n} files")
     for i, good, why, shape, digest, s, sq in _check(root, paths, todo, fit, f"indexing {split}"):
         if not good:
             reasons[i] = why
@@ -248,7 +241,7 @@ def _index(root, split, class_names, fit, signature, cache, cached, paths, label
                  skipped=[(str(paths[i]), reasons[i]) for i in sorted(reasons)])
     _require_one_shape(m)
     if m.skipped:
-        _announce(f"{root}/{split}: skipped {len(m.skipped)} unreadable image(s) of {n} "
+        say(f"{root}/{split}: skipped {len(m.skipped)} unreadable image(s) of {n} "
                   f"(first: {m.skipped[0][0]}: {m.skipped[0][1]}); they are listed in the manifest")
     _save(m, cache)
     return m

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -34,6 +33,7 @@ from typing import Callable
 import torch
 
 from ddkit.errors import InvalidInput
+from ddkit.progress import say
 
 ENGINES = ("faiss", "torch")  # libraries; an engine is "<library>" or "<library>:<threads>"
 
@@ -93,12 +93,6 @@ def device_kind(device=None) -> str:
     return kind
 
 
-def _say(message: str) -> None:
-    """One log line on stderr (rank 0 only)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(message, file=sys.stderr)
-
-
 def _pinned_engine() -> str | None:
     pinned = os.environ.get("DDKIT_INDEX_ENGINE") or None
     if pinned is not None and pinned != "auto":
@@ -130,7 +124,7 @@ def _detect(kind: str) -> Backend:
         made = Backend("cuda", "torch-cuda", version,
                        f"GPU {name} but no faiss-gpu (pip install -e '.[gpu]'); torch does the GPU work",
                        pinned or "torch")
-        _say(f"ddkit.index: the run is on the GPU but faiss-gpu is not installed: torch does the distance work on "
+        say(f"ddkit.index: the run is on the GPU but faiss-gpu is not installed: torch does the distance work on "
              f"{name} (pip install -e '.[gpu]' for FAISS on the GPU)")
         return made
     where = "no GPU" if not torch.cuda.is_available() else "the run's device is the CPU (a GPU is present)"

@@ -8,18 +8,16 @@ happen once, in `run_synthesizer`.
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
 from ddkit.data.base import ImageDataset, Normalization
 from ddkit.data.stream import is_streamed
 from ddkit.errors import InvalidInput
 from ddkit.models.teacher import Teacher
+from ddkit.progress import say  # noqa: F401 - the synthesizers' log line, imported from here
 from ddkit.registry import Registry
 from ddkit.store import DistilledSet
 from ddkit.training import predict_logits
@@ -77,7 +75,3 @@ def static_labels(teachers, pixels: torch.Tensor, normalization: Normalization, 
     return torch.stack([predict_logits(t.model, x, device=device) for t in teachers]).mean(0)
 
 
-def say(message: str) -> None:
-    """One log line on stderr (rank 0), printed so that it does not break a progress bar."""
-    if os.environ.get("RANK", "0") == "0":
-        tqdm.write(message, file=sys.stderr)
