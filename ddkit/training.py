@@ -39,8 +39,9 @@ class OptimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant | step
+    schedule: str = "cosine"  # cosine | constant | step (×0.1 at 50% and 75%) | step-half (×0.1 at 50%, the DC recipe)
     warmup_fraction: float = 0.0
+    nesterov: bool = True  # SGD with momentum: Nesterov (ddkit's first recipes) or the classic heavy ball (DC/DSA/DM)
 
     def __post_init__(self):
         # A NaN or non-positive step size trains nothing and still writes a file that looks trained.
@@ -52,19 +53,28 @@ class OptimConfig:
                 raise InvalidInput(f"{name} must be a finite number {'>' if strict else '≥'} {low:g}, got {value!r}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["nesterov"]:  # added later with the old behaviour as default: earlier records (and cache keys) hold
+            del d["nesterov"]
+        return d
+
+
+SCHEDULES = ("cosine", "constant", "step", "step-half")
 
 
 def build_optimizer(params, cfg: OptimConfig, total_steps: int):
-    """Optimizer and a per-step LambdaLR schedule (cosine to 0, constant, or ×0.1 at 50%/75%)."""
+    """Optimizer and a per-step LambdaLR schedule (cosine to 0, constant, ×0.1 at 50%/75%, or ×0.1 at 50%)."""
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                              nesterov=cfg.nesterov and cfg.momentum > 0)
     elif cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
         raise InvalidInput(f"unknown optimizer {cfg.optimizer!r}", "use sgd, adamw or adam")
+    if cfg.schedule not in SCHEDULES:
+        raise InvalidInput(f"unknown schedule {cfg.schedule!r}", f"use one of {', '.join(SCHEDULES)}")
     warmup = int(cfg.warmup_fraction * total_steps)
 
     def factor(step: int) -> float:
@@ -75,6 +85,8 @@ def build_optimizer(params, cfg: OptimConfig, total_steps: int):
             return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
         if cfg.schedule == "step":
             return 0.1 ** (int(t >= 0.5) + int(t >= 0.75))
+        if cfg.schedule == "step-half":
+            return 0.1 ** int(t >= 0.5)
         return 1.0
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -76,6 +76,45 @@ def test_version_three_only_lengthens_the_budget_of_large_sets(name):
     assert v3.total_steps(60000) > v2.total_steps(60000)
 
 
+def test_hard_paper_two_is_the_published_evaluation_and_one_keeps_its_record():
+    """@2 differs from @1 in exactly the four ways its comment names; @1's record (its cache key) is untouched."""
+    v1, v2 = get_protocol("hard-paper@1"), get_protocol("hard-paper@2")
+    d1, d2 = v1.to_dict(), v2.to_dict()
+    assert "drop_last" not in d1 and "nesterov" not in d1["optim"]
+    assert {k for k in d2 if d1.get(k) != d2[k]} == {"version", "id", "student_kwargs", "optim", "drop_last", "summary"}
+    assert d2["student_kwargs"] == {**d1["student_kwargs"], "stem_padding": 3}
+    assert d2["optim"] == {**d1["optim"], "schedule": "step-half", "nesterov": False}
+    # 1000 epochs of ⌈n / 256⌉ batches, as a shuffled DataLoader without drop_last gives
+    assert [v2.total_steps(n) for n in (10, 100, 500, 6000)] == [1000, 1000, 2000, 24000]
+    assert [v1.total_steps(n) for n in (10, 100, 500)] == [1000, 1000, 1000]
+
+
+def test_epoch_sampler_without_drop_last_serves_every_row_once_per_epoch():
+    sampler = EpochSampler(10, 4, torch.Generator().manual_seed(0), drop_last=False)
+    for _ in range(3):
+        epoch = [sampler.next() for _ in range(3)]
+        assert [len(b) for b in epoch] == [4, 4, 2]
+        assert sorted(torch.cat(epoch).tolist()) == list(range(10))
+    dropping = EpochSampler(10, 4, torch.Generator().manual_seed(0))
+    assert {len(dropping.next()) for _ in range(6)} == {4}
+
+
+def test_step_half_schedule_divides_the_rate_once_at_half():
+    from ddkit.training import OptimConfig, build_optimizer
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt, sched = build_optimizer([w], OptimConfig(lr=1.0, schedule="step-half", nesterov=False), 10)
+    rates = []
+    for _ in range(10):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert rates == [1.0] * 5 + [pytest.approx(0.1)] * 5
+    assert opt.param_groups[0]["nesterov"] is False
+    with pytest.raises(InvalidInput, match="unknown schedule"):
+        build_optimizer([w], OptimConfig(schedule="linear"), 10)
+
+
 @pytest.mark.parametrize("soft", ["teacher-imagenet@1", "stored-imagenet@1"])
 def test_imagenet_protocols_have_a_hard_label_partner_and_unchanged_records(soft):
     """hard-imagenet@1 is teacher-imagenet@1 with hard labels and no mixing; both soft protocols find

@@ -143,3 +143,12 @@ def test_dropout_and_stochastic_depth_draw_from_the_seeded_stream(name, options)
     assert not torch.equal(first, model(x))
     torch.manual_seed(0)
     assert torch.equal(first, model(x))
+
+
+def test_convnet_stem_padding_runs_28_px_images_at_32_as_the_field_does():
+    """The DC/DSA/DM/MTT ConvNet pads a 28-px image by 3 in its first conv: a 4×4×width final map."""
+    net = create_model("convnet", 1, 28, 10, seed=0, depth=3, width=8, stem_padding=3)
+    assert net.features(torch.zeros(2, 1, 28, 28)).shape == (2, 8, 4, 4) and net.feature_dim == 8 * 16
+    assert create_model("convnet", 1, 28, 10, seed=0, depth=3, width=8).feature_dim == 8 * 9  # default: 3×3
+    with pytest.raises(InvalidInput, match="stem_padding"):
+        create_model("convnet", 1, 28, 10, seed=0, stem_padding=-1)

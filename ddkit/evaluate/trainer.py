@@ -53,14 +53,15 @@ class StudentData:
 
 
 class EpochSampler:
-    """Fixed-size batches from successive seeded permutations (the last partial batch is dropped)."""
+    """Batches from successive seeded permutations: `batch_size` rows each, and either the last partial
+    batch of every permutation dropped (`drop_last`) or served as a shorter batch, as a shuffled DataLoader does."""
 
-    def __init__(self, n: int, batch_size: int, gen: torch.Generator):
-        self.n, self.batch, self.gen = n, min(batch_size, n), gen
+    def __init__(self, n: int, batch_size: int, gen: torch.Generator, drop_last: bool = True):
+        self.n, self.batch, self.gen, self.drop_last = n, min(batch_size, n), gen, drop_last
         self._order = torch.empty(0, dtype=torch.long)
 
     def next(self) -> torch.Tensor:
-        if len(self._order) < self.batch:
+        if len(self._order) < (self.batch if self.drop_last else 1):
             self._order = torch.randperm(self.n, generator=self.gen)
         idx, self._order = self._order[: self.batch], self._order[self.batch :]
         return idx
@@ -170,7 +171,8 @@ def train_students(
     opt, sched = build_optimizer(trainable, protocol.optim, total_steps)
     augment = build_augmentation(protocol.augmentation)
     mixer = build_mix(protocol.mix)
-    samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches")) for d, s in zip(data, seeds)]
+    samplers = [EpochSampler(len(d.labels), protocol.batch_size, generator(s, "eval-batches"), protocol.drop_last)
+                for d, s in zip(data, seeds)]
     aug_gens = [generator(s, "eval-augment", device=device) for s in seeds]
     streams = [_replay_stream(d, protocol, total_steps) for d in data]
     sampled = [None if stream is not None else _SampledViews(d.images, sampler, total_steps)

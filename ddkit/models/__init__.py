@@ -25,8 +25,8 @@ MODELS = Registry("model")
 
 
 @MODELS.register("convnet", summary="DC-style ConvNet: depth × [conv3×3-norm-ReLU-avgpool], flatten, linear", teacher=False)
-def convnet(in_channels, image_size, num_classes, depth=3, width=128, norm="instance", pooling="flatten"):
-    return ConvNet(in_channels, image_size, num_classes, depth, width, norm, pooling)
+def convnet(in_channels, image_size, num_classes, depth=3, width=128, norm="instance", pooling="flatten", stem_padding=1):
+    return ConvNet(in_channels, image_size, num_classes, depth, width, norm, pooling, stem_padding)
 
 
 @MODELS.register("convnet-bn", summary="ConvNet with BatchNorm (a BN teacher for INFER/NRR-DD)", teacher=True)
