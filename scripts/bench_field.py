@@ -1,0 +1,206 @@
+"""The `field` table: ddkit's sets on Fashion-MNIST under the field's own evaluation (`hard-paper@2`, the
+DC/DSA/DM/MTT recipe), each beside random real under the same protocol and beside the published rows.
+
+A row is a named synthesis (method, IPC, options) whose file is made once by `ddkit synthesize` in its own
+process (wall time, CPU time and peak RSS of that process), then evaluated by the library's `evaluate`
+(3 student seeds at IPC 1 and 10, 2 at IPC 50; the random baseline is the evaluator's own, cached per seed,
+so every row of an IPC shares it). Measured rows are kept in runs/field/bench.json, so lanes can run rows
+in any order and the table is rendered from whatever has been measured:
+
+    OMP_NUM_THREADS=1 python scripts/bench_field.py run dm-ipc10 herding-ipc10     # synthesize if missing, evaluate
+    OMP_NUM_THREADS=1 python scripts/bench_field.py synth dm-ipc50                 # the file only
+    python scripts/bench_field.py render                                           # the BENCHMARKS.md section
+    python scripts/bench_field.py list                                             # the rows and their commands
+
+Soft-label rows (learned labels) are evaluated under a stored-label protocol and shown in their own table,
+as the field separates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine, pct, record_state, today, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "field"
+STATE = RUNS / "bench.json"
+TEACHER = "runs/teachers/fashion-mnist-convnet-bn.safetensors"
+PROTOCOL = "hard-paper@2"
+# Published Fashion-MNIST, ConvNet-3 width 128, hard labels (KIP: learned labels), IPC 1 / 10 / 50
+# (shared/specs/field.md gives each number's source table).
+PUBLISHED = {
+    "random real (DC paper)": (51.4, 73.8, 82.5),
+    "DC": (70.5, 82.3, 83.6),
+    "DSA": (70.6, 84.6, 88.7),
+    "MTT (FRePo's table)": (75.1, 87.2, 88.3),
+    "IDC (multi-formation, IDC README)": (None, 86.0, None),
+    "KIP (learned labels)": (76.7, 88.8, 91.0),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    ipc: int
+    config: dict = field(default_factory=dict)
+    teacher: bool = False
+    label: str = ""  # shown in the table; the method name by default
+    protocol: str = PROTOCOL
+    soft: bool = False  # learned labels: reported in the soft-label table
+
+    def out(self, name: str) -> Path:
+        return RUNS / "files" / f"{name}.ddk.h5"
+
+    def command(self, name: str) -> list[str]:
+        cmd = ["ddkit", "synthesize", "--method", self.method, "--dataset", "fashion-mnist", "--ipc", str(self.ipc),
+               "--out", str(self.out(name).relative_to(ROOT)), "--overwrite"]
+        if self.teacher:
+            cmd += ["--teacher", TEACHER]
+        for key, value in self.config.items():
+            cmd += ["--config", f"{key}={value}"]
+        return cmd
+
+    @property
+    def seeds(self) -> list[int]:
+        return [0, 1] if self.ipc >= 50 else [0, 1, 2]
+
+
+def _rows() -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for ipc in (1, 10, 50):
+        rows[f"herding-ipc{ipc}"] = Row("herding", ipc, teacher=True, label="herding (teacher features)")
+        rows[f"dm-ipc{ipc}"] = Row("dm", ipc, label="dm (CPU defaults)")
+    return rows
+
+
+ROWS = _rows()
+
+
+def synthesize(name: str) -> dict:
+    """Make a row's file in its own process; (wall, CPU, peak RSS) of that process."""
+    row = ROWS[name]
+    cmd = row.command(name)
+    row.out(name).parent.mkdir(parents=True, exist_ok=True)
+    print("$", shlex.join(cmd), flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-f", "TIMES %U %S %M", sys.executable, "-m", "ddkit", *cmd[1:]],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DDKIT_PROGRESS": "0"})
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"synthesis failed ({proc.returncode}): {shlex.join(cmd)}")
+    user, sys_, rss = [line for line in proc.stderr.splitlines() if line.startswith("TIMES ")][-1].split()[1:]
+    return {"command": shlex.join(cmd), "synthesis_wall_s": wall, "synthesis_cpu_s": float(user) + float(sys_),
+            "synthesis_peak_mib": int(rss) / 1024}
+
+
+def evaluate_row(name: str) -> dict:
+    from ddkit.evaluate import evaluate
+
+    row = ROWS[name]
+    teachers = [str(ROOT / TEACHER)] if row.protocol.startswith(("teacher", "stored")) else []
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    card = evaluate(str(row.out(name)), row.protocol, seeds=row.seeds, teachers=teachers, full_reference=False,
+                    ranking=False)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {"protocol": card.protocol["id"], "seeds": card.seeds, "accuracies": card.result.accuracies,
+            "mean": card.result.mean, "std": card.result.std, "random": card.random_baseline.accuracies,
+            "random_mean": card.random_baseline.mean, "random_std": card.random_baseline.std,
+            "random_cached_seeds": card.random_baseline.cached_seeds, "bytes": card.budget_bytes,
+            "instances": card.instances, "evaluate_wall_s": card.wall_seconds,
+            "evaluate_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+
+
+def run(names: list[str], synth_only: bool) -> None:
+    state = json.loads(STATE.read_text()) if STATE.exists() else {}
+    for name in names:
+        if name not in ROWS:
+            raise SystemExit(f"unknown row {name!r}; `python scripts/bench_field.py list` shows them")
+        entry = dict(state.get(name, {}))
+        if "command" not in entry or not ROWS[name].out(name).exists():
+            entry = synthesize(name)
+            record_state(STATE, name, entry)
+        if not synth_only and "mean" not in entry:
+            entry.update(evaluate_row(name), date=today(), machine=machine(),
+                         load_average=os.getloadavg()[0])
+            record_state(STATE, name, entry)
+        print(name, json.dumps({k: v for k, v in entry.items() if k != "machine"}), flush=True)
+
+
+def _gain_se(r: dict) -> tuple[float, float]:
+    """The gain over random in points and its standard error (independent seeds on both arms)."""
+    import statistics
+
+    def var(xs):
+        return statistics.variance(xs) if len(xs) > 1 else 0.0
+
+    gain = 100 * (r["mean"] - r["random_mean"])
+    se = 100 * (var(r["accuracies"]) / len(r["accuracies"]) + var(r["random"]) / len(r["random"])) ** 0.5
+    return gain, se
+
+
+def render() -> str:
+    state = json.loads(STATE.read_text()) if STATE.exists() else {}
+    measured = {n: r for n, r in state.items() if "mean" in r and n in ROWS}
+    lines = [
+        "## The field's evaluation: Fashion-MNIST under `hard-paper@2` (issue 25)",
+        "",
+        f"Machine: {machine()}. Rendered {today()}. Command: `OMP_NUM_THREADS=1 python scripts/bench_field.py run ROW` "
+        "per row, then `python scripts/bench_field.py render` (rows kept in runs/field/bench.json; each row's date, "
+        "synthesis command and the load average when it was evaluated are recorded there). Accuracy is the final-epoch "
+        "test accuracy of the protocol's student (ConvNet-3 width 128, instance norm, 28-px images padded to 32 in the "
+        "first conv, DSA per batch, SGD 0.01 momentum 0.9 ×0.1 at half, 1000 epochs of ⌈n/256⌉ batches), mean ± std "
+        "over 3 student seeds (2 at IPC 50). 'random real' is the evaluator's class-balanced random subset at the same "
+        "budget under the same protocol (one subset per seed); the gain is the set's mean minus random's, ± 2 standard "
+        "errors (seed variance of both arms). Bytes are the file's budget as `ddkit info` counts it. Synthesis wall "
+        "and CPU time are of the `ddkit synthesize` process alone; wall times are upper bounds (other jobs shared the "
+        "2 cores).",
+        "",
+        "| row | IPC | bytes | accuracy (%) | random real (%) | gain ± 2 SE | synthesis wall / CPU s | command |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in sorted(measured.items(), key=lambda kv: (ROWS[kv[0]].soft, ROWS[kv[0]].ipc, -kv[1]["mean"])):
+        row = ROWS[name]
+        if row.soft:
+            continue
+        gain, se = _gain_se(r)
+        lines.append(f"| {row.label or row.method} | {row.ipc} | {r.get('bytes') or '-'} | {pct(r['mean'], r['std'])} | "
+                     f"{pct(r['random_mean'], r['random_std'])} | {gain:+.2f} ± {2 * se:.2f} | "
+                     f"{r['synthesis_wall_s']:.0f} / {r['synthesis_cpu_s']:.0f} | `{r['command']}` |")
+    lines += ["", "Published Fashion-MNIST rows (ConvNet-3 width 128, the same evaluation recipe):", "",
+              "| | IPC 1 | IPC 10 | IPC 50 |", "|---|---|---|---|"]
+    lines += [f"| {k} | " + " | ".join("–" if v is None else f"{v}" for v in vals) + " |" for k, vals in PUBLISHED.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for verb in ("run", "synth"):
+        p = sub.add_parser(verb)
+        p.add_argument("rows", nargs="+")
+    sub.add_parser("render")
+    sub.add_parser("list")
+    args = parser.parse_args()
+    if args.verb == "list":
+        for name, row in ROWS.items():
+            print(f"{name:28s} {shlex.join(row.command(name))}")
+    elif args.verb == "render":
+        write_section("field", render())
+    else:
+        run(args.rows, synth_only=args.verb == "synth")
+
+
+if __name__ == "__main__":
+    main()
