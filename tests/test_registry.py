@@ -30,7 +30,7 @@ def test_duplicate_name_is_an_error():
 
 
 def test_list_offers_every_registry():
-    from ddkit.cli import list_cmd
+    from ddkit.cli.listing import list_cmd
 
     assert set(list_cmd.params[0].type.choices) == set(all_registries())
 

@@ -1,0 +1,79 @@
+"""What every verb module of the command line shares: checked option types, JSON printing, the
+relaunch arguments for torchrun, and fetching remote file arguments.
+
+Only click and the standard library at import time: each verb imports its heavy dependencies
+(torch, h5py, the library) inside its function, so that `ddkit --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+ARGV: list[str] = []  # this invocation's arguments, set by `ddkit.cli.main`
+
+
+def argv_without(option: str) -> list[str]:
+    """This invocation's arguments without `option` and its value (to relaunch under torchrun)."""
+    out, skip = [], False
+    for arg in ARGV:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def print_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def local(spec):
+    """A file argument as a local path: fsspec URLs are downloaded into $DDKIT_CACHE and verified first."""
+    from ddkit.share.remote import resolve
+
+    return resolve(spec)
+
+
+# -- checked option values: counts, finite numbers, output paths (issue 19) -----------------------
+class Finite(click.ParamType):
+    """A finite float, optionally bounded below (strictly with `positive`)."""
+
+    name = "number"
+
+    def __init__(self, low: float = 0.0, positive: bool = False):
+        self.low, self.positive = low, positive
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < self.low or (self.positive and number == self.low):
+            self.fail(f"{value!r} must be a finite number {'>' if self.positive else '≥'} {self.low:g}", param, ctx)
+        return number
+
+
+class OutputFile(click.Path):
+    """An output file path whose folder can be written, checked before any work starts."""
+
+    def __init__(self):
+        super().__init__(dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        from ddkit.fileio import check_output_folder
+
+        check_output_folder(value)
+        return super().convert(value, param, ctx)
+
+
+COUNT = click.IntRange(min=1)  # epochs, batch sizes, budgets, seeds, steps, processes
+ZERO_OK = click.IntRange(min=0)
+POSITIVE = Finite(positive=True)  # learning rates
+NONNEGATIVE = Finite()  # weight decay, momentum, distances
+OUT_FILE = OutputFile()
