@@ -242,6 +242,19 @@ def test_batched_seeds_equal_independent_runs(protocol_name):
             assert batched.accuracies(x_eval, y_eval)[i] == single.accuracies(x_eval, y_eval)[0]
 
 
+def test_compiled_students_follow_the_same_recipe():
+    """`compile=True` trains the same students (hard-paper@2's DSA views, partial batches) up to float rounding,
+    and refuses the vmapped path it does not serve."""
+    protocol = get_protocol("hard-paper@2").with_overrides(steps=3, epochs=0, student_kwargs={"depth": 2, "width": 4})
+    data, seeds = [_toy_data(n=12)], [0]
+    eager = train_students(protocol, data, seeds, INFO, torch.device("cpu"), batched=False)
+    compiled = train_students(protocol, data, seeds, INFO, torch.device("cpu"), batched=False, compile=True)
+    for key, value in eager.state_dicts()[0].items():
+        torch.testing.assert_close(compiled.state_dicts()[0][key], value, rtol=1e-4, atol=1e-5)
+    with pytest.raises(InvalidInput, match="one at a time"):
+        train_students(protocol, data * 2, [0, 1], INFO, torch.device("cpu"), batched=True, compile=True)
+
+
 def test_batchnorm_students_fall_back_to_one_at_a_time():
     protocol = tiny("hard-cpu", student="convnet-bn", student_kwargs={"depth": 2, "width": 8})
     students = train_students(protocol, [_toy_data()] * 2, [0, 1], INFO, torch.device("cpu"))

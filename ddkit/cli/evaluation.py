@@ -19,6 +19,9 @@ from ddkit.data import DEFAULT_DATASET
 @click.option("--steps", default=None, type=COUNT, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
 @click.option("--batched/--sequential", default=None,
               help="train the seeds as one vmapped model, or one at a time (default: batched on a GPU, one at a time on a CPU)")
+@click.option("--compile", "compile_", is_flag=True,
+              help="students' forward passes through torch.compile (same recipe, fused kernels; needs a C++ compiler "
+                   "on a CPU; with --sequential)")
 @click.option("--no-write", is_flag=True, help="do not write the result card into the file")
 @click.option("--no-ranking", is_flag=True,
               help="skip DD-Ranking's HLR/IOR/LRS (which train the set under the hard-label partner protocol)")
@@ -26,8 +29,8 @@ from ddkit.data import DEFAULT_DATASET
               "(imagefolder:DIR, pool:FILE): ddkit never opens a path named inside a file")
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): the seeds are shared out, one student per rank")
 @click.option("--json", "as_json", is_flag=True)
-def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, no_write, no_ranking, dataset, nproc,
-             as_json):
+def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, compile_, no_write, no_ranking,
+             dataset, nproc, as_json):
     """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
     from ddkit import distributed
     from ddkit.evaluate import evaluate as run_evaluation
@@ -41,7 +44,8 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
     train_set, teachers = resolve_train_set(train_set, list(teachers))
     card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=teachers, device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
-                          batched=batched, write_card=not no_write, ranking=not no_ranking, dataset=dataset)
+                          batched=batched, write_card=not no_write, ranking=not no_ranking, dataset=dataset,
+                          compile=compile_)
     if distributed.world().rank != 0:
         return
     if as_json:

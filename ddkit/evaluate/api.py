@@ -54,9 +54,10 @@ def _gather(accs: dict[str, dict[int, float]], names: list[str], seeds: list[int
     return {name: {s: float(table[i, j]) for j, s in enumerate(seeds) if owned[i, j] > 0} for i, name in enumerate(names)}
 
 
-def _train(protocol, source: TrainSource, seeds, info, device, teachers, batched, desc) -> Students:
+def _train(protocol, source: TrainSource, seeds, info, device, teachers, batched, desc, compile=False) -> Students:
     data = [source.student_data(s, device) for s in seeds]
-    return train_students(protocol, data, seeds, info, device, [t.model for t in teachers], batched=batched, desc=desc)
+    return train_students(protocol, data, seeds, info, device, [t.model for t in teachers], batched=batched, desc=desc,
+                          compile=compile)
 
 
 def _stored_hard_arms(hard_id: str, source: TrainSource, seeds: list[int]):
@@ -75,7 +76,7 @@ def _stored_hard_arms(hard_id: str, source: TrainSource, seeds: list[int]):
 
 
 def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps, device, batched, write_card,
-             dataset=None) -> dict | None:
+             dataset=None, compile=False) -> dict | None:
     """DD-Ranking's scores for this card (None when the protocol has no hard-label partner)."""
     hard_id = hard_protocol_for(proto)
     if hard_id is None:
@@ -89,7 +90,7 @@ def _ranking(card: ResultCard, proto: Protocol, train_set, source, seeds, steps,
         arms = _stored_hard_arms(hard_id, source, seeds)
     if arms is None:
         hard = evaluate(train_set, hard_id, seeds, device=device, steps=steps, batched=batched, dataset=dataset,
-                        write_card=write_card, ranking=False)  # with its random baseline: a whole hard-label card
+                        write_card=write_card, ranking=False, compile=compile)  # with its random baseline: a whole hard-label card
         arms, measured_under = (hard.result.accuracies, hard.full_data.accuracies), hard.protocol["id"]
     scores = ranking_scores(card.protocol["id"], card.result.accuracies, card.random_baseline.accuracies,
                             measured_under, *arms)
@@ -109,13 +110,15 @@ def evaluate(
     write_card: bool = True,
     ranking: bool = True,
     dataset: str | None = None,
+    compile: bool = False,
 ) -> ResultCard:
     """Train students on `train_set` under `protocol`, one per seed, and report their test accuracy
     beside random real at the same budget and full data; with `ranking`, also DD-Ranking's HLR, IOR
     and LRS (which need the set's hard-label arm: read from the file's card under the hard protocol
     when it holds one for these seeds, else trained and written like any other card).
     `dataset`: the source a file was made from, when the file names it by a path (see
-    `resolve_train_set`). With `write_card`, the file must be writable, checked before training."""
+    `resolve_train_set`). With `write_card`, the file must be writable, checked before training.
+    `compile`: students' forward passes through `torch.compile` (same recipe, fused kernels)."""
     start = time.perf_counter()
     seeds = list(seeds)
     if not seeds:
@@ -152,7 +155,7 @@ def evaluate(
     is_baseline = baseline and train_set.startswith("random:") and source.ipc is not None
     if distributed.shard(seeds, w) and not is_baseline:
         local = distributed.shard(seeds, w)
-        trained["result"] = (_train(proto, source, local, info, dev, loaded, batched, "students"), local)
+        trained["result"] = (_train(proto, source, local, info, dev, loaded, batched, "students", compile), local)
     references: dict[str, tuple[TrainSource, str, dict[int, float], dict]] = {}
     wanted = []
     if baseline and source.ipc is not None:
@@ -166,7 +169,8 @@ def evaluate(
         cached = {s: a for s in seeds if (a := load_reference(key, s)) is not None}
         missing = distributed.shard([s for s in seeds if s not in cached], w)
         if missing:
-            trained[name] = (_train(proto, ref, missing, info, dev, loaded, batched, name.replace("_", " ")), missing)
+            trained[name] = (_train(proto, ref, missing, info, dev, loaded, batched, name.replace("_", " "), compile),
+                             missing)
         references[name] = (ref, key, cached, describe)
 
     # Phase 2: the final evaluation, the only place the test split is read.
@@ -192,10 +196,12 @@ def evaluate(
         result=arms["result"], random_baseline=arms.get("random_baseline"), full_data=arms.get("full_data"),
         teachers=[t.header.summary() for t in loaded] if uses_teachers else [],
         device=str(dev), world_size=w.size, batched=any(st._stacked is not None for st, _ in trained.values()),
+        compiled=compile,
         wall_seconds=time.perf_counter() - start,
     )
     if ranking and card.random_baseline is not None and (steps is not None or "[" not in proto.name):
-        card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card, dataset)
+        card.ranking = _ranking(card, proto, train_set, source, seeds, steps, device, batched, write_card, dataset,
+                                compile)
         card.wall_seconds = time.perf_counter() - start
     if write_card and source.path and w.is_main:
         from ddkit.store import add_result

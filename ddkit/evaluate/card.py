@@ -63,6 +63,7 @@ class ResultCard:
     device: str = "cpu"
     world_size: int = 1
     batched: bool = False
+    compiled: bool = False  # students' forward passes through torch.compile (same recipe, other float rounding)
     wall_seconds: float = 0.0
     ddkit_version: str = ddkit.__version__
     created: str = field(default_factory=utc_now)

@@ -137,8 +137,13 @@ def train_students(
     teachers: list[nn.Module] = (),
     batched: bool | None = None,
     desc: str = "students",
+    compile: bool = False,
 ) -> Students:
-    """Train one student per seed under `protocol`; `data[i]` is seed i's train set."""
+    """Train one student per seed under `protocol`; `data[i]` is seed i's train set.
+
+    `compile` runs each student's forward pass through `torch.compile` (the same model and steps with
+    fused kernels; on a CPU it needs a C++ compiler, and the first steps pay for compilation). It changes
+    float rounding only, never the recipe; the card records it."""
     if len(data) != len(seeds):
         raise ValueError("one train set per seed")
     sizes = {len(d.labels) for d in data}
@@ -159,6 +164,8 @@ def train_students(
     if batched and not use_vmap and len(seeds) > 1:
         raise InvalidInput("batched training needs a student without BatchNorm and equal train-set sizes")
 
+    if compile and use_vmap:
+        raise InvalidInput("compiled training runs the seeds one at a time", "pass --sequential with --compile")
     if use_vmap:
         params, buffers = stack_module_state(models)
         base = copy.deepcopy(models[0]).to("meta")
@@ -178,6 +185,7 @@ def train_students(
     sampled = [None if stream is not None else _SampledViews(d.images, sampler, total_steps)
              for d, sampler, stream in zip(data, samplers, streams)]
 
+    forwards = [torch.compile(m, dynamic=False) for m in models] if compile else models
     bar = progress(total=total_steps, desc=desc)
     for _ in range(total_steps):
         views, labels, rows, mixes = [], [], [], []
@@ -200,7 +208,7 @@ def train_students(
             rows.append(r)
             mixes.append(mix)
         stacked_views = torch.stack(views)
-        logits = forward(params, buffers, stacked_views) if use_vmap else [m(v) for m, v in zip(models, views)]
+        logits = forward(params, buffers, stacked_views) if use_vmap else [f(v) for f, v in zip(forwards, views)]
         targets = None
         if protocol.label_source == "teacher":
             n, b = stacked_views.shape[:2]
