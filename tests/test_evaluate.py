@@ -89,6 +89,16 @@ def test_hard_paper_two_is_the_published_evaluation_and_one_keeps_its_record():
     assert [v1.total_steps(n) for n in (10, 100, 500)] == [1000, 1000, 1000]
 
 
+def test_stored_convnet_paper_is_hard_paper_two_with_stored_labels():
+    """The learned-label table's protocol differs from the hard-label one in its labels alone."""
+    from ddkit.evaluate.protocols import hard_protocol_for
+
+    hard, soft = get_protocol("hard-paper@2").to_dict(), get_protocol("stored-convnet-paper@1").to_dict()
+    assert {k for k in soft if hard.get(k) != soft[k]} == {"name", "version", "id", "label_source", "hard_pair", "summary"}
+    assert soft["label_source"] == "stored" and soft["temperature"] == 1.0
+    assert hard_protocol_for(get_protocol("stored-convnet-paper")) == "hard-paper@2"
+
+
 def test_epoch_sampler_without_drop_last_serves_every_row_once_per_epoch():
     sampler = EpochSampler(10, 4, torch.Generator().manual_seed(0), drop_last=False)
     for _ in range(3):
