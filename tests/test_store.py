@@ -23,6 +23,7 @@ import ddkit.store.h5io as h5io
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
 from ddkit.store import (
+    SCHEMA,
     PAYLOADS,
     AdditiveComposite,
     DBRLabels,
@@ -290,8 +291,8 @@ def test_foreign_hdf5_and_other_kinds_are_refused(tmp_path):
 def test_newer_schema_is_refused_with_upgrade_hint(tmp_path):
     path = write(tmp_path)
     with edit(path) as f:
-        f.attrs["schema"] = 2
-    with pytest.raises(FileFormatError, match="schema 2") as err:
+        f.attrs["schema"] = SCHEMA + 1
+    with pytest.raises(FileFormatError, match=f"schema {SCHEMA + 1}") as err:
         DistilledDataset(path)
     assert "pip install -U ddkit" in str(err.value)
 

@@ -74,10 +74,11 @@ def _validate_and_report(validate_file, path, teacher):
 @click.option("--out", required=True, type=OUT_FILE, help="output PNG")
 @click.option("--per-class", default=10, show_default=True, type=click.IntRange(1, 1000))
 @click.option("--max-rows", default=100, show_default=True, type=COUNT, help="draw at most this many rows (classes)")
-@click.option("--what", default="instances", show_default=True, type=click.Choice(["instances", "compensators"]))
+@click.option("--what", default="auto", show_default=True, type=click.Choice(["auto", "instances", "stored", "compensators"]),
+              help="auto: the stored images of a file with a formation, else the training instances")
 @click.option("--overwrite", is_flag=True)
 def show(path, out, per_class, max_rows, what, overwrite):
-    """Render a per-class grid of a distilled file's instances (or its compensators) to a PNG."""
+    """Render a per-class grid of a distilled file's instances (or its stored images, or compensators) to a PNG."""
     from ddkit.store import render_grid
 
     drawn = render_grid(local(path), out, per_class=per_class, what=what, overwrite=overwrite, max_rows=max_rows)

@@ -1,7 +1,7 @@
 """One contamination check for every kind of ddkit file (`ddkit validate FILE --against DATASET[:SPLIT]`).
 
 - `.ddk.h5`: the stored images (for INFER, the composite's base images; a composed instance is
-  flagged when its base is), and the real images the file records it was made from (config keys
+  flagged when its base is; with a formation, also every decoded instance), and the real images the file records it was made from (config keys
   `source_ids`, `init_source_ids`, `patch_source_ids`: DM's initial images, NRR-DD's patches, ...),
   looked up in the recorded source dataset and checked by their pixels. A synthesized image
   therefore counts as contaminated when the real image it grew from copies a test image, even when
@@ -148,10 +148,13 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
 
     with DistilledDataset(path, verify=True) as ds:
         header, digest = ds.header, ds.content_sha256
-        stored = as_uint8(ds.pixels(np.arange(ds.num_stored)))
+        stored = as_uint8(ds.stored_pixels())
         composite = ds.composite
+        decoded = as_uint8(ds.pixels()) if ds.formation is not None else None
     ref_ids = reference.ids.numpy()
     parts = [_part("stored images", detector, stored, np.arange(len(stored)), ref_ids)]
+    if decoded is not None:  # a formation's instances are zoomed cells: checked as the student sees them
+        parts.append(_part("decoded instances", detector, decoded, np.arange(len(decoded)), ref_ids))
     if composite is not None and composite.num_instances:
         bad = set(parts[0].flagged_ids)
         members = composite.members.reshape(-1)

@@ -28,6 +28,10 @@ def export_file(path: str | os.PathLike, fmt: str, out: str | os.PathLike, overw
     src = read_exportable(path)
     with atomic_folder(out, overwrite) as folder:
         notes = exporter(src, folder)
+        if src.dataset.formation is not None:
+            notes.append(f"the {len(src.labels)} instances are decoded from {src.dataset.num_stored} stored images "
+                         f"(multi-formation factor {src.dataset.formation.factor}); extras/images.npy keeps the "
+                         "stored images and ddkit.json the decode")
         files = [p for p in folder.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)
     return ExportReport(str(out), fmt, len(src.labels), len(files), size, notes)

@@ -1,11 +1,12 @@
 """The two sides every interchange format meets: a `.ddk.h5` read for export, a foreign set built for import.
 
 `Exportable` is a distilled file in memory the way the field's formats see it: every training
-instance as float pixels in [0, 1] (INFER's composed instances expanded), one hard label each, the
+instance as float pixels in [0, 1] (INFER's composed instances expanded, a formation's instances
+decoded), one hard label each, the
 stored logits when there are any, the learned step size when there is one. Beside the format's own
 files every export writes a sidecar, `ddkit.json` (the file's header, content hash and result
-cards) and `extras/` (every label payload, the composite parts and, where the format's pixels are
-not exact, the stored images, as `.npy`), so a ddkit import restores the file bit for bit.
+cards, the formation) and `extras/` (every label payload, the composite parts and, where the
+format's pixels are not the stored images exactly, the stored images, as `.npy`), so a ddkit import restores the file bit for bit.
 
 `Imported` is what an importer read: pixels, labels and what the source says about itself.
 `write_imported` turns it into a `.ddk.h5` whose provenance names the source, its sha256 and
@@ -27,6 +28,7 @@ from ddkit.data.base import Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.share.files import load_npy_tree, save_npy, source_sha256
 from ddkit.store import PAYLOADS, AdditiveComposite, DatasetRecord, DistilledDataset, DistilledSet, LabelPayload
+from ddkit.store.formation import MultiFormation
 from ddkit.store.payloads import GenericPayload
 from ddkit.store.results import read_results
 from ddkit.store.writer import write_distilled
@@ -93,6 +95,7 @@ class Exportable:
             "exact_pixels": exact_pixels,
             "soft": soft,
             "composite": self.dataset.composite is not None,
+            "formation": None if self.dataset.formation is None else self.dataset.formation.to_dict(),
             "results": self.results,
         }
 
@@ -101,7 +104,7 @@ class Exportable:
         (folder / SIDECAR).write_text(json.dumps(self.sidecar(fmt, exact_pixels), indent=1, sort_keys=True) + "\n")
         extras = folder / EXTRAS
         save_npy(extras / "labels.npy", self.labels)
-        if not exact_pixels:
+        if not exact_pixels or self.dataset.formation is not None:  # decoded instances are not the stored images
             save_npy(extras / "images.npy", self.stored)
         for scheme, payload in self.dataset.soft.items():
             for name, array in payload.arrays().items():
@@ -187,7 +190,12 @@ def _restore(meta: dict, folder: Path, imported: Imported) -> dict:
         images = (images.double() * 255.0).round().to(torch.uint8)  # pixels that went through float math
     elif images.dtype != torch.uint8:
         images = images.float()
-    labels = imported.labels[:num_stored]
+    formation = None
+    if meta.get("formation"):
+        formation = MultiFormation(int(meta["formation"]["factor"]))
+        labels = imported.labels[:: formation.per_image][:num_stored]  # each stored image's n² instances share its label
+    else:
+        labels = imported.labels[:num_stored]
     soft: dict[str, LabelPayload] = {}
     for scheme, record in meta.get("soft", {}).items():
         arrays = {k.split("/", 2)[2]: v for k, v in extras.items() if k.startswith(f"soft/{scheme}/")}
@@ -211,6 +219,7 @@ def _restore(meta: dict, folder: Path, imported: Imported) -> dict:
         ipc=int(meta["budget"]["ipc_stored"]),
         soft=soft,
         composite=composite,
+        formation=formation,
         bytes_source=int(meta["budget"]["bytes_source"]),
         teachers=list(meta.get("teachers", [])),
         license_note=meta.get("license_note", ""),

@@ -56,6 +56,9 @@ def card_text(src: Exportable, fmt: str, how_to_load: str) -> str:
         f"image shape {'x'.join(map(str, d.image_shape))}",
         f"- normalization (mean / std): {list(h.normalization.mean)} / {list(h.normalization.std)}",
         f"- budget: {h.budget.ipc_stored} images per class stored, {h.budget.bytes_total} bytes",
+        *([f"- formation: each stored image decodes into {src.dataset.formation.per_image} training images "
+           f"(multi-formation factor {src.dataset.formation.factor}: an n×n grid, each cell upsampled bilinearly); "
+           "the files here hold the decoded images"] if src.dataset.formation is not None else []),
         f"- teachers: {teachers or 'none'}",
         f"- license: {h.license_note}",
         "",

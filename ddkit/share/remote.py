@@ -23,6 +23,8 @@ import numpy as np
 
 from ddkit.errors import DdkitError, FileFormatError
 from ddkit.fileio import atomic_output
+from ddkit.store.describe import formation_summary
+from ddkit.store.formation import read_formation
 from ddkit.store.h5io import SEAL_BYTES, check_identity, check_seal, open_store, reading, verify_content
 from ddkit.store.hashing import header_sha256
 from ddkit.store.results import STORE_FORMATS
@@ -225,6 +227,12 @@ def _header_dict(h5: h5py.File, url: str) -> dict:
         members = np.asarray(h5["composite/members"][()], dtype=np.int64)
         compensators = int(members.shape[0])
         labels = np.concatenate([labels, labels[members.reshape(-1)]])
+    formation = None
+    if "formation" in h5:
+        decode = read_formation(h5["formation"], url)
+        num_stored = len(labels)
+        labels = np.repeat(labels, decode.per_image)
+        formation = formation_summary(decode.to_dict(), num_stored, len(labels), header.num_classes)
     counts = np.bincount(labels, minlength=header.num_classes).tolist()
     results = {
         name: load_json(group.attrs["card"], f"result card {name!r}") for name, group in h5.get("results", {}).items()
@@ -260,6 +268,7 @@ def _header_dict(h5: h5py.File, url: str) -> dict:
         "instances_per_class": dict(zip(h.dataset.info.class_names, counts, strict=True)),
         "budget": h.budget.to_dict(),
         "composite": composite,
+        "formation": formation,
         "teachers": h.teachers,
         "config": h.config,
         "license_note": h.license_note,

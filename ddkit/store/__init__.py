@@ -1,7 +1,8 @@
 """The store: ddkit's file formats, where synthesizers, selectors and the evaluator meet.
 
 - `.ddk.h5` (DESIGN §4): a distilled dataset. Build a `DistilledSet`, `write_distilled` it, read it
-  back with `DistilledDataset` (a lazy, DataLoader-safe torchvision-style dataset).
+  back with `DistilledDataset` (a lazy, DataLoader-safe torchvision-style dataset). A set's training
+  instances may be composed (`AdditiveComposite`) or decoded (`MultiFormation`) from what is stored.
 - `.sel.h5`: a `Selection` of pool sample ids; `write_selection`, `read_selection`, and
   `resolve_selection` to get the kept samples back from the (unchanged) pool.
 - Both kinds: `add_result` / `read_results` for evaluation cards, `validate_file`, `describe` /
@@ -13,6 +14,7 @@ too-new files with a `FileFormatError`.
 
 from ddkit.store.composite import AdditiveComposite
 from ddkit.store.describe import describe, info_dict
+from ddkit.store.formation import MultiFormation
 from ddkit.store.distilled import DistilledSet
 from ddkit.store.merge import merge_files
 from ddkit.store.payloads import PAYLOADS, DBRLabels, GenericPayload, LabelPayload, LogitsLabels, TopKLabels
@@ -33,7 +35,7 @@ from ddkit.store.writer import write_distilled
 
 __all__ = [
     "AdditiveComposite", "Budget", "DBRLabels", "DISTILLED_FORMAT", "DatasetRecord", "DistilledDataset",
-    "DistilledHeader", "DistilledSet", "GenericPayload", "LabelPayload", "LogitsLabels", "PAYLOADS",
+    "DistilledHeader", "DistilledSet", "GenericPayload", "LabelPayload", "LogitsLabels", "MultiFormation", "PAYLOADS",
     "SCHEMA", "SELECTION_FORMAT", "Selection", "TopKLabels", "ValidationReport",
     "add_result", "describe", "merge_files", "info_dict", "pool_record", "read_results", "read_selection", "render_grid",
     "require_valid",

@@ -58,7 +58,7 @@ def info_dict(path: str | os.PathLike) -> dict:
             "instances": len(ds), "stored_images": ds.num_stored,
             "compensators": len(ds.composite.compensators) if ds.composite is not None else 0,
             "instances_per_class": dict(zip(ds.classes, counts, strict=True)),
-            "budget": h.budget.to_dict(), "composite": _composite_parts(ds),
+            "budget": h.budget.to_dict(), "composite": _composite_parts(ds), "formation": _formation_parts(ds),
             "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
             "dbr": _dbr_summary(ds),
         }
@@ -85,6 +85,20 @@ def _composite_parts(ds: DistilledDataset) -> dict | None:
         "equivalent_ipc": (ds.num_stored + len(comps)) / ds.num_classes,  # stored images + compensators, per class
         "instances_per_class": len(ds) / ds.num_classes,
     }
+
+
+def _formation_parts(ds: DistilledDataset) -> dict | None:
+    """The decode and what it gives per class: stored images, instances (ipc_stored × n²)."""
+    if ds.formation is None:
+        return None
+    return formation_summary(ds.formation.to_dict(), ds.num_stored, len(ds), ds.num_classes)
+
+
+def formation_summary(formation: dict, num_stored: int, instances: int, num_classes: int) -> dict:
+    """`info`'s formation record, from the stored `/formation` attributes (also for remote headers)."""
+    factor = int(formation["factor"])
+    return {**formation, "instances_per_image": factor**2, "bytes_decoder": 0,
+            "stored_per_class": num_stored / num_classes, "instances_per_class": instances / num_classes}
 
 
 def human_bytes(n: float) -> str:
@@ -195,6 +209,14 @@ def render_info(d: dict) -> str:
             f"{human_bytes(c['bytes_compensators'])} (float32) + mapping {human_bytes(c['bytes_mapping'])} + labels "
             f"{human_bytes(b['bytes_labels'])}; equivalent ipc {c['equivalent_ipc']:.3g} (images + compensators per class), "
             f"{c['instances_per_class']:.3g} instances per class"
+        )
+    if d.get("formation"):
+        f = d["formation"]
+        lines.append(
+            f"  formation   multi-formation, factor {f['factor']}: each stored image decodes into {f['instances_per_image']} "
+            f"instances ({f['factor']}×{f['factor']} grid, cells upsampled bilinearly); decoder {human_bytes(f['bytes_decoder'])} "
+            f"(no parameters); {f['stored_per_class']:.3g} stored images × {f['instances_per_image']} = "
+            f"{f['instances_per_class']:.3g} instances per class"
         )
     lines += [
         f"  teachers    {_teachers(d['teachers'])}",

@@ -1,7 +1,7 @@
 """`DistilledSet`: the in-memory distilled dataset a synthesizer returns and the writer stores.
 
 It holds the header fields the caller knows (method, config, seed, source, teachers, budget in IPC)
-and the data (images, labels, label payloads, composite). Everything derivable — byte counts,
+and the data (images, labels, label payloads, composite or formation). Everything derivable — byte counts,
 instance counts, versions, the creation time — is computed when the file is written, so a
 synthesizer cannot record a budget that disagrees with what the file stores.
 """
@@ -19,8 +19,9 @@ from ddkit.data.base import ImageDataset, Normalization, check_pixels
 from ddkit.errors import InvalidInput
 from ddkit.provenance import utc_now
 from ddkit.store.composite import AdditiveComposite, instance_labels
+from ddkit.store.formation import FORMATION_SCHEMA, MultiFormation
 from ddkit.store.payloads import LabelPayload, payload_attrs
-from ddkit.store.schema import Budget, DatasetRecord, DistilledHeader, budget_parts
+from ddkit.store.schema import BASE_SCHEMA, Budget, DatasetRecord, DistilledHeader, budget_parts
 
 IMAGE_DTYPES = ("float16", "uint8")
 
@@ -56,7 +57,8 @@ class DistilledSet:
     """A distilled dataset in memory; `write_distilled` stores it as a `.ddk.h5` file.
 
     `images` are N×C×H×W in [0, 1] (float, or uint8 0..255), `labels` int N. `soft` maps a scheme
-    name to its payload (rows per *instance*: N stored images, then the composite's). `ipc` is the
+    name to its payload (rows per *instance*: N stored images, then the composite's; or, with a
+    `formation`, the n² decoded instances of each stored image in turn). `ipc` is the
     budget in stored images per class (compensators count as stored images); `bytes_source` is
     the size of the source split in bytes, for the compression ratio. `image_dtype` is "float16"
     (default for float images) or "uint8" (default for uint8 images; float images must then be
@@ -75,6 +77,7 @@ class DistilledSet:
     teachers: list = field(default_factory=list)
     soft: dict[str, LabelPayload] = field(default_factory=dict)
     composite: AdditiveComposite | None = None
+    formation: MultiFormation | None = None
     normalization: Normalization | None = None
     license_note: str = ""
     image_dtype: str | None = None
@@ -100,6 +103,8 @@ class DistilledSet:
 
     @property
     def num_instances(self) -> int:
+        if self.formation is not None:
+            return self.formation.num_instances(len(self.images))
         return len(self.images) + (self.composite.num_instances if self.composite else 0)
 
     @property
@@ -108,7 +113,14 @@ class DistilledSet:
         return len(self.images) + (len(self.composite.compensators) if self.composite else 0)
 
     def instance_labels(self) -> torch.Tensor:
+        if self.formation is not None:
+            return self.formation.labels(self.labels)
         return instance_labels(self.labels, self.composite)
+
+    @property
+    def schema(self) -> int:
+        """The schema the file is written at: the lowest that holds what it stores."""
+        return FORMATION_SCHEMA if self.formation is not None else BASE_SCHEMA
 
     # -- validation ------------------------------------------------------------------------------
     def check(self) -> None:
@@ -123,6 +135,13 @@ class DistilledSet:
             raise InvalidInput(f"normalization {self.normalization} does not have {info.image_shape[0]} channels")
         if self.composite is not None:
             self.composite.check(len(self.images), info.image_shape)
+        if self.formation is not None:
+            if not isinstance(self.formation, MultiFormation):
+                raise InvalidInput(f"formation must be a MultiFormation, got {type(self.formation).__name__}")
+            if self.composite is not None:
+                raise InvalidInput("a set stores either a composite (composed instances) or a formation "
+                                   "(decoded instances), not both", "drop one of them")
+            self.formation.check(info.image_shape)
         for key, payload in self.soft.items():
             if key != payload.scheme:
                 raise InvalidInput(f"soft payload stored under {key!r} has scheme {payload.scheme!r}", "key soft by scheme")
@@ -165,6 +184,8 @@ class DistilledSet:
         if self.composite is not None:
             arrays.update({f"composite/{k}": a for k, a in self.composite.arrays().items()})
             groups["composite"] = self.composite.attrs()
+        if self.formation is not None:
+            groups["formation"] = self.formation.attrs()  # no arrays: the decoder has no parameters
         return arrays, groups
 
     def header(self, arrays: dict[str, np.ndarray]) -> DistilledHeader:

@@ -30,7 +30,7 @@ from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
 from ddkit.h5safe import open_hdf5
 from ddkit.store.hashing import content_sha256, header_sha256
-from ddkit.store.schema import DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
+from ddkit.store.schema import BASE_SCHEMA, DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
 
 KIND_NAMES = {
     DISTILLED_FORMAT: "ddkit distilled dataset (.ddk.h5)",
@@ -237,6 +237,7 @@ def write_store(
     group_attrs: Mapping[str, Mapping] | None = None,
     chunks: Mapping[str, tuple[int, ...]] | None = None,
     overwrite: bool = False,
+    schema: int = BASE_SCHEMA,
 ) -> str:
     """Write a ddkit file atomically: datasets, group attributes, root attributes, content hash.
 
@@ -248,7 +249,7 @@ def write_store(
             create_dataset(h5, name, array, (chunks or {}).get(name))
         for name, attrs in (group_attrs or {}).items():
             write_attrs(h5.require_group(name), attrs)
-        write_attrs(h5, {"format": fmt, "schema": SCHEMA, **header_attrs})
+        write_attrs(h5, {"format": fmt, "schema": int(schema), **header_attrs})
         digest = content_sha256(h5)
         h5.attrs["content_sha256"] = digest
         h5.attrs["header_sha256"] = header_sha256(h5)

@@ -3,9 +3,10 @@ into one, refusing parents that do not describe the same thing, and recording th
 
 Parents must share the schema, the method and its version, the source dataset (name, split, class
 list, shape and id-list hash), the normalization, the teachers (by tensor hash) and the set of
-label schemes. Instances keep their order within each parent; stored images come first, then the
-composed instances, exactly as a single file orders them, and every per-instance label payload is
-reordered to match.
+label schemes, and the formation (decode) if any. Instances keep their order within each parent;
+stored images come first, then the composed instances, exactly as a single file orders them, and
+every per-instance label payload is reordered to match (with a formation, each stored image's
+decoded instances stay together, so payload rows simply follow the parents in turn).
 """
 
 from __future__ import annotations
@@ -56,10 +57,11 @@ def merge_files(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
         _same("label schemes", [p.soft_schemes for p in parents], paths)
         _same("image storage dtype", [p._h5()["images"].dtype.str for p in parents], paths)
         _same("composite kind", [p.composite is not None for p in parents], paths)
+        _same("formation", [p.formation for p in parents], paths)
 
         stored_counts = [p.num_stored for p in parents]
-        images = torch.cat([p.pixels(np.arange(p.num_stored)) for p in parents])
-        labels = torch.cat([torch.from_numpy(p._h5()["labels"][()]) for p in parents])
+        images = torch.cat([p.stored_pixels() for p in parents])
+        labels = torch.cat([p.stored_labels for p in parents])
         dtype = parents[0]._h5()["images"].dtype.name
 
         composite = None
@@ -81,7 +83,8 @@ def merge_files(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
                     f"cannot merge label payloads of scheme {scheme!r}: they are not one row per instance",
                     "merge the files without that payload, or re-create the labels for the merged set",
                 )
-            arrays = {name: _merge_rows([pl.arrays()[name] for pl in payloads], stored_counts)
+            heads = [len(p) for p in parents] if parents[0].formation is not None else stored_counts
+            arrays = {name: _merge_rows([pl.arrays()[name] for pl in payloads], heads)
                       for name in payloads[0].arrays()}
             soft[scheme] = type(payloads[0]).from_stored(arrays, payloads[0].fields(), dict(payloads[0].meta))
 
@@ -94,7 +97,8 @@ def merge_files(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
             config={"merged_from": lineage}, seed=headers[0].seed, dataset=headers[0].dataset,
             images=images, labels=labels, ipc=math.ceil(num_stored / num_classes),
             bytes_source=headers[0].budget.bytes_source, teachers=list(headers[0].teachers), soft=soft,
-            composite=composite, normalization=headers[0].normalization, license_note=headers[0].license_note,
+            composite=composite, formation=parents[0].formation, normalization=headers[0].normalization,
+            license_note=headers[0].license_note,
             image_dtype=dtype,
         )
     finally:

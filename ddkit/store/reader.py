@@ -1,7 +1,7 @@
 """`DistilledDataset`: a `.ddk.h5` file as a torchvision-style dataset, read lazily.
 
 Opening checks the file (format, schema, structure, and — for files under 256 MiB or when asked —
-the content hash) and keeps only the small parts in memory: header, labels, composite. Pixels are
+the content hash) and keeps only the small parts in memory: header, labels, composite or formation. Pixels are
 read on demand through an HDF5 handle owned by the current process: h5py handles do not survive
 fork, so a DataLoader worker notices the pid changed and opens its own, and pickling (spawned
 workers) carries the path, never the handle.
@@ -23,10 +23,20 @@ from ddkit.data.base import DatasetInfo, transformed_sample
 from ddkit.errors import FileFormatError
 from ddkit.store.composite import AdditiveComposite, instance_labels, read_composite
 from ddkit.store.distilled import IMAGE_DTYPES, check_labels, check_provenance
+from ddkit.store.formation import FORMATION_SCHEMA, MultiFormation, instance_count, read_formation
 from ddkit.store.h5io import DAMAGED_FIX, open_h5, open_store, reading, should_verify, verify_content
 from ddkit.store.payloads import LabelPayload, read_payload
 from ddkit.store.results import read_results
 from ddkit.store.schema import DISTILLED_FORMAT, Budget, DistilledHeader, attr_text, decode_attrs
+
+
+def _positions(indices, n: int, what: str) -> np.ndarray:
+    """`indices` (default: all of n) as int64 positions, negative ones counted from the end."""
+    idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    idx = np.where(idx < 0, idx + n, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise IndexError(f"{what} index out of range for {n} {what}s")
+    return idx
 
 
 def to_unit_float(array: np.ndarray) -> torch.Tensor:
@@ -38,7 +48,9 @@ def to_unit_float(array: np.ndarray) -> torch.Tensor:
 class DistilledDataset(torch.utils.data.Dataset):
     """The training instances of a `.ddk.h5` file: `(transform(normalized image), target_transform(label))`.
 
-    Instances are the stored images followed by the composite's composed images (if any).
+    Instances are the stored images followed by the composite's composed images (if any), or, for
+    a file with a formation, the decoded instances of each stored image in turn (`ddkit.store.formation`).
+    `stored_pixels` reads the stored images themselves.
     `verify` is "auto" (recompute the content hash when the file is under 256 MiB), True or False.
     """
 
@@ -78,18 +90,28 @@ class DistilledDataset(torch.utils.data.Dataset):
                 DAMAGED_FIX,
             )
         self.num_stored = images.shape[0]
+        self.formation: MultiFormation | None = None
+        if "formation" in h5:
+            if int(h5.attrs["schema"]) < FORMATION_SCHEMA:
+                raise FileFormatError(f"{self.path} has a /formation group but schema {int(h5.attrs['schema'])}", DAMAGED_FIX)
+            self.formation = read_formation(h5["formation"], self.path)
+            self.formation.check(shape)
+            if "composite" in h5:
+                raise FileFormatError(f"{self.path} has both a /composite and a /formation", DAMAGED_FIX)
         # Declared sizes against each other and the header before any array is read.
-        if labels.shape != (self.num_stored,) or self.num_stored > self.header.budget.instances:
+        if labels.shape != (self.num_stored,) or instance_count(self.num_stored, self.formation) > self.header.budget.instances:
             raise FileFormatError(
                 f"{self.path}: /labels {labels.shape} and /images {images.shape} disagree with each other or with the "
                 f"recorded {self.header.budget.instances} instances", DAMAGED_FIX)
         stored_labels = torch.from_numpy(labels[()])
         check_labels(stored_labels, self.header.num_classes, self.num_stored, "/labels")
+        self.stored_labels: torch.Tensor = stored_labels.long()
         self.composite: AdditiveComposite | None = None
         if "composite" in h5:
             self.composite = read_composite(h5["composite"], self.path)
             self.composite.check(self.num_stored, shape)
-        self.labels: torch.Tensor = instance_labels(stored_labels, self.composite)
+        self.labels: torch.Tensor = (self.formation.labels(stored_labels) if self.formation is not None
+                                     else instance_labels(stored_labels, self.composite))
         self.soft_schemes: list[str] = sorted(h5["soft"]) if "soft" in h5 else []
 
     # -- the per-process HDF5 handle -------------------------------------------------------------
@@ -133,6 +155,8 @@ class DistilledDataset(torch.utils.data.Dataset):
         stored = f"{self.num_stored} stored images"
         if self.composite is not None:
             stored += f" + {len(self.composite.compensators)} compensators"
+        if self.formation is not None:
+            stored += f", multi-formation factor {self.formation.factor}"
         lines = [
             f"DistilledDataset {self.header.method} {self.header.method_version}",
             f"    Number of datapoints: {len(self)} ({stored})",
@@ -149,12 +173,12 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     # -- bulk access -----------------------------------------------------------------------------
     def pixels(self, indices=None) -> torch.Tensor:
-        """Float32 pixels in [0, 1] of the instances at `indices` (default: all, composite expanded)."""
-        n = len(self)
-        idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-        idx = np.where(idx < 0, idx + n, idx)
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise IndexError(f"instance index out of range for {n} instances")
+        """Float32 pixels in [0, 1] of the instances at `indices` (default: all; composite expanded,
+        formation decoded). Only the stored rows those instances come from are read."""
+        idx = _positions(indices, len(self), "instance")
+        if self.formation is not None:
+            rows, cells = self.formation.split(idx)
+            return self.formation.decode_cells(self._read_rows(rows), cells).clamp_(0.0, 1.0)
         rows, composed = idx.copy(), idx >= self.num_stored
         if composed.any():
             rows[composed], compensator_rows = self.composite.split(idx[composed] - self.num_stored)
@@ -162,6 +186,10 @@ class DistilledDataset(torch.utils.data.Dataset):
         if composed.any():
             x[composed] = self.composite.compose(x[composed], compensator_rows)
         return x
+
+    def stored_pixels(self, rows=None) -> torch.Tensor:
+        """Float32 pixels in [0, 1] of the stored images at `rows` (default: all), not decoded."""
+        return self._read_rows(_positions(rows, self.num_stored, "stored image"))
 
     def _read_rows(self, rows: np.ndarray) -> torch.Tensor:
         with reading(self.path):

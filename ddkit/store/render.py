@@ -63,13 +63,19 @@ def grid_image(
     return sheet
 
 
+WHAT = ("auto", "instances", "stored", "compensators")
+
+
 def render_grid(
-    path: str | os.PathLike, out_png: str | os.PathLike, per_class: int = 10, what: str = "instances",
+    path: str | os.PathLike, out_png: str | os.PathLike, per_class: int = 10, what: str = "auto",
     overwrite: bool = False, max_rows: int = 100,
 ) -> dict:
     """Write a PNG grid of a `.ddk.h5` file: `what="instances"` shows the first `per_class`
-    instances of each class (one row per class, named when the names are plain and short);
-    `what="compensators"` shows the composite's compensators, `per_class` per row, each min-max scaled.
+    training instances of each class (one row per class, named when the names are plain and short;
+    a formation's instances decoded); `what="stored"` the stored images of each class as the file
+    keeps them; `what="compensators"` the composite's compensators, `per_class` per row, each
+    min-max scaled. `what="auto"` is "stored" for a file with a formation (its decoded instances
+    are zoomed cells of those images), else "instances".
 
     At most `max_rows` rows are drawn and the sheet is refused above `MAX_SHEET_PIXELS`, so a file
     with many classes cannot make the drawing take unbounded memory. The file is checked as
@@ -77,21 +83,24 @@ def render_grid(
     """
     if per_class < 1 or max_rows < 1:
         raise InvalidInput(f"per_class and max_rows must be at least 1, got {per_class} and {max_rows}")
+    if what not in WHAT:
+        raise InvalidInput(f"what must be one of {', '.join(WHAT)}, got {what!r}")
     with DistilledDataset(path) as ds:
         require_valid(ds)
         h, w = ds.info.image_shape[1:]
-        if what == "instances":
+        if what == "auto":
+            what = "stored" if ds.formation is not None else "instances"
+        if what in ("instances", "stored"):
             total = ds.num_classes
         elif what == "compensators":
             if ds.composite is None:
                 raise InvalidInput(f"{path} has no compensators (no /composite)", "render what='instances'")
             total = -(-len(ds.composite.compensators) // per_class)
-        else:
-            raise InvalidInput(f"what must be 'instances' or 'compensators', got {what!r}")
         shown = min(total, max_rows)
         check_sheet_size(shown, per_class, (h, w))
-        if what == "instances":
-            rows = [ds.pixels(torch.nonzero(ds.labels == c).flatten()[:per_class].numpy()) for c in range(shown)]
+        if what in ("instances", "stored"):
+            labels, read = (ds.labels, ds.pixels) if what == "instances" else (ds.stored_labels, ds.stored_pixels)
+            rows = [read(torch.nonzero(labels == c).flatten()[:per_class].numpy()) for c in range(shown)]
             names = ds.classes[:shown] if _simple(ds.classes[:shown]) else None
         else:
             comps = _min_max(torch.from_numpy(ds.composite.compensators[: shown * per_class]))

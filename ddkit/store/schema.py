@@ -24,7 +24,11 @@ from ddkit.records import check_value, record_fields
 
 DISTILLED_FORMAT = "ddkit.distilled"
 SELECTION_FORMAT = "ddkit.selection"
-SCHEMA = 1  # the newest schema this ddkit writes and reads, for both file kinds
+SCHEMA = 2  # the newest schema this ddkit reads, for both file kinds
+# A file is written at the lowest schema that holds what it stores, so an older ddkit still reads
+# every file it could read correctly and refuses ("upgrade ddkit") the others:
+# 1 = the layout of DESIGN §4; 2 = adds `/formation` (stored images decode into several instances).
+BASE_SCHEMA = 1
 
 # A structured attribute larger than this is refused on write and on read: it is certainly not a
 # header, and parsing an arbitrary-size JSON string from an untrusted file is a memory hazard.

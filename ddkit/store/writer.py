@@ -22,4 +22,4 @@ def write_distilled(path: str | os.PathLike, dset: DistilledSet, overwrite: bool
     images = arrays["images"]
     rows_per_class = max(1, len(images) // dset.num_classes)
     chunks = {"images": image_chunks(images.shape, images.itemsize, rows_per_class)}
-    return write_store(path, DISTILLED_FORMAT, arrays, header_attrs, group_attrs, chunks, overwrite)
+    return write_store(path, DISTILLED_FORMAT, arrays, header_attrs, group_attrs, chunks, overwrite, schema=dset.schema)
