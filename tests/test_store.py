@@ -23,8 +23,8 @@ import ddkit.store.h5io as h5io
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
 from ddkit.store import (
-    SCHEMA,
     PAYLOADS,
+    SCHEMA,
     AdditiveComposite,
     DBRLabels,
     DistilledDataset,

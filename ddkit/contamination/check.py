@@ -1,12 +1,12 @@
 """One contamination check for every kind of ddkit file (`ddkit validate FILE --against DATASET[:SPLIT]`).
 
 - `.ddk.h5`: the stored images (for INFER, the composite's base images; a composed instance is
-  flagged when its base is; with a formation, also every decoded instance), and the real images the file records it was made from (config keys
-  `source_ids`, `init_source_ids`, `patch_source_ids`: DM's initial images, NRR-DD's patches, ...),
-  looked up in the recorded source dataset and checked by their pixels. A synthesized image
-  therefore counts as contaminated when the real image it grew from copies a test image, even when
-  optimization moved its pixels far from it;
-- `.sel.h5`: the selected samples, resolved against their pool;
+  flagged when its base is; with a formation, also every decoded instance), and the real images
+  the file records it was made from (config keys `source_ids`, `init_source_ids`,
+  `patch_source_ids`: DM's initial images, NRR-DD's patches, ...), looked up in the recorded source
+  dataset and checked by their pixels. A synthesized image therefore counts as contaminated when
+  the real image it grew from copies a test image, even when optimization moved its pixels far
+  from it;
 - `.pool.h5`: every pool sample.
 
 The file's integrity check (the seal and content hash of `.ddk.h5`/`.sel.h5`, the fingerprint of a

@@ -6,7 +6,8 @@ decoded), one hard label each, the
 stored logits when there are any, the learned step size when there is one. Beside the format's own
 files every export writes a sidecar, `ddkit.json` (the file's header, content hash and result
 cards, the formation) and `extras/` (every label payload, the composite parts and, where the
-format's pixels are not the stored images exactly, the stored images, as `.npy`), so a ddkit import restores the file bit for bit.
+format's pixels are not the stored images exactly, the stored images, as `.npy`), so a ddkit
+import restores the file bit for bit.
 
 `Imported` is what an importer read: pixels, labels and what the source says about itself.
 `write_imported` turns it into a `.ddk.h5` whose provenance names the source, its sha256 and
@@ -193,7 +194,7 @@ def _restore(meta: dict, folder: Path, imported: Imported) -> dict:
     formation = None
     if meta.get("formation"):
         formation = MultiFormation(int(meta["formation"]["factor"]))
-        labels = imported.labels[:: formation.per_image][:num_stored]  # each stored image's n² instances share its label
+        labels = imported.labels[:: formation.per_image][:num_stored]  # a stored image's instances share its label
     else:
         labels = imported.labels[:num_stored]
     soft: dict[str, LabelPayload] = {}

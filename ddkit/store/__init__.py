@@ -14,8 +14,8 @@ too-new files with a `FileFormatError`.
 
 from ddkit.store.composite import AdditiveComposite
 from ddkit.store.describe import describe, info_dict
-from ddkit.store.formation import MultiFormation
 from ddkit.store.distilled import DistilledSet
+from ddkit.store.formation import MultiFormation
 from ddkit.store.merge import merge_files
 from ddkit.store.payloads import PAYLOADS, DBRLabels, GenericPayload, LabelPayload, LogitsLabels, TopKLabels
 from ddkit.store.reader import DistilledDataset
