@@ -7,6 +7,7 @@
   dataset and checked by their pixels. A synthesized image therefore counts as contaminated when
   the real image it grew from copies a test image, even when optimization moved its pixels far
   from it;
+- `.sel.h5`: the selected samples, resolved against their pool;
 - `.pool.h5`: every pool sample.
 
 The file's integrity check (the seal and content hash of `.ddk.h5`/`.sel.h5`, the fingerprint of a
