@@ -89,6 +89,11 @@ class WorkItemStore:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{name: np.asarray(a) for name, a in arrays.items()})
 
+    def discard(self, key: str) -> None:
+        """Forget a finished item that a newer one supersedes (e.g. an older checkpoint)."""
+        if self.root is not None:
+            self._path(key).unlink(missing_ok=True)
+
     def load(self, key: str) -> dict[str, np.ndarray]:
         path = self._path(key)
         try:

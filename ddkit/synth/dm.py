@@ -9,6 +9,13 @@ with a fresh, frozen θ every iteration, the same DSA parameters ω for the real
 a class, real embeddings detached, and SGD with momentum on the pixels. No teacher is needed; when
 teachers are given, their mean logits on the final images are stored as soft labels.
 
+IDM's additions (Zhao et al., CVPR 2023), each off by default: `formation=n` stores each image as an
+n×n grid whose cells, upsampled, are the matched (and the stored) training instances
+(`ddkit.store.formation`; the pixels are optimized through the decode, and the images start as
+tiles of n² downscaled real images); `pool_size > 0` embeds with networks from a trained model pool
+(`ddkit.synth.pools`) instead of a fresh random network every iteration, and `class_reg` adds the
+pool network's cross-entropy on the synthetic instances.
+
 All classes go through the embedding network together, in one pass on a GPU and in cache-sized chunks on
 a CPU (the per-class loop of the original code gives the same loss for a network without batch
 statistics); a network with batch norm is run class by class, so each class keeps its own batch
@@ -32,7 +39,9 @@ from ddkit.models import create_model, has_batchnorm, parse_model_options
 from ddkit.progress import progress
 from ddkit.seeding import derive_seed, generator
 from ddkit.store import DistilledSet, LogitsLabels
+from ddkit.store.formation import MultiFormation, formation_from_factor
 from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say, static_labels
+from ddkit.synth.pools import ModelPool, PoolSettings, class_regularizer, pool_arrays
 from ddkit.workitems import WorkItemStore
 
 
@@ -51,6 +60,15 @@ class DMConfig:
     net_options: str = "depth=3,width=32,norm=instance"  # the CPU protocols' student; "" for the model's defaults
     checkpoint_every: int = 100  # iterations between resumable checkpoints in the work folder
     forward_chunk: int = 0  # images per forward pass: 0 = 32 on a CPU (cache-sized), all at once on a GPU
+    formation: int = 1  # multi-formation factor n (IDC/IDM): each stored image decodes into n² instances
+    pool_size: int = 0  # IDM model pool: networks kept and trained on real data; 0 = a fresh net every iteration
+    pool_warmup_steps: int = 10  # real-data SGD steps a pool network gets before its first use
+    pool_train_steps: int = 1  # more steps for a pool network each time it is used
+    pool_refresh_every: int = 50  # iterations between replacing the oldest pool network; 0 = never
+    pool_fresh_fraction: float = 0.0  # share of iterations that still use a fresh random network
+    pool_lr: float = 0.01  # SGD on the pool networks (momentum 0.9, weight decay 5e-4, as IDM's)
+    pool_batch: int = 256  # real images per pool training step
+    class_reg: float = 0.0  # IDM's class-aware term: weight × net accuracy × CE of the pool net on the instances
 
     def check(self) -> None:
         if self.iterations < 0 or self.batch_real < 1 or self.checkpoint_every < 1 or self.forward_chunk < 0:
@@ -59,7 +77,25 @@ class DMConfig:
             raise InvalidInput(f"dm: init must be real or noise, got {self.init!r}")
         if self.lr_img <= 0 or not 0 <= self.momentum < 1:
             raise InvalidInput("dm: lr_img must be > 0 and momentum in [0, 1)")
+        if isinstance(self.formation, bool) or not isinstance(self.formation, int) or self.formation < 1:
+            raise InvalidInput(f"dm: formation must be an integer ≥ 1, got {self.formation!r}",
+                               "formation=1 stores plain images; 2 or 3 decode each into 4 or 9 instances")
+        self.pool_settings().check("dm")
+        if self.class_reg < 0:
+            raise InvalidInput(f"dm: class_reg must be ≥ 0, got {self.class_reg}")
+        if self.class_reg and not self.pool_size:
+            raise InvalidInput("dm: class_reg needs a trained model pool (a random net's predictions mean nothing)",
+                               "add pool_size=N (e.g. 10), or drop class_reg")
         self.augmentation()  # unknown DSA groups fail before any work
+
+    def pool_settings(self) -> PoolSettings:
+        return PoolSettings(size=self.pool_size, warmup_steps=self.pool_warmup_steps, train_steps=self.pool_train_steps,
+                            refresh_every=self.pool_refresh_every, fresh_fraction=self.pool_fresh_fraction,
+                            lr=self.pool_lr, batch=self.pool_batch)
+
+    def decoder(self) -> MultiFormation | None:
+        """The formation the stored images decode with (None: plain images)."""
+        return formation_from_factor(self.formation)
 
     def augmentation(self) -> DSA | None:
         if self.dsa in ("", "none"):
@@ -94,6 +130,13 @@ def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, 
     One DSA parameter set is sampled per class (C units of max(B, S) rows); row i of class c's real and
     synthetic batch share parameter row i, as DSA's siamese re-seeding does.
     """
+    return matching_terms(net, real, syn, num_classes, dsa, gen, chunk)[0]
+
+
+def matching_terms(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                   gen: torch.Generator, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """`matching_loss` and the synthetic rows' embeddings φ(A(syn)) it used (for a term on top, such as
+    IDM's class-aware regularizer)."""
     b, s = len(real) // num_classes, len(syn) // num_classes
     if dsa is not None:
         width = max(b, s)
@@ -104,13 +147,13 @@ def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, 
     if has_batchnorm(net):  # batch statistics must stay per class, as in the paper's per-class passes
         with torch.no_grad():
             mean_real = torch.stack([embed(net, r).mean(0) for r in real.split(b)])
-        mean_syn = torch.stack([embed(net, x).mean(0) for x in syn.split(s)])
+        emb_syn = torch.cat([embed(net, x) for x in syn.split(s)])
     else:
         with torch.inference_mode():
             mean_real = class_means(embed(net, real, chunk), num_classes)
         mean_real = mean_real.clone()  # a normal tensor again, usable beside the autograd graph
-        mean_syn = class_means(embed(net, syn, chunk), num_classes)
-    return (mean_real - mean_syn).square().sum()
+        emb_syn = embed(net, syn, chunk)
+    return (mean_real - class_means(emb_syn, num_classes)).square().sum(), emb_syn
 
 
 def real_positions(class_rows: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
@@ -130,29 +173,41 @@ def clamp_pixels(z: torch.Tensor, normalization: Normalization) -> torch.Tensor:
 
 @dataclass
 class DMState:
-    """Where a DM optimisation stands: normalized images (class-major), their momentum, iterations done."""
+    """Where a DM optimisation stands: normalized stored images (class-major), their momentum,
+    iterations done, and the model pool (IDM) once `optimize` has built it."""
 
     images: torch.Tensor
     velocity: torch.Tensor
     iteration: int = 0
+    pool: ModelPool | None = None
+    saved_pool: dict[str, np.ndarray] | None = None  # a checkpointed pool `optimize` has not rebuilt yet
 
     def arrays(self) -> dict[str, np.ndarray]:
+        pool = self.pool.arrays() if self.pool is not None else (self.saved_pool or {})
         return {"iteration": np.array([self.iteration]), "images": self.images.cpu().numpy(),
-                "velocity": self.velocity.cpu().numpy()}
+                "velocity": self.velocity.cpu().numpy(), **pool}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], device) -> "DMState":
         return cls(torch.from_numpy(arrays["images"]).to(device), torch.from_numpy(arrays["velocity"]).to(device),
-                   int(arrays["iteration"][0]))
+                   int(arrays["iteration"][0]), saved_pool=pool_arrays(arrays) or None)
 
 
 def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
-    """The seeded, class-balanced real images DM starts from (or noise), and their source rows."""
-    picked = pick_real(source, class_balanced_indices(source, ipc, seed, salt="dm-init"))  # class-major
+    """The seeded, class-balanced real images DM starts from (or noise), and their source rows.
+
+    With a formation of factor n, ipc·n² real images per class are drawn and each stored image
+    starts as n² of them shrunk into its grid cells (IDC's 'mix' initialisation), so its decoded
+    instances start as (blurred) real images.
+    """
+    decoder = config.decoder()
+    per_image = 1 if decoder is None else decoder.per_image
+    picked = pick_real(source, class_balanced_indices(source, ipc * per_image, seed, salt="dm-init"))  # class-major
     if config.init == "real":
-        z = picked.normalized()
+        z = picked.normalized() if decoder is None else decoder.encode(picked.normalized())
     else:
-        z = source.info.normalization.apply(torch.rand(picked.pixels().shape, generator=generator(seed, "dm-noise")))
+        shape = (ipc * source.info.num_classes, *source.info.image_shape)
+        z = source.info.normalization.apply(torch.rand(shape, generator=generator(seed, "dm-noise")))
     return DMState(z.to(device), torch.zeros_like(z, device=device)), picked
 
 
@@ -163,12 +218,34 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
 
     Each iteration reads only its `batch_real` images per class from the source: indexed in the
     normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
+    With a formation, the loss is on the decoded instances and its gradient flows through the decode
+    to the stored pixels. With a model pool, the pool is built at the first iteration (or restored
+    from `state.saved_pool`) and kept in `state.pool`, so its state is checkpointed with the images.
     """
     config.check()
     info = source.info
     class_rows = source.class_indices()
     dsa, net_kwargs = config.augmentation(), config.net_kwargs()
     chunk = config.forward_chunk or (32 if torch.device(device).type == "cpu" else 0)
+    decoder = config.decoder()
+    if decoder is not None:
+        decoder.check(info.image_shape)
+
+    def make_net(net_seed: int):
+        return create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
+                            seed=net_seed, **net_kwargs)
+
+    real_images = normalized_source(source, device)
+    pool = state.pool
+    if config.pool_size and pool is None:
+        pool = ModelPool(config.pool_settings(), make_net, real_images, source.labels, seed, device)
+        if state.saved_pool:
+            pool.restore(state.saved_pool)
+        state.pool, state.saved_pool = pool, None
+    syn_labels = None
+    if config.class_reg:
+        per_class = len(state.images) // info.num_classes * (decoder.per_image if decoder is not None else 1)
+        syn_labels = torch.arange(info.num_classes, device=device).repeat_interleave(per_class)
 
     def draws():  # each iteration's generator, after it drew that iteration's real positions
         for it in range(state.iteration, config.iterations if stop is None else stop):
@@ -176,17 +253,26 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
             yield it, gen, real_positions(class_rows, config.batch_real, gen)
 
     plan, ahead = itertools.tee(draws())
-    reals = batches_at(normalized_source(source, device), (positions for _, _, positions in ahead))
+    reals = batches_at(real_images, (positions for _, _, positions in ahead))
     for (it, gen, _), real in zip(plan, reals):
-        net = create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
-                           seed=derive_seed(seed, "dm-net", it), **net_kwargs).to(device)
+        slot = None
+        if pool is not None:
+            pool.fill()  # the first iteration builds the pool
+            pool.refresh(it)
+            slot = pool.pick(it)
+        net = make_net(derive_seed(seed, "dm-net", it)).to(device) if slot is None else slot.net
         net.train()  # batch-norm nets use batch statistics, as in the paper
         for p in net.parameters():
             p.requires_grad_(False)
         z = state.images.requires_grad_(True)
-        loss = matching_loss(net, real, z, info.num_classes, dsa, gen, chunk)
+        syn = z if decoder is None else decoder.decode(z)
+        loss, emb_syn = matching_terms(net, real, syn, info.num_classes, dsa, gen, chunk)
+        if syn_labels is not None and slot is not None:
+            loss = loss + class_regularizer(net, emb_syn, syn_labels, config.class_reg, slot.accuracy)
         (grad,) = torch.autograd.grad(loss, z)
         z.requires_grad_(False)
+        if slot is not None:
+            pool.train(slot, it)
         with torch.no_grad():
             state.velocity.mul_(config.momentum).add_(grad)
             z.sub_(config.lr_img * state.velocity)
@@ -206,6 +292,9 @@ class DM(Synthesizer):
     def synthesize(self, source, teachers, ipc, config: DMConfig, seed, device, workdir=None):
         config.check()
         info = source.info
+        decoder = config.decoder()
+        if decoder is not None:
+            decoder.check(info.image_shape)  # a factor too large for the images fails before any work
         state, picked = initial_state(source, ipc, config, seed, device)
         create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes, **config.net_kwargs())
 
@@ -228,18 +317,23 @@ class DM(Synthesizer):
                 bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
             if state.iteration % every == 0:
                 store.save(self.checkpoint_key(state.iteration), state.arrays())
+                if state.iteration > every:  # only the newest checkpoint is needed (a pool's can be large)
+                    store.discard(self.checkpoint_key(state.iteration - every))
         bar.close()
 
         pixels = info.normalization.invert(state.images.cpu()).clamp_(0.0, 1.0)
         derived = {"init_source_ids": picked.ids.tolist(), "net_kwargs": config.net_kwargs(),
                    "final_loss": float(np.mean(losses[-10:])) if losses else None}
+        per_image = 1 if decoder is None else decoder.per_image
         dset = DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
-            seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[t.header.summary() for t in teachers],
+            seed=seed, images=pixels, labels=picked.labels[::per_image], ipc=ipc, formation=decoder,
+            teachers=[t.header.summary() for t in teachers],
         )
         if teachers:
-            dset.soft["logits"] = LogitsLabels(static_labels(teachers, pixels, info.normalization, device), meta={
-                "recipe": "mean of the teachers' logits on the final distilled images",
+            instances = pixels if decoder is None else decoder.decode(pixels).clamp_(0.0, 1.0)
+            dset.soft["logits"] = LogitsLabels(static_labels(teachers, instances, info.normalization, device), meta={
+                "recipe": "mean of the teachers' logits on the final distilled images (the decoded instances)",
                 "teachers": [t.header.tensors_sha256 for t in teachers],
             })
         return dset
