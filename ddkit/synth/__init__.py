@@ -33,7 +33,8 @@ def run_synthesizer(method: str, dataset: str, teacher_paths: list[str], ipc: in
     that folder and rank 0 alone writes the file (other ranks return its hash too).
     """
     synth: Synthesizer = SYNTHESIZERS.create(method)
-    config = build_config(synth.Config, config_overrides, owner=f"method {method}")
+    config = build_config(synth.Config, config_overrides, owner=f"method {method}",
+                          context={"ipc": ipc, "dataset": dataset})  # presets may depend on the budget
     check_output(out, overwrite)  # fail before the work, not after
     dev = pick_device(device)
     w = distributed.init(dev)

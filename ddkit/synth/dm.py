@@ -44,11 +44,20 @@ from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say, 
 from ddkit.synth.pools import ModelPool, PoolSettings, class_regularizer, pool_arrays
 from ddkit.workitems import WorkItemStore
 
+# `preset=paper`: the published recipe (Zhao & Bilen, WACV 2023, §4 and the official main_DM.py):
+# 20 000 iterations, ConvNet-3 width 128 with instance norm, 256 real images per class, SGD on the
+# pixels with lr 1 and momentum 0.5, DSA color_crop_cutout_flip_scale_rotate, real initialisation.
+DM_PRESETS = {
+    "paper": {"iterations": 20000, "net": "convnet", "net_options": "depth=3,width=128,norm=instance",
+              "batch_real": 256, "lr_img": 1.0, "momentum": 0.5, "dsa": DSA_STRATEGY, "init": "real"},
+}
+
 
 @dataclass
 class DMConfig:
     """DM's options. The paper's values are lr_img 1, momentum 0.5, batch_real 256 and 20 000 iterations
-    with a width-128 ConvNet; the defaults here are the CPU choice (see BENCHMARKS.md, section `matching`)."""
+    with a width-128 ConvNet (`preset=paper`); the defaults here are the CPU choice (see BENCHMARKS.md,
+    section `matching`)."""
 
     iterations: int = 1000
     lr_img: float = 1.0  # on normalized pixels, as in the paper
@@ -69,12 +78,21 @@ class DMConfig:
     pool_lr: float = 0.01  # SGD on the pool networks (momentum 0.9, weight decay 5e-4, as IDM's)
     pool_batch: int = 256  # real images per pool training step
     class_reg: float = 0.0  # IDM's class-aware term: weight × net accuracy × CE of the pool net on the instances
+    preset: str = ""  # "paper": the published recipe (DM_PRESETS); options given beside it override it
+
+    @classmethod
+    def preset_values(cls, name: str, **_) -> dict:
+        if name not in DM_PRESETS:
+            raise InvalidInput(f"dm has no preset {name!r}", f"use one of {', '.join(DM_PRESETS)}")
+        return dict(DM_PRESETS[name])
 
     def check(self) -> None:
         if self.iterations < 0 or self.batch_real < 1 or self.checkpoint_every < 1 or self.forward_chunk < 0:
             raise InvalidInput("dm: iterations and forward_chunk must be ≥ 0, batch_real and checkpoint_every ≥ 1")
         if self.init not in ("real", "noise"):
             raise InvalidInput(f"dm: init must be real or noise, got {self.init!r}")
+        if self.preset and self.preset not in DM_PRESETS:
+            raise InvalidInput(f"dm has no preset {self.preset!r}", f"use one of {', '.join(DM_PRESETS)}")
         if self.lr_img <= 0 or not 0 <= self.momentum < 1:
             raise InvalidInput("dm: lr_img must be > 0 and momentum in [0, 1)")
         if isinstance(self.formation, bool) or not isinstance(self.formation, int) or self.formation < 1:

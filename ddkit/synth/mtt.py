@@ -21,6 +21,11 @@ Where the images live. The student and the experts see normalized images, so the
 variable is the normalized image (as in the official code, so lr_img means the same there); its
 valid range is the normalization of [0, 1], to which it is clamped; the file stores the pixels.
 
+Formation. `formation=n` stores each image as an n×n grid whose cells, upsampled, are the training
+instances (`ddkit.store.formation`, IDC): the student trains on the decoded instances, the
+meta-gradient with respect to them is carried through the decode to the stored pixels, and the
+images start as tiles of n² downscaled real images.
+
 Labels. Hard labels by default. `learn_labels=true` (DATM, Guo et al. ICLR 2024) learns one logit
 vector per image, initialised from the first expert's final-epoch logits on the initial images;
 the student is trained on their softmax, and the file stores them in `/soft/logits`.
@@ -54,11 +59,37 @@ from ddkit.fileio import atomic_output
 from ddkit.progress import progress
 from ddkit.seeding import generator
 from ddkit.store import DistilledSet, LogitsLabels
+from ddkit.store.formation import formation_from_factor
 from ddkit.synth.base import Synthesizer, pick_real, register_synthesizer, say
 
 META_GRADS = ("constant", "unrolled")
 LABEL_STORAGE = ("auto", "hard", "logits")
 STATE_FILE = "state.safetensors"
+
+
+# `preset=paper`: MTT's published recipe (Cazenavette et al., CVPR 2022) for 32-px ConvNet-3 data;
+# CIFAR-10 is the paper's dataset of this size with rows for IPC 1 / 10 / 50 (it has no Fashion-MNIST
+# row). Per IPC row, from the paper's hyper-parameter table (appendix): syn_steps N, expert_epochs M,
+# max_start_epoch T+, the step-size learning rate, the experts' lr 0.01 as α's start, the whole
+# synthetic set per student step; 5000 distillation iterations. lr_img: the paper tuned the pixel
+# learning rate on ZCA-whitened CIFAR-10, which ddkit does not use; 1000 (ddkit's default and the
+# README's value for runs on normalized pixels) is kept for every row. The experts are an input: the
+# paper's buffer is 100 ConvNet-3 (width 128, instance norm) experts × 50 epochs of plain SGD, lr
+# 0.01: `ddkit experts train --experts 100` (its other defaults are the paper's).
+MTT_PAPER_ROWS = {  # IPC row -> values; an IPC uses the row of the smallest published IPC ≥ it (50 above)
+    1: {"syn_steps": 50, "expert_epochs": 2, "max_start_epoch": 2, "lr_lr": 1e-7},
+    10: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 20, "lr_lr": 1e-5},
+    50: {"syn_steps": 30, "expert_epochs": 2, "max_start_epoch": 40, "lr_lr": 1e-5},
+}
+MTT_PAPER_COMMON = {"iterations": 5000, "lr_img": 1000.0, "lr_init": 0.01, "batch_syn": 0, "augmentation": "dsa",
+                    "model": "convnet"}
+MTT_PAPER_EXPERTS = (100, 50)  # the paper's buffer: experts × epochs
+
+
+def mtt_paper_preset(ipc: int) -> dict:
+    """The `preset=paper` values for a budget of `ipc` images per class."""
+    row = next((r for r in sorted(MTT_PAPER_ROWS) if ipc <= r), max(MTT_PAPER_ROWS))
+    return {**MTT_PAPER_COMMON, **MTT_PAPER_ROWS[row]}
 
 
 @dataclass
@@ -81,6 +112,16 @@ class MTTConfig:
     meta_grad: str = "constant"  # constant (TESLA, memory independent of syn_steps) | unrolled
     model: str = ""  # if set, the experts must be of this architecture
     checkpoint_every: int = 100  # iterations between resume checkpoints in OUT.work/
+    formation: int = 1  # multi-formation factor n (IDC): each stored image decodes into n² training instances
+    preset: str = ""  # "paper": the published recipe for the run's IPC (MTT_PAPER_ROWS); explicit options override it
+
+    @classmethod
+    def preset_values(cls, name: str, ipc: int | None = None, **_) -> dict:
+        if name != "paper":
+            raise InvalidInput(f"mtt has no preset {name!r}", "use preset=paper")
+        if ipc is None:
+            raise InvalidInput("mtt's paper preset depends on the IPC", "build the config with the run's ipc")
+        return mtt_paper_preset(int(ipc))
 
     def check(self) -> None:
         if not self.experts:
@@ -88,6 +129,8 @@ class MTTConfig:
                 "method mtt needs an experts file",
                 "pass --config experts=X.experts.h5 (train one with `ddkit experts train`)",
             )
+        if self.preset not in ("", "paper"):
+            raise InvalidInput(f"mtt has no preset {self.preset!r}", "use preset=paper")
         if self.meta_grad not in META_GRADS:
             raise InvalidInput(
                 f"mtt option meta_grad={self.meta_grad!r} is unknown", f"use one of {', '.join(META_GRADS)}"
@@ -112,6 +155,9 @@ class MTTConfig:
             raise InvalidInput(
                 f"mtt needs max_start_epoch ≥ 0 and batch_syn ≥ 0, got {self.max_start_epoch}, {self.batch_syn}"
             )
+        if isinstance(self.formation, bool) or not isinstance(self.formation, int) or self.formation < 1:
+            raise InvalidInput(f"mtt option formation must be an integer ≥ 1, got {self.formation!r}",
+                               "formation=1 stores plain images; 2 or 3 decode each into 4 or 9 instances")
         if self.lr_img <= 0 or self.lr_lr < 0 or self.lr_init < 0 or self.lr_labels <= 0:
             raise InvalidInput("mtt needs lr_img > 0, lr_labels > 0, lr_lr ≥ 0 and lr_init ≥ 0")
         build_augmentation(self.augmentation)
@@ -303,6 +349,9 @@ class MTT(Synthesizer):
         if config.model:
             experts.check_fits(arch=config.model)
         e_total, m = experts.header.epochs, config.expert_epochs
+        if config.preset == "paper" and (experts.num_experts, e_total) != MTT_PAPER_EXPERTS:
+            say(f"mtt: preset=paper, but the experts are {experts.num_experts} × {e_total} epochs "
+                f"(the paper's buffer: {MTT_PAPER_EXPERTS[0]} × {MTT_PAPER_EXPERTS[1]})")
         if config.max_start_epoch + m > e_total:
             raise InvalidInput(
                 f"mtt needs max_start_epoch + expert_epochs ≤ the experts' {e_total} epochs, got "
@@ -310,12 +359,20 @@ class MTT(Synthesizer):
                 f"lower max_start_epoch to {max(0, e_total - m)} "
                 f"or train experts for ≥ {config.max_start_epoch + m} epochs",
             )
-        n_syn = ipc * info.num_classes
+        decoder = formation_from_factor(config.formation)
+        per_image = 1 if decoder is None else decoder.per_image
+        if decoder is not None:
+            decoder.check(info.image_shape)
+        n_syn = ipc * info.num_classes * per_image  # training instances the student sees
         if config.batch_syn > n_syn:
             raise InvalidInput(
                 f"mtt option batch_syn={config.batch_syn} exceeds the {n_syn} synthetic images", "use batch_syn=0 (all)"
             )
-        picked = pick_real(source, class_balanced_indices(source, ipc, seed, salt="mtt-init"))  # refuses ipc > a class
+        # ipc·n² real images per class, class-major (refused when a class has fewer)
+        picked = pick_real(source, class_balanced_indices(source, ipc * per_image, seed, salt="mtt-init"))
+
+        def decoded(x: torch.Tensor) -> torch.Tensor:  # the student's instances of the stored images
+            return x if decoder is None else decoder.decode(x)
 
         model = experts.build_model().to(device)
         layout = experts.header.param_layout
@@ -323,15 +380,17 @@ class MTT(Synthesizer):
         norm = info.normalization
         lo = norm.apply(torch.zeros(1, *info.image_shape, device=device))
         hi = norm.apply(torch.ones(1, *info.image_shape, device=device))
-        images = norm.apply(picked.pixels().float().to(device)).requires_grad_(True)
-        hard = picked.labels.to(device)
+        start_images = norm.apply(picked.pixels().float().to(device))
+        images = (start_images if decoder is None else decoder.encode(start_images)).requires_grad_(True)
+        hard = picked.labels.to(device)  # = the instances' labels: each stored image's n² sources share a class
         alpha = torch.tensor(config.lr_init or experts.header.lr, device=device).requires_grad_(True)
         opt_img = torch.optim.SGD([images], lr=config.lr_img, momentum=0.5)
         opt_lr = torch.optim.SGD([alpha], lr=config.lr_lr, momentum=0.5)
         labels, opt_y = hard, None
         if config.learn_labels:
             with torch.no_grad():
-                logits = functional_call(model, unflatten(params[0, -1].to(device), layout), (images.detach(),))
+                theta = unflatten(params[0, -1].to(device), layout)
+                logits = functional_call(model, theta, (decoded(images.detach()),))
             labels = logits.detach().clone().requires_grad_(True)
             opt_y = torch.optim.SGD([labels], lr=config.lr_labels, momentum=0.5)
         augment = build_augmentation(config.augmentation)
@@ -374,8 +433,15 @@ class MTT(Synthesizer):
             aug_params = [augment.sample(torch.Size((len(b), *info.image_shape)), aug_gen) for b in batches]
             steps = StudentSteps(model, layout, batches, augment, aug_params)
             start, target = params[e, t].to(device), params[e, t + m].to(device)
-            res = meta_gradient(steps, images, labels, alpha, start, target, config.learn_labels)
-            images.grad, alpha.grad = res.images, res.alpha.reshape(alpha.shape)
+            if decoder is None:
+                res = meta_gradient(steps, images, labels, alpha, start, target, config.learn_labels)
+                images.grad = res.images
+            else:  # the meta-gradient on the instances, carried through the decode to the stored pixels
+                with torch.enable_grad():
+                    instances = decoder.decode(images)
+                res = meta_gradient(steps, instances, labels, alpha, start, target, config.learn_labels)
+                (images.grad,) = torch.autograd.grad(instances, images, res.images)
+            alpha.grad = res.alpha.reshape(alpha.shape)
             opt_img.step()
             opt_lr.step()
             if opt_y is not None:
@@ -417,8 +483,9 @@ class MTT(Synthesizer):
             config={**dataclasses.asdict(config), **derived},
             seed=seed,
             images=pixels,
-            labels=picked.labels,
+            labels=picked.labels[::per_image],
             ipc=ipc,
+            formation=decoder,
             teachers=[],
         )
         if config.learn_labels:
