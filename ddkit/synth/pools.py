@@ -68,10 +68,22 @@ class Slot:
     """One network of the pool and what it has been through."""
 
     net: torch.nn.Module
-    optimizer: torch.optim.SGD
+    momentum: list[torch.Tensor]  # SGD momentum buffer per parameter (zeros before the first step)
     serial: int  # the n-th network this pool made (its seed and its age)
     steps: int = 0  # real-data SGD steps taken
     accuracy: float = 0.0  # on its last training batch (weights the class-aware regularizer)
+
+
+def sgd_step(params: list[torch.Tensor], momentum: list[torch.Tensor], lr: float, mu: float,
+             weight_decay: float) -> None:
+    """One step of SGD with momentum and weight decay, as torch.optim.SGD takes it (dampening 0):
+    d = g + wd·p; b ← μ·b + d; p ← p − lr·b. (Written out so that a pool costs no optimizer import
+    and its whole state is the parameters and these buffers.)"""
+    with torch.no_grad():
+        for p, buf in zip(params, momentum):
+            d = p.grad.add(p, alpha=weight_decay) if weight_decay else p.grad
+            buf.mul_(mu).add_(d)
+            p.sub_(buf, alpha=lr)
 
 
 class ModelPool:
@@ -96,8 +108,7 @@ class ModelPool:
         self.next_serial += 1
         net = self.make_net(derive_seed(self.seed, "pool-net", serial)).to(self.device)
         _freeze(net)
-        opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-        slot = Slot(net, opt, serial)
+        slot = Slot(net, [torch.zeros_like(p) for p in net.parameters()], serial)
         self._train(slot, s.warmup_steps, generator(self.seed, "pool-warmup", serial))
         return slot
 
@@ -127,18 +138,19 @@ class ModelPool:
     def _train(self, slot: Slot, steps: int, gen: torch.Generator) -> None:
         if steps <= 0:
             return
-        net, n = slot.net, len(self.labels)
+        s, net, n = self.settings, slot.net, len(self.labels)
+        params = list(net.parameters())
         net.train()
-        for p in net.parameters():
+        for p in params:
             p.requires_grad_(True)
-        draws = [torch.randint(n, (self.settings.batch,), generator=gen) for _ in range(steps)]
+        draws = [torch.randint(n, (s.batch,), generator=gen) for _ in range(steps)]
         for idx, x in zip(draws, batches_at(self.images, draws)):
             y = self.labels[idx.to(self.device)]
             logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            slot.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            slot.optimizer.step()
+            for p in params:
+                p.grad = None
+            F.cross_entropy(logits, y).backward()
+            sgd_step(params, slot.momentum, s.lr, s.momentum, s.weight_decay)
             slot.steps += 1
             slot.accuracy = float((logits.detach().argmax(1) == y).float().mean())
         _freeze(net)
@@ -152,28 +164,23 @@ class ModelPool:
         for k, slot in enumerate(self.slots):
             for i, t in enumerate(slot.net.state_dict().values()):
                 out[f"{PREFIX}{k}.state{i}"] = t.detach().cpu().numpy()
-            for i, p in enumerate(slot.net.parameters()):
-                buf = slot.optimizer.state.get(p, {}).get("momentum_buffer")
-                out[f"{PREFIX}{k}.momentum{i}"] = (torch.zeros_like(p) if buf is None else buf).detach().cpu().numpy()
+            for i, buf in enumerate(slot.momentum):
+                out[f"{PREFIX}{k}.momentum{i}"] = buf.detach().cpu().numpy()
         return out
 
     def restore(self, arrays: dict[str, np.ndarray]) -> None:
-        """Rebuild the state `arrays()` saved. A zero momentum buffer continues exactly as a missing
-        one (SGD's first step sets it to the gradient, which is what 0·momentum + gradient gives)."""
+        """Rebuild the state `arrays()` saved."""
         self.slots = []
         self.next_serial = int(arrays[f"{PREFIX}next_serial"][0])
         accuracy = arrays[f"{PREFIX}accuracy"]
         for k, (serial, steps) in enumerate(arrays[f"{PREFIX}meta"].tolist()):
-            s = self.settings
             net = self.make_net(derive_seed(self.seed, "pool-net", serial)).to(self.device)
             keys = list(net.state_dict())
             net.load_state_dict({key: torch.from_numpy(arrays[f"{PREFIX}{k}.state{i}"]) for i, key in enumerate(keys)})
             _freeze(net)
-            opt = torch.optim.SGD(net.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
-            for i, p in enumerate(net.parameters()):
-                buf = torch.from_numpy(arrays[f"{PREFIX}{k}.momentum{i}"])
-                opt.state[p]["momentum_buffer"] = buf.to(p.device, p.dtype).clone()
-            self.slots.append(Slot(net, opt, int(serial), int(steps), float(accuracy[k])))
+            momentum = [torch.from_numpy(arrays[f"{PREFIX}{k}.momentum{i}"]).to(p.device, p.dtype).clone()
+                        for i, p in enumerate(net.parameters())]
+            self.slots.append(Slot(net, momentum, int(serial), int(steps), float(accuracy[k])))
 
 
 def pool_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
