@@ -5,6 +5,7 @@
     python scripts/gpu_check.py --json gpu_check.json # also the table as JSON
     python scripts/gpu_check.py --device cpu --dataset procedural --stages teacher,evaluate   # a smoke run
     python scripts/gpu_check.py --stages decode       # only the image-decode rates (no teacher)
+    python scripts/gpu_check.py --stages presets      # only the paper presets' iteration times
 
 The chain: a teacher trained for a few epochs on the dataset (fashion-mnist-mini by default), every
 registered synthesizer at IPC 1 with small configs (MTT from a one-expert buffer), every selector
@@ -14,6 +15,11 @@ The `decode` stage writes a JPEG folder (scripts/make_image_folder.py, with a re
 times one streamed pass over it per decode backend (`ddkit.data.batch_decode`): PIL in the DataLoader
 workers, then nvjpeg batch decode on the GPU (torchvision in the workers with --device cpu), in
 images/s, with the largest pixel difference from the PIL pass.
+The `presets` stage times a few iterations of dm and mtt under `preset=paper` (the published recipes:
+DM's 20 000 iterations of a width-128 ConvNet with 256 real images per class; MTT's IPC row with
+its syn_steps unrolled student steps, from a one-expert buffer long enough for the row) at IPC
+10, as the difference between a run of 1 and a run of 1 + N iterations (so set-up is not counted),
+and extrapolates the full recipe's time. It runs on a GPU only: on a CPU it is reported as skipped.
 Per stage it prints wall seconds, peak GPU memory (torch.cuda.max_memory_allocated, reset before
 each stage) and, where the stage runs distance work, which `ddkit.index` backend did it (faiss-gpu,
 torch on the GPU, or a CPU engine). A failing stage is reported with its error and the chain goes
@@ -40,7 +46,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-STAGES = ("teacher", "synth", "select", "pool", "evaluate", "decode")
+STAGES = ("teacher", "synth", "select", "pool", "evaluate", "decode", "presets")
+PRESET_IPC = 10  # the presets stage distils at this IPC (MTT's IPC-10 row)
 # The smallest settings that still run each method end to end (as in tests/test_contracts.py);
 # a method not named here runs with its defaults.
 SYNTH_CONFIGS = {
@@ -182,8 +189,8 @@ def run_chain(args, work: Path, report: Report) -> None:
         return only is None or name in only
 
     r.run("setup (imports, CUDA context)", lambda: _warm_up(dev))
-    teacher = r.run("teacher", lambda: _teacher(work, dataset, dev, args.teacher_epochs)) if stages - {"decode"} \
-        else None
+    teacher = r.run("teacher", lambda: _teacher(work, dataset, dev, args.teacher_epochs)) \
+        if stages - {"decode", "presets"} else None
     random_real = None
     if "synth" in stages:
         experts = None
@@ -233,6 +240,17 @@ def run_chain(args, work: Path, report: Report) -> None:
             r.run(f"evaluate:{label}", lambda p=protocol, label=label: _evaluate(random_real, p, teacher, dev, args.steps,
                                                                                     label),
                   needs=needs)
+    if "presets" in stages:
+        if not r.cuda and not args.presets_on_cpu:
+            for method in ("dm", "mtt"):
+                report.stages.append(StageResult(f"preset:{method}", None, note="skipped: presets are timed on a GPU"))
+                print(_row(report.stages[-1]), flush=True)
+        else:
+            shrink = PRESET_SHRINK_CPU if not r.cuda else {}
+            r.run("preset:dm", lambda: _preset(work, "dm", dataset, dev, args.preset_iterations, shrink.get("dm")))
+            experts = r.run("experts (for preset:mtt)", lambda: _preset_experts(work, dataset, dev, shrink.get("experts")))
+            r.run("preset:mtt", lambda: _preset(work, "mtt", dataset, dev, args.preset_iterations, shrink.get("mtt"),
+                                                experts), needs=(experts,))
     if "decode" in stages:
         folder = r.run("decode:folder", lambda: _decode_folder(work, args.decode_images, args.decode_size))
         reference: dict = {}
@@ -316,6 +334,51 @@ def _evaluate(train_set: str, protocol: str, teacher: str | None, device: str, s
     card = evaluate(train_set, protocol, seeds=[0], teachers=[teacher] if label == "soft" else [], device=device,
                     baseline=False, full_reference=False, steps=steps, write_card=False, ranking=False)
     return train_set, f"{protocol}, {steps} steps, accuracy {card.result.mean:.3f}"
+
+
+# --presets-on-cpu (the test suite's smoke run): the presets' code path with tiny networks
+PRESET_SHRINK_CPU = {
+    "dm": {"net_options": "depth=2,width=8,norm=instance", "batch_real": 8},
+    "mtt": {"syn_steps": 2, "max_start_epoch": 1, "expert_epochs": 1, "model": ""},
+    "experts": {"model_options": {"width": 8, "depth": 2}, "epochs": 2},
+}
+
+
+def _preset_experts(work: Path, dataset: str, device: str, shrink: dict | None = None):
+    """One expert of the paper's architecture (ConvNet-3, width 128, instance norm), trained for as many
+    epochs as MTT's IPC row needs (max_start_epoch + expert_epochs)."""
+    from ddkit.experts import ExpertTraining, train_experts
+    from ddkit.synth.mtt import mtt_paper_preset
+
+    row = mtt_paper_preset(PRESET_IPC)
+    shrink = shrink or {}
+    epochs = shrink.get("epochs", row["max_start_epoch"] + row["expert_epochs"])
+    out = work / "preset.experts.h5"
+    train_experts(out, dataset, "convnet", shrink.get("model_options", {}), 1, ExpertTraining(epochs=epochs), device=device)
+    return str(out), f"1 expert × {epochs} epochs (the paper's buffer: 100 × 50)"
+
+
+def _preset(work: Path, method: str, dataset: str, device: str, iterations: int, shrink: dict | None = None,
+            experts: str | None = None):
+    """Seconds per iteration of `method` under preset=paper at PRESET_IPC: a run of 1 iteration and one
+    of 1 + `iterations`, the difference divided by `iterations`; and the full recipe's extrapolated time."""
+    from ddkit.config import build_config
+    from ddkit.synth import SYNTHESIZERS, run_synthesizer
+
+    config = {"preset": "paper", **(shrink or {}), **({"experts": experts} if experts else {})}
+    walls = []
+    for n in (1, 1 + iterations):
+        start = time.perf_counter()
+        run_synthesizer(method, dataset, [], PRESET_IPC, {**config, "iterations": n}, seed=0,
+                        out=work / f"preset-{method}-{n}.ddk.h5", device=device)
+        walls.append(time.perf_counter() - start)
+    per_iteration = max(0.0, walls[1] - walls[0]) / iterations
+    full = build_config(SYNTHESIZERS.get(method).Config, {k: v for k, v in config.items() if k != "experts"} | (
+        {"experts": "x"} if method == "mtt" else {}), context={"ipc": PRESET_IPC})
+    hours = per_iteration * full.iterations / 3600
+    return (str(work / f"preset-{method}-{1 + iterations}.ddk.h5"),
+            f"preset=paper IPC {PRESET_IPC}: {per_iteration:.3f} s/iteration over {iterations}; "
+            f"{full.iterations} iterations ≈ {hours:.2f} h")
 
 
 def _script(name: str):
@@ -405,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soft-protocol", default="teacher-cpu@2")
     parser.add_argument("--decode-images", type=int, default=4000, help="decode stage: JPEGs in its folder (train)")
     parser.add_argument("--decode-size", type=int, default=160, help="decode stage: their side in pixels")
+    parser.add_argument("--preset-iterations", type=int, default=5, help="presets stage: iterations timed per method")
+    parser.add_argument("--presets-on-cpu", action="store_true",
+                        help="run the presets stage on a CPU too, with tiny networks (a smoke run of its code path)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the files made here (default: a temp folder)")
     parser.add_argument("--verbose", action="store_true", help="print the traceback of a failing stage")
