@@ -78,3 +78,17 @@ def test_decode_stage_alone_measures_both_backends_without_a_teacher(script, tmp
     note = stages["decode:torchvision"]["note"]
     assert "torchvision in the workers" in note and "vs pil: max |Δ| " in note
     assert int(note.split("max |Δ| ")[1].split("/")[0]) <= 2  # the resize's rounding, nothing more
+
+
+def test_presets_stage_skips_on_cpu_and_its_code_path_runs_with_tiny_nets(script, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDKIT_PROGRESS", "0")
+    out = tmp_path / "check.json"
+    assert script.main(["--device", "cpu", "--dataset", "procedural", "--stages", "presets", "--json", str(out)]) == 0
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    assert list(stages) == ["setup (imports, CUDA context)", "preset:dm", "preset:mtt"]
+    assert stages["preset:dm"]["ok"] is None and "on a GPU" in stages["preset:dm"]["note"]
+    assert script.main(["--device", "cpu", "--dataset", "procedural", "--stages", "presets", "--presets-on-cpu",
+                        "--preset-iterations", "1", "--json", str(out)]) == 0
+    stages = {s["stage"]: s for s in json.loads(out.read_text())["stages"]}
+    assert [stages[k]["ok"] for k in ("preset:dm", "experts (for preset:mtt)", "preset:mtt")] == [True] * 3
+    assert "20000 iterations ≈" in stages["preset:dm"]["note"] and "5000 iterations ≈" in stages["preset:mtt"]["note"]
