@@ -145,6 +145,41 @@ def test_learned_soft_labels(experts, tmp_path):
     assert logits.shape == (20, 10) and logits.dtype == np.float16 and np.isfinite(logits).all()
 
 
+def test_meta_gradient_through_the_formation_decode_matches_finite_differences():
+    """formation=2: 3 stored 8×8 images decode into the 12 student instances; the meta-gradient on the
+    instances carried through the decode (what the synthesizer does) is the derivative of the loss as a
+    function of the stored pixels."""
+    from ddkit.store import MultiFormation
+
+    steps, _, hard, _, start, target = _problem(torch.float64)
+    decoder, alpha = MultiFormation(2), torch.tensor(0.1, dtype=torch.float64)
+    stored = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def loss(x):
+        return meta_gradient_constant(steps, decoder.decode(x), hard, alpha, start, target).loss
+
+    x = stored.clone().requires_grad_(True)
+    instances = decoder.decode(x)
+    res = meta_gradient_constant(steps, instances, hard, alpha, start, target)
+    (grad,) = torch.autograd.grad(instances, x, res.images)
+    v = torch.randn(stored.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    eps = 1e-5
+    numeric = (loss(stored + eps * v) - loss(stored - eps * v)) / (2 * eps)
+    assert float((grad * v).sum()) == pytest.approx(numeric, rel=1e-5)
+
+
+def test_formation_file_stores_ipc_images_decoding_into_their_instances(experts, tmp_path):
+    out = tmp_path / "f.ddk.h5"
+    run_synthesizer("mtt", "procedural", [], 2, {"experts": experts, **TINY, "formation": 2, "learn_labels": True},
+                    seed=0, out=out)
+    with DistilledDataset(out) as ds:
+        assert ds.num_stored == 20 and len(ds) == 80 and ds.formation.factor == 2
+        assert len(ds.header.config["source_ids"]) == 80 and ds.soft["logits"].rows == 80
+    with pytest.raises(InvalidInput, match="at most 8"):
+        run_synthesizer("mtt", "procedural", [], 2, {"experts": experts, **TINY, "formation": 9}, out=tmp_path / "x.ddk.h5")
+    assert not (tmp_path / "x.ddk.h5").exists()
+
+
 def test_resume_equals_uninterrupted(experts, synthesized, tmp_path, monkeypatch):
     out = tmp_path / "r.ddk.h5"
     config = {"experts": experts, **TINY, "checkpoint_every": 2}
