@@ -145,7 +145,7 @@ def require_valid(ds: DistilledDataset) -> None:
 def _validate_distilled(report: ValidationReport, path, num_classes, image_shape) -> None:
     opened: list[DistilledDataset] = []
     if not report.run(
-        "structure (header, image shape and dtype, label range, composite)",
+        "structure (header, image shape and dtype, label range, composite, formation)",
         lambda: opened.append(DistilledDataset(path, verify=False)),
     ):
         return
