@@ -8,8 +8,8 @@ all of them cost the same bytes (a factor-n formation decodes them into ipc·n²
 One DM run (seed 0) per variant is scored at iteration milestones: one student per seed is trained
 on the (decoded) instances under each protocol — by default `hard-cpu@2`, the cheap screen, and
 `hard-paper@2`, the field's recipe as BENCHMARKS `field` measures it (`--protocols` takes any, e.g.
-`hard-paper@1`) — and scored on the val split, beside random real images at the
-same bytes (ipc real images per class of the same part). Each record holds the val accuracies, the
+`hard-paper@1`) — and scored on the val split, beside random real images at the same bytes (ipc
+real images per class of the same part). Each record holds the val accuracies, the
 synthesis wall and CPU seconds up to that milestone (CPU: `time.process_time`, all threads of the
 process), the student training seconds, and the mean matching loss of the last 10 iterations.
 Records go to `--out` (default runs/field/idm_val_study.json), merged under a lock so several
