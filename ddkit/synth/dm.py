@@ -351,7 +351,8 @@ class DM(Synthesizer):
         if teachers:
             instances = pixels if decoder is None else decoder.decode(pixels).clamp_(0.0, 1.0)
             dset.soft["logits"] = LogitsLabels(static_labels(teachers, instances, info.normalization, device), meta={
-                "recipe": "mean of the teachers' logits on the final distilled images (the decoded instances)",
+                "recipe": "mean of the teachers' logits on the final distilled images"
+                          + ("" if decoder is None else " (their decoded instances)"),
                 "teachers": [t.header.tensors_sha256 for t in teachers],
             })
         return dset
