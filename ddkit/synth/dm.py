@@ -253,8 +253,8 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
         return create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes,
                             seed=net_seed, **net_kwargs)
 
-    real_images = normalized_source(source, device)
     pool = state.pool
+    real_images = pool.images if pool is not None else normalized_source(source, device)  # one copy, not two
     if config.pool_size and pool is None:
         pool = ModelPool(config.pool_settings(), make_net, real_images, source.labels, seed, device)
         if state.saved_pool:
