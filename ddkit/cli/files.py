@@ -78,7 +78,7 @@ def _validate_and_report(validate_file, path, teacher):
               help="auto: the stored images of a file with a formation, else the training instances")
 @click.option("--overwrite", is_flag=True)
 def show(path, out, per_class, max_rows, what, overwrite):
-    """Render a per-class grid of a distilled file's instances (or its stored images, or compensators) to a PNG."""
+    """Render a per-class grid of a distilled file's instances (or its compensators) to a PNG."""
     from ddkit.store import render_grid
 
     drawn = render_grid(local(path), out, per_class=per_class, what=what, overwrite=overwrite, max_rows=max_rows)
