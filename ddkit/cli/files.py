@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, OUT_FILE, local, print_json
+from ddkit.cli.common import COUNT, OUT_FILE, device_option, local, print_json
 
 
 @click.command()
@@ -34,7 +34,7 @@ def info(path, as_json):
 @click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
 @click.option("--dataset", default=None,
               help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
-@click.option("--device", default=None, help="with --against: cpu, cuda, or auto (default), where the search runs")
+@device_option("; with --against: where the search runs")
 def validate(path, teacher, against, no_write, dataset, device):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space
     (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""

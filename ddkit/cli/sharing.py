@@ -103,10 +103,11 @@ def catalog_ls(catalog_path, dataset, method, ipc, protocol, sort, limit, as_jso
 @click.argument("entry_id")
 @_CATALOG
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also copy the verified file here")
-def catalog_get(entry_id, catalog_path, out):
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+def catalog_get(entry_id, catalog_path, out, overwrite):
     """Fetch an indexed file (by id or content-hash prefix) and verify it against the index."""
     from ddkit.share.catalog import Catalog
 
     with Catalog(catalog_path) as cat:
-        path = cat.get(entry_id, out)
+        path = cat.get(entry_id, out, overwrite=overwrite)
     click.echo(str(path))

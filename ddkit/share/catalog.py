@@ -212,7 +212,7 @@ class Catalog:
         with open(row["location"], "rb") as fh:
             return "ok" if _seal_sha(fh.read(SEAL_BYTES)) == row["seal_sha256"] else "stale"
 
-    def get(self, key: str, out: str | os.PathLike | None = None) -> Path:
+    def get(self, key: str, out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
         """Fetch the file indexed as `key` (an id or a content-hash prefix), verified against the index."""
         field, value = ("id = ?", int(key)) if key.isdigit() else ("content_sha256 LIKE ?", f"{key}%")
         rows = self.db.execute(f"SELECT location, content_sha256, status FROM files WHERE {field}", (value,)).fetchall()
@@ -227,7 +227,7 @@ class Catalog:
         if out is not None:
             from ddkit.fileio import atomic_output
 
-            with atomic_output(out) as tmp:
+            with atomic_output(out, overwrite) as tmp:
                 shutil.copyfile(path, tmp)
             return Path(out)
         return path
