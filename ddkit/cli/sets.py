@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ddkit.cli.common import COUNT, OUT_FILE, argv_without, config_option, device_option, local
-from ddkit.data import DEFAULT_DATASET
+from ddkit.datainfo import DEFAULT_DATASET
 
 
 @click.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, POSITIVE, device_option, print_json
-from ddkit.data import DEFAULT_DATASET
+from ddkit.datainfo import DEFAULT_DATASET
 
 
 @click.group()

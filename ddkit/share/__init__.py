@@ -8,7 +8,12 @@
 - `catalog`: an SQLite index over the headers and result cards of many files; the files stay the truth.
 """
 
-from ddkit.share.convert import ExportReport, export_file, import_set
-from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions
+from ddkit.lazy import lazy_exports
+
+# Resolved on first use: the formats import torch, and `ddkit catalog` / `ddkit info URL` need none of them.
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "ExportReport": "convert", "export_file": "convert", "import_set": "convert",
+    "EXPORTERS": "formats", "IMPORTERS": "formats", "ImportOptions": "formats",
+})
 
 __all__ = ["EXPORTERS", "IMPORTERS", "ExportReport", "ImportOptions", "export_file", "import_set"]

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, transformed_sample
-from ddkit.errors import FileFormatError, InvalidInput
-from ddkit.store.composite import AdditiveComposite, instance_labels, read_composite
-from ddkit.store.distilled import IMAGE_DTYPES, check_labels, check_provenance
-from ddkit.store.h5io import DAMAGED_FIX, open_h5, open_store, reading, should_verify, verify_content
+from ddkit.errors import InvalidInput
+from ddkit.store.composite import AdditiveComposite
+from ddkit.store.h5io import open_h5, open_store, reading, should_verify, verify_content
+from ddkit.store.meta import read_distilled_meta
 from ddkit.store.payloads import LabelPayload, LogitsLabels, read_payload
 from ddkit.store.results import read_results
-from ddkit.store.schema import DISTILLED_FORMAT, Budget, DistilledHeader, attr_text, decode_attrs
+from ddkit.store.schema import DISTILLED_FORMAT, Budget, DistilledHeader
 
 
 def to_unit_float(array: np.ndarray) -> torch.Tensor:
@@ -93,33 +93,13 @@ class DistilledDataset(torch.utils.data.Dataset):
         return asked or usable[0]
 
     def _load_metadata(self, h5: h5py.File) -> None:
-        self.header: DistilledHeader = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
-        check_provenance(self.header.method, self.header.config, self.header.teachers)
-        self.content_sha256: str = attr_text(h5.attrs["content_sha256"])
-        for name in ("images", "labels"):
-            if not isinstance(h5.get(name), h5py.Dataset):
-                raise FileFormatError(f"{self.path} has no /{name} dataset", DAMAGED_FIX)
-        images, labels = h5["images"], h5["labels"]
-        shape = tuple(self.header.dataset.info.image_shape)
-        if images.dtype.name not in IMAGE_DTYPES or images.ndim != 4 or images.shape[1:] != shape:
-            raise FileFormatError(
-                f"{self.path}: /images is {images.dtype} {images.shape}, expected float16/uint8 N×{'×'.join(map(str, shape))}",
-                DAMAGED_FIX,
-            )
-        self.num_stored = images.shape[0]
-        # Declared sizes against each other and the header before any array is read.
-        if labels.shape != (self.num_stored,) or self.num_stored > self.header.budget.instances:
-            raise FileFormatError(
-                f"{self.path}: /labels {labels.shape} and /images {images.shape} disagree with each other or with the "
-                f"recorded {self.header.budget.instances} instances", DAMAGED_FIX)
-        stored_labels = torch.from_numpy(labels[()])
-        check_labels(stored_labels, self.header.num_classes, self.num_stored, "/labels")
-        self.composite: AdditiveComposite | None = None
-        if "composite" in h5:
-            self.composite = read_composite(h5["composite"], self.path)
-            self.composite.check(self.num_stored, shape)
-        self.labels: torch.Tensor = instance_labels(stored_labels, self.composite)
-        self.soft_schemes: list[str] = sorted(h5["soft"]) if "soft" in h5 else []
+        meta = read_distilled_meta(h5, self.path)
+        self.header: DistilledHeader = meta.header
+        self.content_sha256: str = meta.content_sha256
+        self.num_stored = meta.num_stored
+        self.composite: AdditiveComposite | None = meta.composite
+        self.labels: torch.Tensor = torch.from_numpy(meta.labels)
+        self.soft_schemes: list[str] = meta.soft_schemes
 
     # -- the per-process HDF5 handle -------------------------------------------------------------
     def _h5(self) -> h5py.File:

@@ -12,19 +12,22 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 import ddkit
-from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
 from ddkit.records import check_value
 from ddkit.store.arrays import as_array
-from ddkit.store.distilled import check_provenance
 from ddkit.store.h5io import open_store, read_group_arrays, reading, should_verify, verify_content, write_store
+from ddkit.store.meta import check_provenance
 from ddkit.store.schema import SELECTION_FORMAT, attr_text, decode_attrs, encode_attrs
+
+if TYPE_CHECKING:  # selections are read without torch; only resolving one loads its pool
+    from ddkit.data import ImageDataset
 
 HEADER_FIELDS = ("method", "method_version", "config", "seed", "pool", "teachers", "created", "ddkit_version")
 ARRAY_FIELDS = ("ids", "score", "rank", "round")
@@ -177,6 +180,8 @@ def resolve_selection(sel_or_path: Selection | str | os.PathLike, pool: ImageDat
     opened from the file's record: pass it); it must have the recorded fingerprint, so the ids are
     known to resolve to the pixels that were selected.
     """
+    from ddkit.data import load_dataset, recorded_dataset
+
     sel = sel_or_path if isinstance(sel_or_path, Selection) else read_selection(sel_or_path)
     record = sel.pool
     if pool is None:  # by its registry name only: a pool:PATH / imagefolder:PATH source must be passed
