@@ -116,7 +116,7 @@ def test_pool_dedup_and_validate_against_report_their_stages(tmp_path, monkeypat
     dedup_pool(path, None, tmp_path / "d.pool.h5", test_dataset="procedural")
     err = capsys.readouterr().err
     for stage in ("pool dedup 1/3", "pool dedup 2/3", "pool dedup 3/3", "copy check: indexing", "copy check: verifying",
-                  "writing 60 pool samples: done"):
+                  "pool samples: done"):
         assert stage in err, (stage, err)
     check_file(path, "procedural", record=False)
     assert "copy check: verifying the candidates of 60 images: done" in capsys.readouterr().err
