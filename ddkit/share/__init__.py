@@ -11,9 +11,9 @@
 from ddkit.lazy import lazy_exports
 
 # Resolved on first use: the formats import torch, and `ddkit catalog` / `ddkit info URL` need none of them.
+# Every name comes through `convert`, which imports each format module (and so registers the formats).
 __getattr__, __dir__ = lazy_exports(globals(), {
-    "ExportReport": "convert", "export_file": "convert", "import_set": "convert",
-    "EXPORTERS": "formats", "IMPORTERS": "formats", "ImportOptions": "formats",
+    name: "convert" for name in ("ExportReport", "export_file", "import_set", "EXPORTERS", "IMPORTERS", "ImportOptions")
 })
 
 __all__ = ["EXPORTERS", "IMPORTERS", "ExportReport", "ImportOptions", "export_file", "import_set"]
