@@ -86,17 +86,20 @@ def catalog_scan(roots, catalog_path):
 @click.option("--dataset", default=None)
 @click.option("--method", default=None)
 @click.option("--ipc", default=None, type=int)
-@click.option("--protocol", default=None, help="show the result under this protocol")
-@click.option("--sort", default="gain", show_default=True, type=click.Choice(["gain", "accuracy", "bytes", "created"]))
+@click.option("--protocol", default=None, help="only cards under this protocol (NAME@VERSION; a bare name: its one indexed version)")
+@click.option("--derived", is_flag=True, help="list only the cards of derived protocols (shortened --steps runs), never ranked")
+@click.option("--sort", default="gain", show_default=True, type=click.Choice(["gain", "accuracy", "bytes", "created"]),
+              help="the order within each protocol and IPC")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def catalog_ls(catalog_path, dataset, method, ipc, protocol, sort, limit, as_json):
-    """List indexed files (best first), with damaged and stale ones marked."""
+def catalog_ls(catalog_path, dataset, method, ipc, protocol, derived, sort, limit, as_json):
+    """List indexed files by protocol and IPC (best first within each), damaged and stale ones marked."""
     from ddkit.share.catalog import Catalog, format_rows
 
     with Catalog(catalog_path) as cat:
-        rows = cat.ls(dataset=dataset, method=method, ipc=ipc, protocol=protocol, sort=sort, limit=limit)
-    print_json(rows) if as_json else click.echo(format_rows(rows))
+        rows = cat.ls(dataset=dataset, method=method, ipc=ipc, protocol=protocol, sort=sort, limit=limit, derived=derived)
+        empty = "" if rows else cat.explain_empty(protocol, derived, dataset=dataset, method=method, ipc=ipc)
+    print_json(rows) if as_json else click.echo(format_rows(rows, empty))
 
 
 @catalog.command("get")
@@ -105,7 +108,7 @@ def catalog_ls(catalog_path, dataset, method, ipc, protocol, sort, limit, as_jso
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also copy the verified file here")
 @click.option("--overwrite", is_flag=True, help="replace an existing --out file")
 def catalog_get(entry_id, catalog_path, out, overwrite):
-    """Fetch an indexed file (by id or content-hash prefix) and verify it against the index."""
+    """Fetch an indexed file by its id (a content-hash prefix, as `catalog ls` shows) and verify it."""
     from ddkit.share.catalog import Catalog
 
     with Catalog(catalog_path) as cat:

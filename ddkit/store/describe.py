@@ -156,13 +156,19 @@ def _results_table(results: dict) -> list[str]:
     rows = [summarize_card(name, card) for name, card in sorted(results.items())]
     width = max(8, *(len(r["protocol"]) for r in rows))
     lines = ["  results     test accuracy (%), mean ± std over seeds; random real at the same budget; gain in points;",
-             "              DD-Ranking's HLR (lower is better), IOR and LRS, where measured",
-             f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}  {'HLR':>6}  {'IOR':>6}  {'LRS':>6}"]
-    for r in rows:
-        acc = f"{_percent(r['mean'])} ± {_percent(r['std'])}"
-        rnd = f"{_percent(r['random_mean'])} ± {_percent(r['random_std'])}"
-        lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_percent(r['gain'], True):>7}  "
-                     f"{_percent(r.get('hlr')):>6}  {_percent(r.get('ior'), True):>6}  {_percent(r.get('lrs')):>6}")
+             "              DD-Ranking's HLR (lower is better), IOR and LRS, where measured"]
+    head = f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}  {'HLR':>6}  {'IOR':>6}  {'LRS':>6}"
+    full, derived = [r for r in rows if not r["derived"]], [r for r in rows if r["derived"]]
+    for title, group in ((None, full), ("  shortened or altered runs (derived protocols: not comparable with the "
+                                        "protocols' own results)", derived)):
+        if not group:
+            continue
+        lines += ([title] if title else []) + [head]
+        for r in group:
+            acc = f"{_percent(r['mean'])} ± {_percent(r['std'])}"
+            rnd = f"{_percent(r['random_mean'])} ± {_percent(r['random_std'])}"
+            lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_percent(r['gain'], True):>7}  "
+                         f"{_percent(r.get('hlr')):>6}  {_percent(r.get('ior'), True):>6}  {_percent(r.get('lrs')):>6}")
     return lines
 
 
