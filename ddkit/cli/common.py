@@ -115,3 +115,13 @@ def config_option(help_text: str = "method option, parsed by the type of the met
         return parse_pairs(list(pairs), "--config")
 
     return click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", callback=to_dict, help=help_text)
+
+
+def one_output(positional, option):
+    """The output of a verb that takes it as `--out PATH` like every other verb, or (as it once did) as
+    a last positional argument; given twice, or not at all, is a usage error."""
+    if positional is not None and option is not None and positional != option:
+        raise click.UsageError(f"the output is given twice ({positional} and --out {option}): give it once, as --out PATH")
+    if positional is None and option is None:
+        raise click.UsageError("missing the output: give --out PATH")
+    return positional if positional is not None else option

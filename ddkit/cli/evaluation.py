@@ -10,7 +10,9 @@ from ddkit.datainfo import DEFAULT_DATASET
 
 @click.command()
 @click.argument("train_set")
-@click.option("--protocol", default="hard-cpu", show_default=True, help="registered protocol (`ddkit list protocols`)")
+@click.option("--protocol", default="hard-cpu", show_default=True,
+              help="registered protocol, NAME@VERSION; a bare NAME is its newest version, and the card names the one "
+                   "used (`ddkit list protocols`, `ddkit describe NAME`); results under different versions never compare")
 @click.option("--seeds", default=3, show_default=True, type=COUNT, help="number of seeds (0..N-1)")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher(s) for teacher/stored protocols")
 @device_option()

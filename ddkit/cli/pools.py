@@ -77,7 +77,7 @@ def pool_dedup(pool_path, detector, teacher, test_dataset, threshold, test_thres
 @device_option()
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): shards of the batch grid are shared out, rank 0 writes")
 @click.option("--resume", is_flag=True, help="reuse the finished shards of an interrupted run (OUT.work/)")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing output, and start over from an interrupted run's OUT.work/")
 @click.option("--json", "as_json", is_flag=True)
 def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, nproc, resume, overwrite, as_json):
     """Teacher logits (and probs, embeddings) of every sample of POOL (a .pool.h5, or a dataset's train

@@ -17,8 +17,8 @@ from ddkit.datainfo import DEFAULT_DATASET
 @click.option("--seed", default=0, show_default=True)
 @device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .ddk.h5 file")
-@click.option("--overwrite", is_flag=True)
-@click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items")
+@click.option("--overwrite", is_flag=True, help="replace an existing output, and start over from an interrupted run's OUT.work/")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items (OUT.work/)")
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): work items are shared out, rank 0 writes")
 def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume, nproc):
     """Distill DATASET into a compact .ddk.h5 training set."""

@@ -100,7 +100,7 @@ def experts():
 @device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .experts.h5 file")
 @click.option("--resume", is_flag=True, help="reuse finished experts and epochs of an interrupted run (OUT.work/)")
-@click.option("--overwrite", is_flag=True, help="replace an existing output file")
+@click.option("--overwrite", is_flag=True, help="replace an existing output file, and start over from an interrupted run's OUT.work/")
 def experts_train(dataset, model, model_opt, num_experts, epochs, lr, momentum, weight_decay, batch_size, augmentation,
                   seed, device, out, resume, overwrite):
     """Train N experts on DATASET and record their parameters after every epoch."""

@@ -80,7 +80,7 @@ def export_imagefolder(src: Exportable, folder: Path) -> list[str]:
         "builder): the folders are named `<class index>_<class name>`, so sorting them, as those loaders do, gives "
         "the class indices; `classes.json` lists them in label order. With ddkit: "
         "`ddkit import OUT --from imagefolder --dataset "
-        f"{src.header.dataset.info.name} set.ddk.h5`."
+        f"{src.header.dataset.info.name} --out set.ddk.h5`."
     )
     (folder / "README.md").write_text(card_text(src, "imagefolder", how))
     notes = (

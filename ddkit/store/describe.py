@@ -68,7 +68,8 @@ def info_dict(path: str | os.PathLike) -> dict:
         return common | {
             "method": sel.method, "method_version": sel.method_version, "seed": sel.seed,
             "created": sel.created, "ddkit_version": sel.ddkit_version, "pool": sel.pool,
-            "kept": len(sel), "rounds": int(sel.round.max()) + 1, "extra": sorted(sel.extra),
+            "kept": len(sel), "rounds": {int(r): int(c) for r, c in zip(*np.unique(sel.round, return_counts=True))},
+            "class_counts": sel.class_counts or None, "extra": sorted(sel.extra),
             "teachers": sel.teachers, "config": sel.config,
         }
     h = meta.header
@@ -182,6 +183,22 @@ def describe(path: str | os.PathLike) -> str:
     return render_info(d)
 
 
+def _rounds(rounds) -> str:
+    """'picked in one round (round 1)' or 'over 3 rounds (round 0: 10, round 1: 5, round 2: 5)'."""
+    if not isinstance(rounds, dict):  # a header read remotely, or an older dict: the round count only
+        return f"over {rounds} round(s)"
+    if len(rounds) == 1:
+        return f"picked in one round (round {next(iter(rounds))})"
+    return f"over {len(rounds)} rounds (" + ", ".join(f"round {r}: {n}" for r, n in rounds.items()) + ")"
+
+
+def _class_counts(counts) -> str:
+    if not counts:
+        return "not recorded (an unlabeled pool, or a file written before ddkit recorded it)"
+    shown = " ".join(str(c) for c in counts) if len(counts) <= 20 else f"{' '.join(map(str, counts[:20]))} …"
+    return f"{min(counts)}–{max(counts)} over {len(counts)} classes ({sum(1 for c in counts if c == 0)} empty): {shown}"
+
+
 def render_info(d: dict) -> str:
     """`describe`'s text for an `info_dict`-shaped dict (also built from a remote file's header)."""
     head = f"{d['method']} {d['method_version']}, seed {d['seed']}, created {d['created']} by ddkit {d['ddkit_version']}"
@@ -192,7 +209,8 @@ def render_info(d: dict) -> str:
             f"{d['path']}: ddkit selection (schema {d['schema']})",
             f"  method      {head}",
             f"  pool        {pool['name']} ({pool['split']}), {pool['size']} samples, fingerprint {pool['fingerprint'][:12]}",
-            f"  kept        {d['kept']} samples over {d['rounds']} round(s); per-id extras: {', '.join(d['extra']) or 'none'}",
+            f"  kept        {d['kept']} samples, {_rounds(d['rounds'])}; per-id extras: {', '.join(d['extra']) or 'none'}",
+            f"  per class   {_class_counts(d.get('class_counts'))}",
             f"  teachers    {_teachers(d['teachers'])}",
             f"  config      {_short(config, 200)}",
             f"  content     sha256 {d['content_sha256']}",
