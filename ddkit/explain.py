@@ -107,6 +107,8 @@ def _type_name(kind) -> str:
 
 
 def _json_value(value):
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else [_json_value(v) for v in value]
     return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
 
 
@@ -130,12 +132,18 @@ def _method_detail(kind: str, name: str, factory) -> dict:
     options = config_options(config)
     needs = []
     low, high = getattr(cls, "min_teachers", 0), getattr(cls, "max_teachers", None)
-    if low:
+    rule = getattr(cls, "rule", None)
+    if rule is not None and rule.needs_student:  # an active-learning round whose student is trained
+        needs.append("a teacher (--teacher or --teacher-logits) for its student's distillation (distill=true); "
+                     "with --config distill=false the student trains on --labeled samples instead")
+    elif low:
         needs.append(f"at least {low} teacher(s): --teacher FILE (`ddkit teacher train`)")
     elif high == 0:
         needs.append("no teacher (it takes none)")
     else:
         needs.append("no teacher required" + (f" (at most {high})" if high else ""))
+    if getattr(cls, "uses_inputs", False):
+        needs.append("takes --labeled (the samples labeled so far: one active-learning round) and --teacher-logits")
     needs += [f"--config {o['name']}=…: {o['meaning']}" for o in options if "required" in o["meaning"]]
     table = BENCHMARK_PROTOCOLS[kind]
     protocols = table.get(name) or (BENCHMARK_PROTOCOLS["active-default"] if getattr(cls, "rule", None) else ())
@@ -249,6 +257,8 @@ def render(kind: str, entry: dict, detail: dict) -> str:
                   + "  — `ddkit describe PROTOCOL` shows a recipe"]
     if detail.get("methods"):
         lines += ["", "methods benchmarked under this protocol's name: " + ", ".join(sorted(set(detail["methods"])))]
-    if entry.get("tags"):
-        lines += ["", "tags: " + ", ".join(f"{k}={v}" for k, v in entry["tags"].items())]
+    tags = {k: v for k, v in entry.get("tags", {}).items() if v not in ([], "", None)}
+    if tags:
+        lines += ["", "tags: " + ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                                          for k, v in tags.items())]
     return "\n".join(lines)

@@ -4,7 +4,8 @@ process from start to exit, and whether each imported torch; optionally beside a
 
 Each command runs `--runs` times after one warm-up run (which also builds the registry index that
 `list` and `describe` read); the table gives the median wall time, the median peak RSS of the
-process (from `os.wait4`'s rusage) and the fastest/slowest wall time. Numbers from a shared machine
+process and its CPU time (user + system, from `os.wait4`'s rusage: on a shared machine the CPU time
+is the steadier figure) and the fastest/slowest wall time. Numbers from a shared machine
 are upper bounds. Writes BENCHMARKS.md section `startup`.
 
     nice -n 10 env OMP_NUM_THREADS=1 python scripts/bench_startup.py --baseline /path/to/old/checkout
@@ -32,9 +33,10 @@ PROBE = ("import sys, runpy; sys.argv = ['ddkit'] + sys.argv[1:]\n"
 
 
 def measure(cmd: list[str], env: dict, runs: int, cwd: Path) -> dict:
-    """Median wall seconds and peak RSS (MiB) of `python CMD` over `runs` runs after one warm-up, and
+    """Median wall seconds, CPU seconds (user + system) and peak RSS (MiB) of `python CMD` over `runs`
+    runs after one warm-up, and
     whether it imported torch (when CMD is the ddkit PROBE, which reports it on stderr)."""
-    walls, peaks, err = [], [], ""
+    walls, cpus, peaks, err = [], [], [], ""
     for i in range(runs + 1):
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, *cmd], env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -46,8 +48,10 @@ def measure(cmd: list[str], env: dict, runs: int, cwd: Path) -> dict:
             raise SystemExit(f"failed ({proc.returncode}): python {shlex.join(cmd)}\n{err}")
         if i:  # the first run warms caches (and builds the registry index)
             walls.append(wall)
+            cpus.append(usage.ru_utime + usage.ru_stime)
             peaks.append(usage.ru_maxrss / 1024)
-    return {"wall": statistics.median(walls), "min": min(walls), "max": max(walls), "peak": statistics.median(peaks),
+    return {"wall": statistics.median(walls), "min": min(walls), "max": max(walls), "cpu": statistics.median(cpus),
+            "peak": statistics.median(peaks),
             "torch": "TORCH=1" in err if cmd[:2] == ["-c", PROBE] else True}
 
 
@@ -97,15 +101,15 @@ def main() -> None:
         f"Machine: {machine()}. Date: {today()}. Command: `nice -n 10 env OMP_NUM_THREADS=1 python scripts/bench_startup.py"
         + (" --baseline <checkout of the code before issue 27>" if args.baseline else "") + f"` ({args.runs} runs per "
         "command after one warm-up run that also builds the registry index `list` and `describe` read). The whole "
-        "process is timed, from start to exit; peak is the process's peak RSS. Wall times on a 2-core machine shared "
-        "with other jobs: upper bounds, the spread (fastest–slowest) shows the noise.",
+        "process is timed, from start to exit; CPU is its user + system time, peak its peak RSS. Wall times on a 2-core "
+        "machine shared with other jobs are upper bounds (the spread shows the noise); CPU time is the steadier figure.",
         "",
-        "| code | command | median wall (s) | fastest–slowest (s) | median peak RSS (MiB) | imports torch |",
-        "|---|---|---|---|---|---|",
+        "| code | command | median wall (s) | fastest–slowest wall (s) | median CPU (s) | median peak RSS (MiB) | imports torch |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (label, name), r in results.items():
         code = {"this": "this branch", "baseline": "before (baseline)", "yardstick": "yardstick"}[label]
-        lines.append(f"| {code} | `{name}` | {r['wall']:.2f} | {r['min']:.2f}–{r['max']:.2f} | {r['peak']:.0f} | "
+        lines.append(f"| {code} | `{name}` | {r['wall']:.2f} | {r['min']:.2f}–{r['max']:.2f} | {r['cpu']:.2f} | {r['peak']:.0f} | "
                      f"{'yes' if r['torch'] else 'no'} |")
     write_section("startup", "\n".join(lines))
 
