@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ddkit.augment import MIXES, build_augmentation, build_mix
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.progress import progress
 from ddkit.registry import Registry
 from ddkit.seeding import generator
 from ddkit.store.payloads import DBRLabels
@@ -212,11 +213,14 @@ def teacher_distances(teachers: list, images: torch.Tensor, labels: torch.Tensor
                       num_views: int, batch_size: int = 512) -> torch.Tensor:
     """num_views×2 (d_org, d_aug) of the teachers' mean logits on the first `num_views` views."""
     out, stream, done = [], ViewStream(schedule, images, labels), 0
+    bar = progress(total=num_views, desc="DBR labels: teacher distances per view", unit="view")
     while done < num_views:
         views = stream.next(min(batch_size, num_views - done))
         logits = torch.stack([t(views.x) for t in teachers]).mean(0)
         out.append(dbr_distances(logits, views.y_org, views.y_aug).cpu())
         done += len(views.ids)
+        bar.update(len(views.ids))
+    bar.close()
     return torch.cat(out) if out else torch.zeros(0, 2)
 
 

@@ -49,7 +49,7 @@ from ddkit.seeding import derive_seed, generator
 from ddkit.store.h5io import building, check_seal, open_h5, reading
 from ddkit.store.schema import attr_text, dump_json, load_json
 from ddkit.training import pick_device
-from ddkit.workitems import WorkItemStore
+from ddkit.workitems import WorkItemStore, claim_workdir
 
 EXPERTS_FORMAT = "ddkit.experts"
 EXPERTS_SCHEMA = 1
@@ -413,9 +413,7 @@ def train_experts(
         param_layout=layout,
         num_params=num_params,
     )
-    workdir = Path(f"{out}.work")
-    if workdir.exists() and not resume:
-        shutil.rmtree(workdir)
+    workdir = claim_workdir(out, resume, overwrite)
     identity = {k: v for k, v in asdict(header).items() if k not in ("params_sha256", "created", "ddkit_version")}
     store = WorkItemStore(workdir, {"kind": EXPERTS_FORMAT, **identity})
 

@@ -37,7 +37,9 @@ def run_quickstart(workdir: str, dataset: str, ipc: int, epochs: int, steps: int
     echo(f"[4/5] ddkit show {distilled_path} --out {grid_path}")
     render_grid(distilled_path, grid_path, per_class=min(ipc, 10), overwrite=True)
 
-    echo("[5/5] ddkit evaluate (protocol hard-cpu@1, 3 seeds, beside a random real subset of the same size)")
+    echo("[5/5] ddkit evaluate --protocol hard-cpu@1 (3 seeds, beside a random real subset of the same size): @1 is the "
+         "version of the quickstart's number in BENCHMARKS.md; `ddkit evaluate` without --protocol uses the newest "
+         "version of hard-cpu, and numbers are comparable only under the same NAME@VERSION")
     card = evaluate(str(distilled_path), "hard-cpu@1", seeds=[0, 1, 2], steps=steps, full_reference=False)
     echo(card.table())
     echo(f"done: files in {work}/")

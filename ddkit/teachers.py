@@ -103,3 +103,27 @@ def import_teacher(checkpoint: str | Path, out: str | Path, dataset: str, model:
     test_acc = accuracy(net, normalized_source(test, dev), test.labels.to(dev))
     record = dataclasses.replace(record, classes=classes)
     return save_teacher(out, net.cpu(), info, overwrite=overwrite, test_accuracy=test_acc, train=record.to_dict())
+
+
+def describe_teacher(path: str | Path) -> tuple[dict, str]:
+    """What `ddkit info` shows of a teacher file: its header (JSON-able) and a few lines of text.
+    Only the header is read; the weights are checked when the teacher is loaded for use."""
+    from ddkit.models.teacher import read_teacher_header
+
+    h = read_teacher_header(path)
+    d = {"path": str(path), "format": h.format, **dataclasses.asdict(h)}
+
+    def pct(x):
+        return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "—"
+
+    train = ", ".join(f"{k}={v}" for k, v in sorted(h.train.items()) if not isinstance(v, (dict, list))) or "—"
+    text = "\n".join([
+        f"{path}: ddkit teacher (safetensors, schema {h.schema})",
+        f"  model       {h.arch} {h.arch_kwargs or ''}".rstrip(),
+        f"  dataset     {h.dataset}, {h.num_classes} classes, input {h.in_channels}×{h.image_size}×{h.image_size}",
+        f"  accuracy    test {pct(h.test_accuracy)}, val {pct(h.val_accuracy)}",
+        f"  training    {train[:300]}",
+        f"  tensors     sha256 {h.tensors_sha256}",
+        f"  created     {h.created} by ddkit {h.ddkit_version}",
+    ])
+    return d, text

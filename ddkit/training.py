@@ -18,19 +18,31 @@ import torch.nn.functional as F
 
 from ddkit.augment import build_augmentation
 from ddkit.data.stream import StreamedViews, batches_at
+from ddkit.devices import parse_device
 from ddkit.errors import InvalidInput
 from ddkit.progress import progress
 from ddkit.seeding import generator
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """`cuda` when available (or asked), else CPU; chosen once by the caller and passed down."""
-    requested = requested or os.environ.get("DDKIT_DEVICE") or "auto"
-    if requested == "auto":
+    """`cuda` when available (or asked), else CPU; chosen once by the caller and passed down.
+    A name that is not a device, or a device this machine does not have, is a clear error."""
+    if requested:
+        name = parse_device(requested)
+    else:
+        name = parse_device(os.environ.get("DDKIT_DEVICE") or "auto", where="$DDKIT_DEVICE")
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise InvalidInput("CUDA was requested but no GPU is available", "use --device cpu")
-    return torch.device(requested)
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidInput("CUDA was requested but no GPU is available", "use --device cpu")
+        count = torch.cuda.device_count()
+        if ":" in name and int(name.partition(":")[2]) >= count:
+            raise InvalidInput(f"device {name} does not exist: this machine has {count} GPU(s), cuda:0..cuda:{count - 1}",
+                               "use --device cuda (the current GPU) or a smaller index")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InvalidInput("the mps device (Apple GPU) is not available here", "use --device cpu")
+    return torch.device(name)
 
 
 @dataclass

@@ -22,18 +22,33 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ddkit import distributed
-from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.errors import FileFormatError, InvalidInput, OutputExists
 from ddkit.fileio import atomic_output
 from ddkit.progress import progress
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 MANIFEST = "manifest.json"
+
+
+def claim_workdir(out, resume: bool, overwrite: bool, is_main: bool = True) -> Path:
+    """`OUT.work/`, the work folder of a resumable run writing `out`. A folder left by an interrupted
+    run is kept for `resume`, discarded (by rank 0) with `overwrite`, and otherwise refused: starting
+    over silently would throw its finished work away."""
+    workdir = Path(f"{out}.work")
+    if workdir.is_dir() and not resume:
+        if any(workdir.iterdir()) and not overwrite:
+            raise OutputExists(f"{workdir} holds the finished work of an interrupted run writing {out}",
+                               "pass --resume to continue it (same settings), or --overwrite to start over")
+        if is_main:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return workdir
 
 
 def _canonical(identity: dict) -> dict:

@@ -203,6 +203,7 @@ def test_quickstart_runs_end_to_end(capsys, tmp_path):
     for name in ("teacher.safetensors", "dm-ipc2.ddk.h5", "dm-ipc2.png"):
         assert (work / name).is_file()
     assert "gain over random" in out and "[5/5]" in out
+    assert "--protocol hard-cpu@1" in out and "comparable only under the same NAME@VERSION" in out  # the version, stated
 
 
 def test_evaluate_reports_dd_ranking_scores_and_writes_the_hard_label_card(tmp_path, capsys, teacher_path):

@@ -9,13 +9,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ddkit"
 
 # Layer of each top-level module or package of ddkit, from the ground (0) up.
 LAYERS = {
-    "errors": 0, "seeding": 0, "progress": 0,
-    "fileio": 1, "h5safe": 1, "records": 1, "workitems": 1, "registry": 1, "config": 1, "provenance": 1, "distributed": 1, "augment": 1, "index": 1,
+    "errors": 0, "seeding": 0, "progress": 0, "lazy": 0,
+    "fileio": 1, "h5safe": 1, "records": 1, "workitems": 1, "registry": 1, "config": 1, "devices": 1, "datainfo": 1, "provenance": 1, "distributed": 1, "augment": 1, "index": 1,
     "data": 2, "training": 2,
     "models": 3, "store": 3,
     "pools": 4, "contamination": 4, "dbr": 4, "teachers": 4, "experts": 4, "share": 4,
     "synth": 5, "selectors": 5, "evaluate": 5,
-    "cli": 6, "__main__": 6, "quickstart": 6, "registries": 6, "workflows": 6,
+    "cli": 6, "__main__": 6, "quickstart": 6, "registries": 6, "workflows": 6, "loading": 6, "explain": 6,
 }
 METHODS = {"synth", "selectors", "evaluate"}  # the same layer, but strangers to each other
 

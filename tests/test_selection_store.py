@@ -8,7 +8,6 @@ import pytest
 import torch
 from helpers import edit
 
-import ddkit.store.selection as selection_module
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput, OutputExists
 from ddkit.store import (
@@ -103,7 +102,7 @@ def test_resolve_against_the_pool_keeps_pick_order(tmp_path):
 def test_resolve_loads_the_recorded_pool_by_name(tmp_path, monkeypatch):
     pool = make_pool()
     calls = []
-    monkeypatch.setattr(selection_module, "load_dataset", lambda name, split: calls.append((name, split)) or pool)
+    monkeypatch.setattr("ddkit.data.load_dataset", lambda name, split: calls.append((name, split)) or pool)  # looked up when resolving
     kept = resolve_selection(make_selection(pool))
     assert calls == [("toy-pool", "train")] and len(kept) == 4
 

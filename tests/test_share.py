@@ -106,12 +106,60 @@ def test_export_folders_look_like_the_field_expects(tmp_path, source):
     assert float(torch.load(tmp_path / "pt" / "lr.pt", weights_only=True)) == pytest.approx(0.0125)
     # imagefolder: one PNG per instance under its class folder, classes.json in label order
     names = json.loads((tmp_path / "if" / "classes.json").read_text())
-    assert names == list(source.info.class_names)
+    assert names == [f"{i:02d}_{n}" for i, n in enumerate(source.info.class_names)] and names == sorted(names)
     assert len(list((tmp_path / "if" / "train").rglob("*.png"))) == 30
     # hf: parquet with typed features in the schema metadata and a card with YAML front matter
     table = pq.read_table(next((tmp_path / "hf" / "data").glob("*.parquet")))
     assert table.column_names == ["image", "label", "logits"] and b"ClassLabel" in table.schema.metadata[b"huggingface"]
     assert "dataset_info" in (tmp_path / "hf" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("kind", ["uint8", "float16-composite"])
+def test_torchvision_imagefolder_reads_every_exported_label_as_ddkit_does(tmp_path, source, kind):
+    """procedural's class names sort in another order than their indices ('coarse-108' < 'coarse-36'):
+    the loader's label of every exported image must still be the file's label of that instance."""
+    from torchvision.datasets import ImageFolder
+
+    assert sorted(source.info.class_names) != list(source.info.class_names)
+    make_file(tmp_path / "a.ddk.h5", source, kind)
+    export_file(tmp_path / "a.ddk.h5", "imagefolder", tmp_path / "if")
+    loader = ImageFolder(str(tmp_path / "if" / "train"))
+    with DistilledDataset(tmp_path / "a.ddk.h5") as ds:
+        labels = ds.labels.tolist()
+    assert len(loader.samples) == len(labels)
+    for path, label in loader.samples:
+        assert label == labels[int(os.path.basename(path).split(".")[0])], path
+    assert [name.split("_", 1)[1] for name in loader.classes] == list(source.info.class_names)
+
+
+def test_hf_imagefolder_builder_reads_every_exported_label_as_ddkit_does(tmp_path, source):
+    datasets = pytest.importorskip("datasets")
+    make_file(tmp_path / "a.ddk.h5", source)
+    export_file(tmp_path / "a.ddk.h5", "imagefolder", tmp_path / "if")
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "if" / "train"), split="train",
+                                   cache_dir=str(tmp_path / "hf-cache"))
+    with DistilledDataset(tmp_path / "a.ddk.h5") as ds:
+        labels = ds.labels.tolist()
+    names = loaded.features["label"].names
+    assert [name.split("_", 1)[1] for name in names] == list(source.info.class_names)
+    assert sorted(loaded["label"]) == sorted(labels)
+    exported = {int(os.path.basename(p).split(".")[0]): p for p in (tmp_path / "if" / "train").rglob("*.png")}
+    for i, path in exported.items():  # the builder labels a file by its folder's position among the sorted names
+        assert names.index(os.path.basename(os.path.dirname(path))) == labels[i]
+
+
+def test_import_reads_an_export_made_before_the_index_prefix(tmp_path, source):
+    """Exports before issue 27 named class folders by bare class names; they import to the same content."""
+    digest = make_file(tmp_path / "a.ddk.h5", source)
+    export_file(tmp_path / "a.ddk.h5", "imagefolder", tmp_path / "if")
+    train = tmp_path / "if" / "train"
+    for folder in list(train.iterdir()):
+        folder.rename(train / folder.name.split("_", 1)[1])
+    old_names = [n.split("_", 1)[1] for n in json.loads((tmp_path / "if" / "classes.json").read_text())]
+    (tmp_path / "if" / "classes.json").write_text(json.dumps(old_names))
+    assert import_set(tmp_path / "if", "imagefolder", tmp_path / "b.ddk.h5", ImportOptions(DATASET)) == digest
+    (tmp_path / "if" / "classes.json").unlink()  # bare class names alone still name the classes
+    assert import_set(tmp_path / "if", "imagefolder", tmp_path / "c.ddk.h5", ImportOptions(DATASET)) == digest
 
 
 def test_export_refuses_a_damaged_file_and_writes_nothing(tmp_path, source):
@@ -417,7 +465,8 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
     assert [r["method"] for r in rows] == ["m3"] and rows[0]["gain"] == pytest.approx(0.12)
     code, out, _ = run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")
     rows = json.loads(out)
-    assert [r["status"] for r in rows].count("damaged") == 2 and rows[0]["method"] == "m3"
+    assert [r["status"] for r in rows].count("damaged") == 2
+    assert [(r["ipc"], r["method"]) for r in rows if r["status"] == "ok"] == [(2, "m2"), (2, "m2"), (3, "m3")]
     # a file changed since it was indexed shows as stale; get refuses it, and fetches a good one
     with edit(root / "m2-copy.ddk.h5") as f:
         f.attrs["method"] = "edited"

@@ -77,3 +77,51 @@ ZERO_OK = click.IntRange(min=0)
 POSITIVE = Finite(positive=True)  # learning rates
 NONNEGATIVE = Finite()  # weight decay, momentum, distances
 OUT_FILE = OutputFile()
+
+
+class Device(click.ParamType):
+    """A device name (auto, cpu, cuda, cuda:N, mps), checked before any work: `gpu` or `CPU0` fail
+    here with the accepted names, not as a torch traceback."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from ddkit.devices import parse_device
+        from ddkit.errors import InvalidInput
+
+        try:
+            return parse_device(value)
+        except InvalidInput as exc:
+            self.fail(exc.problem, param, ctx)
+
+
+DEVICE = Device()
+
+
+def device_option(where: str = ""):
+    """The `--device` option every verb that computes takes; `where` says what runs there."""
+    return click.option("--device", default=None, type=DEVICE, metavar="DEVICE",
+                        help=f"auto (default: cuda when a GPU is present, else cpu), cpu, cuda, cuda:N or mps{where}")
+
+
+def config_option(help_text: str = "method option, parsed by the type of the method's config field "
+                                   "(`ddkit describe METHOD` lists them); repeatable"):
+    """`--config KEY=VALUE` (repeatable) as a dict of raw strings: each value is parsed by the type of
+    the config field it sets when the config is built (`ddkit.config.build_config`)."""
+
+    def to_dict(ctx, param, pairs):
+        from ddkit.config import parse_pairs
+
+        return parse_pairs(list(pairs), "--config")
+
+    return click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", callback=to_dict, help=help_text)
+
+
+def one_output(positional, option):
+    """The output of a verb that takes it as `--out PATH` like every other verb, or (as it once did) as
+    a last positional argument; given twice, or not at all, is a usage error."""
+    if positional is not None and option is not None and positional != option:
+        raise click.UsageError(f"the output is given twice ({positional} and --out {option}): give it once, as --out PATH")
+    if positional is None and option is None:
+        raise click.UsageError("missing the output: give --out PATH")
+    return positional if positional is not None else option

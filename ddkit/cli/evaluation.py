@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, ZERO_OK, argv_without, print_json
-from ddkit.data import DEFAULT_DATASET
+from ddkit.cli.common import COUNT, ZERO_OK, argv_without, config_option, device_option, print_json
+from ddkit.datainfo import DEFAULT_DATASET
 
 
 @click.command()
 @click.argument("train_set")
-@click.option("--protocol", default="hard-cpu", show_default=True, help="registered protocol (`ddkit list protocols`)")
+@click.option("--protocol", default="hard-cpu", show_default=True,
+              help="registered protocol, NAME@VERSION; a bare NAME is its newest version, and the card names the one "
+                   "used (`ddkit list protocols`, `ddkit describe NAME`); results under different versions never compare")
 @click.option("--seeds", default=3, show_default=True, type=COUNT, help="number of seeds (0..N-1)")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher(s) for teacher/stored protocols")
-@click.option("--device", default=None)
+@device_option()
 @click.option("--no-baseline", is_flag=True, help="skip the random-subset baseline (not recommended)")
 @click.option("--no-full", is_flag=True, help="skip the full-data reference")
 @click.option("--steps", default=None, type=COUNT, help="override the protocol's steps (a derived, renamed protocol; for smoke tests)")
@@ -65,8 +67,8 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
 @click.option("--queries", default=0, show_default=True, type=ZERO_OK, help="samples queried per round (0: the number of classes)")
 @click.option("--seeds", default=3, show_default=True, type=COUNT, help="number of seeds (0..N-1)")
 @click.option("--distill", default="both", show_default=True, type=click.Choice(["both", "on", "off"]), help="ActiveKD distillation terms")
-@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="ActiveKD student option, e.g. steps_per_label=1")
-@click.option("--device", default=None)
+@config_option("ActiveKD student option, e.g. steps_per_label=1 (repeatable)")
+@device_option()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="output folder")
 @click.option("--overwrite", is_flag=True)
 @click.option("--protocol", default="active-cpu@1", show_default=True, help="evaluation protocol that judges each round's labeled set (hard or teacher labels)")
@@ -75,11 +77,10 @@ def active_learn_cmd(pool, pool_size, teacher, teacher_logits, methods, rounds, 
                      overwrite, protocol, plot):
     """Run the active-learning loop (oracle = the pool's labels) for each method, with and without KD;
     each round's labeled set is judged under an evaluation protocol and each selection gets a result card."""
-    from ddkit.models import parse_model_options
     from ddkit.workflows.active_learning import run_active_learning
 
     result = run_active_learning(pool, out, [m.strip() for m in methods.split(",") if m.strip()], teacher, teacher_logits,
-                                 rounds, queries or None, seeds, distill, pool_size or None, parse_model_options(config_pairs),
+                                 rounds, queries or None, seeds, distill, pool_size or None, config_pairs,
                                  device, overwrite, log=click.echo, protocol=protocol, plot=plot)
     written = [result.files[k] for k in ("json", "table", "plot") if k in result.files]
     click.echo(f"wrote {', '.join(written)}, {len(result.files.get('selections', []))} selection files with result cards")

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, OUT_FILE, local, print_json
+from ddkit.cli.common import COUNT, OUT_FILE, device_option, local, print_json
+
+
+def _is_safetensors(path) -> bool:
+    """A safetensors file starts with its JSON header's length (8 bytes, little-endian) and the header."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = fh.seek(0, 2)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size
 
 
 @click.command()
 @click.argument("path", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
 def info(path, as_json):
-    """Budget in bytes, provenance and results of a .ddk.h5 / .sel.h5 file."""
+    """Budget in bytes, provenance and results of a ddkit file (.ddk.h5, .sel.h5, .pool.h5, teacher, experts)."""
     from ddkit.share import remote
     from ddkit.store import describe, info_dict
     from ddkit.store.describe import render_info
@@ -19,10 +30,23 @@ def info(path, as_json):
     if remote.is_url(path) and path.endswith(".ddk.h5"):  # ranged reads of the header only
         d = remote.header_info(path)
         print_json(d) if as_json else click.echo(render_info(d))
+        return
+    path = local(path)
+    if _is_safetensors(path):  # a teacher
+        from ddkit.teachers import describe_teacher
+
+        d, text = describe_teacher(path)
+        print_json(d) if as_json else click.echo(text)
+    elif str(path).endswith(".experts.h5"):
+        import dataclasses
+
+        from ddkit.experts import describe_experts, load_experts
+
+        print_json(dataclasses.asdict(load_experts(path).header)) if as_json else click.echo(describe_experts(path))
     elif as_json:
-        print_json(info_dict(local(path)))
+        print_json(info_dict(path))
     else:
-        click.echo(describe(local(path)))
+        click.echo(describe(path))
 
 
 @click.command()
@@ -34,7 +58,7 @@ def info(path, as_json):
 @click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
 @click.option("--dataset", default=None,
               help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
-@click.option("--device", default=None, help="with --against: cpu, cuda, or auto (default), where the search runs")
+@device_option("; with --against: where the search runs")
 def validate(path, teacher, against, no_write, dataset, device):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space
     (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""

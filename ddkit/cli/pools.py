@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, argv_without, print_json
+from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, argv_without, device_option, print_json
 
 
 @click.group()
@@ -48,7 +48,7 @@ def pool_build(task, sources, name, out, overwrite):
 @click.option("--test-threshold", default=None, type=NONNEGATIVE, help="(teacher) threshold against test images (default: --threshold)")
 @click.option("--embedding", default="map", show_default=True, type=click.Choice(["map", "pooled"]), help="(teacher) which features")
 @click.option("--k", default=16, show_default=True, type=COUNT, help="(teacher) neighbours searched per sample")
-@click.option("--device", default=None)
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .pool.h5 (the pool without the dropped samples)")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
@@ -74,10 +74,10 @@ def pool_dedup(pool_path, detector, teacher, test_dataset, threshold, test_thres
               help="also store L2-normalized embeddings: the classifier's input, or the flattened last feature map")
 @click.option("--probs/--no-probs", default=True, show_default=True, help="also store the softmax of the logits (/probs)")
 @click.option("--batch-size", default=512, show_default=True, type=COUNT, help="images per teacher batch (a fixed grid: results do not depend on --nproc)")
-@click.option("--device", default=None)
+@device_option()
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): shards of the batch grid are shared out, rank 0 writes")
 @click.option("--resume", is_flag=True, help="reuse the finished shards of an interrupted run (OUT.work/)")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="replace an existing output, and start over from an interrupted run's OUT.work/")
 @click.option("--json", "as_json", is_flag=True)
 def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, nproc, resume, overwrite, as_json):
     """Teacher logits (and probs, embeddings) of every sample of POOL (a .pool.h5, or a dataset's train
@@ -109,7 +109,7 @@ def pool_score(pool_path, teacher, out, embedding, probs, batch_size, device, np
 @click.option("--seed", default=0, show_default=True, help="draws the first pick when there is no labeled sample")
 @click.option("--out", required=True, type=OUT_FILE, help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
-@click.option("--device", default=None, help="cpu, cuda, or auto (default): where the k-center passes run")
+@device_option("; where the k-center passes run")
 def pool_kcenter(scores, field, budget, labeled, seed, out, overwrite, device):
     """Greedy k-center on a field of a SCORES file, streamed in row blocks (O(N) memory), into a .sel.h5."""
     from ddkit.pools.kcenter import kcenter_from_scores

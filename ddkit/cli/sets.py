@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, OUT_FILE, argv_without, local
-from ddkit.data import DEFAULT_DATASET
+from ddkit.cli.common import COUNT, OUT_FILE, argv_without, config_option, device_option, local
+from ddkit.datainfo import DEFAULT_DATASET
 
 
 @click.command()
@@ -13,17 +13,16 @@ from ddkit.data import DEFAULT_DATASET
 @click.option("--dataset", default=DEFAULT_DATASET, show_default=True)
 @click.option("--teacher", "teachers", multiple=True, type=click.Path(), help="teacher file (repeat for several)")
 @click.option("--ipc", required=True, type=COUNT, help="budget: stored images per class")
-@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE", help="method option (see the method's config)")
+@config_option()
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default=None)
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .ddk.h5 file")
-@click.option("--overwrite", is_flag=True)
-@click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items")
+@click.option("--overwrite", is_flag=True, help="replace an existing output, and start over from an interrupted run's OUT.work/")
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its finished work items (OUT.work/)")
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): work items are shared out, rank 0 writes")
 def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, overwrite, resume, nproc):
     """Distill DATASET into a compact .ddk.h5 training set."""
     from ddkit import distributed
-    from ddkit.models import parse_model_options
     from ddkit.synth import run_synthesizer
 
     if nproc > 1 and distributed.world().size == 1:
@@ -31,7 +30,7 @@ def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, 
         click.echo(f"wrote {out} ({nproc} processes)")
         return
 
-    digest = run_synthesizer(method, dataset, [local(t) for t in teachers], ipc, parse_model_options(config_pairs), seed, out,
+    digest = run_synthesizer(method, dataset, [local(t) for t in teachers], ipc, config_pairs, seed, out,
                              overwrite=overwrite, resume=resume, device=device)
     if distributed.world().is_main:
         click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
@@ -42,19 +41,18 @@ def synthesize(method, dataset, teachers, ipc, config_pairs, seed, device, out, 
 @click.option("--pool", default=DEFAULT_DATASET, show_default=True, help="dataset whose train split is the pool")
 @click.option("--teacher", "teachers", multiple=True, type=click.Path())
 @click.option("--budget", required=True, type=COUNT, help="number of samples to keep")
-@click.option("--config", "config_pairs", multiple=True, metavar="KEY=VALUE")
+@config_option()
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default=None)
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .sel.h5 file")
 @click.option("--overwrite", is_flag=True)
 @click.option("--labeled", default=None, type=click.Path(dir_okay=False), help="already-labeled samples (.sel.h5 of this pool); the output keeps them and adds BUDGET new ones")
 @click.option("--teacher-logits", default=None, type=click.Path(dir_okay=False), help="precomputed teacher logits for the pool (.npy N×C in pool order, or .h5 with logits + ids)")
 def select(method, pool, teachers, budget, config_pairs, seed, device, out, overwrite, labeled, teacher_logits):
     """Select BUDGET samples from a pool into a .sel.h5 file (with --labeled: one active-learning round)."""
-    from ddkit.models import parse_model_options
     from ddkit.selectors import run_selector
 
-    digest = run_selector(method, pool, [local(t) for t in teachers], budget, parse_model_options(config_pairs), seed, out,
+    digest = run_selector(method, pool, [local(t) for t in teachers], budget, config_pairs, seed, out,
                           overwrite=overwrite, device=device, labeled=local(labeled), teacher_logits=teacher_logits)
     click.echo(f"wrote {out} (content_sha256 {digest[:16]}…)")
 

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import local, print_json
+from ddkit.cli.common import OUT_FILE, local, one_output, print_json
 
 
 @click.command("export")
 @click.argument("path")
 @click.option("--to", "fmt", required=True, type=click.Choice(["imagefolder", "pt", "hf"]), help="the format to write")
-@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("out", required=False, metavar="[OUT]", type=click.Path(file_okay=False))
+@click.option("--out", "out_option", default=None, type=click.Path(file_okay=False), help="the output folder (or OUT)")
 @click.option("--overwrite", is_flag=True)
-def export_cmd(path, fmt, out, overwrite):
-    """Write the distilled file PATH (a path or URL) as a folder OUT in another format."""
+def export_cmd(path, fmt, out, out_option, overwrite):
+    """Write the distilled file PATH (a path or URL) as a folder --out OUT in another format."""
     from ddkit.share import export_file
 
+    out = one_output(out, out_option)
     r = export_file(local(path), fmt, out, overwrite=overwrite)
     click.echo(f"wrote {out}: {r.instances} instances as {fmt}, {r.files} files, {r.bytes} bytes")
     for note in r.notes:
@@ -26,19 +28,21 @@ def export_cmd(path, fmt, out, overwrite):
 @click.argument("source")
 @click.option("--from", "fmt", required=True, help="source format (`ddkit list import-formats`): dc, mtt, pt, imagefolder, hf")
 @click.option("--dataset", required=True, help="the registered dataset the set was distilled from")
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", required=False, metavar="[OUT]", type=click.Path(dir_okay=False))
+@click.option("--out", "out_option", default=None, type=OUT_FILE, help="the output .ddk.h5 file (or OUT)")
 @click.option("--zca", default=None, help="undo ZCA whitening: a .pt/.npz with mean + transform, or 'fit' (MTT's, refit)")
 @click.option("--no-zca", is_flag=True, help="the MTT/DATM set was distilled without ZCA")
 @click.option("--mean", default=None, help="comma-separated mean the set is normalized with (default: the dataset's)")
 @click.option("--std", default=None, help="comma-separated std the set is normalized with (default: the dataset's)")
 @click.option("--index", default=0, show_default=True, help="which experiment of a DC result file")
 @click.option("--overwrite", is_flag=True)
-def import_cmd(source, fmt, dataset, out, zca, no_zca, mean, std, index, overwrite):
-    """Import a released distilled set (SOURCE: a file, folder or URL) as a .ddk.h5 file OUT."""
+def import_cmd(source, fmt, dataset, out, out_option, zca, no_zca, mean, std, index, overwrite):
+    """Import a released distilled set (SOURCE: a file, folder or URL) as a .ddk.h5 file (--out)."""
     from ddkit.data.base import Normalization
     from ddkit.errors import InvalidInput
     from ddkit.share import ImportOptions, import_set
 
+    out = one_output(out, out_option)
     if (mean is None) != (std is None):
         raise InvalidInput("--mean and --std go together", "give both, e.g. --mean 0.2861 --std 0.3530")
     norm = Normalization(tuple(float(v) for v in mean.split(",")), tuple(float(v) for v in std.split(","))) if mean else None
@@ -49,13 +53,15 @@ def import_cmd(source, fmt, dataset, out, zca, no_zca, mean, std, index, overwri
 
 @click.command("pack")
 @click.argument("path")
-@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.argument("out_dir", required=False, metavar="[OUT]", type=click.Path(file_okay=False))
+@click.option("--out", "out_option", default=None, type=click.Path(file_okay=False), help="the output folder (or OUT)")
 @click.option("--teacher", "teachers", multiple=True, help="where to look for the teachers (files or folders; repeatable)")
 @click.option("--overwrite", is_flag=True)
-def pack_cmd(path, out_dir, teachers, overwrite):
-    """Write PATH, every teacher it references (matched by sha256) and a README into OUT_DIR."""
+def pack_cmd(path, out_dir, out_option, teachers, overwrite):
+    """Write PATH, every teacher it references (matched by sha256) and a README into the folder --out."""
     from ddkit.share.pack import pack
 
+    out_dir = one_output(out_dir, out_option)
     manifest = pack(local(path), out_dir, [local(t) for t in teachers], overwrite=overwrite)
     click.echo(f"wrote {out_dir}: {manifest['set']} with {len(manifest['teachers'])} teacher(s)")
 
@@ -86,27 +92,31 @@ def catalog_scan(roots, catalog_path):
 @click.option("--dataset", default=None)
 @click.option("--method", default=None)
 @click.option("--ipc", default=None, type=int)
-@click.option("--protocol", default=None, help="show the result under this protocol")
-@click.option("--sort", default="gain", show_default=True, type=click.Choice(["gain", "accuracy", "bytes", "created"]))
+@click.option("--protocol", default=None, help="only cards under this protocol (NAME@VERSION; a bare name: its one indexed version)")
+@click.option("--derived", is_flag=True, help="list only the cards of derived protocols (shortened --steps runs), never ranked")
+@click.option("--sort", default="gain", show_default=True, type=click.Choice(["gain", "accuracy", "bytes", "created"]),
+              help="the order within each protocol and IPC")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def catalog_ls(catalog_path, dataset, method, ipc, protocol, sort, limit, as_json):
-    """List indexed files (best first), with damaged and stale ones marked."""
+def catalog_ls(catalog_path, dataset, method, ipc, protocol, derived, sort, limit, as_json):
+    """List indexed files by protocol and IPC (best first within each), damaged and stale ones marked."""
     from ddkit.share.catalog import Catalog, format_rows
 
     with Catalog(catalog_path) as cat:
-        rows = cat.ls(dataset=dataset, method=method, ipc=ipc, protocol=protocol, sort=sort, limit=limit)
-    print_json(rows) if as_json else click.echo(format_rows(rows))
+        rows = cat.ls(dataset=dataset, method=method, ipc=ipc, protocol=protocol, sort=sort, limit=limit, derived=derived)
+        empty = "" if rows else cat.explain_empty(protocol, derived, dataset=dataset, method=method, ipc=ipc)
+    print_json(rows) if as_json else click.echo(format_rows(rows, empty))
 
 
 @catalog.command("get")
 @click.argument("entry_id")
 @_CATALOG
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="also copy the verified file here")
-def catalog_get(entry_id, catalog_path, out):
-    """Fetch an indexed file (by id or content-hash prefix) and verify it against the index."""
+@click.option("--overwrite", is_flag=True, help="replace an existing --out file")
+def catalog_get(entry_id, catalog_path, out, overwrite):
+    """Fetch an indexed file by its id (a content-hash prefix, as `catalog ls` shows) and verify it."""
     from ddkit.share.catalog import Catalog
 
     with Catalog(catalog_path) as cat:
-        path = cat.get(entry_id, out)
+        path = cat.get(entry_id, out, overwrite=overwrite)
     click.echo(str(path))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, POSITIVE, print_json
-from ddkit.data import DEFAULT_DATASET
+from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, POSITIVE, device_option, print_json
+from ddkit.datainfo import DEFAULT_DATASET
 
 
 @click.group()
@@ -24,7 +24,7 @@ def teacher():
 @click.option("--weight-decay", default=5e-4, show_default=True, type=NONNEGATIVE)
 @click.option("--augmentation", default="crop-flip", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, or auto (default)")
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .safetensors file")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file")
 def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, weight_decay, augmentation, seed, device, out, overwrite):
@@ -48,7 +48,7 @@ def teacher_train(dataset, model, model_opt, epochs, batch_size, lr, optimizer, 
 @click.option("--checkpoint-key", default=None, metavar="KEY", help="the entry holding the weights (e.g. model_ema); default: found")
 @click.option("--checkpoint-classes", default=None, type=click.Path(dir_okay=False),
               help="the checkpoint's class names in output order (JSON list or one per line): keep the dataset's rows")
-@click.option("--device", default=None)
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .safetensors file")
 @click.option("--overwrite", is_flag=True)
 def teacher_import(checkpoint, dataset, model, model_opt, source, checkpoint_key, checkpoint_classes, device, out, overwrite):
@@ -66,7 +66,7 @@ def teacher_import(checkpoint, dataset, model, model_opt, source, checkpoint_key
 @click.argument("path", type=click.Path())
 @click.option("--dataset", default=None, help="defaults to the dataset the teacher was trained on")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--device", default=None)
+@device_option()
 @click.option("--json", "as_json", is_flag=True)
 def teacher_eval(path, dataset, split, device, as_json):
     """Accuracy of a teacher file on a dataset split."""
@@ -97,10 +97,10 @@ def experts():
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @click.option("--augmentation", default="dsa", show_default=True, help="dsa, crop-flip or none")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, or auto (default)")
+@device_option()
 @click.option("--out", required=True, type=OUT_FILE, help="output .experts.h5 file")
 @click.option("--resume", is_flag=True, help="reuse finished experts and epochs of an interrupted run (OUT.work/)")
-@click.option("--overwrite", is_flag=True, help="replace an existing output file")
+@click.option("--overwrite", is_flag=True, help="replace an existing output file, and start over from an interrupted run's OUT.work/")
 def experts_train(dataset, model, model_opt, num_experts, epochs, lr, momentum, weight_decay, batch_size, augmentation,
                   seed, device, out, resume, overwrite):
     """Train N experts on DATASET and record their parameters after every epoch."""

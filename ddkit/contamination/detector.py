@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ddkit import index
 from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.progress import progress
 
 NAME = "pixel-align"
 VERSION = "1"
@@ -244,7 +245,8 @@ class Detector:
         self._refs = refs
         self._hashes: dict[bytes, list[int]] = {}
         coarse = []
-        for start in range(0, self.n, ROW_BLOCK):
+        for start in progress(range(0, self.n, ROW_BLOCK), desc=f"copy check: indexing {self.n} reference images",
+                              unit="block"):
             block = np.asarray(refs[start : start + ROW_BLOCK])
             for row, digest in enumerate(pixel_hashes(block), start):
                 self._hashes.setdefault(digest, []).append(row)
@@ -359,7 +361,7 @@ class Detector:
         if len(own) != n:
             raise InvalidInput(f"exclude has {len(own)} rows for {n} queries")
         digests, vectors = [], []
-        for start in range(0, n, ROW_BLOCK):
+        for start in progress(range(0, n, ROW_BLOCK), desc=f"copy check: hashing {n} images", unit="block"):
             block = np.asarray(q[start : start + ROW_BLOCK])
             digests += pixel_hashes(block)
             vectors.append(self._coarse_vectors(canonical(_to_float(block))))
@@ -370,7 +372,8 @@ class Detector:
         if n:
             k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
             _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
-            for start in range(0, n, _BLOCK):
+            for start in progress(range(0, n, _BLOCK), desc=f"copy check: verifying the candidates of {n} images",
+                                  unit="block"):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
                 res = self._verify(_to_float(np.asarray(q[rows])), block_cand)

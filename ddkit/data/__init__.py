@@ -8,12 +8,12 @@ argument after a colon (`imagefolder:PATH`). Every factory has the signature
 from __future__ import annotations
 
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization, check_pixels, train_val_split
+from ddkit.datainfo import DEFAULT_DATASET
 from ddkit.errors import InvalidInput
 from ddkit.registry import Registry
 
 DATASETS = Registry("dataset")
 
-DEFAULT_DATASET = "fashion-mnist-mini"
 SPLITS = ("train", "test")
 
 # Observers of test-split loads: the evaluator's tests use this to prove that nothing reads the

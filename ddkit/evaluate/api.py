@@ -21,7 +21,37 @@ from ddkit.evaluate.sources import TrainSource, full_data_source, real_subset_so
 from ddkit.evaluate.trainer import Students, train_students
 from ddkit.fileio import check_writable
 from ddkit.models.teacher import Teacher, load_teacher
+from ddkit.progress import mode as progress_mode, say
 from ddkit.training import pick_device
+
+ARM_NAMES = {"result": "students on the train set", "random_baseline": "random real subset", "full_data": "full data"}
+
+
+def steps_text(proto: Protocol, instances: int | None = None) -> str:
+    """How long one student trains under `proto` (on `instances` training instances, when known)."""
+    if proto.steps:
+        return f"{proto.steps} steps × batch {proto.batch_size}"
+    text = f"{proto.epochs} epochs × batch {proto.batch_size}" + (f", at least {proto.min_steps} steps" if proto.min_steps else "")
+    return f"{proto.total_steps(instances)} steps ({text})" if instances else text
+
+
+def plan_text(train_set: str, proto: Protocol, seeds: list[int], stages, cached: dict[str, dict], hard_id: str | None,
+              world: int) -> str:
+    """What `evaluate` is about to do, printed before it starts: each stage with its seeds and steps,
+    what the reference cache already holds, and whether DD-Ranking's hard-label arm follows."""
+    lines = [f"evaluate {train_set} under {proto.id}: {len(seeds)} seed(s) {seeds}, one student per seed"
+             + (f", shared over {world} processes (this one's stages below)" if world > 1 else "")]
+    for i, (name, source, mine) in enumerate(stages, 1):
+        lines.append(f"  stage {i}/{len(stages)}: {ARM_NAMES[name]}, seeds {mine}, {steps_text(proto, source.instances)} each")
+    for name, hits in cached.items():
+        if hits:
+            lines.append(f"  {ARM_NAMES[name]}: seeds {sorted(hits)} read from the reference cache")
+    if not stages:
+        lines.append("  nothing to train: every arm is cached")
+    if hard_id and hard_id != f"{proto.name.partition('[')[0]}@{proto.version}":
+        lines.append(f"  then DD-Ranking's hard-label arm under {hard_id}: from the file's card when it holds one for "
+                     "these seeds, else its own evaluation (its plan follows); --no-ranking skips it")
+    return "\n".join(lines)
 
 
 def _check_teachers(protocol: Protocol, source: TrainSource, teachers: list[Teacher]) -> None:
@@ -153,9 +183,9 @@ def evaluate(
     # `random:DATASET:IPC` is the random baseline itself (the same seeded subsets): it is trained once,
     # through the reference cache, and reported as both arms.
     is_baseline = baseline and train_set.startswith("random:") and source.ipc is not None
+    stages: list[tuple[str, TrainSource, list[int]]] = []  # (arm, what it trains on, this rank's seeds)
     if distributed.shard(seeds, w) and not is_baseline:
-        local = distributed.shard(seeds, w)
-        trained["result"] = (_train(proto, source, local, info, dev, loaded, batched, "students", compile), local)
+        stages.append(("result", source, distributed.shard(seeds, w)))
     references: dict[str, tuple[TrainSource, str, dict[int, float], dict]] = {}
     wanted = []
     if baseline and source.ipc is not None:
@@ -169,9 +199,14 @@ def evaluate(
         cached = {s: a for s in seeds if (a := load_reference(key, s)) is not None}
         missing = distributed.shard([s for s in seeds if s not in cached], w)
         if missing:
-            trained[name] = (_train(proto, ref, missing, info, dev, loaded, batched, name.replace("_", " "), compile),
-                             missing)
+            stages.append((name, ref, missing))
         references[name] = (ref, key, cached, describe)
+    hard_id = hard_protocol_for(proto) if ranking and (baseline and source.ipc is not None) else None
+    if progress_mode() != "off":
+        say(plan_text(train_set, proto, seeds, stages, {n: r[2] for n, r in references.items()}, hard_id, w.size))
+    for i, (name, ref, mine) in enumerate(stages, 1):
+        desc = f"stage {i}/{len(stages)}: {ARM_NAMES[name]} ({len(mine)} seed{'s' * (len(mine) != 1)})"
+        trained[name] = (_train(proto, ref, mine, info, dev, loaded, batched, desc, compile), mine)
 
     # Phase 2: the final evaluation, the only place the test split is read.
     test = load_dataset(source.dataset, "test")

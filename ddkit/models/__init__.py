@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ddkit.config import ACCEPTED
 from ddkit.errors import InvalidInput
 from ddkit.models.base import ImageClassifier, ModelOutput, has_batchnorm, make_norm
 from ddkit.models.convnet import ConvNet
@@ -119,9 +120,9 @@ def _check_option(model: str, key: str, value, default) -> None:
           isinstance(value, kind))
     if not ok:
         raise InvalidInput(f"model {model!r} option {key}={value!r} must be {kind.__name__} (like its default {default!r})",
-                           f"e.g. --model-opt {key}={default}")
+                           f"give {key} {ACCEPTED.get(kind, 'a ' + kind.__name__)}, e.g. {key}={default}")
     if kind is int and default > 0 and value <= 0:  # sizes and counts
-        raise InvalidInput(f"model {model!r} option {key}={value!r} must be positive", f"e.g. --model-opt {key}={default}")
+        raise InvalidInput(f"model {model!r} option {key}={value!r} must be positive", f"e.g. {key}={default}")
 
 
 def parse_model_options(pairs) -> dict:
@@ -133,7 +134,7 @@ def parse_model_options(pairs) -> dict:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep:
-            raise InvalidInput(f"model option {pair!r} is not key=value", "e.g. --model-opt width=32")
+            raise InvalidInput(f"model option {pair!r} is not key=value", "write KEY=VALUE, e.g. width=32")
         for cast in (int, float):
             try:
                 out[key] = cast(value)

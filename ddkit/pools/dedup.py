@@ -30,6 +30,7 @@ from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.fileio import attr_text
 from ddkit.models.teacher import load_teacher
 from ddkit.pools.embed import teacher_embeddings
+from ddkit.progress import progress, say
 from ddkit.training import pick_device
 
 DROP_IN_POOL = 1  # near-duplicate of another pool sample that is kept
@@ -65,10 +66,13 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
         raise IncompatibleError(f"the pool's images are {tuple(pool.info.image_shape)}, {test_name}'s "
                                 f"{tuple(test.info.image_shape)}", "deduplicate against the pool's own task")
     dev = pick_device(device)
+    say(f"pool dedup 1/3: copies of {test_name} images among the pool's {len(pool)} samples")
     with reference_detector(test, workdir=Path(out).resolve().parent, device=dev) as det:
         m = match_dataset(det, pool)
     contaminated = m.flagged
     rest = np.flatnonzero(~contaminated)
+    say(f"pool dedup 2/3: near-duplicates among the {len(rest)} samples left "
+        f"({int(contaminated.sum())} test copies dropped)")
     group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent, device=dev)
     test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
     kept_pos = rest[keep]
@@ -93,6 +97,7 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
     check = {"check": "contamination", "against": f"{test_name}", "detector": det.version, "flagged": len(test_pos),
              "parts": {"pool samples": {"checked": len(ids), "flagged": len(test_pos), "exact": int(m.exact.sum()),
                                         "flagged_ids": ids[test_pos].tolist()[:1000]}}}
+    say(f"pool dedup 3/3: writing the {len(kept_pos)} kept samples to {out}")
     return _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrite, check)
 
 
@@ -112,7 +117,8 @@ def _write_deduplicated(pool_path, pool, kept_pos, out, report, record, overwrit
         provenance["contamination"] = dict(check, created=utc_now(),
                                            of="the pool before dedup (every flagged id was dropped)")
     rows = block_rows(pool.info.image_shape, QUERY_BLOCK)
-    blocks = (b.x for b in iter_batches(pool, rows, kept_pos, normalized=False, raw=True))
+    blocks = progress((b.x for b in iter_batches(pool, rows, kept_pos, normalized=False, raw=True)),
+                      total=-(-len(kept_pos) // rows), desc=f"writing {len(kept_pos)} pool samples", unit="block")
     summary = write_pool_blocks(out, blocks, tuple(pool.info.image_shape), ids[kept_pos], pool_task(pool_path), name,
                                 aside, origins, provenance, extra_groups={"dedup": ({"report": report}, record)},
                                 overwrite=overwrite)

@@ -49,6 +49,7 @@ from ddkit.progress import progress
 from ddkit.provenance import Stamp
 from ddkit.store.selection import pool_record
 from ddkit.training import pick_device
+from ddkit.workitems import claim_workdir
 
 SCORES_FORMAT = "ddkit.pool-scores"
 SCORES_SCHEMA = 1
@@ -246,9 +247,7 @@ def score_pool(pool: str | os.PathLike, teacher_path: str | os.PathLike, out: st
     shards = shard_grid(len(source), batch_size)
     run = ScoreRun(source.fingerprint, teacher.header.tensors_sha256, embedding or "none", bool(probs), batch_size,
                    len(source), shards[0][1] - shards[0][0])
-    workdir = Path(f"{out}.work")
-    if w.is_main and workdir.exists() and not resume:
-        shutil.rmtree(workdir)
+    workdir = claim_workdir(out, resume, overwrite, w.is_main)
     workdir.mkdir(parents=True, exist_ok=True)
     distributed.barrier()
     if w.is_main:

@@ -16,6 +16,7 @@ from ddkit.selectors import (
 )
 from ddkit.selectors.base import SELECTORS, SelectionInputs, Selector, SideOutput, register_selector
 from ddkit.store import read_selection, write_selection
+from ddkit.store.selection import with_class_counts
 from ddkit.training import pick_device
 
 
@@ -43,7 +44,7 @@ def run_selector(method: str, pool: str, teacher_paths: list[str], budget: int, 
     for t in teachers:
         t.check_fits(data.info)
     selection, outputs = selector.select_with_outputs(data, teachers, budget, config, seed, dev, inputs)
-    digest = write_selection(out, selection, overwrite=overwrite)
+    digest = write_selection(out, with_class_counts(selection, data), overwrite=overwrite)
     write_side_outputs(outputs, overwrite)
     return digest
 

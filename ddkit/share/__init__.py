@@ -8,7 +8,12 @@
 - `catalog`: an SQLite index over the headers and result cards of many files; the files stay the truth.
 """
 
-from ddkit.share.convert import ExportReport, export_file, import_set
-from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions
+from ddkit.lazy import lazy_exports
+
+# Resolved on first use: the formats import torch, and `ddkit catalog` / `ddkit info URL` need none of them.
+# Every name comes through `convert`, which imports each format module (and so registers the formats).
+__getattr__, __dir__ = lazy_exports(globals(), {
+    name: "convert" for name in ("ExportReport", "export_file", "import_set", "EXPORTERS", "IMPORTERS", "ImportOptions")
+})
 
 __all__ = ["EXPORTERS", "IMPORTERS", "ExportReport", "ImportOptions", "export_file", "import_set"]

@@ -5,7 +5,12 @@ damaged file is never parsed; URLs by ranged reads of the header only) into
 `$DDKIT_CACHE/catalog.sqlite` (or `--catalog PATH`, a shared index). A file that cannot be read is
 listed as damaged with the reason, never ends the scan. The files stay the source of truth: the
 index is rebuilt from them by scanning again, and `ls` marks a local file whose bytes changed
-since it was indexed (its seal block differs) as stale, and a vanished one as missing.
+since it was indexed (its seal block differs, or its body no longer matches the seal) as stale, and
+a vanished one as missing.
+
+An entry's id is the first 12 hex digits of its content hash: the same on every rescan and in every
+catalog. `ls` groups cards by protocol and IPC and ranks only within a group; cards of derived
+protocols (a shortened `--steps` run, `NAME[changes]@V`) are never ranked: `--derived` lists them apart.
 """
 
 from __future__ import annotations
@@ -125,6 +130,8 @@ class Catalog:
         cols = ", ".join(row)
         cur = self.db.execute(f"INSERT INTO files ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
         for name, card in results.items():
+            if card.get("check"):  # a recorded check (contamination), not an evaluation: no numbers to rank
+                continue
             s = summarize_card(name, card)
             self.db.execute(
                 "INSERT INTO results VALUES (?, ?, ?, ?, ?, ?)",
@@ -140,8 +147,11 @@ class Catalog:
         protocol: str | None = None,
         sort: str = "gain",
         limit: int = 50,
+        derived: bool = False,
     ) -> list[dict]:
-        """Indexed files (one row per file and result card), filtered, best first; status re-checked."""
+        """Indexed files (one row per file and result card), filtered, grouped by protocol and IPC and best
+        first within a group; status re-checked. Cards of derived protocols only with `derived` (then only
+        they are listed, never ranked beside the protocols' own cards)."""
         where, args = [], []
         for column, value in (("f.dataset", dataset), ("f.method", method), ("f.ipc", ipc)):
             if value is not None:
@@ -152,12 +162,17 @@ class Catalog:
             join = "JOIN"
             where.append("r.protocol = ?")
             args.append(self._protocol_id(protocol))
+        if derived:
+            join = "JOIN"
+            where.append("instr(r.protocol, '[') > 0")
         order = _SORT[sort]
+        on = "r.file_id = f.id" + ("" if derived else " AND instr(r.protocol, '[') = 0")
         sql = (
             f"SELECT f.id, f.location, f.status, f.problem, f.dataset, f.method, f.ipc, f.bytes, f.created, "
             f"f.content_sha256, f.seal_sha256, f.size, f.mtime_ns, r.protocol, r.mean, r.std, r.random_mean, r.gain "
-            f"FROM files f {join} results r ON r.file_id = f.id {'WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY (f.status != 'ok'), {order.split()[0]} IS NULL, {order}, f.id LIMIT ?"
+            f"FROM files f {join} results r ON {on} {'WHERE ' + ' AND '.join(where) if where else ''} "
+            f"ORDER BY (f.status != 'ok'), r.protocol IS NULL, r.protocol, f.ipc, {order.split()[0]} IS NULL, {order}, "
+            f"f.location LIMIT ?"
         )
         names = [
             "id",
@@ -182,9 +197,33 @@ class Catalog:
         rows = [dict(zip(names, r, strict=True)) for r in self.db.execute(sql, [*args, limit])]
         for row in rows:
             row["status"] = self._current_status(row)
+            row["id"] = entry_id(row)
             for key in ("seal_sha256", "size", "mtime_ns"):
                 row.pop(key)
+        rows.sort(key=lambda r: r["status"] != "ok")  # stable: a file found changed just now moves down
         return rows
+
+    def explain_empty(self, protocol: str | None = None, derived: bool = False, **filters) -> str:
+        """Why `ls` found nothing: an empty catalog, no file matching the filters, or no card under
+        the protocol among the files that match (with the protocols their cards are under)."""
+        files = self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        if not files:
+            return f"the catalog {self.path} is empty (run `ddkit catalog scan DIR_OR_URL`)"
+        where = [f"f.{k} = ?" for k, v in filters.items() if v is not None]
+        args = [v for v in filters.values() if v is not None]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        matching = self.db.execute(f"SELECT COUNT(*) FROM files f {clause}", args).fetchone()[0]
+        described = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "no filter"
+        if not matching:
+            return f"no indexed file matches {described} ({files} file(s) indexed)"
+        under = [r[0] for r in self.db.execute(
+            f"SELECT DISTINCT r.protocol FROM files f JOIN results r ON r.file_id = f.id {clause} ORDER BY 1", args)]
+        if derived:
+            return f"no card under a derived protocol among the {matching} file(s) matching {described}"
+        kept = [u for u in under if "[" not in u]
+        return (f"no card under {protocol or 'any protocol'} among the {matching} file(s) matching {described}; "
+                f"their cards are under: {', '.join(kept) or 'none (not evaluated)'}"
+                + (" (and derived protocols: --derived)" if len(kept) < len(under) else ""))
 
     def _protocol_id(self, protocol: str) -> str:
         """`NAME@VERSION` as given; a bare name means its only indexed version. Cards under two versions
@@ -210,14 +249,28 @@ class Catalog:
         if (st.st_size, st.st_mtime_ns) == (row["size"], row["mtime_ns"]):
             return "ok"
         with open(row["location"], "rb") as fh:
-            return "ok" if _seal_sha(fh.read(SEAL_BYTES)) == row["seal_sha256"] else "stale"
+            if _seal_sha(fh.read(SEAL_BYTES)) != row["seal_sha256"]:
+                return "stale"  # rewritten: another file now
+        try:  # touched, or changed inside: the body must still match the seal it was indexed with
+            check_seal(row["location"], full=True)
+        except DdkitError:
+            return "stale"
+        return "ok"
 
-    def get(self, key: str, out: str | os.PathLike | None = None) -> Path:
-        """Fetch the file indexed as `key` (an id or a content-hash prefix), verified against the index."""
-        field, value = ("id = ?", int(key)) if key.isdigit() else ("content_sha256 LIKE ?", f"{key}%")
-        rows = self.db.execute(f"SELECT location, content_sha256, status FROM files WHERE {field}", (value,)).fetchall()
-        if len(rows) != 1:
-            raise InvalidInput(f"{len(rows)} catalog entries match {key!r}", "give an id from `ddkit catalog ls`")
+    def get(self, key: str, out: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+        """Fetch the file indexed as `key` (its id: a content-hash prefix of at least 6 hex digits),
+        verified against the index. Copies of one content at several locations are one entry."""
+        key = key.strip().lower()
+        if len(key) < 6 or any(c not in "0123456789abcdef" for c in key):
+            raise InvalidInput(f"{key!r} is not a catalog id: ids are the first hex digits of a file's content hash",
+                               "give an id from `ddkit catalog ls` (at least 6 hex digits)")
+        rows = self.db.execute("SELECT location, content_sha256, status FROM files WHERE content_sha256 LIKE ? "
+                               "ORDER BY (status != 'ok'), location", (f"{key}%",)).fetchall()
+        contents = {r[1] for r in rows}
+        if len(contents) != 1:
+            raise InvalidInput(f"{len(contents)} indexed contents match {key!r}" + (
+                f" ({', '.join(sorted(c[:12] for c in contents))})" if contents else ""),
+                "give a longer id from `ddkit catalog ls`" if contents else "give an id from `ddkit catalog ls`")
         location, content, status = rows[0]
         if status != "ok":
             raise FileFormatError(f"{location} was indexed as {status}", "rescan it with `ddkit catalog scan`")
@@ -227,7 +280,7 @@ class Catalog:
         if out is not None:
             from ddkit.fileio import atomic_output
 
-            with atomic_output(out) as tmp:
+            with atomic_output(out, overwrite) as tmp:
                 shutil.copyfile(path, tmp)
             return Path(out)
         return path
@@ -245,19 +298,30 @@ def _pct(x, signed: bool = False) -> str:
     return f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}"
 
 
-def format_rows(rows: list[dict]) -> str:
-    """The `catalog ls` table."""
+def entry_id(row: dict) -> str:
+    """An entry's id: the first 12 hex digits of its content hash (stable across rescans), "—" when damaged."""
+    return (row.get("content_sha256") or "")[:12] or "—"
+
+
+def format_rows(rows: list[dict], empty: str = "no entries (run `ddkit catalog scan DIR_OR_URL`)") -> str:
+    """The `catalog ls` table: one block per protocol and IPC (ranked within it), unevaluated and
+    damaged files last."""
     if not rows:
-        return "no entries (run `ddkit catalog scan DIR_OR_URL`)"
-    lines = [
-        f"{'id':>4}  {'status':<8} {'dataset':<20} {'method':<12} {'ipc':>4}  {'protocol':<14} {'acc %':>6} "
-        f"{'random':>6} {'gain':>6} {'bytes':>9}  location"
-    ]
+        return empty
+    header = (f"  {'id':<12}  {'status':<8} {'dataset':<20} {'method':<12} {'acc %':>6} {'random':>6} {'gain':>6} "
+              f"{'bytes':>9}  location")
+    lines, group = [], None
     for r in rows:
+        key = (r["protocol"], r["ipc"]) if r["status"] == "ok" else ("damaged", None)
+        if key != group:
+            group = key
+            title = ("not evaluated" if r["protocol"] is None else f"{r['protocol']}, ipc {r['ipc']}") \
+                if r["status"] == "ok" else "damaged, stale or missing"
+            lines += ([""] if lines else []) + [title + (" (derived protocol: a shortened or altered run, not ranked)"
+                                                         if r["protocol"] and "[" in r["protocol"] else ""), header]
         lines.append(
-            f"{r['id']:>4}  {r['status']:<8} {str(r['dataset'] or '—'):<20} {str(r['method'] or '—'):<12} "
-            f"{str(r['ipc'] or '—'):>4}  {str(r['protocol'] or '—'):<14} {_pct(r['mean']):>6} "
-            f"{_pct(r['random_mean']):>6} {_pct(r['gain'], True):>6} {str(r['bytes'] or '—'):>9}  {r['location']}"
-            + (f"  ({r['problem']})" if r["problem"] else "")
+            f"  {r['id']:<12}  {r['status']:<8} {str(r['dataset'] or '—'):<20} {str(r['method'] or '—'):<12} "
+            f"{_pct(r['mean']):>6} {_pct(r['random_mean']):>6} {_pct(r['gain'], True):>6} {str(r['bytes'] or '—'):>9}  "
+            f"{r['location']}" + (f"  ({r['problem']})" if r["problem"] else "")
         )
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ddkit.data.base import Normalization
 from ddkit.registry import Registry
 from ddkit.share.exchange import Exportable
+from ddkit.store.results import summarize_card
 
 EXPORTERS = Registry("export format")
 IMPORTERS = Registry("import format")
@@ -65,15 +66,12 @@ def card_text(src: Exportable, fmt: str, how_to_load: str) -> str:
         "## Results (final-step test accuracy, mean over seeds; random real subset at the same budget)",
         "",
     ]
-    if src.results:
+    cards = [summarize_card(name, card) for name, card in sorted(src.results.items()) if not card.get("check")]
+    if cards:
         lines += ["| protocol | accuracy | random real | gain |", "|---|---|---|---|"]
-        for name, card in sorted(src.results.items()):
-            mean = (card.get("result") or {}).get("mean")
-            rnd = (card.get("random_baseline") or {}).get("mean")
-            gain = card.get(
-                "gain_over_random", mean - rnd if isinstance(mean, float) and isinstance(rnd, float) else None
-            )
-            lines.append(f"| {name} | {_percent(mean)} | {_percent(rnd)} | {_percent(gain)} |")
+        for s in sorted(cards, key=lambda s: s["derived"] is not None):  # shortened runs last, and marked
+            name = f"{s['protocol']} (shortened run, not comparable)" if s["derived"] else s["protocol"]
+            lines.append(f"| {name} | {_percent(s['mean'])} | {_percent(s['random_mean'])} | {_percent(s['gain'])} |")
     else:
         lines.append("not evaluated (run `ddkit evaluate`)")
     lines += [

@@ -1,5 +1,7 @@
-"""The `imagefolder` format: one PNG per training instance in `train/<class>/`, with an explicit class map.
+"""The `imagefolder` format: one PNG per training instance in `train/<index>_<class>/`, with an explicit class map.
 
+The folder names start with the zero-padded class index, so the loaders that number classes by
+sorting folder names (torchvision's `ImageFolder`, the HF `imagefolder` builder) get ddkit's labels.
 Export writes lossless PNGs (8-bit: exact for uint8 sets; float16 sets are rounded in the PNGs and
 kept exactly in `extras/images.npy`), `classes.json` (the folder names in label order), the labels
 and payloads as `.npy` and a README card. Files are named by instance index, so the instance
@@ -8,7 +10,8 @@ order survives a round trip.
 Import also reads the folders SRe2L, RDED and INFER release (`<root>/<class>/*.jpg|png`, or under
 `train/`). The class order is never taken from a directory listing: it comes from `classes.json`,
 from folder names equal to the dataset's class names, or from a class index that ends every
-folder name (`new007`, `00007`); otherwise the import is refused with the fix.
+folder name (`new007`, `00007`); exports from before the index prefix still import
+(their classes.json, or their bare class names). Otherwise the import is refused with the fix.
 """
 
 from __future__ import annotations
@@ -30,9 +33,24 @@ from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 _TRAILING_INDEX = re.compile(r"^\D*?(\d+)$")
 
 
+def _safe(class_names: list[str]) -> list[str]:
+    """Class names usable as folder names ('/' is not allowed in one), never empty."""
+    return [re.sub(r"[/\\]", "_", n).strip() or f"class{i}" for i, n in enumerate(class_names)]
+
+
 def folder_names(class_names: list[str]) -> list[str]:
-    """Folder-safe class names ('/' is not allowed in a folder name), unique, in label order."""
-    names = [re.sub(r"[/\\]", "_", n).strip() or f"class{i}" for i, n in enumerate(class_names)]
+    """Folder names in label order that also SORT in label order: `<index>_<name>`, the index
+    zero-padded to one width (`03_Dress`). Standard loaders (torchvision's ImageFolder, the HF
+    `imagefolder` builder) number classes by sorting folder names, so bare class names would permute
+    the labels ('Ankle boot' before 'T-shirt/top')."""
+    width = max(2, len(str(len(class_names) - 1)))
+    return [f"{i:0{width}d}_{n}" for i, n in enumerate(_safe(class_names))]
+
+
+def legacy_folder_names(class_names: list[str]) -> list[str]:
+    """The folder names of exports before issue 27 (bare class names, `NNN_name` only on a clash):
+    still recognized on import, with or without their classes.json."""
+    names = _safe(class_names)
     if len(set(names)) != len(names) or any(n in (".", "..") for n in names):
         names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
     return names
@@ -58,9 +76,11 @@ def export_imagefolder(src: Exportable, folder: Path) -> list[str]:
     exact = exact_in_uint8(src.stored)
     src.write_sidecar(folder, "imagefolder", exact_pixels=exact)
     how = (
-        "Train on it with any image-folder loader; the label of `train/<folder>/` is the folder's index in "
-        "`classes.json`. With ddkit: `ddkit import OUT --from imagefolder --dataset "
-        f"{src.header.dataset.info.name} set.ddk.h5`."
+        "Train on it with any image-folder loader (torchvision's `ImageFolder(OUT/train)`, the HF `imagefolder` "
+        "builder): the folders are named `<class index>_<class name>`, so sorting them, as those loaders do, gives "
+        "the class indices; `classes.json` lists them in label order. With ddkit: "
+        "`ddkit import OUT --from imagefolder --dataset "
+        f"{src.header.dataset.info.name} --out set.ddk.h5`."
     )
     (folder / "README.md").write_text(card_text(src, "imagefolder", how))
     notes = (
@@ -92,7 +112,8 @@ def _class_index(source: Path, folders: list[str], info: DatasetInfo) -> dict[st
                     "list every folder name, in label order",
                 )
             return {n: names.index(n) for n in folders}
-    for names in (list(info.class_names), folder_names(list(info.class_names))):
+    class_names = list(info.class_names)
+    for names in (class_names, folder_names(class_names), legacy_folder_names(class_names)):
         if set(folders) <= set(names):
             return {n: names.index(n) for n in folders}
     matches = [_TRAILING_INDEX.match(f) for f in folders]

@@ -12,14 +12,13 @@ Writes are atomic and validated before any file is created; reads refuse damaged
 too-new files with a `FileFormatError`.
 """
 
+# Torch-free modules are imported now (`ddkit info` needs nothing else); the ones that work on
+# tensors (the reader, writer, merge, render, validation) when one of their names is first used.
+from ddkit.lazy import lazy_exports
 from ddkit.store.composite import AdditiveComposite
 from ddkit.store.describe import describe, info_dict
-from ddkit.store.distilled import DistilledSet
 from ddkit.store.formation import MultiFormation
-from ddkit.store.merge import merge_files
 from ddkit.store.payloads import PAYLOADS, DBRLabels, GenericPayload, LabelPayload, LogitsLabels, TopKLabels
-from ddkit.store.reader import DistilledDataset
-from ddkit.store.render import render_grid
 from ddkit.store.results import add_result, read_results, summarize_card
 from ddkit.store.schema import (
     DISTILLED_FORMAT,
@@ -30,8 +29,12 @@ from ddkit.store.schema import (
     DistilledHeader,
 )
 from ddkit.store.selection import Selection, pool_record, read_selection, resolve_selection, write_selection
-from ddkit.store.validate import ValidationReport, require_valid, validate_file
-from ddkit.store.writer import write_distilled
+
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "DistilledDataset": "reader", "DistilledSet": "distilled", "merge_files": "merge", "render_grid": "render",
+    "ValidationReport": "validate", "require_valid": "validate", "validate_file": "validate",
+    "write_distilled": "writer",
+})
 
 __all__ = [
     "AdditiveComposite", "Budget", "DBRLabels", "DISTILLED_FORMAT", "DatasetRecord", "DistilledDataset",

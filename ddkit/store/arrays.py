@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from ddkit.errors import InvalidInput
 
 
 def as_array(value: Any, dtype, ndim: int | None, what: str) -> np.ndarray:
     """`value` (tensor, array or nested list) as a numpy array of `dtype`, checking its rank."""
-    if isinstance(value, torch.Tensor):
+    if hasattr(value, "detach"):  # a torch tensor (torch itself is not imported: headers are read without it)
         value = value.detach().cpu().numpy()
     array = np.ascontiguousarray(np.asarray(value), dtype=dtype)
     if ndim is not None and array.ndim != ndim:

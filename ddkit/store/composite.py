@@ -16,7 +16,6 @@ from typing import ClassVar
 
 import h5py
 import numpy as np
-import torch
 
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.store.arrays import as_array, check_finite
@@ -70,14 +69,16 @@ class AdditiveComposite:
         """For composed-instance offsets (instance index − N): their base image rows and compensators."""
         return self.members.reshape(-1)[offsets], offsets // self.members.shape[1]
 
-    def compose(self, base: torch.Tensor, compensator_rows: np.ndarray) -> torch.Tensor:
-        """clamp(base + compensators[rows], 0, 1) for float32 base pixels B×C×H×W."""
+    def compose(self, base, compensator_rows: np.ndarray):
+        """clamp(base + compensators[rows], 0, 1) for float32 base pixels B×C×H×W (a tensor)."""
+        import torch
+
         comps = torch.from_numpy(self.compensators[np.asarray(compensator_rows)])
         return (base + comps).clamp_(0.0, 1.0)
 
-    def labels(self, base_labels: torch.Tensor) -> torch.Tensor:
-        """The labels of the composed instances, in instance order."""
-        return base_labels[torch.from_numpy(self.members.reshape(-1))]
+    def labels(self, base_labels):
+        """The labels of the composed instances, in instance order (a tensor or an array, like `base_labels`)."""
+        return base_labels[self.members.reshape(-1)]
 
     # -- storage ---------------------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
@@ -87,8 +88,10 @@ class AdditiveComposite:
         return {"kind": self.kind}
 
 
-def instance_labels(stored_labels: torch.Tensor, composite: AdditiveComposite | None) -> torch.Tensor:
-    """Labels of every instance: the stored images' labels, then the composed instances'."""
+def instance_labels(stored_labels, composite: AdditiveComposite | None):
+    """Labels of every instance (a tensor): the stored images' labels, then the composed instances'."""
+    import torch
+
     stored_labels = stored_labels.long()
     return torch.cat([stored_labels, composite.labels(stored_labels)]) if composite is not None else stored_labels
 

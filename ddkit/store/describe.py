@@ -1,23 +1,41 @@
-"""What `ddkit info` shows about a file: `info_dict` gathers it (JSON-able), `describe` prints it."""
+"""What `ddkit info` shows about a file: `info_dict` gathers it (JSON-able), `describe` prints it.
+
+Everything here is read with h5py and numpy (`store.meta`), never torch, so `ddkit info` starts fast;
+only a `.pool.h5` loads the pool module (and torch) to read its header.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
-import torch
+import numpy as np
 
-from ddkit.data.poolfile import is_pool_file, open_pool
 from ddkit.store.h5io import open_store, reading
-from ddkit.store.reader import DistilledDataset
+from ddkit.store.meta import DistilledMeta, read_distilled_meta
+from ddkit.store.payloads import read_payload
 from ddkit.store.results import STORE_FORMATS, read_results, summarize_card
 from ddkit.store.schema import DISTILLED_FORMAT, attr_text
 from ddkit.store.selection import read_selection
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _unsealed_hdf5(path: str | os.PathLike) -> bool:
+    """Whether `path` is a plain HDF5 file: distilled and selection files start with their seal
+    instead, pools (and foreign HDF5 files) with HDF5's own signature."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    except OSError:
+        return False
 
 
 def pool_info_dict(path: str | os.PathLike) -> dict:
     """What `ddkit info` shows of a `.pool.h5` file: name, size, task, origins, provenance (with
     the recorded contamination check, if any)."""
+    from ddkit.data.poolfile import open_pool
+
     with open_pool(path) as h5, reading(path):
         task = json.loads(h5.attrs["task"])
         out = {"path": str(path), "format": "ddkit.pool", "name": attr_text(h5.attrs["name"]), "size": int(h5.attrs["size"]),
@@ -30,68 +48,74 @@ def pool_info_dict(path: str | os.PathLike) -> dict:
 
 def info_dict(path: str | os.PathLike) -> dict:
     """Everything `describe` shows, as a JSON-able dict (the `ddkit info --json` output)."""
-    if is_pool_file(path):
-        return pool_info_dict(path)
+    if _unsealed_hdf5(path):
+        from ddkit.data.poolfile import is_pool_file
+
+        if is_pool_file(path):
+            return pool_info_dict(path)
     h5, fmt = open_store(path, STORE_FORMATS)
     with h5, reading(path):
         common = {"path": str(path), "format": fmt, "schema": int(h5.attrs["schema"]),
                   "content_sha256": attr_text(h5.attrs["content_sha256"])}
+        meta = read_distilled_meta(h5, path) if fmt == DISTILLED_FORMAT else None
+        dbr = _dbr_summary(h5, meta) if meta is not None and "dbr" in meta.soft_schemes else None
     results = read_results(path)
     # A contamination check (`ddkit validate --against`) is stored beside the result cards.
     common["results"] = {n: c for n, c in results.items() if c.get("check") != "contamination"}
     common["contamination"] = next((c for c in results.values() if c.get("check") == "contamination"), None)
-    if fmt != DISTILLED_FORMAT:
+    if meta is None:
         sel = read_selection(path, verify=False)
         return common | {
             "method": sel.method, "method_version": sel.method_version, "seed": sel.seed,
             "created": sel.created, "ddkit_version": sel.ddkit_version, "pool": sel.pool,
-            "kept": len(sel), "rounds": int(sel.round.max()) + 1, "extra": sorted(sel.extra),
+            "kept": len(sel), "rounds": {int(r): int(c) for r, c in zip(*np.unique(sel.round, return_counts=True))},
+            "class_counts": sel.class_counts or None, "extra": sorted(sel.extra),
             "teachers": sel.teachers, "config": sel.config,
         }
-    with DistilledDataset(path, verify=False) as ds:
-        h = ds.header
-        counts = torch.bincount(ds.labels, minlength=ds.num_classes).tolist()
-        return common | {
-            "method": h.method, "method_version": h.method_version, "seed": h.seed,
-            "created": h.created, "ddkit_version": h.ddkit_version,
-            "dataset": h.dataset.to_dict(), "normalization": h.normalization.to_dict(),
-            "instances": len(ds), "stored_images": ds.num_stored,
-            "compensators": len(ds.composite.compensators) if ds.composite is not None else 0,
-            "instances_per_class": dict(zip(ds.classes, counts, strict=True)),
-            "budget": h.budget.to_dict(), "composite": _composite_parts(ds), "formation": _formation_parts(ds),
-            "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
-            "dbr": _dbr_summary(ds),
-        }
-
-
-def _dbr_summary(ds: DistilledDataset) -> dict | None:
-    """A DBR payload's size beside what full fp16 soft labels for the same views would take."""
-    if "dbr" not in ds.soft_schemes:
-        return None
-    payload = ds.soft["dbr"]
-    views = int(payload.d_org.size)
-    return {"recipe": payload.protocol, "views": views, "bytes": payload.nbytes,
-            "full_soft_label_bytes": views * ds.num_classes * 2}
-
-
-def _composite_parts(ds: DistilledDataset) -> dict | None:
-    """Bytes of the compensators and of their mapping, and the budget in image-equivalents per class."""
-    if ds.composite is None:
-        return None
-    comps = ds.composite.compensators
-    return {
-        "compensators": len(comps), "bytes_compensators": int(comps.nbytes),
-        "bytes_mapping": int(ds.composite.nbytes - comps.nbytes),
-        "equivalent_ipc": (ds.num_stored + len(comps)) / ds.num_classes,  # stored images + compensators, per class
-        "instances_per_class": len(ds) / ds.num_classes,
+    h = meta.header
+    labels = meta.labels
+    classes = list(h.dataset.info.class_names)
+    counts = np.bincount(labels, minlength=len(classes)).tolist()
+    return common | {
+        "method": h.method, "method_version": h.method_version, "seed": h.seed,
+        "created": h.created, "ddkit_version": h.ddkit_version,
+        "dataset": h.dataset.to_dict(), "normalization": h.normalization.to_dict(),
+        "instances": len(labels), "stored_images": meta.num_stored,
+        "compensators": len(meta.composite.compensators) if meta.composite is not None else 0,
+        "instances_per_class": dict(zip(classes, counts, strict=True)),
+        "budget": h.budget.to_dict(), "composite": _composite_parts(meta), "formation": _formation_parts(meta),
+        "teachers": h.teachers, "config": h.config, "license_note": h.license_note,
+        "dbr": dbr,
     }
 
 
-def _formation_parts(ds: DistilledDataset) -> dict | None:
-    """The decode and what it gives per class: stored images, instances (ipc_stored × n²)."""
-    if ds.formation is None:
+def _dbr_summary(h5, meta: DistilledMeta) -> dict:
+    """A DBR payload's size beside what full fp16 soft labels for the same views would take."""
+    payload = read_payload(h5["soft"]["dbr"])
+    views = int(payload.d_org.size)
+    return {"recipe": payload.protocol, "views": views, "bytes": payload.nbytes,
+            "full_soft_label_bytes": views * meta.header.num_classes * 2}
+
+
+def _composite_parts(meta: DistilledMeta) -> dict | None:
+    """Bytes of the compensators and of their mapping, and the budget in image-equivalents per class."""
+    if meta.composite is None:
         return None
-    return formation_summary(ds.formation.to_dict(), ds.num_stored, len(ds), ds.num_classes)
+    comps = meta.composite.compensators
+    classes = meta.header.num_classes
+    return {
+        "compensators": len(comps), "bytes_compensators": int(comps.nbytes),
+        "bytes_mapping": int(meta.composite.nbytes - comps.nbytes),
+        "equivalent_ipc": (meta.num_stored + len(comps)) / classes,  # stored images + compensators, per class
+        "instances_per_class": len(meta.labels) / classes,
+    }
+
+
+def _formation_parts(meta: DistilledMeta) -> dict | None:
+    """The decode and what it gives per class: stored images, instances (ipc_stored × n²)."""
+    if meta.formation is None:
+        return None
+    return formation_summary(meta.formation.to_dict(), meta.num_stored, len(meta.labels), meta.header.num_classes)
 
 
 def formation_summary(formation: dict, num_stored: int, instances: int, num_classes: int) -> dict:
@@ -147,13 +171,19 @@ def _results_table(results: dict) -> list[str]:
     rows = [summarize_card(name, card) for name, card in sorted(results.items())]
     width = max(8, *(len(r["protocol"]) for r in rows))
     lines = ["  results     test accuracy (%), mean ± std over seeds; random real at the same budget; gain in points;",
-             "              DD-Ranking's HLR (lower is better), IOR and LRS, where measured",
-             f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}  {'HLR':>6}  {'IOR':>6}  {'LRS':>6}"]
-    for r in rows:
-        acc = f"{_percent(r['mean'])} ± {_percent(r['std'])}"
-        rnd = f"{_percent(r['random_mean'])} ± {_percent(r['random_std'])}"
-        lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_percent(r['gain'], True):>7}  "
-                     f"{_percent(r.get('hlr')):>6}  {_percent(r.get('ior'), True):>6}  {_percent(r.get('lrs')):>6}")
+             "              DD-Ranking's HLR (lower is better), IOR and LRS, where measured"]
+    head = f"    {'protocol':<{width}}  {'mean ± std':>16}  {'random':>16}  {'gain':>7}  {'HLR':>6}  {'IOR':>6}  {'LRS':>6}"
+    full, derived = [r for r in rows if not r["derived"]], [r for r in rows if r["derived"]]
+    for title, group in ((None, full), ("  shortened or altered runs (derived protocols: not comparable with the "
+                                        "protocols' own results)", derived)):
+        if not group:
+            continue
+        lines += ([title] if title else []) + [head]
+        for r in group:
+            acc = f"{_percent(r['mean'])} ± {_percent(r['std'])}"
+            rnd = f"{_percent(r['random_mean'])} ± {_percent(r['random_std'])}"
+            lines.append(f"    {r['protocol']:<{width}}  {acc:>16}  {rnd:>16}  {_percent(r['gain'], True):>7}  "
+                         f"{_percent(r.get('hlr')):>6}  {_percent(r.get('ior'), True):>6}  {_percent(r.get('lrs')):>6}")
     return lines
 
 
@@ -167,6 +197,22 @@ def describe(path: str | os.PathLike) -> str:
     return render_info(d)
 
 
+def _rounds(rounds) -> str:
+    """'picked in one round (round 1)' or 'over 3 rounds (round 0: 10, round 1: 5, round 2: 5)'."""
+    if not isinstance(rounds, dict):  # a header read remotely, or an older dict: the round count only
+        return f"over {rounds} round(s)"
+    if len(rounds) == 1:
+        return f"picked in one round (round {next(iter(rounds))})"
+    return f"over {len(rounds)} rounds (" + ", ".join(f"round {r}: {n}" for r, n in rounds.items()) + ")"
+
+
+def _class_counts(counts) -> str:
+    if not counts:
+        return "not recorded (an unlabeled pool, or a file written before ddkit recorded it)"
+    shown = " ".join(str(c) for c in counts) if len(counts) <= 20 else f"{' '.join(map(str, counts[:20]))} …"
+    return f"{min(counts)}–{max(counts)} over {len(counts)} classes ({sum(1 for c in counts if c == 0)} empty): {shown}"
+
+
 def render_info(d: dict) -> str:
     """`describe`'s text for an `info_dict`-shaped dict (also built from a remote file's header)."""
     head = f"{d['method']} {d['method_version']}, seed {d['seed']}, created {d['created']} by ddkit {d['ddkit_version']}"
@@ -177,7 +223,8 @@ def render_info(d: dict) -> str:
             f"{d['path']}: ddkit selection (schema {d['schema']})",
             f"  method      {head}",
             f"  pool        {pool['name']} ({pool['split']}), {pool['size']} samples, fingerprint {pool['fingerprint'][:12]}",
-            f"  kept        {d['kept']} samples over {d['rounds']} round(s); per-id extras: {', '.join(d['extra']) or 'none'}",
+            f"  kept        {d['kept']} samples, {_rounds(d['rounds'])}; per-id extras: {', '.join(d['extra']) or 'none'}",
+            f"  per class   {_class_counts(d.get('class_counts'))}",
             f"  teachers    {_teachers(d['teachers'])}",
             f"  config      {_short(config, 200)}",
             f"  content     sha256 {d['content_sha256']}",

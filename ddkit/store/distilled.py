@@ -20,36 +20,9 @@ from ddkit.errors import InvalidInput
 from ddkit.provenance import utc_now
 from ddkit.store.composite import AdditiveComposite, instance_labels
 from ddkit.store.formation import FORMATION_SCHEMA, MultiFormation
+from ddkit.store.meta import IMAGE_DTYPES, check_labels, check_provenance  # noqa: F401  (shared checks)
 from ddkit.store.payloads import LabelPayload, payload_attrs
 from ddkit.store.schema import BASE_SCHEMA, Budget, DatasetRecord, DistilledHeader, budget_parts
-
-IMAGE_DTYPES = ("float16", "uint8")
-
-
-def check_labels(labels: torch.Tensor, num_classes: int, count: int, what: str = "labels") -> None:
-    """Refuse labels that are not one int per image, or fall outside [0, num_classes)."""
-    if labels.ndim != 1 or len(labels) != count:
-        raise InvalidInput(f"{what} have shape {tuple(labels.shape)}, expected ({count},)", "one label per image")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise InvalidInput(f"{what} have dtype {labels.dtype}, expected an integer type")
-    if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise InvalidInput(
-            f"{what} span [{int(labels.min())}, {int(labels.max())}] but the dataset has {num_classes} classes",
-            "labels are class indices in [0, num_classes)",
-        )
-
-
-def check_provenance(method: str, config, teachers) -> None:
-    """Refuse header fields the reader could not type back: shared by distilled and selection files."""
-    if not method or not isinstance(method, str):
-        raise InvalidInput(f"the method name must be a non-empty string, got {method!r}", "set the method name")
-    if not isinstance(config, dict):
-        raise InvalidInput(f"config must be a dict (or a dataclass), got {type(config).__name__}")
-    if not isinstance(teachers, (list, tuple)):
-        raise InvalidInput(f"teachers must be a list of dicts, got {type(teachers).__name__}")
-    for i, teacher in enumerate(teachers):
-        if not isinstance(teacher, dict) or not all(isinstance(teacher.get(k), str) for k in ("arch", "sha256")):
-            raise InvalidInput(f"teacher record {i} must be a dict with string 'arch' and 'sha256', got {repr(teacher)[:80]}")
 
 
 @dataclass

@@ -24,16 +24,18 @@ A file with a formation is written as schema 2, so a ddkit that cannot decode it
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import ClassVar
 
 import h5py
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.store.schema import attr_text
+
+if typing.TYPE_CHECKING:
+    import torch
 
 FORMATION_SCHEMA = 2  # the schema a file with a /formation group is written at
 MIN_CELL = 2  # pixels per cell side: a 1-pixel cell decodes to a constant image
@@ -90,6 +92,8 @@ class MultiFormation:
     def decode_cells(self, images: torch.Tensor, cells) -> torch.Tensor:
         """Row k of the result is cell `cells[k]` of `images[k]` upsampled to the full size
         (B×C×H×W → B×C×H×W; differentiable in `images`)."""
+        import torch
+        import torch.nn.functional as F
         cells = torch.as_tensor(np.asarray(cells), dtype=torch.long).reshape(-1)
         if len(cells) != len(images):
             raise ValueError(f"{len(images)} images but {len(cells)} cell indices")
@@ -104,6 +108,8 @@ class MultiFormation:
 
     def decode(self, images: torch.Tensor) -> torch.Tensor:
         """All instances of stored `images` (B×C×H×W → B·n²×C×H×W, in instance order; differentiable)."""
+        import torch
+        import torch.nn.functional as F
         if self.factor == 1:
             return images
         b, (h, w) = len(images), images.shape[-2:]
@@ -115,6 +121,7 @@ class MultiFormation:
         """Stored images whose cells are `instances` shrunk to cell size (antialiased bilinear):
         B·n² full-size images → B stored images. Used to start synthesis from real images (IDC's
         'mix' initialisation); decoding the result gives blurred versions of the instances."""
+        import torch.nn.functional as F
         if len(instances) % self.per_image:
             raise ValueError(f"{len(instances)} instances is not a multiple of {self.per_image}")
         if self.factor == 1:
@@ -133,9 +140,11 @@ class MultiFormation:
         instances = np.asarray(instances, dtype=np.int64)
         return instances // self.per_image, instances % self.per_image
 
-    def labels(self, stored_labels: torch.Tensor) -> torch.Tensor:
-        """The instances' labels: each stored image's label n² times."""
-        return stored_labels.long().repeat_interleave(self.per_image)
+    def labels(self, stored_labels):
+        """The instances' labels (int64, a tensor for a tensor, else an array): each stored image's label n² times."""
+        if hasattr(stored_labels, "repeat_interleave"):
+            return stored_labels.long().repeat_interleave(self.per_image)
+        return np.repeat(np.asarray(stored_labels, dtype=np.int64), self.per_image)
 
     # -- storage ---------------------------------------------------------------------------------
     def attrs(self) -> dict:

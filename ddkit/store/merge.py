@@ -11,6 +11,7 @@ decoded instances stay together, so payload rows simply follow the parents in tu
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -32,6 +33,30 @@ def _same(what: str, values: list, paths: list[str]) -> None:
             f"cannot merge: {paths[first_bad]} differs from {paths[0]} in its {what}",
             "merge only files distilled from the same dataset, normalization, teachers and method",
         )
+
+
+def _origins(content_sha256: str, seed: int, config: dict) -> list[tuple[str, int, str]]:
+    """The runs a file holds: itself, or the runs listed in its merge lineage (recursively), each as
+    (content hash, seed, config as JSON)."""
+    lineage = config.get("merged_from") if isinstance(config, dict) else None
+    if not isinstance(lineage, list):
+        return [(content_sha256, seed, json.dumps(config, sort_keys=True, default=str))]
+    return [o for entry in lineage for o in _origins(entry.get("content_sha256", ""), entry.get("seed"), entry.get("config", {}))]
+
+
+def _refuse_repeats(parents, headers, paths: list[str]) -> None:
+    """Refuse inputs that hold the same run twice: identical content (a file and its copy, or a file
+    merged into another input), or the same seed with the same config (the same draws, run again)."""
+    seen: dict = {}
+    for path, p, h in zip(paths, parents, headers):
+        for content, seed, config in _origins(p.content_sha256, h.seed, h.config):
+            for key, what in ((("content", content), f"the same content (sha256 {content[:12]}…)"),
+                              (("run", seed, config), f"the same run (seed {seed}, same config)")):
+                if key in seen and (seen[key] != path or key[0] == "content"):
+                    raise IncompatibleError(
+                        f"cannot merge: {path} and {seen[key]} hold {what}; the merged set would repeat its instances",
+                        "merge independent runs: different files made with different --seed")
+                seen.setdefault(key, path)
 
 
 def _merge_rows(arrays: list[np.ndarray], stored: list[int]) -> np.ndarray:
@@ -58,6 +83,7 @@ def merge_files(paths: list[str | os.PathLike], out: str | os.PathLike, overwrit
         _same("image storage dtype", [p._h5()["images"].dtype.str for p in parents], paths)
         _same("composite kind", [p.composite is not None for p in parents], paths)
         _same("formation", [p.formation for p in parents], paths)
+        _refuse_repeats(parents, headers, paths)
 
         stored_counts = [p.num_stored for p in parents]
         images = torch.cat([p.stored_pixels() for p in parents])

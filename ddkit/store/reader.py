@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from ddkit.data.base import DatasetInfo, transformed_sample
-from ddkit.errors import FileFormatError
-from ddkit.store.composite import AdditiveComposite, instance_labels, read_composite
-from ddkit.store.distilled import IMAGE_DTYPES, check_labels, check_provenance
-from ddkit.store.formation import FORMATION_SCHEMA, MultiFormation, instance_count, read_formation
-from ddkit.store.h5io import DAMAGED_FIX, open_h5, open_store, reading, should_verify, verify_content
-from ddkit.store.payloads import LabelPayload, read_payload
+from ddkit.errors import InvalidInput
+from ddkit.store.composite import AdditiveComposite
+from ddkit.store.formation import MultiFormation
+from ddkit.store.h5io import open_h5, open_store, reading, should_verify, verify_content
+from ddkit.store.meta import read_distilled_meta
+from ddkit.store.payloads import LabelPayload, LogitsLabels, read_payload
 from ddkit.store.results import read_results
-from ddkit.store.schema import DISTILLED_FORMAT, Budget, DistilledHeader, attr_text, decode_attrs
+from ddkit.store.schema import DISTILLED_FORMAT, Budget, DistilledHeader
 
 
 def _positions(indices, n: int, what: str) -> np.ndarray:
@@ -45,6 +45,10 @@ def to_unit_float(array: np.ndarray) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+LABEL_KINDS = ("hard", "soft")
+PER_INSTANCE_SCHEMES = ("logits", "topk")  # payloads with one target vector per instance, in this preference
+
+
 class DistilledDataset(torch.utils.data.Dataset):
     """The training instances of a `.ddk.h5` file: `(transform(normalized image), target_transform(label))`.
 
@@ -52,6 +56,12 @@ class DistilledDataset(torch.utils.data.Dataset):
     a file with a formation, the decoded instances of each stored image in turn (`ddkit.store.formation`).
     `stored_pixels` reads the stored images themselves.
     `verify` is "auto" (recompute the content hash when the file is under 256 MiB), True or False.
+
+    `labels="hard"` (default) yields each instance's class index; `labels="soft"` yields its stored
+    soft label as a float32 vector over the classes: the `logits` payload's logits (what the `stored`
+    protocols soften at their temperature), or the `topk` payload's k scores at their class indices
+    and 0 elsewhere. `soft_scheme` picks one when a file stores both; a file without a per-instance
+    payload (only hard labels, or NRR-DD's per-view `dbr` distances) is refused with the reason.
     """
 
     def __init__(
@@ -60,10 +70,15 @@ class DistilledDataset(torch.utils.data.Dataset):
         transform: Callable | None = None,
         target_transform: Callable | None = None,
         verify: bool | str = "auto",
+        labels: str = "hard",
+        soft_scheme: str | None = None,
     ):
+        if labels not in LABEL_KINDS:
+            raise InvalidInput(f"labels={labels!r} is not one of {', '.join(LABEL_KINDS)}", 'use labels="hard" or labels="soft"')
         self.path = Path(path)
         self.transform = transform
         self.target_transform = target_transform
+        self.label_kind = labels
         h5, _ = open_store(self.path, (DISTILLED_FORMAT,), verify)
         with h5:
             with reading(self.path):
@@ -74,45 +89,31 @@ class DistilledDataset(torch.utils.data.Dataset):
         self._handle: h5py.File | None = None
         self._pid = os.getpid()
         self._soft: dict[str, LabelPayload] | None = None
+        self._targets: torch.Tensor | None = None
+        self.soft_scheme = self._pick_soft_scheme(soft_scheme) if labels == "soft" else None
+
+    def _pick_soft_scheme(self, asked: str | None) -> str:
+        usable = [s for s in PER_INSTANCE_SCHEMES if s in self.soft_schemes]
+        if asked is not None and asked not in usable:
+            raise InvalidInput(f"{self.path} has no per-instance soft labels of scheme {asked!r} "
+                               f"(it stores: {', '.join(self.soft_schemes) or 'hard labels only'})",
+                               f"use soft_scheme one of {', '.join(usable)}" if usable else 'use labels="hard"')
+        if not usable:
+            why = ("its dbr payload holds teacher distances per replayed view, not a target per instance: train on it "
+                   "with `ddkit evaluate --protocol dbr-cpu`") if "dbr" in self.soft_schemes else "it stores hard labels only"
+            raise InvalidInput(f"{self.path} has no soft label per instance: {why}", 'use labels="hard"')
+        return asked or usable[0]
 
     def _load_metadata(self, h5: h5py.File) -> None:
-        self.header: DistilledHeader = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
-        check_provenance(self.header.method, self.header.config, self.header.teachers)
-        self.content_sha256: str = attr_text(h5.attrs["content_sha256"])
-        for name in ("images", "labels"):
-            if not isinstance(h5.get(name), h5py.Dataset):
-                raise FileFormatError(f"{self.path} has no /{name} dataset", DAMAGED_FIX)
-        images, labels = h5["images"], h5["labels"]
-        shape = tuple(self.header.dataset.info.image_shape)
-        if images.dtype.name not in IMAGE_DTYPES or images.ndim != 4 or images.shape[1:] != shape:
-            raise FileFormatError(
-                f"{self.path}: /images is {images.dtype} {images.shape}, expected float16/uint8 N×{'×'.join(map(str, shape))}",
-                DAMAGED_FIX,
-            )
-        self.num_stored = images.shape[0]
-        self.formation: MultiFormation | None = None
-        if "formation" in h5:
-            if int(h5.attrs["schema"]) < FORMATION_SCHEMA:
-                raise FileFormatError(f"{self.path} has a /formation group but schema {int(h5.attrs['schema'])}", DAMAGED_FIX)
-            self.formation = read_formation(h5["formation"], self.path)
-            self.formation.check(shape)
-            if "composite" in h5:
-                raise FileFormatError(f"{self.path} has both a /composite and a /formation", DAMAGED_FIX)
-        # Declared sizes against each other and the header before any array is read.
-        if labels.shape != (self.num_stored,) or instance_count(self.num_stored, self.formation) > self.header.budget.instances:
-            raise FileFormatError(
-                f"{self.path}: /labels {labels.shape} and /images {images.shape} disagree with each other or with the "
-                f"recorded {self.header.budget.instances} instances", DAMAGED_FIX)
-        stored_labels = torch.from_numpy(labels[()])
-        check_labels(stored_labels, self.header.num_classes, self.num_stored, "/labels")
-        self.stored_labels: torch.Tensor = stored_labels.long()
-        self.composite: AdditiveComposite | None = None
-        if "composite" in h5:
-            self.composite = read_composite(h5["composite"], self.path)
-            self.composite.check(self.num_stored, shape)
-        self.labels: torch.Tensor = (self.formation.labels(stored_labels) if self.formation is not None
-                                     else instance_labels(stored_labels, self.composite))
-        self.soft_schemes: list[str] = sorted(h5["soft"]) if "soft" in h5 else []
+        meta = read_distilled_meta(h5, self.path)
+        self.header: DistilledHeader = meta.header
+        self.content_sha256: str = meta.content_sha256
+        self.num_stored = meta.num_stored
+        self.composite: AdditiveComposite | None = meta.composite
+        self.formation: MultiFormation | None = meta.formation
+        self.stored_labels: torch.Tensor = torch.from_numpy(meta.stored_labels)
+        self.labels: torch.Tensor = torch.from_numpy(meta.labels)
+        self.soft_schemes: list[str] = meta.soft_schemes
 
     # -- the per-process HDF5 handle -------------------------------------------------------------
     def _h5(self) -> h5py.File:
@@ -139,6 +140,7 @@ class DistilledDataset(torch.utils.data.Dataset):
         state = dict(self.__dict__)
         state["_handle"] = None  # h5py handles cannot be pickled; workers open their own
         state["_soft"] = None  # re-read on demand rather than copied into every worker
+        state["_targets"] = None
         return state
 
     # -- torchvision-style access ----------------------------------------------------------------
@@ -147,8 +149,21 @@ class DistilledDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         i = operator.index(index)
-        return transformed_sample(self.header.normalization.apply(self.pixels([i])[0]), int(self.labels[i]),
+        target = int(self.labels[i]) if self.label_kind == "hard" else self.soft_targets()[i]
+        return transformed_sample(self.header.normalization.apply(self.pixels([i])[0]), target,
                                   self.transform, self.target_transform)
+
+    def soft_targets(self) -> torch.Tensor:
+        """The soft label of every instance (N × classes, float32) from `soft_scheme`'s payload."""
+        if self._targets is None:
+            payload = self.soft[self.soft_scheme or self._pick_soft_scheme(None)]
+            if isinstance(payload, LogitsLabels):
+                targets = torch.from_numpy(payload.values.astype(np.float32))
+            else:  # top-k: the k scores at their class indices, 0 elsewhere
+                targets = torch.zeros(len(self), self.num_classes)
+                targets.scatter_(1, torch.from_numpy(payload.indices), torch.from_numpy(payload.values.astype(np.float32)))
+            self._targets = targets
+        return self._targets
 
     def __repr__(self) -> str:
         d = self.header.dataset
@@ -165,6 +180,7 @@ class DistilledDataset(torch.utils.data.Dataset):
         ]
         if self.soft_schemes:
             lines.append(f"    Soft labels: {', '.join(self.soft_schemes)}")
+        lines.append(f"    Targets: {self.label_kind}" + (f" ({self.soft_scheme})" if self.soft_scheme else ""))
         if self.transform is not None:
             lines.append(f"    Transform: {self.transform!r}")
         if self.target_transform is not None:

@@ -76,6 +76,7 @@ def render_grid(
     keeps them; `what="compensators"` the composite's compensators, `per_class` per row, each
     min-max scaled. `what="auto"` is "stored" for a file with a formation (its decoded instances
     are zoomed cells of those images), else "instances".
+    The sheet is as wide as its widest row (an IPC-2 file draws 2 columns, not `per_class`).
 
     At most `max_rows` rows are drawn and the sheet is refused above `MAX_SHEET_PIXELS`, so a file
     with many classes cannot make the drawing take unbounded memory. The file is checked as
@@ -105,7 +106,8 @@ def render_grid(
         else:
             comps = _min_max(torch.from_numpy(ds.composite.compensators[: shown * per_class]))
             rows, names = list(comps.split(per_class)), None
-    image = grid_image(rows, per_class, (h, w), names)
+    columns = max(1, min(per_class, max(len(r) for r in rows)))  # as wide as the widest row: no blank canvas
+    image = grid_image(rows, columns, (h, w), names)
     with atomic_output(out_png, overwrite) as tmp:
         image.save(tmp, format="PNG")
     return {"rows": shown, "of": total}

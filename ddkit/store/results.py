@@ -62,6 +62,14 @@ def add_result(path: str | os.PathLike, name: str, card: dict) -> None:
             tmp.write_bytes(image[0])
 
 
+def derived_changes(protocol_id: str) -> str | None:
+    """What a derived protocol changed (`hard-cpu[epochs=0,steps=50]@1` -> "epochs=0,steps=50"), None for a
+    registered one. A card under a derived protocol comes from a shortened or altered run (`evaluate
+    --steps`): it is shown apart and never ranked beside the cards of the protocol itself."""
+    name = str(protocol_id).rpartition("@")[0] or str(protocol_id)
+    return name[name.index("[") + 1 : -1] if "[" in name and name.endswith("]") else None
+
+
 def _arm(card: dict, key: str) -> tuple:
     arm = card.get(key)
     return (arm.get("mean"), arm.get("std")) if isinstance(arm, dict) else (None, None)
@@ -82,4 +90,4 @@ def summarize_card(name: str, card: dict) -> dict:
     ranking = card.get("ranking") if isinstance(card.get("ranking"), dict) else {}
     scores = {k: _arm(ranking, k)[0] for k in ("hlr", "ior", "lrs")}  # DD-Ranking's, when the card has them
     return {"protocol": name, "mean": mean, "std": std, "random_mean": random_mean, "random_std": random_std, "gain": gain,
-            **scores}
+            **scores, "derived": derived_changes(name)}

@@ -13,14 +13,17 @@ import json
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
+from ddkit.datainfo import DatasetInfo, Normalization
 from ddkit.errors import InvalidInput
 from ddkit.fileio import attr_text  # noqa: F401  (part of this module's reading helpers)
 from ddkit.records import check_value, record_fields
+
+if TYPE_CHECKING:  # the schema reads headers without torch; only writers pass an ImageDataset
+    from ddkit.data.base import ImageDataset
 
 DISTILLED_FORMAT = "ddkit.distilled"
 SELECTION_FORMAT = "ddkit.selection"

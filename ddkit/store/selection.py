@@ -12,22 +12,26 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
 
 import ddkit
-from ddkit.data import ImageDataset, load_dataset, recorded_dataset
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.provenance import utc_now
 from ddkit.records import check_value
 from ddkit.store.arrays import as_array
-from ddkit.store.distilled import check_provenance
 from ddkit.store.h5io import open_store, read_group_arrays, reading, should_verify, verify_content, write_store
+from ddkit.store.meta import check_provenance
 from ddkit.store.schema import SELECTION_FORMAT, attr_text, decode_attrs, encode_attrs
+
+if TYPE_CHECKING:  # selections are read without torch; only resolving one loads its pool
+    from ddkit.data import ImageDataset
 
 HEADER_FIELDS = ("method", "method_version", "config", "seed", "pool", "teachers", "created", "ddkit_version")
 ARRAY_FIELDS = ("ids", "score", "rank", "round")
+OPTIONAL_FIELDS = ("class_counts",)  # header fields added later: written when set, read when present
 
 
 POOL_KEYS = ("name", "split", "size", "fingerprint", "ids_sha256")
@@ -51,8 +55,10 @@ class Selection:
 
     `pool` is a `pool_record`. `ids` are pool sample ids (ImageDataset.ids), unique. `score`
     (float64, NaN when the method has none), `rank` (default: pick order) and `round` (default 0)
-    have one entry per id, as does each array in `extra` (e.g. `min_distance`). `created` and
-    `ddkit_version` are set when written; `content_sha256` when read from a file.
+    have one entry per id, as does each array in `extra` (e.g. `min_distance`). `class_counts`: kept
+    samples per class of the pool's labels, recorded when they are known (`with_class_counts`; empty
+    otherwise, and in files written before it). `created` and `ddkit_version` are set when written;
+    `content_sha256` when read from a file.
     """
 
     method: str
@@ -69,6 +75,7 @@ class Selection:
     created: str = ""
     ddkit_version: str = ddkit.__version__
     content_sha256: str = ""
+    class_counts: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if dataclasses.is_dataclass(self.config) and not isinstance(self.config, type):
@@ -106,16 +113,28 @@ class Selection:
             check_value(self.pool[key], int if key == "size" else str, f"pool.{key}")
         if n > self.pool["size"]:
             raise InvalidInput(f"the selection keeps {n} samples of a pool of {self.pool['size']}")
+        if self.class_counts and (sum(self.class_counts) != n or min(self.class_counts) < 0):
+            raise InvalidInput(f"class_counts {self.class_counts} do not add up to the {n} kept samples")
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in ARRAY_FIELDS} | {f"extra/{k}": v for k, v in self.extra.items()}
+
+
+def with_class_counts(sel: Selection, pool: ImageDataset) -> Selection:
+    """`sel` with the kept samples counted per class of `pool` (the pool it was made from), unless
+    the pool's labels carry no information (an unlabeled pool)."""
+    if not getattr(pool, "labeled", True):
+        return sel
+    labels = pool.labels.numpy()[ids_to_positions(pool.ids.numpy(), sel.ids)]
+    counts = np.bincount(labels, minlength=pool.info.num_classes).tolist()
+    return dataclasses.replace(sel, class_counts=[int(c) for c in counts])
 
 
 def write_selection(path: str | os.PathLike, sel: Selection, overwrite: bool = False) -> str:
     """Check `sel` and write it atomically to `path`; returns its content_sha256."""
     sel.check()
     stamped = dataclasses.replace(sel, created=utc_now(), ddkit_version=ddkit.__version__)
-    header_attrs = encode_attrs(stamped, HEADER_FIELDS)
+    header_attrs = encode_attrs(stamped, HEADER_FIELDS + (OPTIONAL_FIELDS if sel.class_counts else ()))
     return write_store(path, SELECTION_FORMAT, sel.arrays(), header_attrs, overwrite=overwrite)
 
 
@@ -127,7 +146,7 @@ def read_selection(path: str | os.PathLike, verify: bool | str = "auto") -> Sele
             verify_content(h5, path)
         with reading(path):
             digest = attr_text(h5.attrs["content_sha256"])
-            header = decode_attrs(Selection, h5.attrs, HEADER_FIELDS)
+            header = decode_attrs(Selection, h5.attrs, HEADER_FIELDS + tuple(f for f in OPTIONAL_FIELDS if f in h5.attrs))
             _check_declared_rows(h5, header["pool"])
             arrays = {name: h5[name][()] for name in ARRAY_FIELDS}
             extra = read_group_arrays(h5["extra"]) if "extra" in h5 else {}
@@ -177,6 +196,8 @@ def resolve_selection(sel_or_path: Selection | str | os.PathLike, pool: ImageDat
     opened from the file's record: pass it); it must have the recorded fingerprint, so the ids are
     known to resolve to the pixels that were selected.
     """
+    from ddkit.data import load_dataset, recorded_dataset
+
     sel = sel_or_path if isinstance(sel_or_path, Selection) else read_selection(sel_or_path)
     record = sel.pool
     if pool is None:  # by its registry name only: a pool:PATH / imagefolder:PATH source must be passed

@@ -21,6 +21,7 @@ from ddkit.synth import (
 )
 from ddkit.synth.base import SYNTHESIZERS, Synthesizer, register_synthesizer
 from ddkit.training import pick_device
+from ddkit.workitems import claim_workdir
 
 
 def run_synthesizer(method: str, dataset: str, teacher_paths: list[str], ipc: int, config_overrides: dict | None = None,
@@ -43,9 +44,7 @@ def run_synthesizer(method: str, dataset: str, teacher_paths: list[str], ipc: in
     for t in teachers:
         t.check_fits(source.info)
     synth.check_teachers(teachers)
-    workdir = Path(f"{out}.work")
-    if workdir.exists() and not resume and w.is_main:
-        shutil.rmtree(workdir)
+    workdir = claim_workdir(out, resume, overwrite, w.is_main)
     distributed.barrier()
     dset = synth.synthesize(source, teachers, ipc, config, seed, dev, workdir)
     if not w.is_main:

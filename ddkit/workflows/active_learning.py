@@ -40,6 +40,7 @@ from ddkit.selectors.acquisition import Rule, get_rule
 from ddkit.selectors.active import LoopResult, loop_selection, resolve_teacher, run_loop, seed_set, split_pool
 from ddkit.selectors.activekd import ActiveKDConfig
 from ddkit.store import add_result, pool_record, write_selection
+from ddkit.store.selection import with_class_counts
 from ddkit.workflows.curves import curves, plot_curves, require_matplotlib, results_table
 
 DEFAULT_RULES = ("pcoreset", "random", "entropy", "coreset-features", "pcoreset-teacher", "class-balanced")
@@ -220,7 +221,7 @@ def _write_outputs(result, out: Path, paths, pool, test, cfg, rules, proto, teac
     for run in result.runs:
         path = paths[(run.rule, run.distill, run.seed)]
         selection = loop_selection(run.loop, pool, cfg, by_rule[run.rule], queries, teacher_records, device)
-        digest = write_selection(path, selection, overwrite=overwrite)
+        digest = write_selection(path, with_class_counts(selection, pool), overwrite=overwrite)
         final = np.sort(run.loop.labeled).tobytes()
         card = selection_card(run, randoms.get((run.distill, run.seed)), str(path), digest, pool, proto, teachers,
                               device, seconds[(run.seed, final)])
