@@ -47,8 +47,9 @@ def source():
     return load_dataset(DATASET, "train")
 
 
-def make_file(path, source, factor: int = 2, ipc: int = 2, dtype: str = "float16", soft: bool = False) -> str:
-    g = torch.Generator().manual_seed(factor)
+def make_file(path, source, factor: int = 2, ipc: int = 2, dtype: str = "float16", soft: bool = False,
+              seed: int = 0) -> str:
+    g = torch.Generator().manual_seed(factor + 100 * seed)
     labels = torch.arange(10).repeat_interleave(ipc)
     images = torch.rand(10 * ipc, 3, 16, 16, generator=g)
     if dtype == "uint8":
@@ -56,7 +57,7 @@ def make_file(path, source, factor: int = 2, ipc: int = 2, dtype: str = "float16
     formation = MultiFormation(factor) if factor > 1 else None
     n_inst = 10 * ipc * factor**2
     dset = DistilledSet.from_source(
-        source, method="toy", method_version="1", config={"formation": factor}, seed=0, images=images, labels=labels,
+        source, method="toy", method_version="1", config={"formation": factor}, seed=seed, images=images, labels=labels,
         ipc=ipc, formation=formation,
         soft={"logits": LogitsLabels(torch.randn(n_inst, 10, generator=g))} if soft else {},
     )
@@ -216,7 +217,7 @@ def test_export_writes_decoded_instances_and_imports_back_bit_for_bit(tmp_path, 
 
 def test_merge_keeps_the_formation_and_refuses_mixing(tmp_path, source):
     make_file(tmp_path / "a.ddk.h5", source, factor=2, soft=True)
-    make_file(tmp_path / "b.ddk.h5", source, factor=2, soft=True)
+    make_file(tmp_path / "b.ddk.h5", source, factor=2, soft=True, seed=1)
     merge_files([tmp_path / "a.ddk.h5", tmp_path / "b.ddk.h5"], tmp_path / "m.ddk.h5")
     with DistilledDataset(tmp_path / "m.ddk.h5") as m, DistilledDataset(tmp_path / "a.ddk.h5") as a, \
             DistilledDataset(tmp_path / "b.ddk.h5") as b:
