@@ -290,6 +290,7 @@ def output_folder(path: str | os.PathLike) -> Path:
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputUnwritable(f"cannot write {text}: {parent} is not a folder", "choose an output folder you can write")
+        raise OutputUnwritable(f"cannot write {text}: {parent} is not a folder",
+                               "choose an output folder you can write")
     check_writable(parent / absolute.name, text, "choose an output folder you can write")
     return target

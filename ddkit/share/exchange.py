@@ -33,8 +33,8 @@ from ddkit.share.files import load_npy_tree, save_npy, source_sha256
 from ddkit.store import PAYLOADS, AdditiveComposite, DatasetRecord, DistilledDataset, DistilledSet, LabelPayload
 from ddkit.store.distilled import check_labels
 from ddkit.store.payloads import GenericPayload
-from ddkit.store.schema import Budget
 from ddkit.store.results import read_results
+from ddkit.store.schema import Budget
 from ddkit.store.writer import write_distilled
 
 SIDECAR = "ddkit.json"
@@ -236,11 +236,12 @@ def read_sidecar(folder: Path, follow_symlinks: bool = False) -> ExportSidecar |
     path = folder / SIDECAR
     if kind(path) == "missing":
         return None
-    data = read_json(path, "export record", fix="re-export the set, or remove the file", follow_symlinks=follow_symlinks)
+    fix = "re-export the set, or remove the file"
+    data = read_json(path, "export record", fix=fix, follow_symlinks=follow_symlinks)
     try:
         return ExportSidecar.from_dict(data, str(path))
     except InvalidInput as exc:
-        raise FileFormatError(exc.problem, "re-export the set, or remove the file") from None
+        raise FileFormatError(exc.problem, fix) from None
 
 
 # -- foreign values, checked before use -----------------------------------------------------------

@@ -21,7 +21,6 @@ from ddkit.errors import FileFormatError, OutputExists, OutputUnwritable
 from ddkit.fileio import sha256_file
 from ddkit.paths import kind, output_folder, read_small, walk
 
-
 MARKER = ".ddkit-output.json"  # what an output folder holds, written last by `atomic_folder`
 MARKER_FORMAT = "ddkit.output-folder"
 
