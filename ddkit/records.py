@@ -39,6 +39,16 @@ def parse_json(data: bytes | str, where: str, fix: str = "re-create the file wit
         raise FileFormatError(f"{where} nests JSON values too deeply to be a ddkit record", fix) from None
 
 
+def printable(value: Any) -> str:
+    """`value` as text safe to print to a terminal: control characters (escape sequences, newlines,
+    carriage returns) and other unprintable ones (bidirectional overrides) shown as backslash escapes,
+    so a name from someone else's file can neither rewrite the screen nor fake another line."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _got(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:39] + '…'}"
