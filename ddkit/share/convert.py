@@ -51,7 +51,8 @@ def import_set(
     source = Path(source)
     check_source(source, options.follow_symlinks)
     imported = importer(source, options)
-    return write_imported(imported, fmt, source, options.dataset, out, overwrite, source_label, options.follow_symlinks)
+    return write_imported(imported, fmt, source, options.dataset, out, overwrite, source_label, options.follow_symlinks,
+                          options.trusted_keys)
 
 
 def check_source(source: Path, follow_symlinks: bool = False) -> None:

@@ -32,9 +32,10 @@ from ddkit.records import check_value, record_fields
 from ddkit.share.files import load_npy_tree, save_npy, source_sha256
 from ddkit.store import PAYLOADS, AdditiveComposite, DatasetRecord, DistilledDataset, DistilledSet, LabelPayload
 from ddkit.store.distilled import check_labels
+from ddkit.store.hashing import header_attrs, header_sha256_of
 from ddkit.store.payloads import GenericPayload
 from ddkit.store.results import read_results
-from ddkit.store.schema import Budget
+from ddkit.store.schema import DISTILLED_FORMAT, Budget
 from ddkit.store.writer import write_distilled
 
 SIDECAR = "ddkit.json"
@@ -52,6 +53,8 @@ class Exportable:
     pixels: torch.Tensor  # float32 in [0, 1], one row per instance
     labels: np.ndarray  # int64, one per instance
     results: dict
+    header_attrs: dict | None = None  # every header attribute, so an import can check a signature
+    signature: dict | None = None  # the file's signature record, when it is signed
 
     @property
     def header(self):
@@ -100,6 +103,8 @@ class Exportable:
             "soft": soft,
             "composite": self.dataset.composite is not None,
             "results": self.results,
+            "header_attrs": self.header_attrs,
+            "signature": self.signature,
         }
 
     def write_sidecar(self, folder: Path, fmt: str, exact_pixels: bool) -> None:
@@ -119,12 +124,17 @@ class Exportable:
 
 def read_exportable(path: str | os.PathLike) -> Exportable:
     """Open and verify a `.ddk.h5` file for export (the content hash is always checked)."""
+    from ddkit.share.sign import read_signature
+
     ds = DistilledDataset(path, verify=True)
     with ds:
         stored = ds._h5()["images"][()]
         pixels = ds.pixels()
+        attrs = header_attrs(ds._h5())
         _ = ds.soft  # read and check the payloads while the file is open
-    return Exportable(str(path), ds, stored, pixels, ds.labels.numpy().astype(np.int64), read_results(path))
+    signature = read_signature(path)
+    return Exportable(str(path), ds, stored, pixels, ds.labels.numpy().astype(np.int64), read_results(path), attrs,
+                      signature.to_dict() if signature else None)
 
 
 def exact_in_uint8(stored: np.ndarray) -> bool:
@@ -384,11 +394,14 @@ def write_imported(
     overwrite: bool = False,
     source_label: str | None = None,
     follow_symlinks: bool = False,
+    trusted_keys: str | os.PathLike | bool | None = None,
 ) -> str:
     """Write `imported` as a `.ddk.h5` for registered dataset `dataset`; returns its content_sha256.
 
     `follow_symlinks`: the source folder may hold links (the user opted in); they are hashed as what
-    they point to. Otherwise a link or special file in the source folder is refused.
+    they point to. Otherwise a link or special file in the source folder is refused. `trusted_keys`
+    (a trusted-keys file, or True for the default one) requires the source to be a ddkit export of
+    a set signed by one of those keys, reproduced exactly (`verify_sidecar`).
     """
     source = Path(source)
     folder = source if source.is_dir() else source.parent
@@ -405,6 +418,15 @@ def write_imported(
         "source_sha256": source_sha256(source, follow_symlinks),
         **imported.details,
     }
+    expect_content = None
+    if trusted_keys is not None:
+        if meta is None:
+            from ddkit.share.sign import SignatureRefused
+
+            raise SignatureRefused(f"{source} carries no ddkit export record ({SIDECAR}), so no signature",
+                                   "import a folder exported by ddkit from a signed set, or drop --require-signature")
+        verify_sidecar(meta, folder / SIDECAR, trusted_keys)
+        expect_content = meta.content_sha256  # the import must reproduce the signed data exactly
     if meta is not None:
         check_labels(imported.labels, meta.dataset.info.num_classes, len(imported.labels), f"{source} labels")
         try:
@@ -459,4 +481,60 @@ def write_imported(
         )
     if len(dset.images) == 0:
         raise InvalidInput(f"{source} holds no images", "check the source path and --from format")
-    return write_distilled(out, dset, overwrite=overwrite)
+    return write_distilled(out, dset, overwrite=overwrite, expect_content=expect_content)
+
+
+_SIGNED_TEXT = ("method", "method_version", "license_note")
+_SIGNED_JSON = {"config": None, "teachers": None, "dataset": DatasetRecord, "normalization": Normalization,
+                "budget": Budget}
+
+
+def verify_sidecar(meta: ExportSidecar, where: Path, trusted_keys: str | os.PathLike | bool) -> None:
+    """Refuse (SignatureRefused) an export whose `ddkit.json` does not carry a signature by a trusted
+    key over the original file's identity, or whose header fields differ from the signed header.
+
+    The original header travels as `header_attrs`; its hash is recomputed here, so the signature is
+    checked against the header itself, and every field the import uses is compared with it. The data
+    is checked when the imported file is built: its content hash must be the signed one.
+    """
+    from ddkit.share.sign import Signature, SignatureRefused, check_signature, read_trusted_keys
+
+    trusted = read_trusted_keys(None if trusted_keys is True else trusted_keys)
+    if meta.signature is None or meta.header_attrs is None:
+        raise SignatureRefused(f"{where} carries no signature (the exported set was not signed)",
+                               "ask for an export of a signed set (`ddkit sign FILE --key K`, then export)")
+    try:
+        signature = Signature.from_dict(meta.signature, f"{where} signature")
+        header = header_sha256_of(meta.header_attrs)
+        root = meta.header_attrs.get("", {})
+        fmt = root.get("format")
+        if fmt != DISTILLED_FORMAT:
+            raise InvalidInput(f"header_attrs names format {fmt!r}")
+    except (InvalidInput, ValueError, OverflowError) as exc:
+        raise SignatureRefused(f"{where}: the signature record is malformed ({exc})",
+                               "re-export the signed set") from None
+    check_signature(signature, fmt, meta.content_sha256, header, trusted, str(where))
+    differ = [k for k in _SIGNED_TEXT if root.get(k) != getattr(meta, k)]
+    differ += [] if root.get("seed") == meta.seed else ["seed"]
+    for key, record in _SIGNED_JSON.items():
+        try:
+            value = json.loads(root.get(key, "null"))
+            value = record.from_dict(value) if record is not None else value
+        except (ValueError, TypeError, InvalidInput, RecursionError):
+            value = None
+        if value != getattr(meta, key):
+            differ.append(key)
+    for scheme, soft in meta.soft.items():
+        group = meta.header_attrs.get(f"soft/{scheme}", {})
+        try:
+            same = (json.loads(group.get("fields", "null")) == soft.fields
+                    and json.loads(group.get("meta", "null")) == soft.meta)
+        except (ValueError, TypeError, RecursionError):
+            same = False
+        if not same:
+            differ.append(f"soft.{scheme}")
+    if sorted(s for s in meta.header_attrs if s.startswith("soft/")) != sorted(f"soft/{k}" for k in meta.soft):
+        differ.append("soft")
+    if differ:
+        raise SignatureRefused(f"{where}: field(s) {', '.join(differ)} differ from the signed header",
+                               "do not use this export; ask for a good copy of the signed set")

@@ -27,6 +27,8 @@ class ImportOptions:
     `no_zca` states that tensors from an MTT-style source were not whitened; `index` picks one
     experiment of a DC result file. `follow_symlinks` opts into reading symbolic links found in the
     source folder (by default a link or special file there is refused: it can point anywhere).
+    `trusted_keys` requires a signature (`ddkit.share.sign`): the source must be a ddkit export of a
+    set signed by a key in that trusted-keys file (True: the default file), and is rebuilt exactly.
     """
 
     dataset: str
@@ -35,6 +37,7 @@ class ImportOptions:
     no_zca: bool = False
     index: int = 0
     follow_symlinks: bool = False
+    trusted_keys: str | bool | None = None
 
 
 def parse_normalization(mean: str | None, std: str | None) -> Normalization | None:
