@@ -305,12 +305,14 @@ class Catalog:
         except OSError:
             return "invalid"
 
-    def get(self, key: str, out: str | os.PathLike | None = None) -> Path:
+    def get(self, key: str, out: str | os.PathLike | None = None,
+            trusted_keys: str | os.PathLike | bool | None = None) -> Path:
         """Fetch the file indexed as `key` (an id or a content-hash prefix), verified against the index.
 
         The row may have been edited by anyone who can write the catalog: a local location must be a
         regular file (not a link, FIFO or device) holding a sealed ddkit file whose content hash is the
-        row's, whatever its name; nothing else is copied or returned.
+        row's, whatever its name; nothing else is copied or returned. With `trusted_keys` (a file, or
+        True for the default one) the file must also be signed by one of those keys.
         """
         key = str(key).strip()
         if key.isdigit():
@@ -339,6 +341,10 @@ class Catalog:
         else:
             path = Path(location)
             verify_store_file(path, content)
+        if trusted_keys is not None and trusted_keys is not False:
+            from ddkit.share.sign import require_signature
+
+            require_signature(path, None if trusted_keys is True else trusted_keys)
         if out is not None:
             from ddkit.fileio import atomic_output
 

@@ -187,11 +187,19 @@ def is_pack(spec: str) -> bool:
     return Path(spec).is_dir() and kind(Path(spec) / MANIFEST) != "missing"
 
 
-def resolve_train_set(spec: str, teachers: list[str]) -> tuple[str, list[str]]:
+def resolve_train_set(spec: str, teachers: list[str], trusted_keys: str | os.PathLike | bool | None = None
+                      ) -> tuple[str, list[str]]:
     """`evaluate`'s TRAIN_SET and teachers: a pack folder brings its own teachers (unless some are given);
-    URLs are fetched and verified; anything else is passed on unchanged."""
+    URLs are fetched and verified; anything else is passed on unchanged. With `trusted_keys` (a
+    trusted-keys file, or True for the default one) the set must be signed by one of those keys."""
     teachers = [resolve(t) for t in teachers]
     if is_pack(spec):
         set_path, packed = read_pack(spec)
-        return str(set_path), teachers or [str(p) for p in packed]
-    return (resolve(spec) if not spec.startswith("random:") else spec), teachers
+        train_set, teachers = str(set_path), teachers or [str(p) for p in packed]
+    else:
+        train_set = resolve(spec) if not spec.startswith("random:") else spec
+    if trusted_keys is not None and trusted_keys is not False:
+        from ddkit.share.sign import require_signature
+
+        require_signature(train_set, None if trusted_keys is True else trusted_keys)
+    return train_set, teachers
