@@ -177,9 +177,9 @@ def member(folder: str | os.PathLike, name: object, what: str, *, must_exist: bo
 
 def component(text: object, fallback: str = "item", max_length: int = 64) -> str:
     """One file-name component made from `text` found in a file: characters outside
-    `A-Z a-z 0-9 . _ + -` become `_`, leading dots are dropped (no hidden files, no `.`/`..`),
+    `A-Z a-z 0-9 . _ + -` become `_`, leading dots and `_` are dropped (no hidden files, no `.`/`..`),
     at most `max_length` characters; `fallback` when nothing is left."""
-    cleaned = _SAFE_CHARS.sub("_", text if isinstance(text, str) else "").lstrip(".")[:max_length].strip("_")
+    cleaned = _SAFE_CHARS.sub("_", text if isinstance(text, str) else "").lstrip("._")[:max_length].rstrip("_")
     return cleaned or fallback
 
 

@@ -521,7 +521,7 @@ for _label, _labels in (
         return ["import", _pt_folder(work, labels=_labels), "--from", "pt", "--dataset", DATASET, "out.ddk.h5"]
 
 
-for _label, _labels in (("null", [0, None, 1]), ("string", [0, "cat", 1]), ("negative", [0, -2, 1]),
+for _label, _labels in (("null", [0, None, 1]), ("string", ["0", "cat", "1"]), ("negative", [0, -2, 1]),
                         ("out of range", [0, 1, 99]), ("fractional", [0.0, 1.5, 2.0])):
     @case("import", f"parquet label {_label}", outputs=("out.ddk.h5",))
     def _(work, _labels=_labels):
