@@ -17,7 +17,8 @@ Per surface the `reliability-sharing` section of BENCHMARKS.md gets: cases, clea
 accesses, crashes (death by a signal), hangs (timeouts), tracebacks, leftovers (temporary files, a
 refused case's outputs, changes outside), and a list of every case that was not clean. A case is
 clean when it ended as expected ("refused": non-zero exit with one `error:` line; "ok": exit 0), with
-no traceback, crash, hang, outside access or leftover, and its `CHECKS` entry (if any) holds.
+no traceback, crash, hang, outside access or leftover, and its `CHECKS` entry (if any) holds. (Click's
+own usage errors, `Error: Invalid value …`, count as the one clear message.)
 
     nice -n 10 env OMP_NUM_THREADS=1 python scripts/bench_reliability_sharing.py [--only TEXT] [--fuzz N]
 
@@ -85,7 +86,7 @@ class Outcome:
             return False
         if self.case.expect == "ok":
             return self.code == 0
-        errors = [line for line in self.output.splitlines() if line.startswith("error:")]
+        errors = [line for line in self.output.splitlines() if line.lower().startswith("error:")]  # ddkit's or click's
         return self.code not in (0, None) and len(errors) == 1
 
     @property
