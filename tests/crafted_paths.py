@@ -751,9 +751,9 @@ def _(work):
 @case("sign", "import --require-signature of a signed export with edited pixels", outputs=("out.ddk.h5",))
 def _(work):
     folder = _export(work, "pt", signed=True)
-    images = np.load(folder / "extras" / "images.npy")
-    images[0] = 0
-    np.save(folder / "extras" / "images.npy", images)
+    images = torch.load(folder / "images.pt", weights_only=True)
+    images[0] = 0.0
+    torch.save(images, folder / "images.pt")
     return ["import", folder, "--from", "pt", "--dataset", DATASET, "out.ddk.h5", "--require-signature",
             "--trusted-keys", work / "keys" / "trusted-alice"]
 
