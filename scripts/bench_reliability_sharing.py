@@ -11,7 +11,11 @@ with `work` as the current folder, under
   folders (without strace, a change to any file under `ROOT/NNN` outside `inside` is counted);
 - an RSS cap (`--rss-cap-mib`, default 3072: the process tree is sampled every 50 ms and killed
   above it; the peak is the larger of the samples and the kernel's `ru_maxrss`);
-- a timeout (`--timeout`, default 60 s; the process group is killed after it).
+- a timeout (the process group is killed): after `--timeout` seconds of CPU time (default 60), after
+  `--stall` seconds (default 60) in which the process tree used no CPU at all (blocked: a FIFO, a
+  lock), or after `--wall-timeout` seconds of wall time (default 900). CPU time, not wall time,
+  because on a shared machine under load a command that takes 5 s alone can take minutes of wall
+  time; a blocked command shows no CPU progress however loaded the machine is.
 
 Per surface the `reliability-sharing` section of BENCHMARKS.md gets: cases, clean, peak RSS, outside
 accesses, crashes (death by a signal), hangs (timeouts), tracebacks, leftovers (temporary files, a
@@ -164,7 +168,27 @@ def _snapshot(folder: Path, skip: list[str]) -> dict[str, tuple]:
     return out
 
 
-def replay(case: SharingCase, base: Path, strace: str | None, timeout: float, cap_mib: float) -> Outcome:
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu: float = 60.0  # seconds of CPU time
+    stall: float = 60.0  # seconds of wall time without any CPU progress
+    wall: float = 900.0
+    rss_mib: float = 3072.0
+
+
+def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) -> Outcome:
     """Build `case` under `base/work` and run its command in a fresh process (see the module docstring)."""
     work = base / "work"
     work.mkdir(parents=True)
@@ -188,20 +212,21 @@ def replay(case: SharingCase, base: Path, strace: str | None, timeout: float, ca
         done = threading.Event()
 
         def watch():
+            cpu, progressed = 0.0, time.perf_counter()
             while not done.is_set():
-                rss = sum(_memory_kib(pid)[0] for pid in _tree(proc.pid)) / 1024
+                pids = _tree(proc.pid)
+                rss = sum(_memory_kib(pid)[0] for pid in pids) / 1024
                 peak[0] = max(peak[0], rss)
-                if rss > cap_mib:
-                    state["capped"] = True
+                now_cpu, now = _cpu_seconds(pids), time.perf_counter()
+                if now_cpu > cpu:
+                    cpu, progressed = max(cpu, now_cpu), now
+                over = rss > limits.rss_mib
+                if over or cpu > limits.cpu or now - progressed > limits.stall or now - start > limits.wall:
+                    state["capped" if over else "hang"] = True
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     return
-                if time.perf_counter() - start > timeout:
-                    state["hang"] = True
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    return
-                done.wait(0.05)
+                done.wait(0.1)
 
         thread = threading.Thread(target=watch, daemon=True)
         thread.start()
@@ -280,7 +305,9 @@ def table(outcomes: list[Outcome], fuzz: dict | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="replay only the cases whose id contains this text")
-    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--timeout", type=float, default=60.0, help="CPU seconds before a case counts as a hang")
+    parser.add_argument("--stall", type=float, default=60.0, help="wall seconds without CPU progress: a hang")
+    parser.add_argument("--wall-timeout", type=float, default=900.0)
     parser.add_argument("--rss-cap-mib", type=float, default=3072.0)
     parser.add_argument("--fuzz", type=int, default=0, help="header-fuzz mutants (tests/crafted_hdf5.header_fuzz)")
     parser.add_argument("--no-strace", action="store_true", help="do not trace file accesses")
@@ -297,7 +324,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ddkit-sharing-") as tmp:
         for i, case in enumerate(cases):
             try:
-                outcome = replay(case, Path(tmp) / f"{i:03d}", strace, args.timeout, args.rss_cap_mib)
+                limits = Limits(args.timeout, args.stall, args.wall_timeout, args.rss_cap_mib)
+                outcome = replay(case, Path(tmp) / f"{i:03d}", strace, limits)
             except Exception as exc:  # noqa: BLE001 — a case that cannot be built is reported, not fatal
                 outcome = Outcome(case, None, f"build failed: {type(exc).__name__}: {exc}", 0.0, 0.0,
                                   check_failed="build failed")
@@ -320,7 +348,7 @@ def main() -> None:
         "",
         f"Every sharing case of {', '.join(f'`tests/{m}.py`' for m in modules)} replayed in a fresh process "
         f"(`{'strace -f -e trace=file, ' if strace else ''}RSS cap {args.rss_cap_mib:.0f} MiB, "
-        f"{args.timeout:.0f} s timeout`). *Outside accesses*: cases that opened, created, renamed or removed a path "
+        f"{args.timeout:.0f} s of CPU or {args.stall:.0f} s without CPU progress = a hang`). *Outside accesses*: cases that opened, created, renamed or removed a path "
         "under the case's folder but outside what the user named (links resolved); *leftovers*: cases that left a "
         "temporary file, a refused output, or a change outside. Peak RSS includes Python + torch start-up.",
         "",
