@@ -9,8 +9,10 @@ with `work` as the current folder, under
   file the command opened, created, renamed or removed is known; an access counts as *outside*
   when its path (links resolved) lies under `ROOT/NNN` but under none of the case's `inside`
   folders (without strace, a change to any file under `ROOT/NNN` outside `inside` is counted);
-- an RSS cap (`--rss-cap-mib`, default 3072: the process tree is sampled every 50 ms and killed
-  above it; the peak is the larger of the samples and the kernel's `ru_maxrss`);
+- an RSS cap (`--rss-cap-mib`, default 3072: the process tree is sampled every 100 ms and killed
+  above it). The peak reported is the largest sum over the tree of each process's own high-water
+  mark (`VmHWM`, which the kernel keeps since the process's `exec`, so a spike between two samples
+  still counts; the benchmark's own memory, shared with the child until its `exec`, does not);
 - a timeout (the process group is killed): after `--timeout` seconds of CPU time (default 60), after
   `--stall` seconds (default 60) in which the process tree used no CPU at all (blocked: a FIFO, a
   lock), or after `--wall-timeout` seconds of wall time (default 900). CPU time, not wall time,
@@ -171,6 +173,15 @@ def _snapshot(folder: Path, skip: list[str]) -> dict[str, tuple]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _high_water_kib(pid: int) -> int:
+    """A process's peak resident set since its exec (VmHWM), in KiB; 0 once it is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     total = 0
     for pid in pids:
@@ -216,7 +227,7 @@ def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) ->
             while not done.is_set():
                 pids = _tree(proc.pid)
                 rss = sum(_memory_kib(pid)[0] for pid in pids) / 1024
-                peak[0] = max(peak[0], rss)
+                peak[0] = max(peak[0], sum(_high_water_kib(pid) for pid in pids) / 1024)
                 now_cpu, now = _cpu_seconds(pids), time.perf_counter()
                 if now_cpu > cpu:
                     cpu, progressed = max(cpu, now_cpu), now
@@ -230,7 +241,7 @@ def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) ->
 
         thread = threading.Thread(target=watch, daemon=True)
         thread.start()
-        _, status, usage = os.wait4(proc.pid, 0)
+        _, status, _ = os.wait4(proc.pid, 0)
         done.set()
         thread.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -238,7 +249,7 @@ def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) ->
             os.killpg(proc.pid, signal.SIGKILL)  # nothing of the case outlives it
         out.seek(0)
         text = out.read()
-    outcome = Outcome(case, proc.returncode, text, max(peak[0], usage.ru_maxrss / 1024), time.perf_counter() - start,
+    outcome = Outcome(case, proc.returncode, text, peak[0], time.perf_counter() - start,
                       hang=state["hang"], capped=state["capped"])
     root = os.path.realpath(base)
     if strace and log.exists():
