@@ -276,3 +276,15 @@ def test_a_fifo_swapped_in_never_blocks_a_read(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == "UnsafePath", out
+
+
+def test_keys_verify_names_the_signer(tmp_path, capsys):
+    from crafted_paths import _keys, _sign
+
+    path = distilled(tmp_path)
+    _, trusted = _keys(tmp_path, "bob")
+    code, _, err = run_cli(capsys, "keys", "verify", path, "--trusted-keys", trusted)
+    assert code == 2 and "is not signed" in err
+    trusted = _sign(tmp_path, path, "alice")
+    code, out, _ = run_cli(capsys, "keys", "verify", path, "--trusted-keys", trusted)
+    assert code == 0 and "signed by alice" in out

@@ -145,3 +145,16 @@ def keys_new(out, name, overwrite):
     pub, line = new_key_pair(out, name, overwrite)
     click.echo(f"wrote {out} (private: keep it) and {pub}:\n  {line}\n"
                f"add that line to the trusted-keys file of whoever should trust your sets ({default_trusted_keys()})")
+
+
+@keys.command("verify")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--trusted-keys", "trusted_keys_file", default=None, type=click.Path(dir_okay=False),
+              help="the keys you trust (default $DDKIT_TRUSTED_KEYS, else ~/.config/ddkit/trusted_keys)")
+def keys_verify(path, trusted_keys_file):
+    """Say who signed PATH, if a key you trust did and nothing changed since (else one error, exit 2)."""
+    from ddkit.share.sign import verify_file
+
+    v = verify_file(local(path), trusted_keys_file)
+    click.echo(f"{path}: signed by {v.signer} ({v.key_id}); data and header as signed "
+               f"(content {v.content_sha256[:16]}…, header {v.header_sha256[:16]}…)")
