@@ -39,3 +39,8 @@ class OutputExists(DdkitError):
 
 class OutputUnwritable(DdkitError):
     """An output's folder cannot be written (permissions, read-only file system, not a folder)."""
+
+
+class UnsafePath(FileFormatError):
+    """A path found in a file or folder that ddkit will not follow: outside its folder, a symbolic
+    link, a FIFO or device (see `ddkit.paths`)."""

@@ -12,15 +12,41 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import types
 import typing
 from typing import Any
 
-from ddkit.errors import InvalidInput
+from ddkit.errors import FileFormatError, InvalidInput
 
 _NAMES = {dict: "a JSON object", list: "a list", str: "a string", int: "an integer", float: "a number",
           bool: "true or false", type(None): "null"}
+
+
+def parse_json(data: bytes | str, where: str, fix: str = "re-create the file with ddkit") -> Any:
+    """JSON text from an untrusted file, or one FileFormatError naming `where`: not UTF-8, not JSON,
+    or nested so deeply that the parser would exhaust the stack (a list nested 10^5 deep is a few
+    hundred kilobytes)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise FileFormatError(f"{where} is not UTF-8 text ({exc.reason} at byte {exc.start})", fix) from None
+    except json.JSONDecodeError as exc:
+        raise FileFormatError(f"{where} is not valid JSON ({exc})", fix) from None
+    except RecursionError:
+        raise FileFormatError(f"{where} nests JSON values too deeply to be a ddkit record", fix) from None
+
+
+def printable(value: Any) -> str:
+    """`value` as text safe to print to a terminal: control characters (escape sequences, newlines,
+    carriage returns) and other unprintable ones (bidirectional overrides) shown as backslash escapes,
+    so a name from someone else's file can neither rewrite the screen nor fake another line."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _got(value: Any) -> str:

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "ddkit"
 # Layer of each top-level module or package of ddkit, from the ground (0) up.
 LAYERS = {
     "errors": 0, "seeding": 0, "progress": 0, "lazy": 0,
-    "fileio": 1, "h5safe": 1, "records": 1, "workitems": 1, "registry": 1, "config": 1, "devices": 1, "datainfo": 1, "provenance": 1, "distributed": 1, "augment": 1, "index": 1,
+    "fileio": 1, "h5safe": 1, "paths": 1, "records": 1, "workitems": 1, "registry": 1, "config": 1, "devices": 1, "datainfo": 1, "provenance": 1, "distributed": 1, "augment": 1, "index": 1,
     "data": 2, "training": 2,
     "models": 3, "store": 3,
     "pools": 4, "contamination": 4, "dbr": 4, "teachers": 4, "experts": 4, "share": 4,

@@ -125,3 +125,22 @@ def one_output(positional, option):
     if positional is None and option is None:
         raise click.UsageError("missing the output: give --out PATH")
     return positional if positional is not None else option
+
+
+def signature_options(command):
+    """`--require-signature` and `--trusted-keys PATH` (ddkit.share.sign), passed on as `trusted_keys`:
+    None when no signature is required, the file when one is given, True for the default file."""
+    command = click.option("--trusted-keys", "trusted_keys_file", default=None, type=click.Path(dir_okay=False),
+                           help="the keys you trust (default $DDKIT_TRUSTED_KEYS, else ~/.config/ddkit/trusted_keys)")(command)
+    return click.option("--require-signature", is_flag=True,
+                        help="refuse a set not signed by a key in your trusted-keys file (`ddkit sign`)")(command)
+
+
+def trusted_keys(require_signature: bool, trusted_keys_file: str | None):
+    """What `signature_options` hand the library: None, or the trusted-keys file (True: the default one)."""
+    return (trusted_keys_file or True) if require_signature else None
+
+
+FOLLOW_SYMLINKS = click.option("--follow-symlinks", is_flag=True,
+                               help="read symbolic links found inside the given folders (refused by default: a link "
+                                    "can point anywhere)")

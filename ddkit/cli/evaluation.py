@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, ZERO_OK, argv_without, config_option, device_option, print_json
+from ddkit.cli.common import (
+    COUNT,
+    ZERO_OK,
+    argv_without,
+    config_option,
+    device_option,
+    print_json,
+    signature_options,
+    trusted_keys,
+)
 from ddkit.datainfo import DEFAULT_DATASET
 
 
@@ -30,9 +39,10 @@ from ddkit.datainfo import DEFAULT_DATASET
 @click.option("--dataset", default=None, help="the data a file was made from when the file names it by a path "
               "(imagefolder:DIR, pool:FILE): ddkit never opens a path named inside a file")
 @click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): the seeds are shared out, one student per rank")
+@signature_options
 @click.option("--json", "as_json", is_flag=True)
 def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full, steps, batched, compile_, no_write, no_ranking,
-             dataset, nproc, as_json):
+             dataset, nproc, require_signature, trusted_keys_file, as_json):
     """Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."""
     from ddkit import distributed
     from ddkit.evaluate import evaluate as run_evaluation
@@ -43,7 +53,7 @@ def evaluate(train_set, protocol, seeds, teachers, device, no_baseline, no_full,
 
     from ddkit.share.pack import resolve_train_set
 
-    train_set, teachers = resolve_train_set(train_set, list(teachers))
+    train_set, teachers = resolve_train_set(train_set, list(teachers), trusted_keys(require_signature, trusted_keys_file))
     card = run_evaluation(train_set, protocol, seeds=list(range(seeds)), teachers=teachers, device=device,
                           baseline=not no_baseline, full_reference=not no_full, steps=steps,
                           batched=batched, write_card=not no_write, ranking=not no_ranking, dataset=dataset,

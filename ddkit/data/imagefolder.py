@@ -28,7 +28,8 @@ CLASS_MAP = "classes.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
-def _check_class_names(class_names, where: str) -> tuple[str, ...]:
+def check_class_names(class_names, where: str) -> tuple[str, ...]:
+    """A class map as read from JSON: a non-empty list of distinct names that can be folder names."""
     names = list(class_names) if not isinstance(class_names, str) else None
     if not names or not all(isinstance(n, str) and n.strip() for n in names):
         raise InvalidInput(f"{where}: the class map must be a non-empty list of non-empty names",
@@ -36,7 +37,9 @@ def _check_class_names(class_names, where: str) -> tuple[str, ...]:
     bad = [n for n in names if n in (".", "..") or "/" in n or "\\" in n or n != n.strip()]
     if bad:
         raise InvalidInput(f"{where}: class names {bad} cannot be folder names", "rename those classes and folders")
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    from collections import Counter
+
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)  # linear: a map may list 10^5 names
     if dupes:
         raise InvalidInput(f"{where}: class names {dupes} appear more than once", "list each class once")
     return tuple(names)
@@ -47,7 +50,7 @@ def write_class_map(root: str | os.PathLike, class_names, overwrite: bool = Fals
 
     Refuses to replace an existing map unless `overwrite`, because a new order relabels the data.
     """
-    names = _check_class_names(class_names, str(root))
+    names = check_class_names(class_names, str(root))
     with atomic_output(Path(root) / CLASS_MAP, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(list(names), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return Path(root) / CLASS_MAP
@@ -74,7 +77,7 @@ def read_class_map(root: Path) -> tuple[str, ...]:
         raise FileFormatError(f"{path} is not readable JSON ({exc})", "write a JSON list of class names") from exc
     if not isinstance(names, list):
         raise FileFormatError(f"{path} holds a {type(names).__name__}, not a list", "write a JSON list of class names")
-    return _check_class_names(names, str(path))
+    return check_class_names(names, str(path))
 
 
 def list_split(root: Path, split: str, class_names: tuple[str, ...]) -> tuple[list[str], np.ndarray]:

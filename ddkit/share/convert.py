@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ddkit.errors import FileFormatError, UnsafePath
+from ddkit.paths import kind, walk
 from ddkit.share import dc, hf, imagefolder, pt  # noqa: F401  (each registers its format)
 from ddkit.share.exchange import read_exportable, write_imported
 from ddkit.share.files import atomic_folder
@@ -25,8 +27,8 @@ class ExportReport:
 def export_file(path: str | os.PathLike, fmt: str, out: str | os.PathLike, overwrite: bool = False) -> ExportReport:
     """Write the `.ddk.h5` at `path` as a folder `out` in format `fmt` (atomically); the file is verified first."""
     exporter = EXPORTERS.get(fmt)
-    src = read_exportable(path)
-    with atomic_folder(out, overwrite) as folder:
+    with atomic_folder(out, overwrite, written_by=f"ddkit export --to {fmt}") as folder:  # OUT checked first
+        src = read_exportable(path)
         notes = exporter(src, folder)
         if src.dataset.formation is not None:
             notes.append(f"the {len(src.labels)} instances are decoded from {src.dataset.num_stored} stored images "
@@ -51,9 +53,23 @@ def import_set(
     """
     importer = IMPORTERS.get(fmt)
     source = Path(source)
-    if not source.exists():
-        from ddkit.errors import FileFormatError
-
-        raise FileFormatError(f"{source} does not exist", "check the path")
+    check_source(source, options.follow_symlinks)
     imported = importer(source, options)
-    return write_imported(imported, fmt, source, options.dataset, out, overwrite, source_label)
+    return write_imported(imported, fmt, source, options.dataset, out, overwrite, source_label, options.follow_symlinks,
+                          options.trusted_keys)
+
+
+def check_source(source: Path, follow_symlinks: bool = False) -> None:
+    """Refuse an import source that is neither a regular file nor a folder, and a folder holding a
+    symbolic link or special file anywhere (unless `follow_symlinks`): every file of a source folder
+    may be read or hashed, so none may point outside it. The source itself is the user's choice and
+    may be a link."""
+    found = kind(source)
+    if found == "symlink":
+        found = "missing" if not source.exists() else ("folder" if source.is_dir() else kind(source.resolve()))
+    if found == "missing":
+        raise FileFormatError(f"{source} does not exist", "check the path")
+    if found == "folder":
+        walk(source, follow_symlinks=follow_symlinks).raise_refused("import source")
+    elif found != "file":
+        raise UnsafePath(f"{source} is not a file or a folder (a FIFO, device or socket)", "give a file or folder")

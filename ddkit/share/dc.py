@@ -14,7 +14,7 @@ import torch
 
 from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, InvalidInput
-from ddkit.share.exchange import Imported, unnormalize
+from ddkit.share.exchange import Imported, as_labels, unnormalize
 from ddkit.share.formats import IMPORTERS, ImportOptions
 from ddkit.share.safe_pt import load_plain
 
@@ -62,4 +62,5 @@ def import_dc(source: Path, options: ImportOptions) -> Imported:
     pixels = unnormalize(images.detach(), norm, details)
     parts = source.stem.split("_")  # res_<method>_<dataset>_<model>_<ipc>ipc
     method = parts[1].lower() if parts[0] == "res" and len(parts) > 1 else "dc"
-    return Imported(pixels, labels.detach().long().reshape(-1), method=method, details=details)
+    return Imported(pixels, as_labels(labels, f"{source} labels of experiment {options.index}"), method=method,
+                    details=details)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,24 +17,75 @@ from pathlib import Path
 
 import numpy as np
 
-from ddkit.errors import FileFormatError, OutputExists
+from ddkit.errors import FileFormatError, OutputExists, OutputUnwritable
 from ddkit.fileio import sha256_file
+from ddkit.paths import kind, output_folder, read_small, walk
+
+MARKER = ".ddkit-output.json"  # what an output folder holds, written last by `atomic_folder`
+MARKER_FORMAT = "ddkit.output-folder"
+
+
+def _marker_files(folder: Path) -> set[str] | None:
+    """The files the marker of `folder` lists, or None when there is no readable marker."""
+    from ddkit.records import parse_json
+
+    if kind(folder / MARKER) != "file":
+        return None
+    try:
+        record = parse_json(read_small(folder / MARKER, "output marker"), str(folder / MARKER))
+    except FileFormatError:
+        return None
+    files = record.get("files") if isinstance(record, dict) and record.get("format") == MARKER_FORMAT else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return set(files)
+
+
+def replaceable(folder: str | os.PathLike) -> str | None:
+    """None when `--overwrite` may replace the existing folder `folder`: it is empty, or it holds
+    only files that ddkit's marker says ddkit wrote there. Otherwise the reason it may not."""
+    folder = Path(folder)
+    tree = walk(folder)
+    if tree.refused:
+        path, reason = tree.refused[0]
+        return f"it holds {path.relative_to(folder)}, {reason}"
+    found = {p.relative_to(folder).as_posix() for p in tree.files} - {MARKER}
+    if not found:
+        return None
+    listed = _marker_files(folder)
+    if listed is None:
+        return f"it holds files ddkit did not write there (e.g. {sorted(found)[0]}; no {MARKER} marker)"
+    extra = sorted(found - listed)
+    if extra:
+        return f"it holds files ddkit did not write there ({', '.join(extra[:3])}{', …' if len(extra) > 3 else ''})"
+    return None
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder; on success it replaces `path` (refused if it exists, unless `overwrite`)."""
-    final = Path(path)
-    if final.exists() and not overwrite:
-        raise OutputExists(f"{final} already exists", "pass --overwrite (overwrite=True) or choose another path")
-    if final.exists() and not final.is_dir():
-        raise OutputExists(f"{final} is a file, not a folder", "give a folder path")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False, written_by: str = "ddkit") -> Iterator[Path]:
+    """Yield an empty temporary folder; on success it replaces `path` and lists its files in a marker.
+
+    `path` is checked first (`ddkit.paths.output_folder`: never `.`, `/`, a link, …). An existing
+    folder is replaced only with `overwrite`, and only when `replaceable` (empty, or holding just
+    what an earlier ddkit output wrote there, as its marker lists): `--overwrite` never deletes a
+    file of the user's, the set being exported, or anything a link points to.
+    """
+    final = output_folder(path)
+    _check_replace(final, overwrite)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise OutputUnwritable(f"cannot create {final} ({exc.strerror or exc})",
+                               "choose an output folder you can write") from None
     try:
         yield tmp
+        files = sorted(p.relative_to(tmp).as_posix() for p in walk(tmp).files)
+        record = {"format": MARKER_FORMAT, "version": 1, "written_by": written_by, "files": files}
+        (tmp / MARKER).write_text(json.dumps(record, indent=1) + "\n")
+        _check_replace(final, overwrite)  # again: the folder may have changed while the output was made
         old = final.with_name(f".{final.name}.{os.getpid()}.old")
         if final.exists():
             final.rename(old)
@@ -44,13 +96,31 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
         raise
 
 
-def source_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, or of a folder (every file's relative path and sha256, in sorted order)."""
+def _check_replace(final: Path, overwrite: bool) -> None:
+    if not final.exists():
+        return
+    if not overwrite:
+        raise OutputExists(f"{final} already exists", "pass --overwrite (overwrite=True) or choose another path")
+    reason = replaceable(final)
+    if reason is not None:
+        raise OutputExists(f"refusing to replace {final}: {reason}",
+                           "choose a new folder; --overwrite replaces only a folder an earlier ddkit export or pack "
+                           "wrote (remove other files yourself if you mean it)")
+
+
+def source_sha256(path: str | os.PathLike, follow_symlinks: bool = False) -> str:
+    """sha256 of a file, or of a folder (every file's relative path and sha256, in sorted order).
+
+    A folder is walked by `ddkit.paths.walk`: a link or special file in it is refused unless
+    `follow_symlinks` (then a linked file is hashed as what it points to, as it was read).
+    """
     path = Path(path)
     if path.is_file():
         return sha256_file(path)
+    tree = walk(path, follow_symlinks=follow_symlinks)
+    tree.raise_refused("import source")
     h = hashlib.sha256(b"ddkit.folder.v1\0")
-    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+    for item in tree.files:
         h.update(f"{item.relative_to(path).as_posix()}\0{sha256_file(item)}\n".encode())
     return h.hexdigest()
 
@@ -70,4 +140,6 @@ def load_npy(path: Path) -> np.ndarray:
 
 def load_npy_tree(folder: Path) -> dict[str, np.ndarray]:
     """Every `.npy` below `folder`, keyed by its relative path without the suffix."""
-    return {p.relative_to(folder).with_suffix("").as_posix(): load_npy(p) for p in sorted(folder.rglob("*.npy"))}
+    tree = walk(folder, match=lambda p: p.suffix == ".npy")
+    tree.raise_refused("extras folder")
+    return {p.relative_to(folder).with_suffix("").as_posix(): load_npy(p) for p in tree.files}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ddkit.data.base import Normalization
+from ddkit.errors import InvalidInput
 from ddkit.registry import Registry
 from ddkit.share.exchange import Exportable
 from ddkit.store.results import summarize_card
@@ -25,7 +26,10 @@ class ImportOptions:
     `normalization` overrides the dataset's registered mean/std when the set was stored with another;
     `zca` is a file with the whitening parameters (or "fit" to refit MTT's whitening on the dataset);
     `no_zca` states that tensors from an MTT-style source were not whitened; `index` picks one
-    experiment of a DC result file.
+    experiment of a DC result file. `follow_symlinks` opts into reading symbolic links found in the
+    source folder (by default a link or special file there is refused: it can point anywhere).
+    `trusted_keys` requires a signature (`ddkit.share.sign`): the source must be a ddkit export of a
+    set signed by a key in that trusted-keys file (True: the default file), and is rebuilt exactly.
     """
 
     dataset: str
@@ -33,6 +37,24 @@ class ImportOptions:
     zca: str | None = None
     no_zca: bool = False
     index: int = 0
+    follow_symlinks: bool = False
+    trusted_keys: str | bool | None = None
+
+
+def parse_normalization(mean: str | None, std: str | None) -> Normalization | None:
+    """`--mean` / `--std` as typed: comma-separated numbers, both or neither (InvalidInput otherwise)."""
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise InvalidInput("--mean and --std go together", "give both, e.g. --mean 0.2861 --std 0.3530")
+    values = []
+    for name, text in (("--mean", mean), ("--std", std)):
+        try:
+            values.append(tuple(float(v) for v in text.split(",")))
+        except ValueError:
+            raise InvalidInput(f"{name} {text!r} is not a comma-separated list of numbers",
+                               f"e.g. {name} 0.4914,0.4822,0.4465 (one value per channel)") from None
+    return Normalization(*values)
 
 
 def _percent(x) -> str:

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from ddkit.data import dataset_info
-from ddkit.data.base import DatasetInfo
 from ddkit.errors import DdkitError, FileFormatError, IncompatibleError
-from ddkit.share.exchange import Exportable, Imported, exact_in_uint8, read_sidecar, to_uint8
+from ddkit.paths import walk
+from ddkit.share.exchange import Exportable, Imported, as_labels, as_logits, exact_in_uint8, read_sidecar, to_uint8
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 
 SHARD_BYTES = 256 << 20  # PNG bytes per parquet shard
@@ -194,11 +194,16 @@ def _decode(blob: bytes, channels: int, path: Path) -> np.ndarray:
 @IMPORTERS.register("hf", summary="Hugging Face datasets folders or parquet files (image + label columns, logits)")
 def import_hf(source: Path, options: ImportOptions) -> Imported:
     pa = _pyarrow()
-    files = sorted(source.rglob("*.parquet")) if source.is_dir() else [source]
+    if source.is_dir():
+        tree = walk(source, match=lambda p: p.suffix == ".parquet", follow_symlinks=options.follow_symlinks)
+        tree.raise_refused("import source")
+        files = tree.files
+    else:
+        files = [source]
     if not files:
         raise FileFormatError(f"{source} holds no .parquet file", "give a datasets folder or a parquet file")
-    meta = read_sidecar(source if source.is_dir() else source.parent)
-    info = DatasetInfo.from_dict(meta["dataset"]) if meta else dataset_info(options.dataset)
+    meta = read_sidecar(source if source.is_dir() else source.parent, options.follow_symlinks)
+    info = meta.dataset.info if meta else dataset_info(options.dataset)
     images, labels, logits, names = [], [], [], None
     for path in files:
         try:
@@ -219,13 +224,16 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
         labels += table.column(label_col).to_pylist()
         if "logits" in table.column_names:
             logits += table.column("logits").to_pylist()
-    labels_t = torch.tensor(labels, dtype=torch.long)
+    labels_t = as_labels(labels, f"{source} labels")
     if names and list(names) != list(info.class_names):
         if not set(names) <= set(info.class_names):
             raise IncompatibleError(
                 f"{source} names classes {names[:5]}…, which are not {info.name}'s",
                 "import into the dataset the set was made from (--dataset NAME)",
             )
+        if len(labels_t) and int(labels_t.max()) >= len(names):
+            raise IncompatibleError(f"{source} has labels up to {int(labels_t.max())} but names {len(names)} classes",
+                                    "give labels that index the ClassLabel names")
         remap = torch.tensor([list(info.class_names).index(n) for n in names])
         labels_t = remap[labels_t]
     for array in images:
@@ -235,5 +243,5 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
                 "import into the dataset the set was distilled from",
             )
     pixels = torch.from_numpy(np.stack(images)) if images else torch.zeros((0, *info.image_shape), dtype=torch.uint8)
-    soft = np.asarray(logits, dtype=np.float32) if logits and len(logits) == len(labels) else None
+    soft = as_logits(logits, len(labels), f"{source} logits column") if logits else None
     return Imported(pixels, labels_t, method="hf", logits=soft, details={"parquet_files": len(files)})

@@ -25,8 +25,9 @@ import torch
 
 from ddkit.data import dataset_info
 from ddkit.data.base import DatasetInfo
-from ddkit.data.imagefolder import CLASS_MAP, IMAGE_EXTENSIONS
-from ddkit.errors import FileFormatError, IncompatibleError
+from ddkit.data.imagefolder import CLASS_MAP, IMAGE_EXTENSIONS, check_class_names
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.paths import kind, read_json
 from ddkit.share.exchange import Exportable, Imported, exact_in_uint8, read_sidecar, to_uint8
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 
@@ -96,17 +97,23 @@ def export_imagefolder(src: Exportable, folder: Path) -> list[str]:
 # -- import ---------------------------------------------------------------------------------------
 
 
-def _class_index(source: Path, folders: list[str], info: DatasetInfo) -> dict[str, int]:
+def read_folder_map(path: Path, follow_symlinks: bool = False) -> tuple[str, ...]:
+    """The `classes.json` of a folder being imported: a JSON list of distinct folder names, label order."""
+    fix = "write a JSON list of the folder names in label order"
+    data = read_json(path, "class map", fix=fix, follow_symlinks=follow_symlinks)
+    try:
+        return check_class_names(data if isinstance(data, list) else (), str(path))
+    except InvalidInput as exc:
+        got = f" (it holds a JSON {type(data).__name__})" if not isinstance(data, list) else ""
+        raise FileFormatError(exc.problem + got, fix) from None
+
+
+def _class_index(source: Path, folders: list[str], info: DatasetInfo, follow_symlinks: bool = False) -> dict[str, int]:
     """Folder name -> label, from an explicit map, the dataset's names, or trailing class indices."""
     for candidate in (source / CLASS_MAP, source / "train" / CLASS_MAP):
-        if candidate.is_file():
-            try:
-                names = json.loads(candidate.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise FileFormatError(
-                    f"{candidate} is not readable JSON ({exc})", "write a JSON list of folder names"
-                ) from None
-            if not isinstance(names, list) or not set(folders) <= set(names):
+        if kind(candidate) != "missing":
+            names = list(read_folder_map(candidate, follow_symlinks))
+            if not set(folders) <= set(names):
                 raise FileFormatError(
                     f"{candidate} does not list every class folder ({sorted(set(folders) - set(names or []))})",
                     "list every folder name, in label order",
@@ -150,13 +157,13 @@ def _order_key(path: Path) -> tuple:
 def import_imagefolder(source: Path, options: ImportOptions) -> Imported:
     if not source.is_dir():
         raise FileFormatError(f"{source} is not a folder", "give the folder that holds the class folders (or train/)")
-    meta = read_sidecar(source)
-    info = DatasetInfo.from_dict(meta["dataset"]) if meta else dataset_info(options.dataset)
+    meta = read_sidecar(source, options.follow_symlinks)
+    info = meta.dataset.info if meta else dataset_info(options.dataset)
     root = source / "train" if (source / "train").is_dir() else source
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "extras")
     if not folders:
         raise FileFormatError(f"{root} has no class folders", "give the folder that holds <class>/ image folders")
-    index = _class_index(source, folders, info)
+    index = _class_index(source, folders, info, options.follow_symlinks)
     items = [
         (p, index[f])
         for f in folders

@@ -23,7 +23,16 @@ import torch
 from ddkit.data import load_dataset
 from ddkit.data.base import Normalization
 from ddkit.errors import FileFormatError, InvalidInput
-from ddkit.share.exchange import Exportable, Imported, read_sidecar, unnormalize
+from ddkit.paths import kind, regular_file
+from ddkit.share.exchange import (
+    Exportable,
+    Imported,
+    as_labels,
+    as_learned_lr,
+    as_logits,
+    read_sidecar,
+    unnormalize,
+)
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 from ddkit.share.safe_pt import load_plain
 
@@ -53,8 +62,13 @@ def export_pt(src: Exportable, folder: Path) -> list[str]:
     return notes
 
 
-def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
-    return next((folder / n for n in names if (folder / n).is_file()), None)
+def _first(folder: Path, names: tuple[str, ...], follow_symlinks: bool = False) -> Path | None:
+    """The first of `names` present in `folder`: a regular file, never a link (unless followed on purpose),
+    FIFO or device."""
+    for name in names:
+        if kind(folder / name) != "missing":
+            return regular_file(folder / name, f"{name} of the set", follow_symlinks=follow_symlinks)
+    return None
 
 
 def _tensor(path: Path, what: str) -> torch.Tensor:
@@ -117,12 +131,13 @@ def read_tensors(
 ) -> Imported:
     """Images, labels and learned lr from the files `names` lists (first present wins)."""
     folder = source if source.is_dir() else source.parent
-    images_path = source if source.is_file() else _first(folder, names["images"])
+    follow = options.follow_symlinks
+    images_path = source if source.is_file() else _first(folder, names["images"], follow)
     if images_path is None:
         raise FileFormatError(
             f"{source} has none of {', '.join(names['images'])}", f"give the folder of a {method} set"
         )
-    meta = read_sidecar(folder)
+    meta = read_sidecar(folder, follow)
     images = _tensor(images_path, "images")
     if images.ndim != 4:
         raise FileFormatError(
@@ -136,7 +151,7 @@ def read_tensors(
             "--dataset), or --no-zca if the set was distilled without --zca",
         )
     norm = (
-        Normalization.from_dict(meta["normalization"])
+        meta.normalization
         if meta
         else options.normalization or load_dataset(options.dataset, "train").info.normalization
     )
@@ -145,22 +160,23 @@ def read_tensors(
         images = unwhiten(images, mean, inverse)
         details["undone_zca"] = how
     images = unnormalize(images, norm, details)
-    labels_path = _first(folder, names["labels"])
+    labels_path = _first(folder, names["labels"], follow)
     if labels_path is None:
         raise FileFormatError(f"{folder} has none of {', '.join(names['labels'])}", "put the labels beside the images")
     raw = _tensor(labels_path, "labels")
     logits = None
-    if raw.is_floating_point() and raw.ndim == 2:  # DATM's learned soft labels
-        logits, labels = raw.float().numpy(), raw.argmax(1)
+    if raw.is_floating_point() and raw.ndim == 2 and raw.shape[1] > 1:  # DATM's learned soft labels
+        logits = as_logits(raw, len(images), str(labels_path))
+        labels = torch.from_numpy(logits).argmax(1)
     else:
-        labels = raw.long().reshape(-1)
-    soft_path = _first(folder, names.get("soft", ()))
+        labels = as_labels(raw, str(labels_path))
+    soft_path = _first(folder, names.get("soft", ()), follow)
     if soft_path is not None:
-        logits = _tensor(soft_path, "soft labels").float().numpy()
-    if len(labels) != len(images) or (logits is not None and len(logits) != len(images)):
+        logits = as_logits(_tensor(soft_path, "soft labels"), len(images), str(soft_path))
+    if len(labels) != len(images):
         raise FileFormatError(f"{folder}: {len(images)} images but {len(labels)} labels", "give matching tensors")
-    lr_path = _first(folder, names["lr"])
-    lr = float(_tensor(lr_path, "lr").reshape(-1)[0]) if lr_path is not None else None
+    lr_path = _first(folder, names["lr"], follow)
+    lr = as_learned_lr(_tensor(lr_path, "lr"), str(lr_path)) if lr_path is not None else None
     return Imported(images, labels, method=method, logits=logits, learned_lr=lr, details=details)
 
 

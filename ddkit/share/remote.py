@@ -192,7 +192,7 @@ def header_info(url: str) -> dict:
     counter = CountingFile(raw)
     try:
         with h5py.File(counter, "r") as h5, reading(url):
-            d = _header_dict(h5, url)
+            d = header_dict(h5, url)
         d["remote"] = {
             "url": url,
             "size": int(raw.size),
@@ -208,7 +208,8 @@ def header_info(url: str) -> dict:
         raw.close()
 
 
-def _header_dict(h5: h5py.File, url: str) -> dict:
+def header_dict(h5: h5py.File, url: str) -> dict:
+    """What `info` shows of an open distilled file (its header hash checked), from attributes, labels and cards."""
     fmt = check_identity(h5, url, STORE_FORMATS)
     if fmt != DISTILLED_FORMAT:
         raise FileFormatError(

@@ -1,7 +1,9 @@
 """Opening, refusing and writing ddkit HDF5 files: the logic both file kinds share.
 
 Every file ddkit writes is *sealed*: its 512-byte HDF5 user block (bytes HDF5 itself ignores, so
-any HDF5 reader still opens the file) holds a sha256 of the rest of the file. The seal is checked
+any HDF5 reader still opens the file) holds a sha256 of the rest of the file, and after that line
+optional records the seal does not cover (a signature over the content and header hashes, written
+by `ddkit sign`; re-sealing keeps them). The seal is checked
 in plain Python before the HDF5 library parses a single byte, because a corrupted file can crash
 the HDF5 C library itself (a segfault is not an exception anyone can catch); a truncated, spliced
 or bit-flipped file is refused with a clear message instead.
@@ -26,8 +28,8 @@ import h5py
 import numpy as np
 
 import ddkit
-from ddkit.errors import FileFormatError, InvalidInput
-from ddkit.fileio import atomic_output
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.fileio import atomic_output, folder_lock
 from ddkit.h5safe import open_hdf5
 from ddkit.store.hashing import content_sha256, header_sha256
 from ddkit.store.schema import BASE_SCHEMA, DISTILLED_FORMAT, SCHEMA, SELECTION_FORMAT, attr_text
@@ -71,15 +73,57 @@ def _body_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def seal_bytes(data: bytes) -> bytes:
-    """The file image `data` with the sha256 of everything after the user block written into it."""
-    record = _SEAL_MAGIC + hashlib.sha256(memoryview(data)[SEAL_BYTES:]).hexdigest().encode() + b"\n"
-    return record.ljust(SEAL_BYTES, b"\0") + data[SEAL_BYTES:]
+_RECORD_PREFIX = b"ddkit-"
+
+
+def block_records(block: bytes) -> list[bytes]:
+    """The records after the seal line of a user block (lines starting `ddkit-`): what the seal does
+    not cover because it lives beside it, such as a signature (`ddkit.share.sign`)."""
+    text = block[:SEAL_BYTES].split(b"\0", 1)[0]
+    return [line for line in text.split(b"\n")[1:] if line.startswith(_RECORD_PREFIX)]
+
+
+def _user_block(body_sha256: str, records: list[bytes]) -> bytes:
+    block = _SEAL_MAGIC + body_sha256.encode() + b"\n" + b"".join(r + b"\n" for r in records)
+    if len(block) > SEAL_BYTES:
+        raise InvalidInput(f"the user block records take {len(block)} bytes, over the {SEAL_BYTES} available")
+    return block.ljust(SEAL_BYTES, b"\0")
+
+
+def seal_bytes(data: bytes, records: list[bytes] | None = None) -> bytes:
+    """The file image `data` with the sha256 of everything after the user block written into it.
+
+    The records after the seal line (`records`, or those already in `data`'s user block) are kept:
+    a signature covers the file's content and header hashes, not the seal, so re-sealing after a
+    result card is added leaves it valid (and after any other edit, verifiably broken).
+    """
+    keep = block_records(data[:SEAL_BYTES]) if records is None else records
+    return _user_block(hashlib.sha256(memoryview(data)[SEAL_BYTES:]).hexdigest(), keep) + data[SEAL_BYTES:]
 
 
 def seal(path: str | os.PathLike) -> None:
     """Re-seal a file in place (for tools and tests that edit a ddkit file with h5py)."""
     Path(path).write_bytes(seal_bytes(Path(path).read_bytes()))
+
+
+def read_block(path: str | os.PathLike) -> bytes:
+    """The user block (seal line and records) of a file."""
+    with open(path, "rb") as fh:
+        return fh.read(SEAL_BYTES)
+
+
+def replace_records(path: str | os.PathLike, records: list[bytes]) -> None:
+    """Rewrite the records after the seal line of the sealed file `path` (atomically: a copy with the
+    new user block is renamed over it). The seal line and every byte it covers stay as they are."""
+    with folder_lock(path):  # the same lock result-card writers take: neither loses the other's change
+        check_seal(path, full=True)
+        with open(path, "rb") as src:
+            seal_line = src.read(SEAL_BYTES).split(b"\n", 1)[0]
+            body_sha256 = seal_line[len(_SEAL_MAGIC):].decode("ascii")
+            with atomic_output(path, overwrite=True) as tmp, open(tmp, "wb") as dst:
+                dst.write(_user_block(body_sha256, records))
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
 
 
 @contextlib.contextmanager
@@ -238,11 +282,14 @@ def write_store(
     chunks: Mapping[str, tuple[int, ...]] | None = None,
     overwrite: bool = False,
     schema: int = BASE_SCHEMA,
+    expect_content: str | None = None,
 ) -> str:
     """Write a ddkit file atomically: datasets, group attributes, root attributes, content hash.
 
     The caller has validated everything; any failure here leaves no file under `path`. The hash is
-    computed from the file as written, with the same function the reader uses. Returns the hash.
+    computed from the file as written, with the same function the reader uses. Returns the hash;
+    with `expect_content`, a file whose hash differs is refused (IncompatibleError) before a byte
+    reaches `path`.
     """
     with building() as (h5, image):
         for name, array in arrays.items():
@@ -251,6 +298,9 @@ def write_store(
             write_attrs(h5.require_group(name), attrs)
         write_attrs(h5, {"format": fmt, "schema": int(schema), **header_attrs})
         digest = content_sha256(h5)
+        if expect_content is not None and digest != expect_content:
+            raise IncompatibleError(f"the data would have content {digest[:12]}…, not the {expect_content[:12]}… "
+                                    "it must reproduce", "the source was changed; get a good copy")
         h5.attrs["content_sha256"] = digest
         h5.attrs["header_sha256"] = header_sha256(h5)
     with atomic_output(path, overwrite) as tmp:

@@ -66,15 +66,52 @@ def _attr_bytes(value) -> bytes:
     return f"{array.dtype.str}\0{array.shape}\0".encode() + np.ascontiguousarray(array).tobytes()
 
 
-def header_sha256(h5: h5py.Group) -> str:
-    """Hex sha256 of every attribute (root and groups, sorted) outside `/results`, except the hashes."""
-    h = hashlib.sha256(b"ddkit.header.v1\0")
+def _header_objects(h5: h5py.Group) -> list[tuple[str, h5py.HLObject]]:
     objects = [("", h5)]
     h5.visititems(lambda name, obj: objects.append((name, obj)) if name.split("/")[0] not in EXCLUDED_GROUPS else None)
-    for name, obj in sorted(objects, key=lambda item: item[0]):
+    return sorted(objects, key=lambda item: item[0])
+
+
+def _header_hash(items) -> str:
+    h = hashlib.sha256(b"ddkit.header.v1\0")
+    for name, key, value in items:
+        h.update(f"{name}\0{key}\0".encode())
+        h.update(_attr_bytes(value))
+    return h.hexdigest()
+
+
+def header_sha256(h5: h5py.Group) -> str:
+    """Hex sha256 of every attribute (root and groups, sorted) outside `/results`, except the hashes."""
+    return _header_hash((name, key, obj.attrs[key]) for name, obj in _header_objects(h5) for key in sorted(obj.attrs)
+                        if not (name == "" and key in HASH_ATTRS))
+
+
+def header_attrs(h5: h5py.Group) -> dict[str, dict[str, str | int]] | None:
+    """The attributes `header_sha256` covers, as JSON (object path, "" for the root -> {key: value}),
+    from which `header_sha256_of` gives the same hash; None when one is neither a string nor an int64
+    (ddkit writes no other kind). Exports carry it so a signature can be checked without the file."""
+    out: dict[str, dict[str, str | int]] = {}
+    for name, obj in _header_objects(h5):
         for key in sorted(obj.attrs):
             if name == "" and key in HASH_ATTRS:
                 continue
-            h.update(f"{name}\0{key}\0".encode())
-            h.update(_attr_bytes(obj.attrs[key]))
-    return h.hexdigest()
+            value = obj.attrs[key]
+            if isinstance(value, str):
+                out.setdefault(name, {})[key] = value
+            elif isinstance(value, np.integer) and np.asarray(value).dtype.str == "<i8":
+                out.setdefault(name, {})[key] = int(value)
+            else:
+                return None
+    return out
+
+
+def header_sha256_of(attrs: dict[str, dict[str, str | int]]) -> str:
+    """`header_sha256` of a file whose attributes are `attrs` (as `header_attrs` gives them)."""
+    items = []
+    for name in sorted(attrs):
+        for key in sorted(attrs[name]):
+            value = attrs[name][key]
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise ValueError(f"header attribute {name}/{key} is a {type(value).__name__}, not a string or integer")
+            items.append((name, key, value if isinstance(value, str) else np.int64(value)))
+    return _header_hash(items)

@@ -212,6 +212,8 @@ def load_json(text: Any, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{what} nests JSON values too deeply") from None
 
 
 def encode_attrs(record: Any, names: Iterable[str] | None = None) -> dict[str, Any]:
