@@ -209,6 +209,12 @@ def _catalog(work: Path, files: dict[str, Callable[[Path], Path]] | None = None)
     return work / "cat.sqlite"
 
 
+def _entry(cat: Path) -> str:
+    """The id `catalog ls` shows for the catalog's first file: its content hash's first 12 hex digits."""
+    with sqlite3.connect(cat) as db:
+        return db.execute("SELECT content_sha256 FROM files ORDER BY id LIMIT 1").fetchone()[0][:12]
+
+
 def _edited_row(work: Path, location: str) -> Path:
     cat = _catalog(work)
     with sqlite3.connect(cat) as db:
@@ -645,7 +651,8 @@ for _label, _where in (("/etc/passwd", lambda w: "/etc/passwd"), ("/dev/zero", l
                        ("a text file named .ddk.h5", lambda w: str(_secret(w, "notes.ddk.h5")))):
     @case("catalog", f"get of an edited row pointing at {_label}", outputs=("got.ddk.h5",))
     def _(work, _where=_where):
-        return ["catalog", "get", "1", "--catalog", _edited_row(work, _where(work)), "--out", work / "got.ddk.h5"]
+        cat = _edited_row(work, _where(work))
+        return ["catalog", "get", _entry(cat), "--catalog", cat, "--out", work / "got.ddk.h5"]
 
 
 def _symlink_to_good(work: Path) -> Path:
@@ -662,7 +669,8 @@ def _(work):
 
 @case("catalog", "get of a good row", expect="ok", check=_survives("got.ddk.h5"))
 def _(work):
-    return ["catalog", "get", "1", "--catalog", _catalog(work), "--out", work / "got.ddk.h5"]
+    cat = _catalog(work)
+    return ["catalog", "get", _entry(cat), "--catalog", cat, "--out", work / "got.ddk.h5"]
 
 
 # signatures ---------------------------------------------------------------------------------------
@@ -708,7 +716,8 @@ def _(work):
 @case("sign", "catalog get --require-signature of an unsigned file", outputs=("got.ddk.h5",))
 def _(work):
     _, trusted = _keys(work)
-    return ["catalog", "get", "1", "--catalog", _catalog(work), "--out", work / "got.ddk.h5",
+    cat = _catalog(work)
+    return ["catalog", "get", _entry(cat), "--catalog", cat, "--out", work / "got.ddk.h5",
             "--require-signature", "--trusted-keys", trusted]
 
 
@@ -720,7 +729,7 @@ def _(work):
 
     with Catalog(cat) as c:  # signing rewrote the file: index it again
         c.scan([str(work / "team")])
-    return ["catalog", "get", "1", "--catalog", cat, "--out", work / "got.ddk.h5", "--require-signature",
+    return ["catalog", "get", _entry(cat), "--catalog", cat, "--out", work / "got.ddk.h5", "--require-signature",
             "--trusted-keys", trusted]
 
 
