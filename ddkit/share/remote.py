@@ -294,10 +294,11 @@ def header_info(url: str) -> dict:
 
 def _checked_header(h5: h5py.File, label: str) -> dict:
     with reading(label):
-        return _header_dict(h5, label)
+        return header_dict(h5, label)
 
 
-def _header_dict(h5: h5py.File, url: str) -> dict:
+def header_dict(h5: h5py.File, url: str) -> dict:
+    """What `info` shows of an open distilled file (its header hash checked), from attributes, labels and cards."""
     fmt = check_identity(h5, url, STORE_FORMATS)
     if fmt != DISTILLED_FORMAT:
         raise FileFormatError(
