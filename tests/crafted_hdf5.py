@@ -232,17 +232,22 @@ def huge_labels_pt(work: Path) -> Path:
     return folder
 
 
-def memo_bomb_pt(work: Path, fanout: int = 8, depth: int = 30) -> Path:
-    """A ~1 kB pickle of lists nested 30 deep, each holding the previous one 8 times (memo references):
-    a container walk that visits every path visits 8**30 leaves."""
-    folder = work / "set" / "memo"
+def memo_bomb_pt(work: Path, fmt: str, fanout: int = 8) -> Path:
+    """A ~2 kB pickle of lists nested ~30 deep, each holding the previous one 8 times (memo references):
+    a container walk that visits every path visits 8**30 leaves. `fmt` "pt" (as images.pt) or "dc"
+    (as a DC result file's accuracy record, beside a valid experiment)."""
+    folder = work / "set" / f"memo-{fmt}"
     folder.mkdir(parents=True)
-    node: list = [torch.zeros(1)]
-    for _ in range(depth):
+    node: list = [0.5]
+    for _ in range(30 if fmt == "pt" else 28):
         node = [node] * fanout
-    torch.save({"data": [[node, node]]}, folder / "res_dc_x_y_1ipc.pt")
-    torch.save(node, folder / "images.pt")
-    return folder
+    if fmt == "pt":
+        torch.save(node, folder / "images.pt")
+        torch.save(torch.arange(10), folder / "labels.pt")
+        return folder
+    path = folder / "res_dc_x_y_1ipc.pt"
+    torch.save({"data": [[torch.zeros(10, 1, 28, 28), torch.arange(10)]], "accs_all_exps": node}, path)
+    return path
 
 
 def big_pngs(work: Path, side: int, count: int) -> Path:
@@ -309,9 +314,9 @@ def _import_cases() -> list[SharingCase]:
                     lambda w: imp(stride0_pt(w), w, "pt"), outputs=("out/x.ddk.h5",)),
         SharingCase("import", "labels of 3e8", lambda w: imp(huge_labels_pt(w), w, "pt"), outputs=("out/x.ddk.h5",)),
         SharingCase("import", "a 1 kB pickle of shared lists 8-way, 30 deep (dc)",
-                    lambda w: imp(memo_bomb_pt(w) / "res_dc_x_y_1ipc.pt", w, "dc"), outputs=("out/x.ddk.h5",)),
+                    lambda w: imp(memo_bomb_pt(w, "dc"), w, "dc"), outputs=("out/x.ddk.h5",)),
         SharingCase("import", "a 1 kB pickle of shared lists 8-way, 30 deep (pt)",
-                    lambda w: imp(memo_bomb_pt(w), w, "pt"), outputs=("out/x.ddk.h5",)),
+                    lambda w: imp(memo_bomb_pt(w, "pt"), w, "pt"), outputs=("out/x.ddk.h5",)),
         SharingCase("import", "a 30000² PNG", lambda w: imp(big_pngs(w, 30_000, 1), w, "imagefolder"),
                     outputs=("out/x.ddk.h5",)),
         SharingCase("import", "24 × 9000² PNGs", lambda w: imp(big_pngs(w, 9000, 24), w, "imagefolder"),
