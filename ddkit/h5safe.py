@@ -69,6 +69,7 @@ CHECK_SECONDS = 30.0  # a child walk taking longer is a hang ($DDKIT_H5_CHECK_SE
 CHILD_MEMORY = 2 << 30  # address space a child may add to its parent's before allocations fail
 MAX_RESULT_BYTES = 64 << 20  # the JSON a child hands back
 _HEAD_BYTES = 4096  # the first bytes of a file that key its verdict (a ddkit seal is the first 512)
+_LOOPS = "the HDF5 library loops on it: a damaged or crafted file"
 
 
 def open_hdf5(path: str | os.PathLike, *, cache_bytes: int | None = None, what: str = "HDF5 file") -> h5py.File:
@@ -242,17 +243,19 @@ def check_file(path: str | os.PathLike, what: str = "HDF5 file") -> None:
 
 
 def read_isolated(source: str | os.PathLike | Callable[[], tuple[BinaryIO, int]], reader: Callable[[h5py.File], Any],
-                  what: str = "HDF5 file", label: str | None = None, timeout: float | None = None) -> Any:
+                  what: str = "HDF5 file", label: str | None = None, timeout: float | None = None,
+                  slow: str = _LOOPS) -> Any:
     """Open `source` under the reader policy in a child process, run `reader(h5)` there, return its result.
 
     `source` is a local path, or a callable (run in the child) giving a seekable binary file object
     and its size: how remote files are read (an fsspec file fetches the byte ranges HDF5 asks for).
     The deep walk (`check_tree(deep=True)`) runs before `reader` sees the file. The result must be
     JSON-serializable (numpy scalars and arrays are converted); a DdkitError raised in the child is
-    raised here with its class, message and fix. `label` names the file in messages (default: the path).
+    raised here with its class, message and fix. `label` names the file in messages (default: the
+    path); `slow` says what a read past `timeout` means.
     """
     name = label or str(source)
-    return run_isolated(_read_in_child, source, reader, name, what=what, label=name, timeout=timeout)
+    return run_isolated(_read_in_child, source, reader, name, what=what, label=name, timeout=timeout, slow=slow)
 
 
 def _read_in_child(source, reader, name: str):
@@ -277,7 +280,7 @@ def _read_in_child(source, reader, name: str):
 
 
 def run_isolated(fn: Callable[..., Any], *args, what: str = "HDF5 file", label: str = "",
-                 timeout: float | None = None) -> Any:
+                 timeout: float | None = None, slow: str = _LOOPS) -> Any:
     """`fn(*args)` run in a forked child process; its JSON result, or one FileFormatError.
 
     The child gets `timeout` seconds (default `CHECK_SECONDS`, or $DDKIT_H5_CHECK_SECONDS) and
@@ -311,8 +314,7 @@ def run_isolated(fn: Callable[..., Any], *args, what: str = "HDF5 file", label: 
                 os.waitpid(pid, 0)
     label = label or what
     if timed_out:
-        raise FileFormatError(f"{label}: reading its HDF5 structure did not finish in {timeout:g} s (the HDF5 library "
-                              "loops on it: a damaged or crafted file)", _FIX)
+        raise FileFormatError(f"{label}: reading its HDF5 structure did not finish in {timeout:g} s ({slow})", _FIX)
     if os.WIFSIGNALED(status) and not data:
         sig = _signal_name(os.WTERMSIG(status))
         raise FileFormatError(f"{label}: reading its HDF5 structure crashed the HDF5 library ({sig}): a damaged or "

@@ -14,7 +14,7 @@ through the structure walk before any dataset is read, and a crash of the HDF5 l
 crafted header is one refusal. Catalog scans read local files the same way.
 
 A server is a stranger too. Only the URL schemes of fsspec's storage back-ends are accepted; HTTP
-reads have connect and read timeouts ($DDKIT_REMOTE_TIMEOUT seconds, default 30) and ask for the
+reads have connect and read timeouts ($DDKIT_REMOTE_TIMEOUT seconds, default 15) and ask for the
 bytes as stored (no transparent gzip/deflate decoding, so a compressed body cannot expand in
 memory); a download must declare its size, may not exceed it (nor $DDKIT_MAX_DOWNLOAD bytes,
 default 64 GiB, nor the free space of the cache) and must deliver all of it.
@@ -32,7 +32,7 @@ import numpy as np
 
 from ddkit.errors import DdkitError, FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
-from ddkit.h5safe import read_isolated
+from ddkit.h5safe import CHECK_SECONDS, read_isolated
 from ddkit.store.h5io import SEAL_BYTES, check_identity, check_seal, open_store, reading, verify_content
 from ddkit.store.hashing import header_sha256
 from ddkit.store.results import STORE_FORMATS
@@ -52,7 +52,7 @@ _BACKENDS = {
 _LOCAL = ("local",)  # fsspec's name for this machine's files (`file://` is stripped before fsspec)
 _BLOCK = 1 << 20
 HEADER_BLOCK = 64 << 10  # ranged reads of the header come in blocks of this size
-TIMEOUT_SECONDS = 30.0
+TIMEOUT_SECONDS = 15.0
 MAX_DOWNLOAD_BYTES = 64 << 30
 
 
@@ -289,7 +289,9 @@ def header_info(url: str) -> dict:
         }
         return d
 
-    return read_isolated(open_remote, read, what="ddkit file", label=url)
+    seconds = _env_number("DDKIT_REMOTE_TIMEOUT", TIMEOUT_SECONDS)
+    return read_isolated(open_remote, read, what="ddkit file", label=url, timeout=CHECK_SECONDS + 2 * seconds,
+                         slow="a slow or stalled server, or the HDF5 library looping on a crafted header")
 
 
 def _checked_header(h5: h5py.File, label: str) -> dict:
