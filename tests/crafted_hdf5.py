@@ -496,3 +496,49 @@ def header_mutants(work: Path, n: int, seed: int) -> Iterator[tuple[str, Path]]:
         path.write_bytes(blob)
         yield f"mutant {i}: {what}", path
 
+
+
+def replay_in_child(path: Path, timeout: float = 60.0) -> str:
+    """What `ddkit info` and `ddkit validate` do with `path`, run in a forked child (so a crash is
+    seen, not suffered): "read", "refused", "traceback: …", "crash: SIGNAL" or "hang"."""
+    import select
+    import signal
+    import time
+    import traceback
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        outcome = "read"
+        try:
+            from ddkit.errors import DdkitError
+            from ddkit.store import info_dict, validate_file
+
+            try:
+                info_dict(path)
+                validate_file(path)
+            except DdkitError:
+                outcome = "refused"
+        except BaseException as exc:  # noqa: BLE001 — what the fuzz counts
+            outcome = f"traceback: {type(exc).__name__}: {str(exc)[:200]} @ {traceback.format_exc().splitlines()[-3].strip()}"
+        os.write(write_end, outcome.encode()[:4000])
+        os._exit(0)
+    os.close(write_end)
+    deadline, data = time.monotonic() + timeout, b""
+    while True:
+        ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+            return "hang"
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_end)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return f"crash: {signal.Signals(os.WTERMSIG(status)).name}"
+    return data.decode() or f"crash: exit {os.WEXITSTATUS(status)}"

@@ -261,12 +261,12 @@ def write_imported(
                 "import into the dataset the set was distilled from (--dataset NAME)",
             )
         labels = imported.labels.long()
-        counts = torch.bincount(labels, minlength=info.num_classes) if len(labels) else torch.zeros(1)
-        if len(labels) and int(labels.max()) >= info.num_classes:
+        if len(labels) and int(labels.max()) >= info.num_classes:  # before any count: a label of 3e8 is no class
             raise IncompatibleError(
                 f"{source} has labels up to {int(labels.max())}, dataset {dataset} has {info.num_classes} classes",
                 "import into the dataset the set was distilled from",
             )
+        counts = torch.bincount(labels, minlength=info.num_classes) if len(labels) else torch.zeros(1)
         config = {"import": provenance}
         if imported.learned_lr is not None:
             config["learned_lr"] = imported.learned_lr
