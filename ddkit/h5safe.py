@@ -37,6 +37,7 @@ ranged reads thus go through the walk before any dataset is read) and catalog sc
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import hashlib
 import json
 import os
@@ -344,6 +345,10 @@ def _signal_name(number: int) -> str:
 def _child(write_end: int, fn, args, timeout: float) -> None:
     """The forked child: bounded in time and memory, reports one JSON line, exits without cleanup."""
     try:
+        faulthandler.disable()  # a crash here is the verdict, not a Python traceback on the user's terminal
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)  # nor glibc's or HDF5's messages about a heap the file corrupted
+        os.dup2(quiet, 2)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us on Ctrl-C
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(int(timeout) + 5)  # outlive no parent that died without killing us

@@ -96,9 +96,8 @@ def vlen_alias(work: Path) -> Path:
         f.attrs.create("notes", ["b"] * VLEN_ENTRIES, dtype=h5py.string_dtype())
     data = bytearray(path.read_bytes())
     big = _vlen_record(data, BIG_STRING)
-    small = _vlen_record(data, 1)
-    start = data.find(small)
-    assert big is not None and small is not None and start > 0, "the vlen records were not found"
+    start = _vlen_record(data, 1, after=data.find(b"notes\0"))
+    assert big is not None and start is not None, "the vlen records were not found"
     count = 0
     for offset in range(start, len(data) - 15, 16):  # 3000 records in a row: (length, heap address, index)
         if struct.unpack_from("<I", data, offset)[0] != 1:
@@ -110,14 +109,15 @@ def vlen_alias(work: Path) -> Path:
     return path
 
 
-def _vlen_record(data: bytearray, length: int) -> bytes | None:
-    """The first 16-byte vlen record (u32 length, u64 global-heap address, u32 index) of `length`."""
+def _vlen_record(data: bytearray, length: int, after: int | None = None):
+    """The first 16-byte vlen record (u32 length, u64 global-heap address, u32 index) of `length`: its
+    bytes, or with `after` its offset (the first one after that offset)."""
     needle = struct.pack("<I", length)
-    at = data.find(needle)
+    at = data.find(needle, after or 0)
     while at >= 0:
         address = struct.unpack_from("<Q", data, at + 4)[0]
         if SEAL_BYTES + address + 4 <= len(data) and data[SEAL_BYTES + address:SEAL_BYTES + address + 4] == b"GCOL":
-            return bytes(data[at:at + 16])
+            return at if after is not None else bytes(data[at:at + 16])
         at = data.find(needle, at + 1)
     return None
 
