@@ -289,7 +289,7 @@ def run_isolated(fn: Callable[..., Any], *args, what: str = "HDF5 file", label: 
     that ends the child and is reported as a refusal of `label`. Where fork does not exist (Windows),
     `fn` runs in this process: the checks still hold, the isolation does not.
     """
-    timeout = float(os.environ.get("DDKIT_H5_CHECK_SECONDS", CHECK_SECONDS)) if timeout is None else timeout
+    timeout = _check_seconds() if timeout is None else timeout
     if not hasattr(os, "fork"):
         return json.loads(json.dumps(fn(*args), default=_jsonable))
     read_end, write_end = os.pipe()
@@ -335,6 +335,15 @@ def run_isolated(fn: Callable[..., Any], *args, what: str = "HDF5 file", label: 
     return payload["ok"]
 
 
+def _check_seconds() -> float:
+    """$DDKIT_H5_CHECK_SECONDS when it is a positive number, else `CHECK_SECONDS`."""
+    try:
+        value = float(os.environ.get("DDKIT_H5_CHECK_SECONDS", CHECK_SECONDS))
+    except ValueError:
+        return CHECK_SECONDS
+    return value if 0 < value < float("inf") else CHECK_SECONDS
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
@@ -345,13 +354,14 @@ def _signal_name(number: int) -> str:
 def _child(write_end: int, fn, args, timeout: float) -> None:
     """The forked child: bounded in time and memory, reports one JSON line, exits without cleanup."""
     try:
-        faulthandler.disable()  # a crash here is the verdict, not a Python traceback on the user's terminal
-        quiet = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(quiet, 1)  # nor glibc's or HDF5's messages about a heap the file corrupted
-        os.dup2(quiet, 2)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us on Ctrl-C
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)
-        signal.alarm(int(timeout) + 5)  # outlive no parent that died without killing us
+        with contextlib.suppress(OSError, ValueError):  # each step is a nicety; the verdict does not need it
+            faulthandler.disable()  # a crash here is the verdict, not a Python traceback on the user's terminal
+            quiet = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(quiet, 1)  # nor glibc's or HDF5's messages about a heap the file corrupted
+            os.dup2(quiet, 2)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it kills us on Ctrl-C
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(int(timeout) + 5)  # outlive no parent that died without killing us
         _limit_memory()
         try:
             payload = {"ok": fn(*args)}
