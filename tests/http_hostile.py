@@ -3,7 +3,8 @@
 `serve(root, mode)` serves `root` like `http_range.serve`, except:
 
 - "stall": answers HEAD, then never sends a byte of any GET (a read timeout must end the wait);
-- "endless": declares the file's real size, then sends its bytes followed by zeros without end;
+- "endless": declares no size, then sends the file's bytes followed by zeros without end (a client
+  that reads "to the end" fills its disk or memory);
 - "gzip": sends a gzip bomb (`BOMB_BYTES` of zeros compressed ~1000:1) with `Content-Encoding: gzip`
   for every file, whatever was asked (a client that decompresses transparently fills its memory);
 - "short": declares the full size and a full range, sends half of it and closes the connection.
@@ -50,8 +51,6 @@ class _Hostile(_Handler):
                 pass
             return
         if self.mode == "gzip":
-            if not _BOMB:
-                _BOMB.append(_gzip_bomb(BOMB_BYTES))
             self.send_response(200)
             self.send_header("Content-Encoding", "gzip")
             self.send_header("Content-Length", str(len(_BOMB[0])))
@@ -81,7 +80,8 @@ class _Hostile(_Handler):
         self.send_response(200)
         if self.mode == "gzip":
             self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(path.stat().st_size))
+        if self.mode != "endless":
+            self.send_header("Content-Length", str(path.stat().st_size))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
 
@@ -95,11 +95,14 @@ def serve(root: str | Path, mode: str):
         with _serve_plain(root) as (base, _):
             yield base
         return
+    if mode == "gzip" and not _BOMB:
+        _BOMB.append(_gzip_bomb(BOMB_BYTES))  # made before serving: a slow first answer would look like a stall
     stop = threading.Event()
     handler = type("Handler", (_Hostile,), {"root": Path(root).resolve(), "counter": {"bytes": 0, "requests": 0},
                                             "mode": mode, "stop": stop})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # a client that hangs up on a hostile body is expected
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

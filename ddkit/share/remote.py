@@ -157,8 +157,12 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
     fs, rpath = filesystem(url)
     target = _cache_path(url)
     try:
-        head = fs.cat_file(rpath, start=0, end=SEAL_BYTES)
-        size = fs.size(rpath)
+        size = fs.size(rpath)  # before any body is read: a download must declare its size
+        _check_size(url, size, target)
+        with _stream(fs, rpath, size, SEAL_BYTES) as src:
+            head = src.read(SEAL_BYTES)
+    except DdkitError:
+        raise
     except Exception as exc:  # every back-end raises its own errors
         raise _remote_error(url, exc) from None
     if target.is_file() and not refresh:
@@ -166,7 +170,6 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
             same = fh.read(SEAL_BYTES) == head
         if same and _verifies(target, url, expected_content):
             return target
-    _check_size(url, size, target)
     try:
         with atomic_output(target, overwrite=True) as tmp:
             _download(fs, rpath, tmp, size, url)
@@ -189,8 +192,7 @@ def _check_size(url: str, size, target: Path) -> None:
     import shutil
 
     if not isinstance(size, int) or size < 0:
-        raise FileFormatError(f"{url}: the server does not declare the file's size (or sends it compressed)",
-                              "serve the file as it is stored, with a Content-Length")
+        raise _undeclared(url)
     limit = int(_env_number("DDKIT_MAX_DOWNLOAD", MAX_DOWNLOAD_BYTES))
     if size > limit:
         raise FileFormatError(f"{url} is {size} bytes, over the download limit of {limit} bytes",
@@ -202,10 +204,30 @@ def _check_size(url: str, size, target: Path) -> None:
                          "free disk space or point $DDKIT_CACHE elsewhere")
 
 
+def _stream(fs, rpath: str, size: int, first: int | None = None):
+    """The remote file opened for reading from its start (its `first` bytes only, when given), every
+    read bounded by what it asks for.
+
+    Over HTTP the body is streamed (fsspec's `block_size=0`): fsspec's ranged and whole-file reads
+    call `read()` on a response, which a server that ignores the range and never stops sending would
+    make endless."""
+    from fsspec.implementations.http import HTTPFileSystem
+
+    if not isinstance(fs, HTTPFileSystem):
+        return fs.open(rpath, "rb", block_size=_BLOCK)
+    headers = dict(_options("http")["headers"], **({"Range": f"bytes=0-{first - 1}"} if first else {}))
+    return fs.open(rpath, "rb", block_size=0, size=size, headers=headers)  # size given: no second HEAD
+
+
+def _undeclared(url: str) -> FileFormatError:
+    return FileFormatError(f"{url}: the server does not declare the file's size (or sends it compressed)",
+                           "serve the file as it is stored, with a Content-Length")
+
+
 def _download(fs, rpath: str, tmp: Path, size: int, url: str) -> None:
     """Copy exactly `size` bytes; a longer or shorter body is refused."""
     copied = 0
-    with fs.open(rpath, "rb", block_size=_BLOCK) as src, open(tmp, "wb") as dst:
+    with _stream(fs, rpath, size) as src, open(tmp, "wb") as dst:
         while block := src.read(min(_BLOCK, size - copied + 1)):
             copied += len(block)
             if copied > size:
@@ -276,6 +298,9 @@ def header_info(url: str) -> dict:
             opened["raw"] = raw = fs.open(rpath, "rb", block_size=HEADER_BLOCK, cache_type="blockcache")
         except Exception as exc:  # every back-end raises its own errors
             raise _remote_error(url, exc) from None
+        if not isinstance(getattr(raw, "size", None), int):
+            raw.close()
+            raise _undeclared(url)
         opened["counter"] = CountingFile(raw)
         return opened["counter"], int(raw.size)
 
