@@ -67,7 +67,7 @@ _FIX = "the file is damaged or was not written by ddkit; write or download it ag
 
 POLICY_VERSION = 1  # part of every remembered verdict: a stricter policy re-checks every file once
 CHECK_SECONDS = 30.0  # a child walk taking longer is a hang ($DDKIT_H5_CHECK_SECONDS overrides)
-CHILD_MEMORY = 2 << 30  # address space a child may add to its parent's before allocations fail
+CHILD_MEMORY = 1 << 30  # address space a child may add to its parent's before allocations fail
 MAX_RESULT_BYTES = 64 << 20  # the JSON a child hands back
 _HEAD_BYTES = 4096  # the first bytes of a file that key its verdict (a ddkit seal is the first 512)
 _LOOPS = "the HDF5 library loops on it: a damaged or crafted file"

@@ -116,7 +116,7 @@ def test_the_child_is_bounded_in_time_and_memory(tmp_path):
     assert time.monotonic() - start < 20
     with pytest.raises(FileFormatError, match="SIGSEGV"):
         h5safe.run_isolated(crash, label="x")
-    with pytest.raises(FileFormatError, match="more than 2 GiB"):
+    with pytest.raises(FileFormatError, match="more than 1 GiB"):
         h5safe.run_isolated(allocate, label="x")
     assert h5safe.run_isolated(lambda: {"a": np.int64(3), "b": np.arange(2)}) == {"a": 3, "b": [0, 1]}
     with pytest.raises(FileFormatError, match="no such"):  # a ddkit error keeps its message
