@@ -268,6 +268,9 @@ def _read_in_child(source, reader, name: str):
         fileobj, size = source, os.path.getsize(source)
     try:
         h5 = h5py.File(fileobj, "r")
+    except TimeoutError as exc:  # a remote source that stopped answering (an OSError too)
+        raise FileFormatError(f"{name}: reading it timed out ({_short(exc)})",
+                              "check the network and the server, then retry") from None
     except (OSError, ValueError) as exc:
         raise FileFormatError(
             f"{name} is not a readable HDF5 file (truncated, corrupt or another format: {_short(exc)})",

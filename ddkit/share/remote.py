@@ -69,12 +69,7 @@ def filesystem(url: str):
     """(fsspec filesystem, path inside it) for `url`; an unknown scheme or missing back-end is a clear error."""
     import fsspec
 
-    protocol = url.split("://", 1)[0].lower()
-    if protocol not in _BACKENDS and protocol not in _LOCAL:
-        raise InvalidInput(
-            f"cannot read {url[:200]!r}: {protocol}:// is not a storage ddkit reads",
-            f"give a local path or a URL of {', '.join(sorted(set(_BACKENDS) | set(_LOCAL)))}",
-        )
+    protocol = _scheme(url)
     try:
         return fsspec.core.url_to_fs(url, **_options(protocol))
     except (ImportError, ValueError) as exc:
@@ -85,6 +80,17 @@ def filesystem(url: str):
         ) from None
     except Exception as exc:  # a malformed URL: each back-end raises its own errors
         raise _remote_error(url, exc) from None
+
+
+def _scheme(url: str) -> str:
+    """The URL's scheme, refused unless it names a storage back-end ddkit reads."""
+    protocol = url.split("://", 1)[0].lower()
+    if protocol not in _BACKENDS and protocol not in _LOCAL:
+        raise InvalidInput(
+            f"cannot read {url[:200]!r}: {protocol}:// is not a storage ddkit reads",
+            f"give a local path or a URL of {', '.join(sorted(set(_BACKENDS) | set(_LOCAL)))}",
+        )
+    return protocol
 
 
 def _options(protocol: str) -> dict:
@@ -289,7 +295,7 @@ def header_info(url: str) -> dict:
     if not is_url(url):
         path = local_path(url)
         return read_isolated(path, lambda h5: _checked_header(h5, path), what="ddkit file")
-    filesystem(url)  # a bad scheme or a missing back-end is refused here, before the child
+    _scheme(url)  # refused here; the file system itself is made in the child (no fsspec thread here to fork)
     opened: dict = {}
 
     def open_remote():
