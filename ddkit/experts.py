@@ -39,12 +39,12 @@ from ddkit.augment import build_augmentation
 from ddkit.data import load_dataset
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
 from ddkit.data.stream import batches_at, normalized_source
-from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.errors import DdkitError, FileFormatError, IncompatibleError, InvalidInput
 from ddkit.fileio import atomic_output, check_output
 from ddkit.models import ImageClassifier, create_model, has_batchnorm
 from ddkit.progress import progress
 from ddkit.provenance import utc_now
-from ddkit.records import record_fields
+from ddkit.records import check_positive, check_value, record_fields
 from ddkit.seeding import derive_seed, generator
 from ddkit.store.h5io import building, check_seal, open_h5, reading
 from ddkit.store.schema import attr_text, dump_json, load_json
@@ -55,6 +55,8 @@ EXPERTS_FORMAT = "ddkit.experts"
 EXPERTS_SCHEMA = 1
 EXPERTS_KIND = "ddkit experts file (.experts.h5)"
 _REMEDY = "train one with `ddkit experts train` (or check the path)"
+_DAMAGED = "the file is damaged or was edited; re-download or retrain the experts"
+MAX_EXPERTS = 1 << 16
 
 
 @dataclass
@@ -114,6 +116,45 @@ class ExpertsHeader:
     def info(self) -> DatasetInfo:
         return DatasetInfo.from_dict({**self.dataset, "normalization": self.normalization})
 
+    def check(self) -> None:
+        """Refuse (InvalidInput, naming the field) values the types allow but an experts file cannot
+        have: a dataset record or normalization that does not hold (zero std included), a training
+        recipe that does not (lr ≤ 0 included), no parameters, a layout that does not add up."""
+        where = "experts header"
+        DatasetInfo.from_dict({**self.dataset, "normalization": self.normalization}, f"{where}.dataset")
+        ExpertTraining(**record_fields(ExpertTraining, self.training, f"{where}.training")).check()
+        check_positive(self.num_experts, f"{where}.num_experts", MAX_EXPERTS)
+        if len(self.expert_seeds) != self.num_experts:
+            raise InvalidInput(f"{where}.expert_seeds has {len(self.expert_seeds)} seeds for "
+                               f"{self.num_experts} experts")
+        layout = check_value(self.param_layout, list[tuple[str, list[int]]], f"{where}.param_layout")
+        if any(d < 0 for _, shape in layout for d in shape):
+            raise InvalidInput(f"{where}.param_layout has a negative dimension")
+        check_positive(self.num_params, f"{where}.num_params (an experts file holds at least one parameter)")
+        total = sum(math.prod(shape) for _, shape in layout)
+        if total != self.num_params:
+            raise InvalidInput(f"{where}.param_layout adds up to {total} parameters, num_params says {self.num_params}")
+
+    def check_architecture(self, path: str | Path) -> None:
+        """Refuse a header whose architecture does not have exactly the parameters its layout lists.
+
+        The model is built on the meta device (no memory), so `arch_kwargs` such as a width of 6000
+        cost nothing to check, and the honest parameters of a small net cannot pass for a huge one."""
+        c, h, _ = self.dataset["image_shape"]
+        try:
+            with torch.device("meta"):
+                model = create_model(self.arch, c, h, self.dataset["num_classes"], seed=0, **self.arch_kwargs)
+        except (DdkitError, TypeError, ValueError, RuntimeError) as exc:
+            detail = exc.problem if isinstance(exc, DdkitError) else str(exc)[:200]
+            raise FileFormatError(f"{path}: the header's architecture {self.arch} {self.arch_kwargs} cannot be built "
+                                  f"({detail})", _DAMAGED) from None
+        expected = param_layout(model)
+        if expected != [[name, list(shape)] for name, shape in self.param_layout]:
+            built = sum(math.prod(s) for _, s in expected)
+            raise FileFormatError(
+                f"{path}: the parameters ({self.num_params} in {len(self.param_layout)} tensors) do not fit the "
+                f"{self.arch} {self.arch_kwargs} architecture ({built} in {len(expected)} tensors)", _DAMAGED)
+
     def summary(self) -> dict:
         """The short record a distilled file keeps about the experts it matched."""
         return {
@@ -153,7 +194,8 @@ def params_sha256(params: np.ndarray) -> str:
     """Hash of the params array's shape and float32 little-endian bytes."""
     arr = np.ascontiguousarray(params, dtype="<f4")
     h = hashlib.sha256(f"ddkit.experts.params|{tuple(arr.shape)}|".encode())
-    h.update(memoryview(arr).cast("B"))
+    if arr.size:  # a memoryview of an empty array cannot be cast
+        h.update(memoryview(arr).cast("B"))
     return h.hexdigest()
 
 
@@ -286,6 +328,8 @@ def load_experts(
             if not isinstance(data, dict) or data.get("format") != EXPERTS_FORMAT:
                 raise ValueError("the header is not an experts header")
             header = ExpertsHeader(**record_fields(ExpertsHeader, data, "experts header"))
+            header.check()
+            header.check_architecture(path)
             expected = (header.num_experts, header.epochs + 1, header.num_params)
             stored = h5["params"]
             if stored.dtype != np.float32 or stored.shape != expected:  # the declared shape, before reading
@@ -301,6 +345,8 @@ def load_experts(
             f"{path}: params hash mismatch — the trajectories were modified or corrupted",
             "re-download or retrain the experts",
         )
+    if not np.isfinite(params).all():
+        raise FileFormatError(f"{path}: the trajectories hold NaN or infinite parameters", _DAMAGED)
     experts = Experts(header, torch.from_numpy(params), str(path))
     experts.check_fits(source, arch, arch_kwargs)
     return experts

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.records import check_positive
 
 MAX_IMAGE_PIXELS = 1 << 24  # 16 Mpixel: far above any training image, far below a decompression bomb
@@ -102,13 +102,14 @@ def read_normalization(root: Path):
 
 
 def decode_image(path: str | Path, fit: FolderFit | None = None, data: bytes | None = None,
-                 channels: int | None = None) -> np.ndarray:
+                 channels: int | None = None, size: tuple[int, int] | None = None) -> np.ndarray:
     """One image file as uint8 C×H×W (C = 1 for grayscale, 3 for color), fitted when `fit` is given.
 
     `data` is the file's bytes when the caller already read them (e.g. to hash them). `channels`
-    (1 or 3) converts without fitting, for a caller that fits afterwards (`fit_tensor`). Raises
-    FileFormatError for a file that is not a readable image (truncated, garbage, a decompression
-    bomb), naming the file.
+    (1 or 3) converts without fitting, for a caller that fits afterwards (`fit_tensor`). `size` is
+    the (width, height) the image must have (an import into a dataset of that shape): checked from
+    the header, before a pixel is decoded (IncompatibleError). Raises FileFormatError for a file
+    that is not a readable image (truncated, garbage, a decompression bomb), naming the file.
     """
     import io
 
@@ -120,6 +121,9 @@ def decode_image(path: str | Path, fit: FolderFit | None = None, data: bytes | N
             # open() reads the header only; convert() below decodes
             im = Image.open(path if data is None else io.BytesIO(data))
         with im:
+            if size is not None and im.size != tuple(size):
+                raise IncompatibleError(f"{path} is {im.width}×{im.height} pixels, expected {size[0]}×{size[1]}",
+                                        "import into the dataset the set was distilled from (same image size)")
             if im.width * im.height > MAX_IMAGE_PIXELS:
                 raise InvalidInput(f"{path} is {im.width}×{im.height} pixels, over the {MAX_IMAGE_PIXELS} pixel limit "
                                    "(a decompression bomb, or not a dataset image)", "resize or remove the file")

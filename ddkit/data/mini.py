@@ -24,6 +24,7 @@ from ddkit.data.base import DatasetInfo, ImageDataset
 from ddkit.data.idx import read_bytes
 from ddkit.errors import FileFormatError
 from ddkit.fileio import atomic_output, sha256_file
+from ddkit.h5safe import open_hdf5
 from ddkit.seeding import numpy_rng
 
 NAME = "fashion-mnist-mini"
@@ -42,7 +43,11 @@ _REBUILD = f"reinstall ddkit, or regenerate the asset with `{COMMAND}` (needs th
 def _read(path: str, split: str, _stamp: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The split's (images, labels, ids) arrays, after checking the asset's format and shapes."""
     try:
-        with h5py.File(path, "r") as f:
+        f = open_hdf5(path, what=f"{NAME} asset")
+    except FileFormatError as exc:
+        raise FileFormatError(f"the {NAME} asset {path} is missing or damaged ({exc.problem})", _REBUILD) from None
+    try:
+        with f:
             if f.attrs.get("format") != FORMAT:
                 raise FileFormatError(f"{path} is not a {NAME} asset (format attr {f.attrs.get('format')!r})", _REBUILD)
             if int(f.attrs.get("schema", -1)) != SCHEMA:
@@ -69,7 +74,7 @@ def load(split: str, path: str | os.PathLike | None = None) -> ImageDataset:
 
 def attrs(path: str | os.PathLike | None = None) -> dict:
     """The asset's provenance attributes (JSON-decoded where stored as JSON)."""
-    with h5py.File(path or ASSET_PATH, "r") as f:
+    with open_hdf5(path or ASSET_PATH, what=f"{NAME} asset") as f:
         out = dict(f.attrs)
     for key in ("source_files", "per_class_counts", "class_names", "normalization"):
         if key in out:

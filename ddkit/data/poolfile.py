@@ -39,8 +39,9 @@ import torch
 
 from ddkit.data.base import DatasetInfo, ImageDataset
 from ddkit.data.stream import StreamedImageDataset, should_stream
-from ddkit.errors import FileFormatError, InvalidInput
+from ddkit.errors import DdkitError, FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output, attr_text, open_checked_h5
+from ddkit.h5safe import open_hdf5
 from ddkit.provenance import Stamp
 
 POOL_FORMAT = "ddkit.pool"
@@ -328,9 +329,9 @@ def is_pool_file(path: str | os.PathLike) -> bool:
         with open(path, "rb") as fh:
             if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
                 return False
-        with h5py.File(path, "r") as h5:
+        with open_hdf5(path, what="pool file") as h5:  # the reader policy, the walk in a child first
             return attr_text(h5.attrs.get("format", "")) == POOL_FORMAT
-    except (OSError, ValueError):
+    except (OSError, ValueError, DdkitError):
         return False
 
 

@@ -130,12 +130,53 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     np.save(path, np.ascontiguousarray(array), allow_pickle=False)
 
 
+def check_npy_header(fh, size: int) -> None:
+    """Refuse (ValueError) the `.npy` stream `fh` of `size` bytes unless its header declares plain
+    numbers that fit in those bytes (a few hundred bytes can declare 1e13 elements, which numpy
+    would allocate before reading). Leaves `fh` after the header."""
+    version = np.lib.format.read_magic(fh)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version} (ddkit writes 1.0 and 2.0)")
+    shape, _, dtype = readers[version](fh)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects")
+    held = size - fh.tell()
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > held:
+        raise ValueError(f"its header declares shape {shape} of {dtype} ({declared} bytes), the file holds "
+                         f"{held} bytes")
+
+
 def load_npy(path: Path) -> np.ndarray:
-    """A `.npy` array, never unpickled (object arrays are refused)."""
+    """A `.npy` array, never unpickled (object arrays are refused), its header checked first."""
     try:
+        with open(path, "rb") as fh:
+            check_npy_header(fh, os.fstat(fh.fileno()).st_size)
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise FileFormatError(f"{path} is not a plain .npy array ({exc})", "re-export the set") from None
+
+
+def load_npz(path: Path, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` (`names` only, when given), each member's header checked like `load_npy`'s."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {m.filename[:-4]: m for m in zf.infolist() if m.filename.endswith(".npy")}
+            out = {}
+            for name, member in members.items():
+                if names is not None and name not in names:
+                    continue
+                with zf.open(member) as fh:
+                    check_npy_header(fh, member.file_size)
+                    fh.seek(0)
+                    out[name] = np.lib.format.read_array(fh, allow_pickle=False)
+            return out
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise FileFormatError(f"{path} is not a readable .npz of plain arrays ({exc})",
+                              "save the arrays with np.savez") from None
 
 
 def load_npy_tree(folder: Path) -> dict[str, np.ndarray]:

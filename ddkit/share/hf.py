@@ -23,12 +23,14 @@ import numpy as np
 import torch
 
 from ddkit.data import dataset_info
+from ddkit.data.decode import decode_image
 from ddkit.errors import DdkitError, FileFormatError, IncompatibleError
 from ddkit.paths import walk
 from ddkit.share.exchange import Exportable, Imported, as_labels, as_logits, exact_in_uint8, read_sidecar, to_uint8
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 
 SHARD_BYTES = 256 << 20  # PNG bytes per parquet shard
+MIN_ROW_BYTES = 16  # no image file is smaller (a PNG's signature and IHDR alone are 33 bytes)
 
 
 def _pyarrow():
@@ -180,15 +182,25 @@ def _class_names(schema) -> list[str] | None:
     return None
 
 
-def _decode(blob: bytes, channels: int, path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _decode(blob: bytes, shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    """One embedded image as uint8 C×H×W; its size is checked against `shape` before decoding."""
+    return decode_image(path, data=bytes(blob), channels=shape[0], size=(shape[2], shape[1]))
 
+
+def _read_table(pa, path: Path):
+    """The parquet file's table, after its row count is checked against its size: a few hundred kB
+    can declare 30 million rows of one repeated (dictionary-encoded) cell, which would be expanded
+    into Python objects here. An honest row holds an image of its own: at least `MIN_ROW_BYTES`."""
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            array = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise FileFormatError(f"{path}: an image cannot be decoded ({exc})", "re-export the set") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        parquet = pa.parquet.ParquetFile(path)
+        rows = parquet.metadata.num_rows
+        if rows > max(1, path.stat().st_size // MIN_ROW_BYTES):
+            raise FileFormatError(
+                f"{path} declares {rows} rows in {path.stat().st_size} bytes (fewer than {MIN_ROW_BYTES} bytes a row: "
+                "one repeated image is not a dataset)", "give a parquet file with one embedded image per row")
+        return parquet.read()
+    except (OSError, pa.ArrowException) as exc:
+        raise FileFormatError(f"{path} is not a readable parquet file ({exc})", "re-download the set") from None
 
 
 @IMPORTERS.register("hf", summary="Hugging Face datasets folders or parquet files (image + label columns, logits)")
@@ -206,10 +218,7 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
     info = meta.dataset.info if meta else dataset_info(options.dataset)
     images, labels, logits, names = [], [], [], None
     for path in files:
-        try:
-            table = pa.parquet.read_table(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise FileFormatError(f"{path} is not a readable parquet file ({exc})", "re-download the set") from None
+        table = _read_table(pa, path)
         image_col = _column(table, ("image", "img"), "image", path)
         label_col = _column(table, ("label", "labels"), "label", path)
         names = names or _class_names(table.schema)
@@ -220,7 +229,7 @@ def import_hf(source: Path, options: ImportOptions) -> Imported:
                     f"{path}: column {image_col!r} does not hold embedded image bytes",
                     "export the set with embedded images (datasets embeds them on push_to_hub)",
                 )
-            images.append(_decode(blob, info.image_shape[0], path))
+            images.append(_decode(blob, info.image_shape, path))
         labels += table.column(label_col).to_pylist()
         if "logits" in table.column_names:
             logits += table.column("logits").to_pylist()

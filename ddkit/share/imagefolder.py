@@ -25,8 +25,9 @@ import torch
 
 from ddkit.data import dataset_info
 from ddkit.data.base import DatasetInfo
+from ddkit.data.decode import decode_image
 from ddkit.data.imagefolder import CLASS_MAP, IMAGE_EXTENSIONS, check_class_names
-from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
+from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.paths import kind, read_json
 from ddkit.share.exchange import Exportable, Imported, exact_in_uint8, read_sidecar, to_uint8
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
@@ -136,15 +137,9 @@ def _class_index(source: Path, folders: list[str], info: DatasetInfo, follow_sym
     )
 
 
-def _read(path: Path, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise FileFormatError(f"cannot decode image {path} ({exc})", "replace or remove the file") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+def _read(path: Path, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image as uint8 C×H×W; its size is checked against `shape` before any pixel is decoded."""
+    return decode_image(path, channels=shape[0], size=(shape[2], shape[1]))
 
 
 def _order_key(path: Path) -> tuple:
@@ -174,14 +169,7 @@ def import_imagefolder(source: Path, options: ImportOptions) -> Imported:
         items.sort(key=lambda item: int(item[0].stem))
     else:
         items.sort(key=lambda item: (item[1], _order_key(item[0])))
-    arrays = [_read(p, info.image_shape[0]) for p, _ in items]
-    for (path, _), array in zip(items, arrays, strict=True):
-        if array.shape != tuple(info.image_shape):
-            raise IncompatibleError(
-                f"{path} is {array.shape[2]}×{array.shape[1]} pixels, {info.name} images are "
-                f"{info.image_shape[2]}×{info.image_shape[1]}",
-                "import into the dataset the set was distilled from (same image size)",
-            )
+    arrays = [_read(p, info.image_shape) for p, _ in items]
     images = torch.from_numpy(np.stack(arrays)) if arrays else torch.zeros((0, *info.image_shape), dtype=torch.uint8)
     labels = torch.tensor([label for _, label in items], dtype=torch.long)
     return Imported(images, labels, method="imagefolder", details={"files": len(items)})

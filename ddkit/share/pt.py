@@ -33,6 +33,7 @@ from ddkit.share.exchange import (
     read_sidecar,
     unnormalize,
 )
+from ddkit.share.files import load_npz
 from ddkit.share.formats import EXPORTERS, IMPORTERS, ImportOptions, card_text
 from ddkit.share.safe_pt import load_plain
 
@@ -89,13 +90,7 @@ def zca_inverse(params: str, options: ImportOptions, norm: Normalization) -> tup
         return mean.reshape(-1), inverse, f"refit on {options.dataset} (kornia ZCA, eps {ZCA_EPS}, unbiased)"
     path = Path(params)
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: torch.from_numpy(z[k]) for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise FileFormatError(
-                f"{path} is not a readable .npz ({exc})", "save the ZCA parameters with np.savez"
-            ) from None
+        arrays = load_npz(path, ("mean", "mean_vector", "transform", "transform_matrix", "transform_inv"))
     else:
         arrays = load_plain(path)
         if not isinstance(arrays, dict):
@@ -103,16 +98,42 @@ def zca_inverse(params: str, options: ImportOptions, norm: Normalization) -> tup
                 f"{path} holds a {type(arrays).__name__}, not a dict of ZCA parameters",
                 "save {'mean': ..., 'transform': ...} (kornia's mean_vector, transform_matrix)",
             )
-    mean = arrays.get("mean", arrays.get("mean_vector"))
-    inverse = arrays.get("transform_inv")
-    if inverse is None and arrays.get("transform", arrays.get("transform_matrix")) is not None:
-        inverse = torch.linalg.inv(torch.as_tensor(arrays.get("transform", arrays.get("transform_matrix"))).double())
-    if mean is None or inverse is None:
+    mean = _zca_array(arrays, ("mean", "mean_vector"), path)
+    inverse = _zca_array(arrays, ("transform_inv",), path)
+    transform = _zca_array(arrays, ("transform", "transform_matrix"), path) if inverse is None else None
+    if mean is None or (inverse is None and transform is None):
         raise FileFormatError(
-            f"{path} lacks the ZCA mean or transform (keys: {sorted(arrays)})",
+            f"{path} lacks the ZCA mean or transform (keys: {sorted(map(str, arrays))[:10]})",
             "give 'mean' and 'transform' (or 'transform_inv'), as kornia's ZCAWhitening holds them",
         )
-    return torch.as_tensor(mean).reshape(-1), torch.as_tensor(inverse), f"parameters from {path.name}"
+    matrix = inverse if inverse is not None else transform
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise FileFormatError(f"{path}: the ZCA transform has shape {tuple(matrix.shape)}, not a square matrix",
+                              "give the transform kornia's ZCAWhitening fitted (D×D for images of D values)")
+    if inverse is None:
+        inverse, info = torch.linalg.inv_ex(transform)
+        if int(info) != 0 or not bool(torch.isfinite(inverse).all()):
+            raise InvalidInput(f"{path}: the ZCA transform is singular, so the whitening cannot be undone",
+                               "give the transform the set was whitened with (or its inverse as 'transform_inv')")
+    return mean.reshape(-1), inverse, f"parameters from {path.name}"
+
+
+def _zca_array(arrays: dict, names: tuple[str, ...], path: Path) -> torch.Tensor | None:
+    """The first of `names` in a ZCA parameters file as a finite float64 tensor (None when absent)."""
+    name = next((n for n in names if n in arrays), None)
+    if name is None:
+        return None
+    value = arrays[name]
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value) if value.dtype.kind in "iuf" else value
+    if not isinstance(value, torch.Tensor) or value.is_complex() or value.dtype == torch.bool:
+        kind = value.dtype if isinstance(value, (torch.Tensor, np.ndarray)) else type(value).__name__
+        raise FileFormatError(f"{path}: ZCA '{name}' is {kind}, not an array of numbers",
+                              "store the mean and transform as float tensors (kornia's mean_vector, transform_matrix)")
+    value = value.detach().double()
+    if not bool(torch.isfinite(value).all()):
+        raise FileFormatError(f"{path}: ZCA '{name}' holds NaN or infinite values", "give finite ZCA parameters")
+    return value
 
 
 def unwhiten(images: torch.Tensor, mean: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,16 @@ here changes how a file is opened: the local path then goes through the store's 
 
 `header_info(url)` is `ddkit info` without the download: HDF5 reads the attributes, labels and
 result cards through an fsspec file object that fetches only the byte ranges asked for, and the
-header is trusted only when its `header_sha256` matches. Pixels are never read.
+header is trusted only when its `header_sha256` matches. Pixels are never read. The whole read runs
+in a child process under the reader policy (`ddkit.h5safe.read_isolated`): the ranged reads go
+through the structure walk before any dataset is read, and a crash of the HDF5 library on a
+crafted header is one refusal. Catalog scans read local files the same way.
+
+A server is a stranger too. Only the URL schemes of fsspec's storage back-ends are accepted; HTTP
+reads have connect and read timeouts ($DDKIT_REMOTE_TIMEOUT seconds, default 15) and ask for the
+bytes as stored (no transparent gzip/deflate decoding, so a compressed body cannot expand in
+memory); a download must declare its size, may not exceed it (nor $DDKIT_MAX_DOWNLOAD bytes,
+default 64 GiB, nor the free space of the cache) and must deliver all of it.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ddkit.errors import DdkitError, FileFormatError
+from ddkit.errors import DdkitError, FileFormatError, InvalidInput
 from ddkit.fileio import atomic_output
+from ddkit.h5safe import CHECK_SECONDS, read_isolated
 from ddkit.store.describe import formation_summary
 from ddkit.store.formation import read_formation
 from ddkit.store.h5io import SEAL_BYTES, check_identity, check_seal, open_store, reading, verify_content
@@ -41,8 +51,11 @@ _BACKENDS = {
     "az": "adlfs",
     "abfs": "adlfs",
 }
+_LOCAL = ("local",)  # fsspec's name for this machine's files (`file://` is stripped before fsspec)
 _BLOCK = 1 << 20
 HEADER_BLOCK = 64 << 10  # ranged reads of the header come in blocks of this size
+TIMEOUT_SECONDS = 15.0
+MAX_DOWNLOAD_BYTES = 64 << 30
 
 
 def is_url(spec: str | os.PathLike) -> bool:
@@ -55,23 +68,64 @@ def cache_dir() -> Path:
 
 
 def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for `url`; a missing back-end is a clear error."""
+    """(fsspec filesystem, path inside it) for `url`; an unknown scheme or missing back-end is a clear error."""
     import fsspec
 
-    protocol = url.split("://", 1)[0]
+    protocol = _scheme(url)
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **_options(protocol))
     except (ImportError, ValueError) as exc:
         package = _BACKENDS.get(protocol, f"the fsspec back-end for {protocol}://")
         raise DdkitError(
             f"cannot read {protocol}:// URLs here ({exc})",
             f'pip install {package} (ddkit\'s extras: pip install "ddkit[remote]")',
         ) from None
+    except Exception as exc:  # a malformed URL: each back-end raises its own errors
+        raise _remote_error(url, exc) from None
+
+
+def _scheme(url: str) -> str:
+    """The URL's scheme, refused unless it names a storage back-end ddkit reads."""
+    protocol = url.split("://", 1)[0].lower()
+    if protocol not in _BACKENDS and protocol not in _LOCAL:
+        raise InvalidInput(
+            f"cannot read {url[:200]!r}: {protocol}:// is not a storage ddkit reads",
+            f"give a local path or a URL of {', '.join(sorted(set(_BACKENDS) | set(_LOCAL)))}",
+        )
+    return protocol
+
+
+def _options(protocol: str) -> dict:
+    """fsspec options: for HTTP, timeouts and the bytes as stored (no transparent decompression)."""
+    if protocol not in ("http", "https"):
+        return {}
+    import aiohttp
+
+    seconds = _env_number("DDKIT_REMOTE_TIMEOUT", TIMEOUT_SECONDS)
+    timeout = aiohttp.ClientTimeout(total=None, connect=seconds, sock_connect=seconds, sock_read=seconds)
+    return {"client_kwargs": {"timeout": timeout, "auto_decompress": False},
+            "headers": {"Accept-Encoding": "identity"}}
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise InvalidInput(f"${name} must be a positive number, got {raw!r}",
+                           f"unset it or set e.g. {name}={default:g}")
+    return value
 
 
 def _remote_error(url: str, exc: Exception) -> DdkitError:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return FileFormatError(
-        f"cannot read {url} ({type(exc).__name__}: {str(exc)[:200]})", "check the URL, the network and your credentials"
+        f"cannot read {url[:300]} ({type(exc).__name__}{': ' + text if text else ''})",
+        "check the URL, the network and your credentials",
     )
 
 
@@ -111,7 +165,12 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
     fs, rpath = filesystem(url)
     target = _cache_path(url)
     try:
-        head = fs.cat_file(rpath, start=0, end=SEAL_BYTES)
+        size = fs.size(rpath)  # before any body is read: a download must declare its size
+        _check_size(url, size, target)
+        with _stream(fs, rpath, size, SEAL_BYTES) as src:
+            head = src.read(SEAL_BYTES)
+    except DdkitError:
+        raise
     except Exception as exc:  # every back-end raises its own errors
         raise _remote_error(url, exc) from None
     if target.is_file() and not refresh:
@@ -121,9 +180,7 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
             return target
     try:
         with atomic_output(target, overwrite=True) as tmp:
-            with fs.open(rpath, "rb", block_size=_BLOCK) as src, open(tmp, "wb") as dst:
-                while block := src.read(_BLOCK):
-                    dst.write(block)
+            _download(fs, rpath, tmp, size, url)
             try:
                 verify_local(tmp, url, expected_content)
             except FileFormatError as exc:
@@ -136,6 +193,58 @@ def fetch(url: str, expected_content: str | None = None, refresh: bool = False) 
     except Exception as exc:
         raise _remote_error(url, exc) from None
     return target
+
+
+def _check_size(url: str, size, target: Path) -> None:
+    """Refuse a download of undeclared size, over the limit or over the cache's free space."""
+    import shutil
+
+    if not isinstance(size, int) or size < 0:
+        raise _undeclared(url)
+    limit = int(_env_number("DDKIT_MAX_DOWNLOAD", MAX_DOWNLOAD_BYTES))
+    if size > limit:
+        raise FileFormatError(f"{url} is {size} bytes, over the download limit of {limit} bytes",
+                              "raise $DDKIT_MAX_DOWNLOAD if you mean it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if size > free:
+        raise DdkitError(f"{url} is {size} bytes, the cache {target.parent} has {free} bytes free",
+                         "free disk space or point $DDKIT_CACHE elsewhere")
+
+
+def _stream(fs, rpath: str, size: int, first: int | None = None):
+    """The remote file opened for reading from its start (its `first` bytes only, when given), every
+    read bounded by what it asks for.
+
+    Over HTTP the body is streamed (fsspec's `block_size=0`): fsspec's ranged and whole-file reads
+    call `read()` on a response, which a server that ignores the range and never stops sending would
+    make endless."""
+    from fsspec.implementations.http import HTTPFileSystem
+
+    if not isinstance(fs, HTTPFileSystem):
+        return fs.open(rpath, "rb", block_size=_BLOCK)
+    headers = dict(_options("http")["headers"], **({"Range": f"bytes=0-{first - 1}"} if first else {}))
+    return fs.open(rpath, "rb", block_size=0, size=size, headers=headers)  # size given: no second HEAD
+
+
+def _undeclared(url: str) -> FileFormatError:
+    return FileFormatError(f"{url}: the server does not declare the file's size (or sends it compressed)",
+                           "serve the file as it is stored, with a Content-Length")
+
+
+def _download(fs, rpath: str, tmp: Path, size: int, url: str) -> None:
+    """Copy exactly `size` bytes; a longer or shorter body is refused."""
+    copied = 0
+    with _stream(fs, rpath, size) as src, open(tmp, "wb") as dst:
+        while block := src.read(min(_BLOCK, size - copied + 1)):
+            copied += len(block)
+            if copied > size:
+                raise FileFormatError(f"{url} sends more than the {size} bytes it declares",
+                                      "the server is broken or hostile; ask the file's owner")
+            dst.write(block)
+    if copied != size:
+        raise FileFormatError(f"{url}: the download ended after {copied} of {size} bytes",
+                              "retry; a broken connection or a broken server is the usual cause")
 
 
 def _verifies(path: Path, url: str, expected: str | None) -> bool:
@@ -183,29 +292,44 @@ class CountingFile(io.RawIOBase):
 
 
 def header_info(url: str) -> dict:
-    """What `ddkit info` shows about a remote `.ddk.h5`, from ranged reads of its header (no pixels)."""
-    fs, rpath = filesystem(url)
-    try:
-        raw = fs.open(rpath, "rb", block_size=HEADER_BLOCK, cache_type="blockcache")
-    except Exception as exc:
-        raise _remote_error(url, exc) from None
-    counter = CountingFile(raw)
-    try:
-        with h5py.File(counter, "r") as h5, reading(url):
-            d = header_dict(h5, url)
+    """What `ddkit info` shows about a `.ddk.h5` (a URL, read by ranged reads of its header, no pixels;
+    or a local path), read in a child process under the reader policy (see the module docstring)."""
+    if not is_url(url):
+        path = local_path(url)
+        return read_isolated(path, lambda h5: _checked_header(h5, path), what="ddkit file")
+    _scheme(url)  # refused here; the file system itself is made in the child (no fsspec thread here to fork)
+    opened: dict = {}
+
+    def open_remote():
+        fs, rpath = filesystem(url)  # in the child: a fresh fsspec instance and event loop
+        try:
+            opened["raw"] = raw = fs.open(rpath, "rb", block_size=HEADER_BLOCK, cache_type="blockcache")
+        except Exception as exc:  # every back-end raises its own errors
+            raise _remote_error(url, exc) from None
+        if not isinstance(getattr(raw, "size", None), int):
+            raw.close()
+            raise _undeclared(url)
+        opened["counter"] = CountingFile(raw)
+        return opened["counter"], int(raw.size)
+
+    def read(h5):
+        d = _checked_header(h5, url)
         d["remote"] = {
             "url": url,
-            "size": int(raw.size),
-            "bytes_read": counter.bytes_read,
+            "size": int(opened["raw"].size),
+            "bytes_read": opened["counter"].bytes_read,
             "verified": "header_sha256 (content not checked: `ddkit validate URL` downloads and checks every byte)",
         }
         return d
-    except OSError as exc:
-        raise FileFormatError(
-            f"{url} is not a readable HDF5 file ({exc})", "check the URL; give a ddkit file"
-        ) from None
-    finally:
-        raw.close()
+
+    seconds = _env_number("DDKIT_REMOTE_TIMEOUT", TIMEOUT_SECONDS)
+    return read_isolated(open_remote, read, what="ddkit file", label=url, timeout=CHECK_SECONDS + 2 * seconds,
+                         slow="a slow or stalled server, or the HDF5 library looping on a crafted header")
+
+
+def _checked_header(h5: h5py.File, label: str) -> dict:
+    with reading(label):
+        return header_dict(h5, label)
 
 
 def header_dict(h5: h5py.File, url: str) -> dict:
@@ -222,10 +346,16 @@ def header_dict(h5: h5py.File, url: str) -> dict:
             "ask the file's owner for a good copy",
         )
     header = DistilledHeader(**decode_attrs(DistilledHeader, h5.attrs))
-    labels = np.asarray(h5["labels"][()], dtype=np.int64)
+    labels = np.asarray(h5["labels"][()], dtype=np.int64).reshape(-1)
+    if len(labels) and (labels.min() < 0 or labels.max() >= header.num_classes):
+        raise FileFormatError(f"{url}: labels outside 0..{header.num_classes - 1}",
+                              "ask the file's owner for a good copy")
     compensators = 0
     if "composite" in h5:
         members = np.asarray(h5["composite/members"][()], dtype=np.int64)
+        if members.ndim != 2 or (members.size and (members.min() < 0 or members.max() >= len(labels))):
+            raise FileFormatError(f"{url}: composite members are not rows of the stored images",
+                                  "ask the file's owner for a good copy")
         compensators = int(members.shape[0])
         labels = np.concatenate([labels, labels[members.reshape(-1)]])
     formation = None

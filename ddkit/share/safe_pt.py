@@ -18,6 +18,7 @@ import torch
 from ddkit.errors import FileFormatError
 
 PLAIN_TYPES = (torch.Tensor, bool, int, float, str, type(None))
+MAX_EXPANDED = 1_000_000  # container entries, shared references followed
 SAFE_FIX = (
     "only tensors, lists, dicts and numbers are imported; re-save the set as plain tensors (torch.save(tensor, PATH))"
 )
@@ -38,19 +39,44 @@ def load_plain(path: str | os.PathLike) -> Any:
     return obj
 
 
-def check_plain(obj: Any, where: str, depth: int = 0) -> None:
-    """Refuse (FileFormatError) anything but tensors, containers of them, strings, numbers and None."""
+def check_plain(obj: Any, where: str, depth: int = 0, _sizes: dict[int, int] | None = None) -> int:
+    """Refuse (FileFormatError) anything but tensors, containers of them, strings, numbers and None;
+    the number of entries `obj` expands to when every reference is followed.
+
+    A pickle can reference one container many times (its memo), so lists nested 30 deep that each
+    hold the previous one 8 times are 1 kB on disk and 8**30 entries to anyone who walks them. Each
+    container is walked once (shared references are counted from a memo of their sizes), and one
+    that expands to more than `MAX_EXPANDED` entries is refused, so no later walk can blow up. A
+    tensor that views fewer stored values than it has elements (a stride-0 `expand`: 765 bytes that
+    become 400 000 images when copied) is refused too.
+    """
+    sizes = {} if _sizes is None else _sizes
     if depth > 32:
         raise FileFormatError(f"{where} nests containers more than 32 deep", SAFE_FIX)
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if not isinstance(key, (str, int)):
+    if isinstance(obj, (dict, list, tuple)):
+        if id(obj) in sizes:
+            return sizes[id(obj)]
+        total = 1
+        items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+        for key, value in items:
+            if isinstance(obj, dict) and not isinstance(key, (str, int)):
                 raise FileFormatError(f"{where} has a dict key of type {type(key).__name__}", SAFE_FIX)
-            check_plain(value, f"{where}[{key!r}]", depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            check_plain(value, f"{where}[{i}]", depth + 1)
-    elif not isinstance(obj, PLAIN_TYPES):
+            total += check_plain(value, f"{where}[{key!r}]", depth + 1, sizes)
+            if total > MAX_EXPANDED:
+                short = where if len(where) <= 100 else where[:100] + "…"
+                raise FileFormatError(
+                    f"{short} expands to more than {MAX_EXPANDED} entries when its shared references are followed "
+                    "(a pickle that repeats containers)", SAFE_FIX)
+        sizes[id(obj)] = total
+        return total
+    if not isinstance(obj, PLAIN_TYPES):
         raise FileFormatError(f"{where} holds a {type(obj).__module__}.{type(obj).__name__} object", SAFE_FIX)
-    elif isinstance(obj, torch.Tensor) and (obj.is_sparse or obj.is_quantized or obj.layout != torch.strided):
-        raise FileFormatError(f"{where} holds a {obj.layout} tensor", "store dense tensors")
+    if isinstance(obj, torch.Tensor):
+        if obj.is_sparse or obj.is_quantized or obj.layout != torch.strided:
+            raise FileFormatError(f"{where} holds a {obj.layout} tensor", "store dense tensors")
+        stored = obj.untyped_storage().nbytes() // max(1, obj.element_size())
+        if obj.numel() > stored:
+            raise FileFormatError(
+                f"{where} is a tensor of shape {tuple(obj.shape)} ({obj.numel()} values) viewing {stored} stored "
+                "values (a stride-0 or overlapping view)", "save a contiguous tensor (tensor.contiguous())")
+    return 1
