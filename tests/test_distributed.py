@@ -54,3 +54,52 @@ def test_synthesize_nproc_2_equals_world_size_1(tmp_path, method, config):
     with DistilledDataset(one) as a, DistilledDataset(two) as b:
         assert a.content_sha256 == b.content_sha256
     assert not (tmp_path / "two.ddk.h5.work").exists()
+
+
+def _run(args, env):
+    proc = subprocess.run([sys.executable, "-m", "ddkit", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.mark.slow
+def test_dm_nproc_2_equals_world_size_1_and_resumes_across_world_sizes(tmp_path, monkeypatch):
+    import torch
+
+    """DM's classes shared over 2 gloo ranks: the same images, labels and final loss as one process
+    (one thread each); a run killed after its first checkpoint in one process resumes under 2 ranks
+    to the same file."""
+    from ddkit.store import DistilledDataset
+    from ddkit.synth import run_synthesizer
+    from ddkit.workitems import WorkItemStore
+
+    env = {**os.environ, "DDKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    config = {"iterations": 4, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
+    base = ["synthesize", "--method", "dm", "--dataset", "procedural", "--ipc", "3",
+            *sum((["--config", f"{k}={v}"] for k, v in config.items()), [])]
+    one, two, resumed = tmp_path / "one.ddk.h5", tmp_path / "two.ddk.h5", tmp_path / "resumed.ddk.h5"
+    _run(base + ["--out", str(one)], env)
+    _run(base + ["--out", str(two), "--nproc", "2"], env)
+
+    real_save = WorkItemStore.save
+
+    def dying_save(self, key, arrays):
+        real_save(self, key, arrays)
+        raise KeyboardInterrupt("simulated kill after the first checkpoint")
+
+    monkeypatch.setattr(WorkItemStore, "save", dying_save)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run: float reductions in the same order
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_synthesizer("dm", "procedural", [], 3, config, seed=0, out=resumed)
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "resumed.ddk.h5.work").glob("*.npz")] == ["iter-0000002.npz"]
+    multi = _run(base + ["--out", str(resumed), "--nproc", "2", "--resume"], env)
+    assert "resuming at iteration 2 of 4" in multi.stderr
+    with DistilledDataset(one) as a, DistilledDataset(two) as b, DistilledDataset(resumed) as c:
+        assert a.content_sha256 == b.content_sha256 == c.content_sha256
+        assert a.header.config["final_loss"] == b.header.config["final_loss"] is not None
+    assert not (tmp_path / "two.ddk.h5.work").exists() and not (tmp_path / "resumed.ddk.h5.work").exists()

@@ -17,6 +17,7 @@ statistics as in the paper.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddkit import distributed
 from ddkit.augment import DSA, DSA_STRATEGY, take_rows
 from ddkit.data.base import Normalization, class_balanced_indices
 from ddkit.data.stream import batches_at, normalized_source
@@ -87,18 +89,23 @@ def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     return torch.cat([net.pool(net.features(part)) for part in x.split(chunk)])
 
 
-def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
-                  gen: torch.Generator, chunk: int = 0) -> torch.Tensor:
-    """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for class-major `real` (C·B rows) and `syn` (C·S rows).
+def class_terms(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                gen: torch.Generator, chunk: int = 0, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for each class c of `classes` (default all `num_classes`),
+    for class-major `real` (B rows per class of `classes`) and `syn` (S rows per class).
 
-    One DSA parameter set is sampled per class (C units of max(B, S) rows); row i of class c's real and
-    synthetic batch share parameter row i, as DSA's siamese re-seeding does.
+    One DSA parameter set is sampled for all `num_classes` classes (C units of max(B, S) rows) and
+    class c takes its unit, so a process that holds only some classes applies exactly the views
+    the whole run would; row i of class c's real and synthetic batch share parameter row i, as
+    DSA's siamese re-seeding does.
     """
-    b, s = len(real) // num_classes, len(syn) // num_classes
+    classes = torch.arange(num_classes) if classes is None else torch.as_tensor(classes)
+    k = len(classes)
+    b, s = len(real) // k, len(syn) // k
     if dsa is not None:
         width = max(b, s)
         params = dsa.sample((num_classes * width, *real.shape[1:]), gen, units=num_classes)
-        base = torch.arange(num_classes).view(-1, 1) * width
+        base = classes.view(-1, 1) * width
         real = dsa.apply(real, take_rows(params, (base + torch.arange(b)).flatten()))
         syn = dsa.apply(syn, take_rows(params, (base + torch.arange(s)).flatten()))
     if has_batchnorm(net):  # batch statistics must stay per class, as in the paper's per-class passes
@@ -107,10 +114,16 @@ def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, 
         mean_syn = torch.stack([embed(net, x).mean(0) for x in syn.split(s)])
     else:
         with torch.inference_mode():
-            mean_real = class_means(embed(net, real, chunk), num_classes)
+            mean_real = class_means(embed(net, real, chunk), k)
         mean_real = mean_real.clone()  # a normal tensor again, usable beside the autograd graph
-        mean_syn = class_means(embed(net, syn, chunk), num_classes)
-    return (mean_real - mean_syn).square().sum()
+        mean_syn = class_means(embed(net, syn, chunk), k)
+    return (mean_real - mean_syn).square().sum(1)
+
+
+def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                  gen: torch.Generator, chunk: int = 0) -> torch.Tensor:
+    """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² over all classes (`class_terms`, summed)."""
+    return class_terms(net, real, syn, num_classes, dsa, gen, chunk).sum()
 
 
 def real_positions(class_rows: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
@@ -156,24 +169,34 @@ def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
     return DMState(z.to(device), torch.zeros_like(z, device=device)), picked
 
 
-def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None):
-    """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding the
-    loss after each one; every iteration's randomness depends only on (seed, iteration), so a resumed
-    run equals an uninterrupted one.
+def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None,
+             classes: list[int] | None = None):
+    """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding
+    each iteration's per-class loss terms (`class_terms`, float32 on the CPU; their sum is the
+    loss); every iteration's randomness depends only on (seed, iteration), so a resumed run equals
+    an uninterrupted one.
 
-    Each iteration reads only its `batch_real` images per class from the source: indexed in the
-    normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
+    `classes` (default all): the classes whose images this call optimizes, the others' rows of
+    `state` are left as they are. Class c's images get gradient from class c's term only, and the
+    iteration's draws (real positions, DSA parameters, network) are made for every class and then
+    taken for `classes`, so ranks that split the classes compute exactly the rows one process would.
+
+    Each iteration reads only its `batch_real` images per class of `classes` from the source: indexed
+    in the normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
     """
     config.check()
     info = source.info
     class_rows = source.class_indices()
     dsa, net_kwargs = config.augmentation(), config.net_kwargs()
     chunk = config.forward_chunk or (32 if torch.device(device).type == "cpu" else 0)
+    mine = torch.arange(info.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+    rows = synthetic_rows(mine, len(state.images) // info.num_classes)
 
-    def draws():  # each iteration's generator, after it drew that iteration's real positions
+    def draws():  # each iteration's generator, after it drew that iteration's real positions (of every class)
         for it in range(state.iteration, config.iterations if stop is None else stop):
             gen = generator(seed, "dm-iteration", it)
-            yield it, gen, real_positions(class_rows, config.batch_real, gen)
+            positions = real_positions(class_rows, config.batch_real, gen).view(info.num_classes, -1)
+            yield it, gen, positions[mine].flatten()
 
     plan, ahead = itertools.tee(draws())
     reals = batches_at(normalized_source(source, device), (positions for _, _, positions in ahead))
@@ -183,16 +206,65 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
         net.train()  # batch-norm nets use batch statistics, as in the paper
         for p in net.parameters():
             p.requires_grad_(False)
-        z = state.images.requires_grad_(True)
-        loss = matching_loss(net, real, z, info.num_classes, dsa, gen, chunk)
-        (grad,) = torch.autograd.grad(loss, z)
+        z = state.images[rows].requires_grad_(True)
+        terms = class_terms(net, real, z, info.num_classes, dsa, gen, chunk, mine)
+        (grad,) = torch.autograd.grad(terms.sum(), z)
         z.requires_grad_(False)
         with torch.no_grad():
-            state.velocity.mul_(config.momentum).add_(grad)
-            z.sub_(config.lr_img * state.velocity)
-            z.copy_(clamp_pixels(z, info.normalization))
+            velocity = state.velocity[rows].mul_(config.momentum).add_(grad)
+            z.sub_(config.lr_img * velocity)
+            state.velocity[rows], state.images[rows] = velocity, clamp_pixels(z, info.normalization)
         state.iteration = it + 1
-        yield float(loss.detach())
+        yield terms.detach().cpu()
+
+
+def synthetic_rows(classes: torch.Tensor, ipc: int) -> torch.Tensor:
+    """The rows of `classes` in a class-major synthetic set of `ipc` images per class."""
+    return (torch.as_tensor(classes, dtype=torch.long).view(-1, 1) * ipc + torch.arange(ipc)).flatten()
+
+
+@dataclass
+class ClassShare:
+    """DM's classes shared over torchrun ranks (round robin; a world of one holds them all), and the
+    meeting of the ranks' results: rows are broadcast from their owner, never summed, so every rank
+    ends with the bytes one process would have computed."""
+
+    owners: list[list[int]]  # the classes of each rank
+    rank: int
+    ipc: int
+
+    @classmethod
+    def of(cls, num_classes: int, ipc: int) -> "ClassShare":
+        w = distributed.world()
+        if w.size > num_classes:
+            raise InvalidInput(f"dm shares its {num_classes} classes over the processes: {w.size} would leave "
+                               "some idle", f"run with --nproc {num_classes} or fewer")
+        classes = list(range(num_classes))
+        return cls([distributed.shard(classes, distributed.World(r, w.size)) for r in range(w.size)], w.rank, ipc)
+
+    @property
+    def mine(self) -> list[int]:
+        return self.owners[self.rank]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, *tensors: torch.Tensor) -> None:
+        """Fill the other ranks' class rows of class-major synthetic tensors (images, momentum), in place."""
+        rows = [synthetic_rows(torch.tensor(c, dtype=torch.long), self.ipc) for c in self.owners]
+        for t in tensors:
+            distributed.share_rows(t, rows)
+
+    def loss_totals(self, recent: list[torch.Tensor]) -> list[float]:
+        """Each of the `recent` iterations' loss over all classes, from this rank's per-class terms:
+        gathered into one class × iteration table and summed in class order, as one process sums."""
+        if not recent:  # the same on every rank: they ran the same iterations
+            return []
+        table = torch.zeros(sum(map(len, self.owners)), len(recent))
+        table[self.mine] = torch.stack(recent, 1)
+        distributed.share_rows(table, [torch.tensor(c, dtype=torch.long) for c in self.owners])
+        return table.sum(0).tolist()
 
 
 @register_synthesizer
@@ -219,20 +291,25 @@ class DM(Synthesizer):
             state = DMState.from_arrays(store.load(done[-1]), device)
             say(f"dm: resuming at iteration {state.iteration} of {config.iterations}")
 
-        losses = []
+        share = ClassShare.of(info.num_classes, ipc)
+        recent = collections.deque(maxlen=10)  # per-class loss terms of the last iterations (this rank's classes)
         bar = progress(total=config.iterations, initial=state.iteration, desc=f"dm ipc {ipc}")
-        for loss in optimize(source, state, config, seed, device):
-            losses.append(loss)
+        for terms in optimize(source, state, config, seed, device, classes=share.mine):
+            recent.append(terms)
             bar.update(1)
-            if state.iteration % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if state.iteration % 10 == 0:  # under torchrun: rank 0's classes
+                bar.set_postfix(loss=f"{np.mean([float(t.sum()) for t in recent]):.3f}")
             if state.iteration % every == 0:
-                store.save(self.checkpoint_key(state.iteration), state.arrays())
+                share.gather(state.images, state.velocity)  # a checkpoint holds every class: any world size resumes it
+                if share.is_main:
+                    store.save(self.checkpoint_key(state.iteration), state.arrays())
         bar.close()
+        share.gather(state.images)
+        totals = share.loss_totals(list(recent))
 
         pixels = info.normalization.invert(state.images.cpu()).clamp_(0.0, 1.0)
         derived = {"init_source_ids": picked.ids.tolist(), "net_kwargs": config.net_kwargs(),
-                   "final_loss": float(np.mean(losses[-10:])) if losses else None}
+                   "final_loss": float(np.mean(totals)) if totals else None}
         dset = DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},
             seed=seed, images=pixels, labels=picked.labels, ipc=ipc, teachers=[t.header.summary() for t in teachers],
