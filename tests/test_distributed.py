@@ -103,3 +103,52 @@ def test_dm_nproc_2_equals_world_size_1_and_resumes_across_world_sizes(tmp_path,
         assert a.content_sha256 == b.content_sha256 == c.content_sha256
         assert a.header.config["final_loss"] == b.header.config["final_loss"] is not None
     assert not (tmp_path / "two.ddk.h5.work").exists() and not (tmp_path / "resumed.ddk.h5.work").exists()
+
+
+@pytest.mark.slow
+def test_experts_nproc_2_equal_world_size_1_and_resume_across_world_sizes(tmp_path, monkeypatch):
+    """3 experts over 2 gloo ranks (rank 0 trains experts 0 and 2, rank 1 expert 1): the same trajectories
+    as one process; a one-process run killed with expert 0 done and expert 1 half-way resumes under
+    2 ranks (rank 1 continues expert 1 from its finished epoch) to the same trajectories."""
+    import torch
+
+    import ddkit.experts as experts_mod
+    from ddkit.experts import ExpertTraining, load_experts, train_experts
+
+    env = {**os.environ, "DDKIT_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    base = ["experts", "train", "--dataset", "procedural", "--model-opt", "width=4", "--model-opt", "depth=2",
+            "--experts", "3", "--epochs", "2", "--batch-size", "128"]
+    one, two, resumed = tmp_path / "one.experts.h5", tmp_path / "two.experts.h5", tmp_path / "resumed.experts.h5"
+    _run(base + ["--out", str(one)], env)
+    multi = _run(base + ["--out", str(two), "--nproc", "2"], env)
+    assert "wrote" in multi.stdout
+
+    real, calls = experts_mod.train_epoch, {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # expert 0 finished (2 epochs), expert 1 has 1 epoch done
+            raise KeyboardInterrupt("simulated kill")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experts_mod, "train_epoch", dying)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_experts(resumed, "procedural", "convnet", {"width": 4, "depth": 2}, 3,
+                          ExpertTraining(epochs=2, batch_size=128), seed=0)
+    finally:
+        torch.set_num_threads(threads)
+        monkeypatch.undo()
+    work = tmp_path / "resumed.experts.h5.work"
+    assert sorted(p.name for p in work.glob("*.npz")) == ["expert000.npz", "expert001-partial.npz"]
+    _run(base + ["--out", str(resumed), "--nproc", "2", "--resume"], env)
+    assert not work.exists() and not (tmp_path / "two.experts.h5.work").exists()
+    with load_experts(one) as a, load_experts(two) as b, load_experts(resumed) as c:
+        assert a.header.params_sha256 == b.header.params_sha256 == c.header.params_sha256
+        for i in range(3):
+            assert torch.equal(a.params.trajectory(i), b.params.trajectory(i))
+        strip = ("created",)
+        assert {k: v for k, v in vars(a.header).items() if k not in strip} == \
+            {k: v for k, v in vars(b.header).items() if k not in strip}

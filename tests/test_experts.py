@@ -155,7 +155,9 @@ def test_resume_equals_uninterrupted(experts_file, tmp_path, monkeypatch):
     r = train_experts(out, "procedural", "convnet", ARCH, 2, TRAIN, seed=0, resume=True)
     assert calls["n"] == -100 + 2 and r.epochs_trained == 2  # only expert 1's epochs 2 and 3 were trained
     assert not work.exists()
-    assert torch.equal(load_experts(out).params, load_experts(experts_file).params)
+    with load_experts(out) as a, load_experts(experts_file) as b:
+        assert a.header.params_sha256 == b.header.params_sha256
+        assert all(torch.equal(a.params.trajectory(i), b.params.trajectory(i)) for i in range(2))
 
 
 def test_cli(capsys, tmp_path, experts_file):
@@ -176,3 +178,38 @@ def test_cli(capsys, tmp_path, experts_file):
     assert code == 2 and "BatchNorm" in err and not bn.exists() and not (tmp_path / "bn.experts.h5.work").exists()
     code, _, err = _cli(capsys, "experts", "train", "--dataset", "procedural", "--augmentation", "blur", "--out", bn)
     assert code == 2 and "unknown augmentation" in err and "Traceback" not in err
+
+
+def test_the_file_is_read_vector_by_vector(tmp_path):
+    """The loader checks a 20 MB buffer holding one parameter vector at a time (the seal and the params
+    hash are both streamed), and `params[i, e]` reads one vector from the file."""
+    import tracemalloc
+
+    from ddkit.experts import ExpertsHeader, write_experts
+
+    n, epochs, p = 2, 9, 250_000  # 2 × 10 × 250k float32 = 20 MB
+    header = ExpertsHeader(arch="convnet", arch_kwargs={}, dataset={}, normalization={}, training={"epochs": epochs},
+                           num_experts=n, seed=0, expert_seeds=[0, 1], param_layout=[["w", [p]]], num_params=p)
+    rng = np.random.default_rng(0)
+    trajectories = [rng.standard_normal((epochs + 1, p), dtype=np.float32) for _ in range(n)]
+    path = tmp_path / "big.experts.h5"
+    write_experts(path, header, trajectories)
+    whole, expected = n * (epochs + 1) * p * 4, trajectories[1][-1].copy()
+    del trajectories
+    tracemalloc.start()
+    try:
+        experts = load_experts(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < whole / 4, f"loading held {peak} bytes of a {whole}-byte buffer"  # reading it whole: > whole
+    with experts:
+        assert experts.params.reads == n * (epochs + 1)  # the streamed params hash: each vector once
+        v = experts.params[1, -1]
+        assert np.array_equal(v.numpy(), expected) and experts.params.reads == n * (epochs + 1) + 1
+        with pytest.raises(IndexError, match="one vector at a time"):
+            experts.params[1]
+        with pytest.raises(IndexError, match="out of range"):
+            experts.params[2, 0]
+    with pytest.raises(ValueError, match="closed"):
+        experts.params[0, 0]
