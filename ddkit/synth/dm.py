@@ -13,6 +13,11 @@ All classes go through the embedding network together, in one pass on a GPU and 
 a CPU (the per-class loop of the original code gives the same loss for a network without batch
 statistics); a network with batch norm is run class by class, so each class keeps its own batch
 statistics as in the paper.
+
+Under torchrun the classes are shared over the ranks (`ClassShare`): class c's images get gradient from
+class c's term only, so each rank optimizes its classes' images, and the ranks' rows meet again at each
+checkpoint and at the end. Every rank draws an iteration's randomness for all classes and keeps its
+share, so the file is the one a single process writes.
 """
 
 from __future__ import annotations
@@ -278,6 +283,7 @@ class DM(Synthesizer):
     def synthesize(self, source, teachers, ipc, config: DMConfig, seed, device, workdir=None):
         config.check()
         info = source.info
+        share = ClassShare.of(info.num_classes, ipc)  # this rank's classes (all of them in a world of one)
         state, picked = initial_state(source, ipc, config, seed, device)
         create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes, **config.net_kwargs())
 
@@ -291,7 +297,6 @@ class DM(Synthesizer):
             state = DMState.from_arrays(store.load(done[-1]), device)
             say(f"dm: resuming at iteration {state.iteration} of {config.iterations}")
 
-        share = ClassShare.of(info.num_classes, ipc)
         recent = collections.deque(maxlen=10)  # per-class loss terms of the last iterations (this rank's classes)
         bar = progress(total=config.iterations, initial=state.iteration, desc=f"dm ipc {ipc}")
         for terms in optimize(source, state, config, seed, device, classes=share.mine):
