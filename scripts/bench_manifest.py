@@ -56,7 +56,8 @@ print(json.dumps({"ddkit": ddkit.__file__, "images": len(m), "memory_bytes": row
 def measure(folder: Path, code: Path) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "PYTHONPATH": str(code), "DDKIT_CACHE": cache, "DDKIT_PROGRESS": "0"}
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(folder)], env=env, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-c", CHILD, str(folder.resolve())], env=env, capture_output=True,
+                              text=True, cwd=cache)  # not the caller's folder: "-c" puts it first on sys.path
     if proc.returncode != 0:
         raise SystemExit(f"indexing with {code} failed:\n{proc.stderr}")
     record = json.loads(proc.stdout.strip().splitlines()[-1])
