@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import kill_at_call
 
 from ddkit.distributed import World, shard
 
@@ -81,13 +82,7 @@ def test_dm_nproc_2_equals_world_size_1_and_resumes_across_world_sizes(tmp_path,
     _run(base + ["--out", str(one)], env)
     _run(base + ["--out", str(two), "--nproc", "2"], env)
 
-    real_save = WorkItemStore.save
-
-    def dying_save(self, key, arrays):
-        real_save(self, key, arrays)
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(WorkItemStore, "save", dying_save)
+    kill_at_call(monkeypatch, WorkItemStore, "save", 1, after=True)  # killed right after the first checkpoint
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks run: float reductions in the same order
     try:
@@ -123,15 +118,7 @@ def test_experts_nproc_2_equal_world_size_1_and_resume_across_world_sizes(tmp_pa
     multi = _run(base + ["--out", str(two), "--nproc", "2"], env)
     assert "wrote" in multi.stdout
 
-    real, calls = experts_mod.train_epoch, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:  # expert 0 finished (2 epochs), expert 1 has 1 epoch done
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(experts_mod, "train_epoch", dying)
+    kill_at_call(monkeypatch, experts_mod, "train_epoch", 4)  # expert 0 finished (2 epochs), expert 1 at 1
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks run
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import edit, one_thread, run_cli as _cli  # noqa: F401 (one_thread: autouse)
+from helpers import edit, kill_at_call, one_thread, run_cli as _cli  # noqa: F401 (one_thread: autouse)
 
 import ddkit.experts as experts_mod
 from ddkit.augment import build_augmentation
@@ -136,15 +136,7 @@ def test_mismatched_dataset_and_arch_are_refused(experts_file):
 
 def test_resume_equals_uninterrupted(experts_file, tmp_path, monkeypatch):
     out = tmp_path / "r.experts.h5"
-    real, calls = experts_mod.train_epoch, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # expert 0 finished (3 epochs), expert 1 has 1 epoch done
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(experts_mod, "train_epoch", dying)
+    calls = kill_at_call(monkeypatch, experts_mod, "train_epoch", 5)  # expert 0 finished (3 epochs), expert 1 at 1
     with pytest.raises(KeyboardInterrupt):
         train_experts(out, "procedural", "convnet", ARCH, 2, TRAIN, seed=0)
     work = tmp_path / "r.experts.h5.work"

@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli as _cli
+from helpers import kill_at_call, run_cli as _cli
 
 from ddkit.augment import DSA, take_rows
 from ddkit.data import load_dataset
@@ -101,14 +101,8 @@ def test_dm_moves_pixels_lowers_the_loss_and_keeps_them_in_range(dm_file):
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, dm_file):
-    out = tmp_path / "r.ddk.h5"
-    real_save = WorkItemStore.save
-
-    def dying_save(self, key, arrays):
-        real_save(self, key, arrays)
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(WorkItemStore, "save", dying_save)
+    out, real_save = tmp_path / "r.ddk.h5", WorkItemStore.save
+    kill_at_call(monkeypatch, WorkItemStore, "save", 1, after=True)  # killed right after the first checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_synthesizer("dm", "procedural", [], 2, TINY, seed=0, out=out)
     assert not out.exists() and [p.name for p in (tmp_path / "r.ddk.h5.work").glob("*.npz")] == ["iter-0000002.npz"]
