@@ -74,6 +74,23 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def share_rows(tensor: torch.Tensor, owners: list[torch.Tensor]) -> torch.Tensor:
+    """Give every rank the rows each rank computed, in place: rank r's rows `owners[r]` (indices
+    along dim 0) are broadcast from rank r. The bytes are copied, never summed, so the result is
+    exactly what the owners hold (a sum with zeros would turn -0.0 into 0.0). A no-op in a world
+    of one; on NCCL a CPU tensor goes through this rank's GPU, as in `all_reduce_sum`."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return tensor
+    via_gpu = dist.get_backend() == "nccl" and tensor.device.type != "cuda"
+    for rank, rows in enumerate(owners):
+        part = tensor[rows].contiguous()
+        if via_gpu:
+            part = part.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.broadcast(part, src=rank)
+        tensor[rows] = part.to(tensor.device)
+    return tensor
+
+
 def launch(nproc: int, argv: list[str]) -> int:
     """Re-run `ddkit ARGV` under torchrun with `nproc` processes on this machine; returns its exit code."""
     if nproc < 1:

@@ -18,6 +18,15 @@ attrs: `format = "ddkit.experts"`, `schema = 1`, `header` (JSON of `ExpertsHeade
 record, normalization, training recipe, seeds, parameter layout, sha256 of the params, version,
 creation time). The file is built in memory and written atomically with ddkit's seal (see
 `ddkit.store.h5io`): a truncated or edited file is refused before HDF5 reads it.
+
+Reading is epoch by epoch: `load_experts` checks the seal and the params hash by streaming the file
+(one parameter vector in memory at a time) and returns the trajectories as `ExpertParams`, which
+reads one vector per `params[i, e]` from the open file. MTT reads the two vectors an iteration needs,
+so a paper-scale buffer (100 experts × 50 epochs of a width-128 ConvNet: several GB) is never held.
+
+Under torchrun (`ddkit experts train --nproc N`) the experts are shared out round robin: each rank
+trains its own into the shared `OUT.work/` folder, and rank 0 writes the file after a barrier. An
+expert's randomness does not depend on which rank trains it, so the file equals a one-process run's.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 import ddkit
+from ddkit import distributed
 from ddkit.augment import build_augmentation
 from ddkit.data import load_dataset
 from ddkit.data.base import DatasetInfo, ImageDataset, Normalization
@@ -190,12 +201,22 @@ def unflatten(flat: torch.Tensor, layout: list) -> dict[str, torch.Tensor]:
     return out
 
 
-def params_sha256(params: np.ndarray) -> str:
-    """Hash of the params array's shape and float32 little-endian bytes."""
-    arr = np.ascontiguousarray(params, dtype="<f4")
-    h = hashlib.sha256(f"ddkit.experts.params|{tuple(arr.shape)}|".encode())
+def params_hasher(shape: tuple[int, ...]):
+    """A sha256 of the params array's shape, to be fed its float32 little-endian bytes in C order
+    (in any pieces: a whole array, or one parameter vector at a time)."""
+    return hashlib.sha256(f"ddkit.experts.params|{tuple(int(n) for n in shape)}|".encode())
+
+
+def _feed(h, part: np.ndarray) -> None:
+    arr = np.ascontiguousarray(part, dtype="<f4")
     if arr.size:  # a memoryview of an empty array cannot be cast
         h.update(memoryview(arr).cast("B"))
+
+
+def params_sha256(params: np.ndarray) -> str:
+    """Hash of the params array's shape and float32 little-endian bytes."""
+    h = params_hasher(np.shape(params))
+    _feed(h, params)
     return h.hexdigest()
 
 
@@ -214,17 +235,70 @@ def dataset_record(source: ImageDataset) -> dict:
 # -- the file -------------------------------------------------------------------------------------
 
 
+class ExpertParams:
+    """The N × (E+1) × P float32 trajectories of an open, checked experts file, read one parameter
+    vector at a time: `params[i, e]` is expert i's parameters after e epochs (a CPU tensor, read from
+    the file on each call; negative indices count from the end). Nothing else is held in memory.
+    `reads` counts the vectors read since the file was opened (the loader's check included)."""
+
+    dtype = torch.float32
+
+    def __init__(self, h5, path: str):
+        self._h5, self._data, self.path = h5, h5["params"], path
+        self.shape = tuple(int(n) for n in self._data.shape)
+        self.reads = 0
+
+    def _index(self, i: int, axis: int) -> int:
+        n = self.shape[axis]
+        if not isinstance(i, (int, np.integer)) or not -n <= i < n:
+            raise IndexError(f"experts params index {i!r} out of range for axis {axis} of size {n}")
+        return int(i) % n
+
+    def vector(self, i: int, e: int) -> np.ndarray:
+        if self._h5 is None:
+            raise ValueError(f"the experts file {self.path} was closed")
+        i, e = self._index(i, 0), self._index(e, 1)
+        with reading(self.path):
+            row = self._data[i, e]
+        self.reads += 1
+        return row
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        if not isinstance(key, tuple) or len(key) != 2:
+            raise IndexError("experts params are read one vector at a time: params[expert, epoch]")
+        return torch.from_numpy(self.vector(*key))
+
+    def trajectory(self, i: int) -> torch.Tensor:
+        """Expert i's (E+1) × P parameter vectors (one expert, not the file)."""
+        return torch.stack([self[i, e] for e in range(self.shape[1])])
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = self._data = None
+
+
 @dataclass
 class Experts:
-    """A loaded, checked experts file: `params` is N × (E+1) × P float32 (CPU)."""
+    """A loaded, checked experts file: `params` reads its N × (E+1) × P float32 trajectories vector by
+    vector (`ExpertParams`); close it (or use `with`) when done."""
 
     header: ExpertsHeader
-    params: torch.Tensor
+    params: ExpertParams
     path: str = ""
 
     @property
     def num_experts(self) -> int:
         return int(self.params.shape[0])
+
+    def close(self) -> None:
+        self.params.close()
+
+    def __enter__(self) -> "Experts":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def build_model(self) -> ImageClassifier:
         """A fresh instance of the experts' architecture (weights to be replaced by a trajectory point)."""
@@ -271,27 +345,30 @@ class Experts:
             )
 
 
-def write_experts(
-    path: str | Path, header: ExpertsHeader, params: np.ndarray, overwrite: bool = False
-) -> ExpertsHeader:
-    """Write the experts file atomically (sealed); fills the params hash and creation time."""
-    params = np.ascontiguousarray(params, dtype=np.float32)
-    if (
-        params.ndim != 3
-        or params.shape[0] != header.num_experts
-        or params.shape[1] != header.epochs + 1
-        or params.shape[2] != header.num_params
-    ):
-        raise InvalidInput(
-            f"expert params of shape {params.shape} do not fit "
-            f"{header.num_experts} experts × {header.epochs + 1} epochs × {header.num_params} parameters"
-        )
-    if not np.isfinite(params).all():
-        raise InvalidInput("expert trajectories contain NaN or inf (training diverged)", "lower --lr")
-    header.params_sha256 = params_sha256(params)
-    header.created = header.created or utc_now()
+def write_experts(path: str | Path, header: ExpertsHeader, params, overwrite: bool = False) -> ExpertsHeader:
+    """Write the experts file atomically (sealed); fills the params hash and creation time.
+
+    `params`: the N × (E+1) × P array, or any sequence of the N experts' (E+1) × P trajectories (e.g.
+    read one at a time from the work folder), written and hashed one expert at a time."""
+    shape = (header.num_experts, header.epochs + 1, header.num_params)
+    if len(params) != shape[0]:
+        raise InvalidInput(f"{len(params)} expert trajectories do not fit the header's {shape[0]} experts")
+    h = params_hasher(shape)
     with building() as (h5, image):
-        h5.create_dataset("params", data=params, chunks=(1, 1, params.shape[2]))
+        data = h5.create_dataset("params", shape=shape, dtype=np.float32, chunks=(1, 1, shape[2]))
+        for i, trajectory in enumerate(params):
+            trajectory = np.ascontiguousarray(trajectory, dtype=np.float32)
+            if trajectory.shape != shape[1:]:
+                raise InvalidInput(
+                    f"expert {i}'s trajectory of shape {trajectory.shape} does not fit "
+                    f"{header.num_experts} experts × {header.epochs + 1} epochs × {header.num_params} parameters"
+                )
+            if not np.isfinite(trajectory).all():
+                raise InvalidInput("expert trajectories contain NaN or inf (training diverged)", "lower --lr")
+            data[i] = trajectory
+            _feed(h, trajectory)
+        header.params_sha256 = h.hexdigest()
+        header.created = header.created or utc_now()
         h5.attrs["format"] = EXPERTS_FORMAT
         h5.attrs["schema"] = EXPERTS_SCHEMA
         h5.attrs["header"] = dump_json(asdict(header), "experts header")
@@ -303,8 +380,10 @@ def write_experts(
 def load_experts(
     path: str | Path, source: ImageDataset | None = None, arch: str | None = None, arch_kwargs: dict | None = None
 ) -> Experts:
-    """Read and check an experts file: seal, format, schema, header, params hash; then (when asked)
-    that it fits `source` and the architecture. Any problem is one FileFormatError/IncompatibleError."""
+    """Open and check an experts file: seal, format, schema, header, params hash (both hashes streamed,
+    one parameter vector in memory at a time); then (when asked) that it fits `source` and the
+    architecture. Any problem is one FileFormatError/IncompatibleError. The file stays open for
+    `Experts.params` to read from: close the result when done."""
     path = Path(path)
     if not path.is_file():
         raise FileFormatError(f"experts file {path} does not exist", _REMEDY)
@@ -337,19 +416,25 @@ def load_experts(
                     f"{path}: /params is {stored.dtype} {stored.shape}, the header says float32 {expected}",
                     "the file is damaged; train the experts again",
                 )
-            params = stored[()]
-    finally:
+        params = ExpertParams(h5, str(path))
+        h = params_hasher(params.shape)
+        for i in range(params.shape[0]):
+            for e in range(params.shape[1]):
+                vector = params.vector(i, e)
+                if not np.isfinite(vector).all():
+                    raise FileFormatError(f"{path}: the trajectories hold NaN or infinite parameters", _DAMAGED)
+                _feed(h, vector)
+        if h.hexdigest() != header.params_sha256:
+            raise FileFormatError(
+                f"{path}: params hash mismatch — the trajectories were modified or corrupted",
+                "re-download or retrain the experts",
+            )
+        experts = Experts(header, params, str(path))
+        experts.check_fits(source, arch, arch_kwargs)
+        return experts
+    except BaseException:
         h5.close()
-    if params_sha256(params) != header.params_sha256:
-        raise FileFormatError(
-            f"{path}: params hash mismatch — the trajectories were modified or corrupted",
-            "re-download or retrain the experts",
-        )
-    if not np.isfinite(params).all():
-        raise FileFormatError(f"{path}: the trajectories hold NaN or infinite parameters", _DAMAGED)
-    experts = Experts(header, torch.from_numpy(params), str(path))
-    experts.check_fits(source, arch, arch_kwargs)
-    return experts
+        raise
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -426,6 +511,8 @@ def train_experts(
 
     Finished experts, and the finished epochs of the expert in progress, are kept in `OUT.work/`
     (numpy `.npz`, no pickles) and reused with `resume=True`; the folder goes once the file is written.
+    Under torchrun each rank trains its share of the experts (round robin) and rank 0 writes the file;
+    the result's `epochs_trained` counts this rank's expert-epochs.
     """
 
     training = training or ExpertTraining()
@@ -459,7 +546,9 @@ def train_experts(
         param_layout=layout,
         num_params=num_params,
     )
-    workdir = claim_workdir(out, resume, overwrite)
+    w = distributed.init(dev)
+    workdir = claim_workdir(out, resume, overwrite, is_main=w.is_main)
+    distributed.barrier()
     identity = {k: v for k, v in asdict(header).items() if k not in ("params_sha256", "created", "ddkit_version")}
     store = WorkItemStore(workdir, {"kind": EXPERTS_FORMAT, **identity})
 
@@ -467,30 +556,20 @@ def train_experts(
     labels = source.labels.to(dev)
     augment = build_augmentation(training.augmentation)
     steps = math.ceil(len(images) / training.batch_size)
-    partial = {
-        i: store.load(f"expert{i:03d}-partial")
-        for i in range(num_experts)
-        if not store.has(f"expert{i:03d}") and store.has(f"expert{i:03d}-partial")
-    }
-    done = store.done(f"expert{i:03d}" for i in range(num_experts))
-    todo_epochs = sum(
-        training.epochs - (len(partial[i]["params"]) - 1 if i in partial else 0)
-        for i in range(num_experts)
-        if f"expert{i:03d}" not in done
-    )
-    if log and (done or partial):
+    keys = [f"expert{i:03d}" for i in range(num_experts)]
+    done = store.done(keys)
+    mine = [i for i in distributed.shard(list(range(num_experts)), w) if keys[i] not in done]  # round robin
+    partial = {i: store.load(f"{keys[i]}-partial") for i in mine if store.has(f"{keys[i]}-partial")}
+    todo_epochs = sum(training.epochs - (len(partial[i]["params"]) - 1 if i in partial else 0) for i in mine)
+    if log and w.is_main and (done or partial):
         log(
             f"experts: resuming, {len(done)} of {num_experts} experts finished"
             + (f", expert {min(partial)} at epoch {len(partial[min(partial)]['params']) - 1}" if partial else "")
         )
     bar = progress(total=todo_epochs * steps, desc=f"experts {arch}")
     start, trained = time.perf_counter(), 0
-    trajectories = []
-    for i in range(num_experts):
-        key = f"expert{i:03d}"
-        if key in done:
-            trajectories.append(store.load(key)["params"])
-            continue
+    for i in mine:
+        key = keys[i]
         model = create_model(
             arch, info.image_shape[0], info.image_shape[1], info.num_classes, seed=expert_seeds[i], **arch_kwargs
         )
@@ -500,10 +579,11 @@ def train_experts(
         )
         points = [flatten_params(model).cpu().numpy()]
         if i in partial:  # continue after the last finished epoch
-            points = list(partial[i]["params"])
+            resumed = partial.pop(i)
+            points = list(resumed["params"])
             # a copy: vector_to_parameters makes the parameters views of the vector it is given
             torch.nn.utils.vector_to_parameters(torch.tensor(points[-1], device=dev), model.parameters())
-            _set_momentum(opt, model, partial[i]["momentum"])
+            _set_momentum(opt, model, resumed["momentum"])
         for epoch in range(len(points) - 1, training.epochs):
             train_epoch(
                 model,
@@ -520,21 +600,36 @@ def train_experts(
             trained += 1
             if epoch + 1 < training.epochs:
                 store.save(f"{key}-partial", {"params": np.stack(points), "momentum": _momentum_vector(opt, model)})
-        trajectory = np.stack(points).astype(np.float32)
-        store.save(key, {"params": trajectory})
+        store.save(key, {"params": np.stack(points).astype(np.float32)})
         (workdir / f"{key}-partial.npz").unlink(missing_ok=True)
-        trajectories.append(trajectory)
     bar.close()
     wall = time.perf_counter() - start
-    header.created = utc_now()
-    write_experts(out, header, np.stack(trajectories), overwrite=overwrite)
-    shutil.rmtree(workdir, ignore_errors=True)
+    distributed.barrier()  # every rank's experts are in the work folder
+    if w.is_main:
+        header.created = utc_now()
+        write_experts(out, header, _StoredTrajectories(store, keys), overwrite=overwrite)
+        shutil.rmtree(workdir, ignore_errors=True)
+    distributed.barrier()  # rank 0's file is written
     return ExpertsResult(str(out), header, wall, trained, wall / trained if trained else float("nan"))
+
+
+class _StoredTrajectories(Sequence):
+    """The finished experts' trajectories in the work folder, loaded one expert at a time."""
+
+    def __init__(self, store: WorkItemStore, keys: list[str]):
+        self.store, self.keys = store, keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.store.load(self.keys[i])["params"]
 
 
 def describe_experts(path: str | Path) -> str:
     """One line about an experts file (for the CLI)."""
-    h = load_experts(path).header
+    with load_experts(path) as experts:
+        h = experts.header
     return (
         f"{path}: {h.num_experts} experts × {h.epochs} epochs of {h.arch} {json.dumps(h.arch_kwargs)} on "
         f"{h.dataset['name']} ({h.num_params} parameters, lr {h.lr:g}, {h.training['augmentation']} augmentation)"

@@ -21,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import ROOT, machine, record_state, run_watched, today, write_section  # noqa: E402
+from benchlib import BENCHMARKS, ROOT, machine, record_state, run_watched, today, write_section  # noqa: E402
 
 STATE = ROOT / "runs" / "scale" / "state.json"
 STAGES = ("index", "teacher", "teacher-import", "random-real", "infer", "nrr-dd", "select", "evaluate", "pool-build", "pool-score")
@@ -194,6 +195,9 @@ def render(note: str | None = None) -> None:
         "evaluate: " + " ".join(EVAL) + " (random-real file)."]
     if note:
         lines += ["", Path(note).read_text().strip()]
+    kept = re.search(r"<!-- BEGIN scale-manifest -->.*?<!-- END scale-manifest -->", BENCHMARKS.read_text(), re.S)
+    if kept:  # scripts/bench_manifest.py's table lives inside this section
+        lines += ["", kept.group(0)]
     write_section("scale", "\n".join(lines))
 
 

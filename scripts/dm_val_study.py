@@ -76,7 +76,7 @@ def main() -> None:
     elapsed, losses = 0.0, []
     for milestone in milestones:
         start = time.perf_counter()
-        losses += list(optimize(train, state, config, 0, torch.device("cpu"), stop=milestone))
+        losses += [float(t.sum()) for t in optimize(train, state, config, 0, torch.device("cpu"), stop=milestone)]
         elapsed += time.perf_counter() - start
         lr = "" if args.lr_img == 1.0 else f" lr_img{args.lr_img:g}"
         key = f"dm ipc{args.ipc} batch_real{args.batch_real}{lr} iterations{milestone} {protocol.id}"

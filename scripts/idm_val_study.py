@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         losses: list[float] = []
         for milestone in milestones:
             w0, c0 = time.perf_counter(), time.process_time()
-            losses += list(optimize(train, state, config, 0, device, stop=milestone))
+            losses += [float(t.sum()) for t in optimize(train, state, config, 0, device, stop=milestone)]
             wall, cpu = wall + time.perf_counter() - w0, cpu + time.process_time() - c0
             instances = decoded(config, state.images).detach().clone()
             for protocol in protocols:

@@ -23,6 +23,25 @@ def edit(path):
     seal(path)
 
 
+def kill_at_call(monkeypatch, owner, name: str, at: int, after: bool = False) -> dict:
+    """Make `owner.name` raise KeyboardInterrupt (a simulated kill) on its `at`-th call: before the call
+    runs, or just after it with `after`. Returns the call counter ({"n": calls so far}); set it below 0
+    to let the next calls through."""
+    real, calls = getattr(owner, name), {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at and not after:
+            raise KeyboardInterrupt("simulated kill")
+        result = real(*args, **kwargs)
+        if calls["n"] == at:
+            raise KeyboardInterrupt("simulated kill")
+        return result
+
+    monkeypatch.setattr(owner, name, dying)
+    return calls
+
+
 def run_cli(capsys, *args) -> tuple[int, str, str]:
     """Run `ddkit ARGS` in-process; return (exit code, stdout, stderr)."""
     try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import edit, one_thread, run_cli as _cli  # noqa: F401 (one_thread: autouse)
+from helpers import edit, kill_at_call, one_thread, run_cli as _cli  # noqa: F401 (one_thread: autouse)
 
 import ddkit.experts as experts_mod
 from ddkit.augment import build_augmentation
@@ -136,15 +136,7 @@ def test_mismatched_dataset_and_arch_are_refused(experts_file):
 
 def test_resume_equals_uninterrupted(experts_file, tmp_path, monkeypatch):
     out = tmp_path / "r.experts.h5"
-    real, calls = experts_mod.train_epoch, {"n": 0}
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # expert 0 finished (3 epochs), expert 1 has 1 epoch done
-            raise KeyboardInterrupt("simulated kill")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(experts_mod, "train_epoch", dying)
+    calls = kill_at_call(monkeypatch, experts_mod, "train_epoch", 5)  # expert 0 finished (3 epochs), expert 1 at 1
     with pytest.raises(KeyboardInterrupt):
         train_experts(out, "procedural", "convnet", ARCH, 2, TRAIN, seed=0)
     work = tmp_path / "r.experts.h5.work"
@@ -155,7 +147,9 @@ def test_resume_equals_uninterrupted(experts_file, tmp_path, monkeypatch):
     r = train_experts(out, "procedural", "convnet", ARCH, 2, TRAIN, seed=0, resume=True)
     assert calls["n"] == -100 + 2 and r.epochs_trained == 2  # only expert 1's epochs 2 and 3 were trained
     assert not work.exists()
-    assert torch.equal(load_experts(out).params, load_experts(experts_file).params)
+    with load_experts(out) as a, load_experts(experts_file) as b:
+        assert a.header.params_sha256 == b.header.params_sha256
+        assert all(torch.equal(a.params.trajectory(i), b.params.trajectory(i)) for i in range(2))
 
 
 def test_cli(capsys, tmp_path, experts_file):
@@ -176,3 +170,47 @@ def test_cli(capsys, tmp_path, experts_file):
     assert code == 2 and "BatchNorm" in err and not bn.exists() and not (tmp_path / "bn.experts.h5.work").exists()
     code, _, err = _cli(capsys, "experts", "train", "--dataset", "procedural", "--augmentation", "blur", "--out", bn)
     assert code == 2 and "unknown augmentation" in err and "Traceback" not in err
+
+
+def test_the_file_is_read_vector_by_vector(tmp_path):
+    """The loader checks a ~24 MB buffer holding one parameter vector at a time (the seal and the params
+    hash are both streamed), and `params[i, e]` reads one vector from the file."""
+    import tracemalloc
+
+    from ddkit.data import load_dataset
+    from ddkit.experts import ExpertsHeader, dataset_record, param_layout, write_experts
+    from ddkit.models import create_model
+
+    source = load_dataset("procedural", "train")
+    info = source.info
+    model = create_model("convnet", info.image_shape[0], info.image_shape[1], info.num_classes, seed=0, width=128)
+    layout = param_layout(model)
+    n, epochs, p = 2, 9, sum(int(np.prod(s)) for _, s in layout)  # 2 × 10 × ~300k float32 ≈ 24 MB
+    header = ExpertsHeader(arch="convnet", arch_kwargs={"width": 128}, dataset=dataset_record(source),
+                           normalization=info.normalization.to_dict(),
+                           training={"epochs": epochs, "lr": 0.01, "momentum": 0.0, "weight_decay": 0.0,
+                                     "batch_size": 8, "augmentation": "none"},
+                           num_experts=n, seed=0, expert_seeds=[0, 1], param_layout=layout, num_params=p)
+    rng = np.random.default_rng(0)
+    trajectories = [rng.standard_normal((epochs + 1, p), dtype=np.float32) for _ in range(n)]
+    path = tmp_path / "big.experts.h5"
+    write_experts(path, header, trajectories)
+    whole, expected = n * (epochs + 1) * p * 4, trajectories[1][-1].copy()
+    del trajectories
+    tracemalloc.start()
+    try:
+        experts = load_experts(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < whole / 4, f"loading held {peak} bytes of a {whole}-byte buffer"  # reading it whole: > whole
+    with experts:
+        assert experts.params.reads == n * (epochs + 1)  # the streamed params hash: each vector once
+        v = experts.params[1, -1]
+        assert np.array_equal(v.numpy(), expected) and experts.params.reads == n * (epochs + 1) + 1
+        with pytest.raises(IndexError, match="one vector at a time"):
+            experts.params[1]
+        with pytest.raises(IndexError, match="out of range"):
+            experts.params[2, 0]
+    with pytest.raises(ValueError, match="closed"):
+        experts.params[0, 0]

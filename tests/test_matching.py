@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli as _cli
+from helpers import kill_at_call, run_cli as _cli
 
 from ddkit.augment import DSA, take_rows
 from ddkit.data import load_dataset
@@ -20,7 +20,7 @@ from ddkit.models.teacher import save_teacher
 from ddkit.store import DistilledDataset
 from ddkit.synth import SYNTHESIZERS, run_synthesizer
 from ddkit.synth.coresets import herding
-from ddkit.synth.dm import DMConfig, embed, initial_state, matching_loss, optimize
+from ddkit.synth.dm import DMConfig, embed, initial_state, matching_loss, optimize, synthetic_rows
 from ddkit.workitems import WorkItemStore
 
 TINY = {"iterations": 4, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
@@ -87,7 +87,7 @@ def test_dm_moves_pixels_lowers_the_loss_and_keeps_them_in_range(dm_file):
     config = DMConfig(**{**TINY, "iterations": 30, "dsa": "none", "lr_img": 0.5})
     state, picked = initial_state(source, 2, config, 0, "cpu")
     start = state.images.clone()
-    losses = list(optimize(source, state, config, 0, "cpu"))
+    losses = [float(terms.sum()) for terms in optimize(source, state, config, 0, "cpu")]
     assert not torch.equal(start, state.images)
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     pixels = source.info.normalization.invert(state.images)
@@ -101,14 +101,8 @@ def test_dm_moves_pixels_lowers_the_loss_and_keeps_them_in_range(dm_file):
 
 
 def test_resume_equals_uninterrupted(tmp_path, monkeypatch, dm_file):
-    out = tmp_path / "r.ddk.h5"
-    real_save = WorkItemStore.save
-
-    def dying_save(self, key, arrays):
-        real_save(self, key, arrays)
-        raise KeyboardInterrupt("simulated kill after the first checkpoint")
-
-    monkeypatch.setattr(WorkItemStore, "save", dying_save)
+    out, real_save = tmp_path / "r.ddk.h5", WorkItemStore.save
+    kill_at_call(monkeypatch, WorkItemStore, "save", 1, after=True)  # killed right after the first checkpoint
     with pytest.raises(KeyboardInterrupt):
         run_synthesizer("dm", "procedural", [], 2, TINY, seed=0, out=out)
     assert not out.exists() and [p.name for p in (tmp_path / "r.ddk.h5.work").glob("*.npz")] == ["iter-0000002.npz"]
@@ -193,3 +187,36 @@ def test_cli_end_to_end_and_refusals(capsys, tmp_path):
 
 def test_registered():
     assert {"dm", "herding", "kcenter"} <= set(SYNTHESIZERS)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_classes_shared_out_compute_the_rows_of_all_classes(norm):
+    """Two calls that optimize the even and the odd classes (what two ranks do) give bit for bit the rows
+    and per-class loss terms of one call over all classes: same draws, class c's rows see only class c's term."""
+    source = load_dataset("procedural", "train")
+    config = DMConfig(**{**TINY, "iterations": 3, "net_options": f"depth=2,width=8,norm={norm}"})
+    whole, _ = initial_state(source, 2, config, 0, "cpu")
+    terms = list(optimize(source, whole, config, 0, "cpu"))
+    merged = torch.full_like(whole.images, float("nan"))
+    for classes in ([0, 2, 4, 6, 8], [1, 3, 5, 7, 9]):
+        part, _ = initial_state(source, 2, config, 0, "cpu")
+        part_terms = list(optimize(source, part, config, 0, "cpu", classes=classes))
+        assert all(torch.equal(a[classes], b) for a, b in zip(terms, part_terms, strict=True))
+        rows = synthetic_rows(torch.tensor(classes), 2)
+        merged[rows] = part.images[rows]
+        others = torch.ones(len(merged), dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(part.images[others], initial_state(source, 2, config, 0, "cpu")[0].images[others])
+    assert torch.equal(merged, whole.images)
+
+
+def test_more_processes_than_classes_is_refused(monkeypatch):
+    from ddkit import distributed
+    from ddkit.synth.dm import ClassShare
+
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(0, 11))
+    with pytest.raises(InvalidInput, match="--nproc 10 or fewer"):
+        ClassShare.of(10, 2)
+    monkeypatch.setattr(distributed, "world", lambda: distributed.World(1, 3))
+    share = ClassShare.of(10, 2)
+    assert share.owners == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]] and share.mine == [1, 4, 7]

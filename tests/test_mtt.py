@@ -180,6 +180,26 @@ def test_formation_file_stores_ipc_images_decoding_into_their_instances(experts,
     assert not (tmp_path / "x.ddk.h5").exists()
 
 
+@pytest.mark.parametrize("learn_labels", [False, True])
+def test_iterations_read_only_the_two_vectors_they_match(experts, tmp_path, monkeypatch, learn_labels):
+    """Beyond the loader's streamed check (every vector once), an iteration reads its start and target
+    vectors from the file (DATM's label init one more): the buffer is never read whole."""
+    opened, real_load = [], mtt_mod.load_experts
+
+    def load(*args, **kwargs):
+        opened.append(real_load(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(mtt_mod, "load_experts", load)
+    config = {"experts": experts, **TINY, "learn_labels": learn_labels}
+    run_synthesizer("mtt", "procedural", [], 2, config, seed=0, out=tmp_path / "v.ddk.h5")
+    (ex,) = opened
+    n, e1, _ = ex.params.shape
+    assert ex.params.reads == n * e1 + 2 * TINY["iterations"] + int(learn_labels)
+    with pytest.raises(ValueError, match="closed"):  # mtt closed the file when done
+        ex.params[0, 0]
+
+
 def test_resume_equals_uninterrupted(experts, synthesized, tmp_path, monkeypatch):
     out = tmp_path / "r.ddk.h5"
     config = {"experts": experts, **TINY, "checkpoint_every": 2}

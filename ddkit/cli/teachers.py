@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, POSITIVE, device_option, print_json
+from ddkit.cli.common import COUNT, NONNEGATIVE, OUT_FILE, POSITIVE, argv_without, device_option, print_json
 from ddkit.datainfo import DEFAULT_DATASET
 
 
@@ -101,16 +101,24 @@ def experts():
 @click.option("--out", required=True, type=OUT_FILE, help="output .experts.h5 file")
 @click.option("--resume", is_flag=True, help="reuse finished experts and epochs of an interrupted run (OUT.work/)")
 @click.option("--overwrite", is_flag=True, help="replace an existing output file, and start over from an interrupted run's OUT.work/")
+@click.option("--nproc", default=1, show_default=True, type=COUNT, help="processes (torchrun): the experts are shared out, rank 0 writes")
 def experts_train(dataset, model, model_opt, num_experts, epochs, lr, momentum, weight_decay, batch_size, augmentation,
-                  seed, device, out, resume, overwrite):
+                  seed, device, out, resume, overwrite, nproc):
     """Train N experts on DATASET and record their parameters after every epoch."""
+    from ddkit import distributed
     from ddkit.experts import ExpertTraining, train_experts
     from ddkit.models import parse_model_options
 
+    if nproc > 1 and distributed.world().size == 1:
+        distributed.launch(nproc, argv_without("--nproc"))
+        click.echo(f"wrote {out} ({nproc} processes)")
+        return
     training = ExpertTraining(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay, batch_size=batch_size,
                               augmentation=augmentation)
     r = train_experts(out, dataset, model, parse_model_options(model_opt), num_experts, training, seed=seed, device=device,
                       overwrite=overwrite, resume=resume, log=lambda m: click.echo(m, err=True))
+    if not distributed.world().is_main:
+        return
     click.echo(f"wrote {out}: {num_experts} experts × {epochs} epochs of {model} on {dataset} "
                f"({r.header.num_params} parameters), {r.wall_seconds:.1f}s ({r.seconds_per_epoch:.2f}s per expert-epoch)")
 

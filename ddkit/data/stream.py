@@ -25,7 +25,7 @@ import torch
 from ddkit.data.base import DatasetInfo, ImageDataset, indexed_fingerprint
 from ddkit.data.batch_decode import DecodePlan, bytes_tensor, check_decoded_shape, decode_files, decode_plan
 from ddkit.data.decode import FolderFit, decode_image
-from ddkit.data.manifest import stream_workers
+from ddkit.data.manifest import PathTable, stream_workers
 from ddkit.errors import FileFormatError, InvalidInput
 
 DATA_MODES = ("auto", "memory", "stream")
@@ -62,7 +62,7 @@ class FolderReader:
     ("pil" or "torchvision", `ddkit.data.batch_decode`); `read_encoded` + `decode` split the work
     for the GPU path (workers read bytes, the consumer decodes the batch on its device)."""
 
-    def __init__(self, root: str, paths: np.ndarray, sizes: np.ndarray, shape: tuple, fit: FolderFit | None,
+    def __init__(self, root: str, paths: PathTable, sizes: np.ndarray, shape: tuple, fit: FolderFit | None,
                  backend: str = "pil"):
         self.root, self.paths, self.sizes, self.shape, self.fit = root, paths, sizes, tuple(shape), fit
         self.backend = backend

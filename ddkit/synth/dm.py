@@ -20,10 +20,16 @@ All classes go through the embedding network together, in one pass on a GPU and 
 a CPU (the per-class loop of the original code gives the same loss for a network without batch
 statistics); a network with batch norm is run class by class, so each class keeps its own batch
 statistics as in the paper.
+
+Under torchrun the classes are shared over the ranks (`ClassShare`): class c's images get gradient from
+class c's term only, so each rank optimizes its classes' images, and the ranks' rows meet again at each
+checkpoint and at the end. Every rank draws an iteration's randomness for all classes and keeps its
+share, so the file is the one a single process writes.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 from dataclasses import dataclass
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ddkit import distributed
 from ddkit.augment import DSA, DSA_STRATEGY, take_rows
 from ddkit.data.base import Normalization, class_balanced_indices
 from ddkit.data.stream import batches_at, normalized_source
@@ -141,25 +148,31 @@ def embed(net, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     return torch.cat([net.pool(net.features(part)) for part in x.split(chunk)])
 
 
-def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
-                  gen: torch.Generator, chunk: int = 0) -> torch.Tensor:
-    """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for class-major `real` (C·B rows) and `syn` (C·S rows).
+def class_terms(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                gen: torch.Generator, chunk: int = 0, classes: torch.Tensor | None = None) -> torch.Tensor:
+    """‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² for each class c of `classes` (default all `num_classes`),
+    for class-major `real` (B rows per class of `classes`) and `syn` (S rows per class).
 
-    One DSA parameter set is sampled per class (C units of max(B, S) rows); row i of class c's real and
-    synthetic batch share parameter row i, as DSA's siamese re-seeding does.
+    One DSA parameter set is sampled for all `num_classes` classes (C units of max(B, S) rows) and
+    class c takes its unit, so a process that holds only some classes applies exactly the views
+    the whole run would; row i of class c's real and synthetic batch share parameter row i, as
+    DSA's siamese re-seeding does.
     """
-    return matching_terms(net, real, syn, num_classes, dsa, gen, chunk)[0]
+    return matching_terms(net, real, syn, num_classes, dsa, gen, chunk, classes)[0]
 
 
 def matching_terms(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
-                   gen: torch.Generator, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`matching_loss` and the synthetic rows' embeddings φ(A(syn)) it used (for a term on top, such as
-    IDM's class-aware regularizer)."""
-    b, s = len(real) // num_classes, len(syn) // num_classes
+                   gen: torch.Generator, chunk: int = 0,
+                   classes: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`class_terms` and the synthetic rows' embeddings φ(A(syn)) they used (for a term on top, such
+    as IDM's class-aware regularizer)."""
+    classes = torch.arange(num_classes) if classes is None else torch.as_tensor(classes)
+    k = len(classes)
+    b, s = len(real) // k, len(syn) // k
     if dsa is not None:
         width = max(b, s)
         params = dsa.sample((num_classes * width, *real.shape[1:]), gen, units=num_classes)
-        base = torch.arange(num_classes).view(-1, 1) * width
+        base = classes.view(-1, 1) * width
         real = dsa.apply(real, take_rows(params, (base + torch.arange(b)).flatten()))
         syn = dsa.apply(syn, take_rows(params, (base + torch.arange(s)).flatten()))
     if has_batchnorm(net):  # batch statistics must stay per class, as in the paper's per-class passes
@@ -168,10 +181,16 @@ def matching_terms(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int,
         emb_syn = torch.cat([embed(net, x) for x in syn.split(s)])
     else:
         with torch.inference_mode():
-            mean_real = class_means(embed(net, real, chunk), num_classes)
+            mean_real = class_means(embed(net, real, chunk), k)
         mean_real = mean_real.clone()  # a normal tensor again, usable beside the autograd graph
         emb_syn = embed(net, syn, chunk)
-    return (mean_real - class_means(emb_syn, num_classes)).square().sum(), emb_syn
+    return (mean_real - class_means(emb_syn, k)).square().sum(1), emb_syn
+
+
+def matching_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, dsa: DSA | None,
+                  gen: torch.Generator, chunk: int = 0) -> torch.Tensor:
+    """Σ_c ‖mean φ(A(real_c)) − mean φ(A(syn_c))‖² over all classes (`class_terms`, summed)."""
+    return class_terms(net, real, syn, num_classes, dsa, gen, chunk).sum()
 
 
 def real_positions(class_rows: list[torch.Tensor], size: int, gen: torch.Generator) -> torch.Tensor:
@@ -229,16 +248,24 @@ def initial_state(source, ipc: int, config: DMConfig, seed: int, device):
     return DMState(z.to(device), torch.zeros_like(z, device=device)), picked
 
 
-def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None):
-    """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding the
-    loss after each one; every iteration's randomness depends only on (seed, iteration), so a resumed
-    run equals an uninterrupted one.
+def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: int | None = None,
+             classes: list[int] | None = None):
+    """Run DM iterations from `state` (in place) up to `stop` (default: config.iterations), yielding
+    each iteration's per-class loss terms (`class_terms`, float32 on the CPU; their sum is the
+    loss); every iteration's randomness depends only on (seed, iteration), so a resumed run equals
+    an uninterrupted one.
 
-    Each iteration reads only its `batch_real` images per class from the source: indexed in the
-    normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
+    `classes` (default all): the classes whose images this call optimizes, the others' rows of
+    `state` are left as they are. Class c's images get gradient from class c's term only, and the
+    iteration's draws (real positions, DSA parameters, network) are made for every class and then
+    taken for `classes`, so ranks that split the classes compute exactly the rows one process would.
+
+    Each iteration reads only its `batch_real` images per class of `classes` from the source: indexed
+    in the normalized tensor of an in-memory source, decoded a few iterations ahead for a streamed one.
     With a formation, the loss is on the decoded instances and its gradient flows through the decode
     to the stored pixels. With a model pool, the pool is built at the first iteration (or restored
-    from `state.saved_pool`) and kept in `state.pool`, so its state is checkpointed with the images.
+    from `state.saved_pool`) and kept in `state.pool`, so its state is checkpointed with the images;
+    every rank trains the same pool (its draws are seeded), so the ranks embed with the same networks.
     """
     config.check()
     info = source.info
@@ -260,15 +287,18 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
         if state.saved_pool:
             pool.restore(state.saved_pool)
         state.pool, state.saved_pool = pool, None
+    mine = torch.arange(info.num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
+    rows = synthetic_rows(mine, len(state.images) // info.num_classes)
     syn_labels = None
     if config.class_reg:
         per_class = len(state.images) // info.num_classes * (decoder.per_image if decoder is not None else 1)
-        syn_labels = torch.arange(info.num_classes, device=device).repeat_interleave(per_class)
+        syn_labels = mine.to(device).repeat_interleave(per_class)
 
-    def draws():  # each iteration's generator, after it drew that iteration's real positions
+    def draws():  # each iteration's generator, after it drew that iteration's real positions (of every class)
         for it in range(state.iteration, config.iterations if stop is None else stop):
             gen = generator(seed, "dm-iteration", it)
-            yield it, gen, real_positions(class_rows, config.batch_real, gen)
+            positions = real_positions(class_rows, config.batch_real, gen).view(info.num_classes, -1)
+            yield it, gen, positions[mine].flatten()
 
     plan, ahead = itertools.tee(draws())
     reals = batches_at(real_images, (positions for _, _, positions in ahead))
@@ -282,21 +312,72 @@ def optimize(source, state: DMState, config: DMConfig, seed: int, device, stop: 
         net.train()  # batch-norm nets use batch statistics, as in the paper
         for p in net.parameters():
             p.requires_grad_(False)
-        z = state.images.requires_grad_(True)
+        z = state.images[rows].requires_grad_(True)
         syn = z if decoder is None else decoder.decode(z)
-        loss, emb_syn = matching_terms(net, real, syn, info.num_classes, dsa, gen, chunk)
-        if syn_labels is not None and slot is not None:
-            loss = loss + class_regularizer(net, emb_syn, syn_labels, config.class_reg, slot.accuracy)
+        terms, emb_syn = matching_terms(net, real, syn, info.num_classes, dsa, gen, chunk, mine)
+        loss = terms.sum()
+        if syn_labels is not None and slot is not None:  # the CE is a mean over all classes' instances
+            share = len(mine) / info.num_classes
+            loss = loss + share * class_regularizer(net, emb_syn, syn_labels, config.class_reg, slot.accuracy)
         (grad,) = torch.autograd.grad(loss, z)
         z.requires_grad_(False)
         if slot is not None:
             pool.train(slot, it)
         with torch.no_grad():
-            state.velocity.mul_(config.momentum).add_(grad)
-            z.sub_(config.lr_img * state.velocity)
-            z.copy_(clamp_pixels(z, info.normalization))
+            velocity = state.velocity[rows].mul_(config.momentum).add_(grad)
+            z.sub_(config.lr_img * velocity)
+            state.velocity[rows], state.images[rows] = velocity, clamp_pixels(z, info.normalization)
         state.iteration = it + 1
-        yield float(loss.detach())
+        yield terms.detach().cpu()
+
+
+def synthetic_rows(classes: torch.Tensor, ipc: int) -> torch.Tensor:
+    """The rows of `classes` in a class-major synthetic set of `ipc` images per class."""
+    return (torch.as_tensor(classes, dtype=torch.long).view(-1, 1) * ipc + torch.arange(ipc)).flatten()
+
+
+@dataclass
+class ClassShare:
+    """DM's classes shared over torchrun ranks (round robin; a world of one holds them all), and the
+    meeting of the ranks' results: rows are broadcast from their owner, never summed, so every rank
+    ends with the bytes one process would have computed."""
+
+    owners: list[list[int]]  # the classes of each rank
+    rank: int
+    ipc: int
+
+    @classmethod
+    def of(cls, num_classes: int, ipc: int) -> "ClassShare":
+        w = distributed.world()
+        if w.size > num_classes:
+            raise InvalidInput(f"dm shares its {num_classes} classes over the processes: {w.size} would leave "
+                               "some idle", f"run with --nproc {num_classes} or fewer")
+        classes = list(range(num_classes))
+        return cls([distributed.shard(classes, distributed.World(r, w.size)) for r in range(w.size)], w.rank, ipc)
+
+    @property
+    def mine(self) -> list[int]:
+        return self.owners[self.rank]
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def gather(self, *tensors: torch.Tensor) -> None:
+        """Fill the other ranks' class rows of class-major synthetic tensors (images, momentum), in place."""
+        rows = [synthetic_rows(torch.tensor(c, dtype=torch.long), self.ipc) for c in self.owners]
+        for t in tensors:
+            distributed.share_rows(t, rows)
+
+    def loss_totals(self, recent: list[torch.Tensor]) -> list[float]:
+        """Each of the `recent` iterations' loss over all classes, from this rank's per-class terms:
+        gathered into one class × iteration table and summed in class order, as one process sums."""
+        if not recent:  # the same on every rank: they ran the same iterations
+            return []
+        table = torch.zeros(sum(map(len, self.owners)), len(recent))
+        table[self.mine] = torch.stack(recent, 1)
+        distributed.share_rows(table, [torch.tensor(c, dtype=torch.long) for c in self.owners])
+        return table.sum(0).tolist()
 
 
 @register_synthesizer
@@ -313,6 +394,7 @@ class DM(Synthesizer):
         decoder = config.decoder()
         if decoder is not None:
             decoder.check(info.image_shape)  # a factor too large for the images fails before any work
+        share = ClassShare.of(info.num_classes, ipc)  # this rank's classes (all of them in a world of one)
         state, picked = initial_state(source, ipc, config, seed, device)
         create_model(config.net, info.image_shape[0], info.image_shape[1], info.num_classes, **config.net_kwargs())
 
@@ -326,22 +408,26 @@ class DM(Synthesizer):
             state = DMState.from_arrays(store.load(done[-1]), device)
             say(f"dm: resuming at iteration {state.iteration} of {config.iterations}")
 
-        losses = []
+        recent = collections.deque(maxlen=10)  # per-class loss terms of the last iterations (this rank's classes)
         bar = progress(total=config.iterations, initial=state.iteration, desc=f"dm ipc {ipc}")
-        for loss in optimize(source, state, config, seed, device):
-            losses.append(loss)
+        for terms in optimize(source, state, config, seed, device, classes=share.mine):
+            recent.append(terms)
             bar.update(1)
-            if state.iteration % 10 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+            if state.iteration % 10 == 0:  # under torchrun: rank 0's classes
+                bar.set_postfix(loss=f"{np.mean([float(t.sum()) for t in recent]):.3f}")
             if state.iteration % every == 0:
-                store.save(self.checkpoint_key(state.iteration), state.arrays())
-                if state.iteration > every:  # only the newest checkpoint is needed (a pool's can be large)
-                    store.discard(self.checkpoint_key(state.iteration - every))
+                share.gather(state.images, state.velocity)  # a checkpoint holds every class: any world size resumes it
+                if share.is_main:
+                    store.save(self.checkpoint_key(state.iteration), state.arrays())
+                    if state.iteration > every:  # only the newest checkpoint is needed (a pool's can be large)
+                        store.discard(self.checkpoint_key(state.iteration - every))
         bar.close()
+        share.gather(state.images)
+        totals = share.loss_totals(list(recent))
 
         pixels = info.normalization.invert(state.images.cpu()).clamp_(0.0, 1.0)
         derived = {"init_source_ids": picked.ids.tolist(), "net_kwargs": config.net_kwargs(),
-                   "final_loss": float(np.mean(losses[-10:])) if losses else None}
+                   "final_loss": float(np.mean(totals)) if totals else None}
         per_image = 1 if decoder is None else decoder.per_image
         dset = DistilledSet.from_source(
             source, method=self.name, method_version=self.version, config={**dataclasses.asdict(config), **derived},

@@ -30,6 +30,9 @@ Labels. Hard labels by default. `learn_labels=true` (DATM, Guo et al. ICLR 2024)
 vector per image, initialised from the first expert's final-epoch logits on the initial images;
 the student is trained on their softmax, and the file stores them in `/soft/logits`.
 
+The experts file is read epoch by epoch (`ddkit.experts.ExpertParams`): an iteration reads its start
+and target vectors, never the whole buffer.
+
 Resume: every `checkpoint_every` iterations the images, α, the labels, the optimizers' momentum
 buffers and the loss history go to `OUT.work/state.safetensors` with the run's identity; each
 iteration's randomness comes from `derive_seed(seed, iteration)`, so a resumed run equals an
@@ -376,7 +379,7 @@ class MTT(Synthesizer):
 
         model = experts.build_model().to(device)
         layout = experts.header.param_layout
-        params = experts.params  # on the CPU; two vectors per iteration go to the device
+        params = experts.params  # read from the file vector by vector: two per iteration go to the device
         norm = info.normalization
         lo = norm.apply(torch.zeros(1, *info.image_shape, device=device))
         hi = norm.apply(torch.ones(1, *info.image_shape, device=device))
@@ -465,6 +468,7 @@ class MTT(Synthesizer):
                 Path(workdir).mkdir(parents=True, exist_ok=True)
                 _save_state(state_path, identity, it + 1, tensors)
         bar.close()
+        experts.close()
 
         pixels = norm.invert(images.detach()).clamp(0.0, 1.0).cpu()
         tail = losses[-max(1, len(losses) // 10) :] if losses else []
