@@ -168,4 +168,4 @@ def test_results_validate_and_describe_work_on_selections(tmp_path):
     assert report.ok and report.kind == "ddkit.selection", str(report)
     assert info_dict(path)["content_sha256"] == digest and info_dict(path)["kept"] == 4
     text = describe(path)
-    assert "kept        4 samples over 2 round(s)" in text and "+5.00" in text
+    assert "kept        4 samples, over 2 rounds (round 0: " in text and "+5.00" in text
