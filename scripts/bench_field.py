@@ -127,13 +127,13 @@ def synthesize(name: str) -> dict:
             "synthesis_peak_mib": int(rss) / 1024}
 
 
-def evaluate_row(name: str) -> dict:
+def evaluate_row(name: str, seeds: int | None = None) -> dict:
     from ddkit.evaluate import evaluate
 
     row = ROWS[name]
     teachers = [str(ROOT / TEACHER)] if row.protocol.startswith(("teacher", "stored")) else []
     before = resource.getrusage(resource.RUSAGE_SELF)
-    card = evaluate(str(row.out(name)), row.protocol, seeds=row.seeds, teachers=teachers, full_reference=False,
+    card = evaluate(str(row.out(name)), row.protocol, seeds=row.seeds[:seeds] if seeds else row.seeds, teachers=teachers, full_reference=False,
                     ranking=False, compile=True)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"protocol": card.protocol["id"], "seeds": card.seeds, "accuracies": card.result.accuracies,
@@ -144,7 +144,7 @@ def evaluate_row(name: str) -> dict:
             "evaluate_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
 
-def run(names: list[str], synth_only: bool) -> None:
+def run(names: list[str], synth_only: bool, seeds: int | None = None) -> None:
     state = json.loads(STATE.read_text()) if STATE.exists() else {}
     for name in names:
         if name not in ROWS:
@@ -154,7 +154,7 @@ def run(names: list[str], synth_only: bool) -> None:
             entry = synthesize(name)
             record_state(STATE, name, entry)
         if not synth_only and "mean" not in entry:
-            entry.update(evaluate_row(name), date=today(), machine=machine(),
+            entry.update(evaluate_row(name, seeds), date=today(), machine=machine(),
                          load_average=os.getloadavg()[0])
             record_state(STATE, name, entry)
         print(name, json.dumps({k: v for k, v in entry.items() if k != "machine"}), flush=True)
@@ -197,7 +197,8 @@ def render() -> str:
         if row.soft:
             continue
         gain, se = _gain_se(r)
-        lines.append(f"| {row.label or row.method} | {row.ipc} | {r.get('bytes') or '-'} | {pct(r['mean'], r['std'])} | "
+        seeds = "" if len(r["seeds"]) == len(row.seeds) else f" ({len(r['seeds'])} seeds)"
+        lines.append(f"| {row.label or row.method}{seeds} | {row.ipc} | {r.get('bytes') or '-'} | {pct(r['mean'], r['std'])} | "
                      f"{pct(r['random_mean'], r['random_std'])} | {gain:+.2f} ± {2 * se:.2f} | "
                      f"{r['synthesis_wall_s']:.0f} / {r['synthesis_cpu_s']:.0f} | `{r['command']}` |")
     soft = [(n, r) for n, r in measured.items() if ROWS[n].soft]
@@ -254,6 +255,8 @@ def main() -> None:
     for verb in ("run", "synth"):
         p = sub.add_parser(verb)
         p.add_argument("rows", nargs="+")
+        p.add_argument("--seeds", type=int, default=None,
+                       help="evaluate only the first N of the row's student seeds (the table shows how many)")
     sub.add_parser("render")
     sub.add_parser("list")
     args = parser.parse_args()
@@ -263,7 +266,7 @@ def main() -> None:
     elif args.verb == "render":
         write_section("field", render())
     else:
-        run(args.rows, synth_only=args.verb == "synth")
+        run(args.rows, synth_only=args.verb == "synth", seeds=args.seeds)
 
 
 if __name__ == "__main__":
