@@ -233,7 +233,8 @@ def best_lines(measured: dict[str, dict]) -> list[str]:
             best[row.ipc] = name
     for ipc, goal in GOALS.items():
         if ipc not in best:
-            lines.append(f"- IPC {ipc}: no row measured yet under `{PROTOCOL}`; goal +{goal:.0f} points over random real.")
+            lines.append(f"- IPC {ipc}: no row measured yet under `{PROTOCOL}` (goal +{goal:.0f} points over random real); "
+                         "one student's CPU cost at each IPC is in the section `paper-student`.")
             continue
         gain, se = _gain_se(measured[best[ipc]])
         status = "met" if gain - 2 * se >= goal else "not met"
