@@ -22,7 +22,8 @@ with `work` as the current folder, under
 Per surface the `reliability-sharing` section of BENCHMARKS.md gets: cases, clean, peak RSS, outside
 accesses, crashes (death by a signal), hangs (timeouts), tracebacks, leftovers (temporary files, a
 refused case's outputs, changes outside), and a list of every case that was not clean. A case is
-clean when it ended as expected ("refused": non-zero exit with one `error:` line; "ok": exit 0), with
+clean when it ended as expected ("refused": non-zero exit with one `error:` line, or `validate`'s
+report with `[FAIL]` lines; "ok": exit 0), with
 no traceback, crash, hang, outside access or leftover, and its `CHECKS` entry (if any) holds. (Click's
 own usage errors, `Error: Invalid value …`, count as the one clear message.)
 
@@ -99,7 +100,8 @@ class Outcome:
         if self.case.expect == "ok":
             return self.code == 0
         errors = [line for line in self.output.splitlines() if line.lower().startswith("error:")]  # ddkit's or click's
-        return self.code not in (0, None) and len(errors) == 1
+        report = not errors and any(line.lstrip().startswith("[FAIL]") for line in self.output.splitlines())
+        return self.code not in (0, None) and (len(errors) == 1 or report)  # `validate` refuses with its report
 
     @property
     def clean(self) -> bool:
@@ -239,9 +241,10 @@ def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) ->
     work.mkdir(parents=True)
     argv = case.build(work)
     inside = [os.path.realpath(p if os.path.isabs(p) else work / p) for p in case.inside]
+    (work / ".ddkit-cache").mkdir(exist_ok=True)  # made here: the cache's own creation is no change to `work`
+    inside.append(os.path.realpath(work / ".ddkit-cache"))
     before = _snapshot(base, inside)
     env = child_env(work)
-    inside.append(os.path.realpath(work / ".ddkit-cache"))
     # -P: no current folder on sys.path, as for the installed `ddkit` command (and no import scan of `work`)
     command = [sys.executable, "-P", "-m", "ddkit", *argv]
     log = base / "strace.log"
@@ -388,7 +391,7 @@ def _checks(case: SharingCase):
     return _CHECKS.get(case.id)
 
 
-def load_cases(only: str | None) -> tuple[list[SharingCase], list[str]]:
+def load_cases(only: list[str] | None) -> tuple[list[SharingCase], list[str]]:
     cases, modules = [], []
     for name in ALL_CASE_MODULES:
         try:
@@ -398,7 +401,7 @@ def load_cases(only: str | None) -> tuple[list[SharingCase], list[str]]:
             continue
         modules.append(name)
         _CHECKS.update(getattr(module, "CHECKS", {}))
-        cases += [c for c in module.CASES if only is None or only in c.id]
+        cases += [c for c in module.CASES if only is None or any(text in c.id for text in only)]
     return cases, modules
 
 
@@ -441,7 +444,8 @@ def fuzz_note(fuzz: dict | None, args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="replay only the cases whose id contains this text")
+    parser.add_argument("--only", action="append", default=None,
+                        help="replay only the cases whose id contains this text (repeatable: any of them)")
     parser.add_argument("--timeout", type=float, default=60.0, help="CPU seconds before a case counts as a hang")
     parser.add_argument("--stall", type=float, default=60.0, help="wall seconds without CPU progress: a hang")
     parser.add_argument("--wall-timeout", type=float, default=900.0)
