@@ -22,16 +22,22 @@ with `work` as the current folder, under
 Per surface the `reliability-sharing` section of BENCHMARKS.md gets: cases, clean, peak RSS, outside
 accesses, crashes (death by a signal), hangs (timeouts), tracebacks, leftovers (temporary files, a
 refused case's outputs, changes outside), and a list of every case that was not clean. A case is
-clean when it ended as expected ("refused": non-zero exit with one `error:` line; "ok": exit 0), with
+clean when it ended as expected ("refused": non-zero exit with one `error:` line, or `validate`'s
+report with `[FAIL]` lines; "ok": exit 0), with
 no traceback, crash, hang, outside access or leftover, and its `CHECKS` entry (if any) holds. (Click's
 own usage errors, `Error: Invalid value …`, count as the one clear message.)
 
     nice -n 10 env OMP_NUM_THREADS=1 python scripts/bench_reliability_sharing.py [--only TEXT] [--fuzz N]
+        [--jobs J] [--until HH:MM]
 
-`--fuzz N` adds a header-fuzz row from `tests/crafted_hdf5.py`, when that module defines
-`header_fuzz(n: int, work: Path) -> dict` returning the counts of one row (keys: cases, clean,
-peak_rss_mib, outside, crashes, hangs, tracebacks, leftovers, and optionally "unclean": a list of
-(id, reason)). Wall times are upper bounds: the machine is shared.
+Each case's command gets this checkout first on `PYTHONPATH` (checked once before the first case:
+an editable install may point at another checkout). `--jobs J` replays J cases at once; `--until`
+starts no case or mutant after that local time, and the section lists what was not replayed.
+
+`--fuzz N` adds a header-fuzz row: `tests/crafted_hdf5.header_fuzz` runs in one fresh process beside
+the case replays (under `strace -f`), reading each mutant in a forked child, and returns the counts of
+one row (cases, clean, peak_rss_mib, crashes, hangs, tracebacks, leftovers, "unclean": [(id, reason)],
+"pids"); outside accesses are counted here from the log. Wall times are upper bounds: the machine is shared.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,7 +100,8 @@ class Outcome:
         if self.case.expect == "ok":
             return self.code == 0
         errors = [line for line in self.output.splitlines() if line.lower().startswith("error:")]  # ddkit's or click's
-        return self.code not in (0, None) and len(errors) == 1
+        report = not errors and any(line.lstrip().startswith("[FAIL]") for line in self.output.splitlines())
+        return self.code not in (0, None) and (len(errors) == 1 or report)  # `validate` refuses with its report
 
     @property
     def clean(self) -> bool:
@@ -121,10 +129,10 @@ def _unescape(text: str) -> str:
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape", "replace")
 
 
-def _accesses(log: Path, cwd: Path) -> list[tuple[str, str]]:
-    """(syscall, absolute path) of every successful open or change in an `strace -f -y` log."""
+def _calls(log: Path):
+    """(pid, syscall, arguments, result) of every finished call in an `strace -f` log, the halves of an
+    interrupted call (`<unfinished ...>` / `<... resumed>`) joined."""
     pending: dict[str, str] = {}
-    found = []
     for raw in log.read_text(errors="replace").splitlines():
         pid = raw.split(" ", 1)[0]
         if raw.endswith("<unfinished ...>"):
@@ -133,18 +141,30 @@ def _accesses(log: Path, cwd: Path) -> list[tuple[str, str]]:
         if "resumed>" in raw and pid in pending:
             raw = pending.pop(pid) + raw.split("resumed>", 1)[1]
         match = _CALL.match(raw)
-        if not match or match.group(4) == "?" or int(match.group(4)) < 0:
-            continue
-        call = match.group(2)
-        if call not in OPENS and call not in CHANGES:
-            continue
-        for dirfd, dirpath, text in _STRING.findall(match.group(3)):
-            path = _unescape(text)
-            if not os.path.isabs(path):
-                base = dirpath if dirpath and dirfd not in ("", "AT_FDCWD") else str(cwd)
-                path = os.path.join(base, path)
-            found.append((call, path))
+        if match:
+            yield int(match.group(1)), match.group(2), match.group(3), match.group(4)
+
+
+def _paths(call: str, arguments: str, cwd: Path) -> list[str]:
+    """The absolute paths a file call named (relative ones against its directory fd, or `cwd`)."""
+    found = []
+    for dirfd, dirpath, text in _STRING.findall(arguments):
+        path = _unescape(text)
+        if not os.path.isabs(path):
+            base = dirpath if dirpath and dirfd not in ("", "AT_FDCWD") else str(cwd)
+            path = os.path.join(base, path)
+        found.append(path)
     return found
+
+
+def _succeeded(result: str) -> bool:
+    return result != "?" and int(result) >= 0
+
+
+def _accesses(log: Path, cwd: Path) -> list[tuple[str, str]]:
+    """(syscall, absolute path) of every successful open or change in an `strace -f -y` log."""
+    return [(call, path) for _, call, arguments, result in _calls(log)
+            if (call in OPENS or call in CHANGES) and _succeeded(result) for path in _paths(call, arguments, cwd)]
 
 
 def _resolved(call: str, path: str) -> str:
@@ -199,20 +219,38 @@ class Limits:
     rss_mib: float = 3072.0
 
 
+def child_env(work: Path) -> dict[str, str]:
+    """The environment of a case's command: this checkout's ddkit first on the path (an editable install
+    may point at another checkout), one thread, no progress bars, the cache inside the case's folder."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "OMP_NUM_THREADS": "1", "DDKIT_PROGRESS": "0", "DDKIT_CACHE": str(work / ".ddkit-cache")}
+
+
+def check_plumbing(folder: Path) -> None:
+    """Refuse to run when a fresh process started as the cases are would import ddkit from elsewhere."""
+    folder.mkdir(parents=True, exist_ok=True)
+    found = subprocess.run([sys.executable, "-c", "import ddkit; print(ddkit.__file__)"], cwd=folder,
+                           env=child_env(folder), capture_output=True, text=True, check=True).stdout.strip()
+    if not _under(os.path.realpath(found), os.path.realpath(ROOT / "ddkit")):
+        sys.exit(f"error: a fresh process imports ddkit from {found}, not from {ROOT}: fix PYTHONPATH")
+
+
 def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) -> Outcome:
     """Build `case` under `base/work` and run its command in a fresh process (see the module docstring)."""
     work = base / "work"
     work.mkdir(parents=True)
     argv = case.build(work)
     inside = [os.path.realpath(p if os.path.isabs(p) else work / p) for p in case.inside]
-    before = _snapshot(base, inside)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "DDKIT_PROGRESS": "0",
-           "DDKIT_CACHE": str(work / ".ddkit-cache")}
+    (work / ".ddkit-cache").mkdir(exist_ok=True)  # made here: the cache's own creation is no change to `work`
     inside.append(os.path.realpath(work / ".ddkit-cache"))
-    command = [sys.executable, "-m", "ddkit", *argv]
+    before = _snapshot(base, inside)
+    env = child_env(work)
+    # -P: no current folder on sys.path, as for the installed `ddkit` command (and no import scan of `work`)
+    command = [sys.executable, "-P", "-m", "ddkit", *argv]
     log = base / "strace.log"
     if strace:
-        command = [strace, "-f", "-y", "-qq", "-s", "4096", "-e", "trace=file", "-e", "signal=none", "-o", str(log),
+        command = [strace, "-f", "--seccomp-bpf", "-y", "-qq", "-s", "4096", "-e", "trace=file", "-e", "signal=none",
+                   "-o", str(log),
                    *command]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out:
@@ -273,6 +311,79 @@ def replay(case: SharingCase, base: Path, strace: str | None, limits: Limits) ->
     return outcome
 
 
+_FUZZ_RUNNER = """
+import json, sys
+from pathlib import Path
+from crafted_hdf5 import header_fuzz
+n, work, stop_at, out = int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
+out.write_text(json.dumps(header_fuzz(n, work, stop_at=stop_at)))
+"""
+
+
+def start_fuzz(n: int, folder: Path, stop_at: float, strace: str | None) -> subprocess.Popen:
+    """The header fuzz (`tests/crafted_hdf5.header_fuzz`) in one fresh process, under `strace -f` when
+    there is one (each mutant is read in a child it forks, so the log says what each mutant opened).
+    It runs beside the case replays: a second process, so the machine's other users still get theirs."""
+    work, cwd = folder / "fuzz", folder / "fuzz-cwd"  # cwd outside `work`: an import's directory scan is no access
+    cwd.mkdir(parents=True)
+    command = [sys.executable, "-c", _FUZZ_RUNNER, str(n), str(work), str(stop_at), str(folder / "fuzz.json")]
+    if strace:
+        command = [strace, "-f", "--seccomp-bpf", "-y", "-qq", "-s", "4096", "-e", "trace=file,clone,clone3,fork,vfork",
+                   "-e", "signal=none", "-o", str(folder / "fuzz-strace.log"), *command]
+    env = child_env(work) | {"PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), child_env(work)["PYTHONPATH"]])}
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "fuzz.err", "w"))
+
+
+def finish_fuzz(proc: subprocess.Popen, folder: Path) -> dict | None:
+    """The fuzz row, with "outside" counted from the strace log: an access by a mutant's child (or a
+    process it started) under the fuzz folder that is neither its own mutant file nor the cache."""
+    proc.wait()
+    if not (folder / "fuzz.json").exists():
+        print(f"the header fuzz failed: {(folder / 'fuzz.err').read_text()[-2000:]}", file=sys.stderr)
+        return None
+    import json
+
+    row = json.loads((folder / "fuzz.json").read_text())
+    log = folder / "fuzz-strace.log"
+    if not log.exists():
+        row["outside"] = None
+        return row
+    work = os.path.realpath(folder / "fuzz")
+    cache = os.path.join(work, "cache")
+    queue = [(int(pid), mutant) for pid, mutant in row["pids"]]
+    owner: dict[int, str | None] = {}
+    outside: dict[str, set[str]] = {}
+    for pid, call, arguments, result in _calls(log):
+        if call in ("clone", "clone3", "fork", "vfork"):
+            if not _succeeded(result) or int(result) == 0:
+                continue
+            child = int(result)
+            if owner.get(pid) is None and queue and queue[0][0] == child:
+                owner[child] = queue.pop(0)[1]  # the harness forking the next mutant's reader
+            else:
+                owner[child] = owner.get(pid)
+            continue
+        mutant = owner.get(pid)
+        if mutant is None or (call not in OPENS and call not in CHANGES) or not _succeeded(result):
+            continue
+        own = os.path.join(work, "mutants", f"m{int(mutant.split()[-1]):05d}.ddk.h5")
+        for path in _paths(call, arguments, folder / "fuzz-cwd"):
+            real = _resolved(call, path)
+            if _under(real, work) and not _under(real, cache) and real != own:
+                outside.setdefault(mutant, set()).add(os.path.relpath(real, work))
+    row["outside"] = len(outside)
+    row["traced"] = len(row["pids"]) - len(queue)  # mutants whose reader the log showed
+    already = {what.split(":", 1)[0]: what for what, _ in row["unclean"]}
+    reasons = dict(row["unclean"])
+    for mutant, paths in outside.items():
+        if mutant not in already:
+            row["clean"] -= 1
+        what = already.get(mutant, mutant)
+        reasons[what] = "; ".join(filter(None, [reasons.get(what), f"outside: {', '.join(sorted(paths)[:3])}"]))
+    row["unclean"] = list(reasons.items())
+    return row
+
+
 _CHECKS: dict[str, object] = {}
 
 
@@ -280,7 +391,7 @@ def _checks(case: SharingCase):
     return _CHECKS.get(case.id)
 
 
-def load_cases(only: str | None) -> tuple[list[SharingCase], list[str]]:
+def load_cases(only: list[str] | None) -> tuple[list[SharingCase], list[str]]:
     cases, modules = [], []
     for name in ALL_CASE_MODULES:
         try:
@@ -290,7 +401,7 @@ def load_cases(only: str | None) -> tuple[list[SharingCase], list[str]]:
             continue
         modules.append(name)
         _CHECKS.update(getattr(module, "CHECKS", {}))
-        cases += [c for c in module.CASES if only is None or only in c.id]
+        cases += [c for c in module.CASES if only is None or any(text in c.id for text in only)]
     return cases, modules
 
 
@@ -313,14 +424,36 @@ def table(outcomes: list[Outcome], fuzz: dict | None) -> list[str]:
     return lines
 
 
+def fuzz_note(fuzz: dict | None, args) -> list[str]:
+    """What the header-fuzz row measured, in words (empty without a fuzz)."""
+    if not fuzz:
+        return []
+    stopped = (f" ({args.fuzz} asked for; no mutant started after {args.until})"
+               if fuzz["cases"] < args.fuzz else "")
+    traced = ("not traced (no strace)" if fuzz.get("outside") is None else
+              f"{fuzz.get('traced', 0)} readers seen in its `strace -f` log")
+    return [f"Header fuzz: {fuzz['cases']} re-sealed mutants{stopped} of one valid `.ddk.h5`'s HDF5 metadata "
+            "(`tests/crafted_hdf5.header_fuzz`, seed 26), each read as `info` and `validate` read it, in a child "
+            "forked from one fresh process (ddkit forks its own structure walk below it); clean = refused with a "
+            "ddkit error or a failed validation, or read with the original content hash, with nothing left behind "
+            f"and nothing opened but the mutant and the cache; {traced}. Refused {fuzz.get('refused', 0)}, read "
+            f"{fuzz.get('read', 0)}, read with a wrong content hash {fuzz.get('wrong', 0)}. Peak RSS is a child's "
+            f"high-water mark, the forking process's pages it touched included (largest: {fuzz.get('peak_mutant')}).",
+            ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="replay only the cases whose id contains this text")
+    parser.add_argument("--only", action="append", default=None,
+                        help="replay only the cases whose id contains this text (repeatable: any of them)")
     parser.add_argument("--timeout", type=float, default=60.0, help="CPU seconds before a case counts as a hang")
     parser.add_argument("--stall", type=float, default=60.0, help="wall seconds without CPU progress: a hang")
     parser.add_argument("--wall-timeout", type=float, default=900.0)
     parser.add_argument("--rss-cap-mib", type=float, default=3072.0)
     parser.add_argument("--fuzz", type=int, default=0, help="header-fuzz mutants (tests/crafted_hdf5.header_fuzz)")
+    parser.add_argument("--until", default=None, metavar="HH:MM",
+                        help="start no case or mutant after this local time (the section says what ran)")
+    parser.add_argument("--jobs", type=int, default=1, help="cases replayed at once (each in its own folder)")
     parser.add_argument("--no-strace", action="store_true", help="do not trace file accesses")
     parser.add_argument("--no-write", action="store_true", help="print the table; leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -333,23 +466,31 @@ def main() -> None:
     outcomes = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="ddkit-sharing-") as tmp:
-        for i, case in enumerate(cases):
+        check_plumbing(Path(tmp) / "plumbing")
+        stop_at = float("inf")
+        if args.until:
+            hour, minute = map(int, args.until.split(":"))
+            stop_at = time.mktime(time.localtime()[:3] + (hour, minute, 0, 0, 0, -1))
+        fuzz_proc = start_fuzz(args.fuzz, Path(tmp), stop_at, strace) if args.fuzz else None
+        limits = Limits(args.timeout, args.stall, args.wall_timeout, args.rss_cap_mib)
+
+        def one(i: int, case: SharingCase) -> Outcome | None:
+            if time.time() > stop_at:
+                return None
             try:
-                limits = Limits(args.timeout, args.stall, args.wall_timeout, args.rss_cap_mib)
                 outcome = replay(case, Path(tmp) / f"{i:03d}", strace, limits)
             except Exception as exc:  # noqa: BLE001 — a case that cannot be built is reported, not fatal
                 outcome = Outcome(case, None, f"build failed: {type(exc).__name__}: {exc}", 0.0, 0.0,
                                   check_failed="build failed")
-            outcomes.append(outcome)
             print(f"{'clean ' if outcome.clean else 'UNCLEAN'} {outcome.peak_mib:6.0f} MiB {outcome.wall:5.1f} s  "
                   f"{case.id}" + ("" if outcome.clean else f"  [{outcome.reason()}]"), flush=True)
-        fuzz = None
-        if args.fuzz:
-            try:
-                crafted_hdf5 = importlib.import_module("crafted_hdf5")
-                fuzz = crafted_hdf5.header_fuzz(args.fuzz, Path(tmp) / "fuzz")
-            except (ImportError, AttributeError) as exc:
-                print(f"no header fuzz: {exc}", file=sys.stderr)
+            return outcome
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(one, range(len(cases)), cases))
+        outcomes = [o for o in results if o is not None]
+        skipped = [c for c, o in zip(cases, results) if o is None]
+        fuzz = finish_fuzz(fuzz_proc, Path(tmp)) if fuzz_proc else None
     wall = time.perf_counter() - started
     lines = table(outcomes, fuzz)
     unclean = [o for o in outcomes if not o.clean]
@@ -364,11 +505,15 @@ def main() -> None:
         "temporary file, a refused output, or a change outside. Peak RSS includes Python + torch start-up.",
         "",
         f"Command: `nice -n 10 env OMP_NUM_THREADS=1 python scripts/bench_reliability_sharing.py"
-        f"{' --fuzz ' + str(args.fuzz) if args.fuzz else ''}`; {machine()}; {today()}; "
-        f"{len(outcomes)} cases in {wall / 60:.1f} min (an upper bound: a shared 2-core machine).",
+        f"{''.join(' ' + a for a in sys.argv[1:])}`; {machine()}; {today()}; "
+        f"{len(outcomes)} cases in {wall / 60:.1f} min (an upper bound: a shared 2-core machine"
+        f"{f', {args.jobs} cases at once' if args.jobs > 1 else ''}).",
+        *([f"Not replayed (not started by {args.until}): {len(skipped)} cases: "
+           + ", ".join(f"`{c.id}`" for c in skipped) + "."] if skipped else []),
         "",
         *lines,
         "",
+        *fuzz_note(fuzz, args),
         "Not clean: " + ("none." if not unclean and not extra else ""),
     ]
     body += [f"- `{o.case.id}`: {o.reason()}" for o in unclean] + [f"- {e}" for e in extra]

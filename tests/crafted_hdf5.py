@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -517,10 +518,11 @@ def header_mutants(work: Path, n: int, seed: int) -> Iterator[tuple[str, Path]]:
         yield f"mutant {i}: {what}", path
 
 
-
-def replay_in_child(path: Path, timeout: float = 60.0) -> str:
+def replay_in_child(path: Path, reference: str, timeout: float = 60.0) -> tuple[str, int, int]:
     """What `ddkit info` and `ddkit validate` do with `path`, run in a forked child (so a crash is
-    seen, not suffered): "read", "refused", "traceback: …", "crash: SIGNAL" or "hang"."""
+    seen, not suffered): (outcome, the child's pid, its peak RSS in KiB). The outcome is "refused" (a
+    ddkit error or a failed validation), "read" (both passed and the content hash is `reference`),
+    "wrong: …" (both passed with another content hash), "traceback: …", "crash: SIGNAL" or "hang"."""
     import select
     import signal
     import time
@@ -536,8 +538,12 @@ def replay_in_child(path: Path, timeout: float = 60.0) -> str:
             from ddkit.store import info_dict, validate_file
 
             try:
-                info_dict(path)
-                validate_file(path)
+                found = info_dict(path)["content_sha256"]
+                report = validate_file(path)
+                if not report.ok:
+                    outcome = "refused"
+                elif found != reference:
+                    outcome = f"wrong: content_sha256 {found[:16]} read as valid"
             except DdkitError:
                 outcome = "refused"
         except BaseException as exc:  # noqa: BLE001 — what the fuzz counts
@@ -545,20 +551,87 @@ def replay_in_child(path: Path, timeout: float = 60.0) -> str:
         os.write(write_end, outcome.encode()[:4000])
         os._exit(0)
     os.close(write_end)
-    deadline, data = time.monotonic() + timeout, b""
+    deadline, data, hung = time.monotonic() + timeout, b"", False
     while True:
         ready, _, _ = select.select([read_end], [], [], max(0.0, deadline - time.monotonic()))
         if not ready:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            os.close(read_end)
-            return "hang"
+            hung = True
+            break
         chunk = os.read(read_end, 4096)
         if not chunk:
             break
         data += chunk
     os.close(read_end)
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
+    if hung:
+        return "hang", pid, usage.ru_maxrss
     if os.WIFSIGNALED(status):
-        return f"crash: {signal.Signals(os.WTERMSIG(status)).name}"
-    return data.decode() or f"crash: exit {os.WEXITSTATUS(status)}"
+        return f"crash: {signal.Signals(os.WTERMSIG(status)).name}", pid, usage.ru_maxrss
+    return data.decode() or f"crash: exit {os.WEXITSTATUS(status)}", pid, usage.ru_maxrss
+
+
+_TEMP_NAME = re.compile(r"^\..*\.(tmp|old|probe)$")
+
+
+def header_fuzz(n: int, work: Path, seed: int = 26, timeout: float = 60.0, stop_at: float | None = None) -> dict:
+    """The header-fuzz row of the replay benchmark: `n` mutants of `header_mutants(work, n, seed)`, each
+    read by `replay_in_child` with `$DDKIT_CACHE` in `work/cache`; no mutant starts after the epoch time
+    `stop_at` (the row's "cases" says how many ran).
+
+    A mutant is clean when it was refused or read with the original content hash, no temporary file
+    was left anywhere under `work`, and the mutant's own bytes did not change. Returns the row's
+    counts (see scripts/bench_reliability_sharing.py) plus "unclean" [(id, reason)], "peak_mutant" (the
+    mutant of the peak RSS) and "pids" [(pid, id)] in the order the children were forked (the benchmark
+    maps an strace log's accesses to mutants with them); "outside" is left to the caller, which alone
+    can trace file accesses.
+    """
+    import hashlib
+    import time
+
+    from ddkit.store import info_dict
+
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["DDKIT_CACHE"] = str(work / "cache")
+    counts = {"cases": 0, "clean": 0, "peak_rss_mib": 0.0, "outside": 0, "crashes": 0, "hangs": 0,
+              "tracebacks": 0, "leftovers": 0, "wrong": 0, "refused": 0, "read": 0}
+    unclean, pids, reference, peak_mutant = [], [], None, ""
+    for what, path in header_mutants(work, n, seed):
+        if stop_at is not None and time.time() > stop_at:
+            path.unlink()
+            break
+        if reference is None:
+            reference = info_dict(work / "set" / "fuzz-base.ddk.h5")["content_sha256"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        outcome, pid, peak_kib = replay_in_child(path, reference, timeout)
+        mutant = what.split(":", 1)[0]
+        pids.append((pid, mutant))
+        counts["cases"] += 1
+        if peak_kib / 1024 > counts["peak_rss_mib"]:
+            counts["peak_rss_mib"], peak_mutant = peak_kib / 1024, what
+        left = [str(p.relative_to(work)) for p in work.rglob(".*") if _TEMP_NAME.match(p.name)]
+        if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            left.append(f"{path.name} changed")
+        problems = [] if outcome in ("refused", "read") else [outcome]
+        if left:
+            counts["leftovers"] += 1
+            problems.append(f"left: {', '.join(left[:3])}")
+            for p in work.rglob(".*"):
+                if _TEMP_NAME.match(p.name):
+                    p.unlink()
+        if outcome in ("refused", "read"):
+            counts[outcome] += 1
+        elif outcome == "hang":
+            counts["hangs"] += 1
+        elif outcome.startswith("crash"):
+            counts["crashes"] += 1
+        elif outcome.startswith("traceback"):
+            counts["tracebacks"] += 1
+        else:
+            counts["wrong"] += 1
+        if problems:
+            unclean.append((what, "; ".join(problems)[:300]))
+        else:
+            counts["clean"] += 1
+        path.unlink()
+    return counts | {"unclean": unclean, "peak_mutant": peak_mutant, "pids": pids}
