@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ddkit import index
 from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.index.ivf import knn_ivf
 from ddkit.progress import progress
 
 NAME = "pixel-align"
@@ -100,7 +101,9 @@ def read_calibration() -> dict:
 class Matches:
     """Per query: `flagged`, `exact` (byte-identical to a reference), `score` (the best candidate's
     residual after registration; 0 for exact copies, inf when none came close), `reference` (row of the best reference,
-    −1 when none) and `flipped` (the best match is the reference's mirror image)."""
+    −1 when none) and `flipped` (the best match is the reference's mirror image). `vectors`: the
+    queries' search vectors, when the detector's are worth keeping (the descriptor's, which a
+    search of the same set within itself reuses)."""
 
     flagged: np.ndarray
     exact: np.ndarray
@@ -108,6 +111,7 @@ class Matches:
     reference: np.ndarray
     flipped: np.ndarray
     version: str
+    vectors: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -371,7 +375,10 @@ class Detector:
         best = np.full(n, -1, np.int64)
         if n:
             k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
-            _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
+            if exclude is None:
+                _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
+            else:  # a set against itself (`within`): an inverted file, never all pairs
+                _, cand = knn_ivf(np.concatenate(vectors), self._coarse, k, device=self.device)
             for start in progress(range(0, n, _BLOCK), desc=f"copy check: verifying the candidates of {n} images",
                                   unit="block"):
                 rows = slice(start, start + _BLOCK)
@@ -398,6 +405,14 @@ def within(images, config: DetectorConfig | None = None, device=None) -> tuple[n
     if n < 2:
         return np.arange(n), np.ones(n, bool), np.full(n, np.inf)
     m = Detector(x, config, device).match(x, exclude=np.arange(n))
+    group = groups(m.flagged, m.reference)
+    return group, group == np.arange(n), m.score
+
+
+def groups(flagged: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Connected groups of rows, each flagged row joined to its `reference` row: per row, the
+    smallest row of its group (union-find, then pointer jumping)."""
+    n = len(flagged)
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -406,9 +421,11 @@ def within(images, config: DetectorConfig | None = None, device=None) -> tuple[n
             i = parent[i]
         return i
 
-    for i in np.flatnonzero(m.flagged):
-        a, b = root(int(i)), root(int(m.reference[i]))
+    for i in np.flatnonzero(flagged):
+        a, b = root(int(i)), root(int(reference[i]))
         if a != b:
             parent[max(a, b)] = min(a, b)
-    group = np.array([root(i) for i in range(n)])
-    return group, group == np.arange(n), m.score
+    group = parent.copy()
+    while not np.array_equal(group, group[group]):
+        group = group[group]
+    return group

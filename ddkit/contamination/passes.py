@@ -16,21 +16,23 @@ from typing import Iterator
 
 import numpy as np
 
-from ddkit.contamination.detector import Detector, Matches, as_uint8, within
+from ddkit.contamination.detector import Matches, as_uint8
+from ddkit.contamination.detectors import make_detector, within_images
 from ddkit.data.base import ImageDataset
 from ddkit.data.stream import is_streamed, iter_batches
 
 QUERY_BLOCK = 4096  # queries read and matched per block (a multiple of the detector's verification block)
 
 
-def match_dataset(detector: Detector, dataset: ImageDataset, positions=None) -> Matches:
+def match_dataset(detector, dataset: ImageDataset, positions=None) -> Matches:
     """`detector.match` of the dataset's images (or of its `positions`, in that order), block by block."""
     found = [detector.match(as_uint8(b.x))
              for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True)]
     if not found:
         return detector.match(np.zeros((0, *detector.shape), np.uint8))
-    return Matches(*(np.concatenate([getattr(m, f) for m in found])
-                     for f in ("flagged", "exact", "score", "reference", "flipped")), found[0].version)
+    fields = ("flagged", "exact", "score", "reference", "flipped")
+    vectors = np.concatenate([m.vectors for m in found]) if found[0].vectors is not None else None
+    return Matches(*(np.concatenate([getattr(m, f) for m in found]) for f in fields), found[0].version, vectors)
 
 
 @contextlib.contextmanager
@@ -57,16 +59,34 @@ def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path
 
 
 @contextlib.contextmanager
-def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None,
-                       device=None) -> Iterator[Detector]:
-    """A `Detector` over every image of `dataset` (a streamed one read once into a row file);
-    `device`: the run's, for the candidate search."""
+def reference_detector(dataset: ImageDataset, detector: str | None = None, workdir: str | Path | None = None,
+                       device=None, threshold: float | None = None) -> Iterator:
+    """The detector `detector` (a registered name; default `detectors.DEFAULT`) over every image of
+    `dataset` (a streamed one read once into a row file); its descriptor, if it learns one, is
+    the one of `dataset`'s own name; `device`: the run's, for the search."""
     with pixel_rows(dataset, np.arange(len(dataset)), workdir) as images:
-        yield Detector(images, config, device)
+        yield make_detector(detector, images, dataset.info.name, device, threshold)
 
 
-def within_dataset(dataset: ImageDataset, positions: np.ndarray, config=None,
-                   workdir: str | Path | None = None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`detector.within` of the images at `positions` (group, keep, score per position)."""
+def within_dataset(dataset: ImageDataset, positions: np.ndarray, detector, workdir: str | Path | None = None,
+                   vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicates among the images at `positions` (group, keep, score per position), with the
+    search and threshold of a built `detector`. The descriptor detector streams the images through
+    its network (`vectors`: theirs, when already computed) and never writes a row file."""
+    from ddkit.contamination.descriptor import embed
+    from ddkit.contamination.learned import DescriptorDetector, within_vectors
+
+    positions = np.asarray(positions, np.int64)
+    if isinstance(detector, DescriptorDetector):
+        mirrors, computed = [], []
+        for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
+            x = as_uint8(b.x)
+            mirrors.append(embed(detector.net, x, mirror=True))
+            if vectors is None:
+                computed.append(detector.vectors(x))
+        empty = np.zeros((0, detector.net.arch.dim), np.float32)
+        mirrors = np.concatenate(mirrors) if mirrors else empty
+        vectors = vectors if vectors is not None else (np.concatenate(computed) if computed else empty)
+        return within_vectors(vectors, mirrors, detector.config.threshold, detector.config, detector.device)
     with pixel_rows(dataset, positions, workdir) as images:
-        return within(images, config, device)
+        return within_images(detector, images)
