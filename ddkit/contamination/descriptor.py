@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ddkit.contamination.detector import ROW_BLOCK, canonical
+from ddkit.contamination.detector import ROW_BLOCK, canonical, unit_float
 from ddkit.errors import InvalidInput
 from ddkit.records import record_fields
 
@@ -99,11 +99,6 @@ class CopyNet(nn.Module):
         return F.normalize(self.head(z.flatten(1)), dim=1)
 
 
-def unit_pixels(images: np.ndarray) -> torch.Tensor:
-    """uint8 N×C×H×W (array or memmap rows) → float [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-
-
 @torch.no_grad()
 def embed(net: CopyNet, images, mirror: bool = False, block: int = ROW_BLOCK) -> np.ndarray:
     """Descriptors (float32 N×dim) of uint8 images (N×C×H×W; a memmap is read by blocks);
@@ -111,6 +106,6 @@ def embed(net: CopyNet, images, mirror: bool = False, block: int = ROW_BLOCK) ->
     net.eval()
     out = np.empty((len(images), net.arch.dim), np.float32)
     for start in range(0, len(images), block):
-        x = unit_pixels(np.asarray(images[start : start + block]))
+        x = unit_float(np.ascontiguousarray(images[start : start + block]))
         out[start : start + len(x)] = net(x.flip(-1) if mirror else x).numpy()
     return out

@@ -222,7 +222,8 @@ def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Ten
     return r.norm(dim=1) / (target * m).norm(dim=1).clamp_min(1e-6)
 
 
-def _to_float(images: np.ndarray) -> torch.Tensor:
+def unit_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (an array or a read-only memmap block) as float in [0, 1]."""
     return torch.from_numpy(images if images.flags.writeable else images.copy()).float().div_(255.0)
 
 
@@ -254,7 +255,7 @@ class Detector:
             block = np.asarray(refs[start : start + ROW_BLOCK])
             for row, digest in enumerate(pixel_hashes(block), start):
                 self._hashes.setdefault(digest, []).append(row)
-            x = _to_float(block)
+            x = unit_float(block)
             coarse.append((self._coarse_vectors(x), self._coarse_vectors(x.flip(-1))))
         # rows n.. are the mirror images
         self._coarse = np.concatenate([c[0] for c in coarse] + [c[1] for c in coarse])
@@ -266,7 +267,7 @@ class Detector:
         base = unique % self.n
         order = np.argsort(base, kind="stable")  # increasing rows: cheap reads from a memmap
         x = torch.empty((len(unique), *self.shape))
-        x[torch.from_numpy(order)] = _to_float(np.asarray(self._refs[base[order]]))
+        x[torch.from_numpy(order)] = unit_float(np.asarray(self._refs[base[order]]))
         mirrored = torch.from_numpy(unique >= self.n)
         x[mirrored] = x[mirrored].flip(-1)
         return x, inverse.reshape(rows.shape)
@@ -368,7 +369,7 @@ class Detector:
         for start in progress(range(0, n, ROW_BLOCK), desc=f"copy check: hashing {n} images", unit="block"):
             block = np.asarray(q[start : start + ROW_BLOCK])
             digests += pixel_hashes(block)
-            vectors.append(self._coarse_vectors(canonical(_to_float(block))))
+            vectors.append(self._coarse_vectors(canonical(unit_float(block))))
         exact_row = np.array([next((r for r in self._hashes.get(d, ()) if r != o), -1)
                               for d, o in zip(digests, own)], dtype=np.int64)
         score = np.full(n, np.inf)
@@ -383,7 +384,7 @@ class Detector:
                                   unit="block"):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
-                res = self._verify(_to_float(np.asarray(q[rows])), block_cand)
+                res = self._verify(unit_float(np.asarray(q[rows])), block_cand)
                 res[(cand[rows] < 0) | (block_cand % self.n == own[rows, None])] = np.inf
                 pick = res.argmin(1)
                 score[rows] = res[np.arange(len(res)), pick]

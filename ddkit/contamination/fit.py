@@ -31,7 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ddkit.contamination.descriptor import CopyNet, DescriptorArch, unit_pixels
+from ddkit.contamination.descriptor import CopyNet, DescriptorArch
+from ddkit.contamination.detector import unit_float
 from ddkit.contamination.perturb import PERTURBATIONS, SINGLE, perturb, suite_kinds
 from ddkit.errors import InvalidInput
 from ddkit.progress import progress
@@ -47,6 +48,7 @@ class FitConfig:
 
     seed: int = 0
     steps: int = 1000
+    epochs: int = 30  # ... but at most this many passes over the training images (a small train split)
     batch: int = 256
     lr: float = 3e-3
     temperature: float = 0.05
@@ -60,7 +62,7 @@ class FitConfig:
     copies_per_kind: int = 500  # calibration copies per edit of the suite
 
     def __post_init__(self):
-        ints = ("seed", "steps", "batch", "queue", "width", "dim", "holdout", "copies_per_kind")
+        ints = ("seed", "steps", "epochs", "batch", "queue", "width", "dim", "holdout", "copies_per_kind")
         for name in ints:
             value = getattr(self, name)
             low = 0 if name in ("seed", "queue") else 1
@@ -139,6 +141,7 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
         raise InvalidInput(f"a copy descriptor needs at least 2 images to learn from, got {n}")
     arch = arch or DescriptorArch.for_images(images.shape[1:], config.width, config.dim)
     batch = min(config.batch, n)
+    steps = min(config.steps, math.ceil(config.epochs * n / batch))
     rng = numpy_rng(config.seed, "descriptor", "steps")
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
@@ -151,11 +154,11 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
         queue = torch.zeros(0, arch.dim)
         queue_ids = torch.zeros(0, dtype=torch.long)
-        warmup = max(1, config.steps // 20)
+        warmup = max(1, steps // 20)
         net.train()
         key_net.train()
-        for step in progress(range(config.steps), desc="copy descriptor"):
-            lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+        for step in progress(range(steps), desc="copy descriptor"):
+            lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr
             picked = np.sort(rng.choice(n, batch, replace=False))
@@ -163,7 +166,7 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
             mirrored = rng.random(batch) < 0.5
             x[mirrored] = x[mirrored][..., ::-1]
             ids = torch.from_numpy(picked * 2 + mirrored)
-            clean, edited = unit_pixels(x), unit_pixels(views(x, rng, config.two_edits))
+            clean, edited = unit_float(x), unit_float(views(x, rng, config.two_edits))
             q_edit, q_clean = net(edited), net(clean)
             with torch.no_grad():
                 k_clean, k_edit = key_net(clean), key_net(edited)
