@@ -90,7 +90,7 @@ def in_pool(result: dict, pool: np.ndarray, n_clean: int, per_kind: int, kinds: 
                                ("exact, all pairs (`knn`)", len(pool) * 2 + 1)):
         cfg = det.config.__class__(**{**det.config.__dict__, "exact_below": exact_below})
         start = time.perf_counter()
-        group, keep, _ = within_vectors(m.vectors, mirrors, det.config.threshold, cfg)
+        group, keep, _ = within_vectors(m.vectors, mirrors, m.crowding, det, cfg)
         seconds = time.perf_counter() - start
         copies = np.flatnonzero(source >= 0)
         together = np.array([np.any((group == group[i]) & (source == source[i]) & (np.arange(len(pool)) != i))

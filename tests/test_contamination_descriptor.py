@@ -16,7 +16,6 @@ from ddkit.contamination.detectors import DETECTORS, make_detector, within_image
 from ddkit.contamination.fit import FitConfig, holdout_split, threshold_for, train_descriptor
 from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
 from ddkit.contamination.weights import (
-    Descriptor,
     cache_path,
     descriptor_for,
     fit_dataset,
@@ -40,8 +39,7 @@ def procedural():
 
 @pytest.fixture(scope="module")
 def tiny(procedural):
-    net, header = fit_dataset(procedural[0], TINY, command="tests")
-    return Descriptor(net, header)
+    return fit_dataset(procedural[0], TINY, command="tests")
 
 
 def test_copies_of_test_images_are_found_and_distinct_images_are_not(tiny, procedural):
@@ -70,19 +68,22 @@ def test_same_seed_same_weights_other_seed_other_weights(procedural):
     for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
         assert torch.equal(x, y), name
     assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values()))
-    split = holdout_split(400, 100, 0)
+    split = holdout_split(400, 100, 0, background=50)
     assert len(split.references) == len(split.negatives) == 100 and len(split.fit) == 200
     assert not set(split.fit) & set(split.references) and not set(split.references) & set(split.negatives)
+    assert len(split.background) == 50 and set(split.background) <= set(split.fit)
 
 
 def test_weights_file_round_trips_and_refuses_tampering(tiny, procedural, tmp_path):
-    path = save_descriptor(tmp_path / "d.safetensors", tiny.net, tiny.header)
+    path = save_descriptor(tmp_path / "d.safetensors", tiny)
     back = load_descriptor(path)
     x = as_uint8(procedural[1].images[:20])
     np.testing.assert_array_equal(embed(back.net, x), embed(tiny.net, x))
+    np.testing.assert_array_equal(back.background, tiny.background)  # stored as it was used (int8 steps)
+    np.testing.assert_array_equal(back.background_sha256, tiny.background_sha256)
     assert back.header.threshold == tiny.header.threshold and back.header.dataset == "procedural"
     with pytest.raises(DdkitError, match="exists"):
-        save_descriptor(path, tiny.net, tiny.header)
+        save_descriptor(path, tiny)
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF  # a weight byte
     (tmp_path / "bad.safetensors").write_bytes(bytes(data))
@@ -137,7 +138,7 @@ def test_bad_options_are_refused(tiny, procedural):
     with pytest.raises(InvalidInput, match="k must"):
         DescriptorDetectorConfig(k=0)
     with pytest.raises(InvalidInput, match="threshold"):
-        DescriptorDetectorConfig(threshold=-1.0)
+        DescriptorDetectorConfig(threshold=float("nan"))
     with pytest.raises(InvalidInput, match="too few"):
         holdout_split(6, 100, 0)
     with pytest.raises(InvalidInput, match="too small"):

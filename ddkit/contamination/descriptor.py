@@ -5,7 +5,8 @@ different image does not. Learned without labels and without a teacher (`ddkit.c
 Before the network an image is (1) resized to a working side of at most `MAX_SIDE` px (area
 averaging: a copy at 64 px or 256 px is found by what it shows, not by its fine grain), (2) moved
 to the canonical frame of the pixel-align detector (`detector.canonical`: intensity centroid to the
-centre, radius of gyration to a fixed size), so a shift or a crop barely moves it, and (3)
+centre, radius of gyration to a fixed size, principal axis turned upright when the image is clearly
+elongated), so a shift, a crop or a small rotation barely moves it, and (3)
 standardized per image (a brightness change barely moves it). The network then only has to learn
 what survives resampling (rotation, the crop's zoom) and re-encoding (noise, JPEG).
 
@@ -47,8 +48,11 @@ class DescriptorArch:
     side: int
     width: int = 16
     dim: int = 64
+    orient: bool = True  # also turn images upright in the canonical frame (`detector.canonical`)
 
     def __post_init__(self):
+        if not isinstance(self.orient, bool):
+            raise InvalidInput(f"descriptor orient must be true or false, got {self.orient!r}")
         for name in ("channels", "side", "width", "dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -90,7 +94,7 @@ class CopyNet(nn.Module):
             raise InvalidInput(f"the descriptor takes {self.arch.channels}-channel images, got {x.shape[1]}")
         if x.shape[-2:] != (self.arch.side, self.arch.side):
             x = F.interpolate(x, size=(self.arch.side, self.arch.side), mode="area")
-        x = canonical(x)
+        x = canonical(x, orient=self.arch.orient)
         x = x - x.mean((1, 2, 3), keepdim=True)
         return x / x.flatten(1).std(1).clamp_min(1e-3)[:, None, None, None]
 

@@ -102,8 +102,8 @@ class Matches:
     """Per query: `flagged`, `exact` (byte-identical to a reference), `score` (the best candidate's
     residual after registration; 0 for exact copies, inf when none came close), `reference` (row of the best reference,
     −1 when none) and `flipped` (the best match is the reference's mirror image). `vectors`: the
-    queries' search vectors, when the detector's are worth keeping (the descriptor's, which a
-    search of the same set within itself reuses)."""
+    queries' search vectors and `crowding`, when the detector's are worth keeping (the descriptor's,
+    which a search of the same set within itself reuses)."""
 
     flagged: np.ndarray
     exact: np.ndarray
@@ -112,6 +112,7 @@ class Matches:
     flipped: np.ndarray
     version: str
     vectors: np.ndarray | None = None
+    crowding: np.ndarray | None = None  # the descriptor's normalizing term per query (`learned.py`)
 
     @property
     def count(self) -> int:
@@ -154,9 +155,14 @@ def _unit_rows(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
+def canonical(x: torch.Tensor, radius: float = 0.5, orient: bool = False) -> torch.Tensor:
     """Images moved so their intensity centroid is the centre and their radius of gyration `radius`
-    (normalized units); the background (median of the outer ring) does not count as mass."""
+    (normalized units); the background (median of the outer ring) does not count as mass.
+
+    `orient`: also turned so that their principal axis (of the mass's second moments) lies on the
+    nearest of the two image axes, by as much of that angle as the image is clearly elongated and
+    tilted by at most ~20° (`orientation`): a copy rotated by a few degrees then comes back upright
+    with its source, while a round image, whose axis is noise, is not turned at all."""
     n, c, h, w = x.shape
     b = _blur(x, 1.0).mean(1)
     ring = torch.cat([b[:, 0], b[:, -1], b[:, :, 0], b[:, :, -1]], 1)
@@ -171,8 +177,27 @@ def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
     scale = ((var / total).sqrt() / radius).clamp(0.5, 2.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = scale
+    if orient:
+        dy, dx = ys[None, :, None] - cy[:, None, None], xs[None, None, :] - cx[:, None, None]
+        angle = orientation((mass * dx * dx).sum((1, 2)), (mass * dy * dy).sum((1, 2)), (mass * dx * dy).sum((1, 2)))
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, 0, 2], theta[:, 1, 2] = cx, cy
     return _warp(x, theta)
+
+
+def orientation(mxx: torch.Tensor, myy: torch.Tensor, mxy: torch.Tensor) -> torch.Tensor:
+    """The turn (radians, x right, y down) that `canonical(orient=True)` undoes, from the second
+    moments: the principal axis's deviation δ from the nearest image axis, weighted by how elongated
+    the mass is (anisotropy 0.05 → 0, 0.15 → full) and by how small δ is (full up to 15°, none from
+    25°), so the weight moves smoothly and a copy's turn tracks its source's."""
+    phi = 0.5 * torch.atan2(2 * mxy, mxx - myy)  # principal axis, (−90°, 90°]
+    quarter = math.pi / 2
+    delta = phi - torch.round(phi / quarter) * quarter  # [−45°, 45°]
+    anisotropy = torch.sqrt((mxx - myy) ** 2 + 4 * mxy**2) / (mxx + myy).clamp_min(1e-9)
+    elongated = ((anisotropy - 0.05) / 0.10).clamp(0.0, 1.0)
+    small = ((math.radians(25) - delta.abs()) / math.radians(10)).clamp(0.0, 1.0)
+    return delta * elongated * small
 
 
 def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Tensor, border: int, steps: int,

@@ -44,7 +44,6 @@ def within_images(detector, images) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     from ddkit.contamination.learned import DescriptorDetector, within_vectors
 
     if isinstance(detector, DescriptorDetector):
-        vectors = detector.vectors(images)
-        return within_vectors(vectors, embed(detector.net, images, mirror=True), detector.config.threshold,
-                              detector.config, detector.device)
+        images, vectors, _, crowding = detector.queries(images)
+        return within_vectors(vectors, embed(detector.net, images, mirror=True), crowding, detector)
     return within(images, detector.config, detector.device)

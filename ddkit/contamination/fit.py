@@ -57,12 +57,16 @@ class FitConfig:
     two_edits: float = 0.35  # share of views made by two single edits in a row
     width: int = 16
     dim: int = 64
+    background: int = 4096  # training images kept (as descriptors) to measure how crowded a query's neighbourhood is
+    background_k: int = 3  # ... by its distance to the k-th nearest of them
+    normalize: float = 1.0  # score = distance to the nearest reference − normalize × that distance
     holdout: int = 10000  # calibration references (and as many distinct images), at most a quarter each
     clean_rate: float = 0.0075  # distinct images flagged at the threshold, at most
     copies_per_kind: int = 500  # calibration copies per edit of the suite
 
     def __post_init__(self):
-        ints = ("seed", "steps", "epochs", "batch", "queue", "width", "dim", "holdout", "copies_per_kind")
+        ints = ("seed", "steps", "epochs", "batch", "queue", "width", "dim", "background", "background_k", "holdout",
+                "copies_per_kind")
         for name in ints:
             value = getattr(self, name)
             low = 0 if name in ("seed", "queue") else 1
@@ -71,7 +75,7 @@ class FitConfig:
         if self.batch < 2:
             raise InvalidInput(f"fit batch must be at least 2, got {self.batch}")
         for name, lo, hi in (("lr", 0.0, 1.0), ("temperature", 0.0, 10.0), ("momentum", 0.0, 1.0),
-                             ("two_edits", 0.0, 1.0), ("clean_rate", 0.0, 0.5)):
+                             ("two_edits", 0.0, 1.0), ("normalize", 0.0, 10.0), ("clean_rate", 0.0, 0.5)):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
                     or not lo <= value <= hi or (name in ("lr", "temperature") and value == 0):
@@ -93,16 +97,20 @@ class Holdout:
     fit: np.ndarray
     references: np.ndarray
     negatives: np.ndarray
+    background: np.ndarray  # a subset of `fit`
 
 
-def holdout_split(n: int, size: int, seed: int) -> Holdout:
-    """`size` references and `size` distinct images (each at most a quarter of n), the rest to learn from."""
+def holdout_split(n: int, size: int, seed: int, background: int = 0) -> Holdout:
+    """`size` references and `size` distinct images (each at most a quarter of n), the rest to learn
+    from, and `background` of those (at most all) kept as the background."""
     size = min(size, n // 4)
-    if size < 1 or n - 2 * size < 2:
+    if n < 8 or size < 1:
         raise InvalidInput(f"{n} train images are too few to learn and calibrate a copy descriptor (at least 8)",
                            "use --detector pixel-align-1, or a dataset with more train images")
     order = numpy_rng(seed, "descriptor", "holdout").permutation(n)
-    return Holdout(np.sort(order[2 * size :]), np.sort(order[:size]), np.sort(order[size : 2 * size]))
+    fit = order[2 * size :]
+    return Holdout(np.sort(fit), np.sort(order[:size]), np.sort(order[size : 2 * size]),
+                   np.sort(fit[: min(background, len(fit))]))
 
 
 def views(images: np.ndarray, rng: np.random.Generator, two_edits: float) -> np.ndarray:
@@ -132,11 +140,14 @@ def _info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, q_ids: torc
     return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
 
 
-def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch | None = None) -> CopyNet:
-    """A descriptor learned from uint8 `images` (N×C×H×W, N ≥ 2) with `config` (see the module docstring)."""
+def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch | None = None,
+                     positions: np.ndarray | None = None) -> CopyNet:
+    """A descriptor learned from uint8 `images` (N×C×H×W, an array or a memmap read by batches), or
+    from those at `positions` (at least 2), with `config` (see the module docstring)."""
     if images.dtype != np.uint8 or images.ndim != 4:
         raise InvalidInput(f"the descriptor learns from uint8 images N×C×H×W, got {images.dtype} {images.shape}")
-    n = len(images)
+    positions = np.arange(len(images)) if positions is None else np.asarray(positions, np.int64)
+    n = len(positions)
     if n < 2:
         raise InvalidInput(f"a copy descriptor needs at least 2 images to learn from, got {n}")
     arch = arch or DescriptorArch.for_images(images.shape[1:], config.width, config.dim)
@@ -162,7 +173,7 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
             for group in opt.param_groups:
                 group["lr"] = lr
             picked = np.sort(rng.choice(n, batch, replace=False))
-            x = images[picked]
+            x = np.array(images[positions[picked]])
             mirrored = rng.random(batch) < 0.5
             x[mirrored] = x[mirrored][..., ::-1]
             ids = torch.from_numpy(picked * 2 + mirrored)
@@ -211,8 +222,7 @@ def threshold_for(scores: np.ndarray, clean_rate: float) -> float:
     allowed = int(np.floor(clean_rate * len(scores)))
     if allowed >= len(scores):
         return float(scores[-1])
-    below = scores[allowed]
-    return float(np.nextafter(below, -np.inf)) if below > 0 else 0.0
+    return float(np.nextafter(scores[allowed], -np.inf))
 
 
 def calibrate(make_detector, references: np.ndarray, negatives: np.ndarray, clean_rate: float,

@@ -1,19 +1,29 @@
 """The `descriptor-1` detector: exact pixel hashes, then the learned copy descriptor
 (`ddkit.contamination.descriptor`) searched with FAISS (`ddkit.index`).
 
-A query is a copy of the reference whose descriptor is nearest to its own when their squared
-distance is at or below the threshold calibrated on the dataset's held-out train images
-(`ddkit.contamination.fit`). The references are indexed with their mirror images, so a flipped
-copy (alone or with another edit) finds its source. Byte-identical copies are always caught by
-their sha256, whatever the descriptor says.
+Each query gets a score: its squared descriptor distance to the nearest reference, minus
+`normalize` × its distance to the k-th nearest *background* descriptor (training images stored with
+the weights). The second term measures how crowded the query's neighbourhood is: a plain shirt has
+many look-alikes, among the references and among the background alike, so its nearest reference
+is close without being a copy; an edited copy is far closer to its source than to anything else.
+(Copy-detection work calls this score normalization; without it, a threshold low enough to spare
+the crowded clean images misses many rotated and cropped copies, see docs/contamination.md.) A
+background image byte-identical to the query (or to its mirror image) does not count: a query is
+never measured against itself. A query is flagged when its score is at or below the threshold
+calibrated on the dataset's held-out train images (`ddkit.contamination.fit`).
 
-`within` finds near-duplicates inside one set through an inverted file (`ddkit.index.knn_ivf`):
-each row is compared with the rows of a few nearby lists, never with all rows, so a pool of N
-images costs about N·√N distance computations, not N².
+The references are indexed with their mirror images, so a flipped copy (alone or with another
+edit) finds its source. Byte-identical copies are always caught by their sha256, whatever the
+descriptor says.
+
+`within_vectors` finds near-duplicates inside one set through an inverted file
+(`ddkit.index.knn_ivf`), with the same score: each row is compared with the rows of a few nearby
+lists, never with all rows, so a pool of N images costs about N·√N distance computations, not N².
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -43,9 +53,10 @@ class DescriptorDetectorConfig:
     calibration: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
-        if self.threshold is not None and not (isinstance(self.threshold, (int, float)) and self.threshold >= 0):
-            raise InvalidInput(f"threshold must be a distance ≥ 0, got {self.threshold!r}",
-                               "descriptor distances are squared distances between unit vectors: 0..4")
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t)):
+            raise InvalidInput(f"threshold must be a number, got {self.threshold!r}",
+                               "scores are a squared distance (0..4) minus a multiple of another")
         for name in ("k", "probes"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -118,18 +129,48 @@ class DescriptorDetector:
             )
         return embed(self.net, q)
 
+    def crowding(self, vectors: np.ndarray, digests: list[bytes], mirror_digests: list[bytes]) -> np.ndarray:
+        """Per query, the squared distance to its k-th nearest background descriptor, background
+        images equal to the query or to its mirror image left out (see the module docstring)."""
+        fit = self.descriptor.header.fit
+        background, hashes = self.descriptor.background, self.descriptor.background_sha256
+        k = int(fit.get("background_k", 1))
+        if len(vectors) == 0 or len(background) == 0:
+            return np.zeros(len(vectors))
+        kk = min(k + 2, len(background))
+        dist, idx = index.knn(vectors, background, kk, device=self.device)
+        own = np.frombuffer(b"".join(digests), np.uint8).reshape(-1, 1, 32)
+        mirror = np.frombuffer(b"".join(mirror_digests), np.uint8).reshape(-1, 1, 32)
+        found = hashes[np.maximum(idx, 0)]
+        dist = np.where((idx < 0) | (found == own).all(-1) | (found == mirror).all(-1), np.inf, dist)
+        dist = np.sort(dist, 1)
+        finite = np.isfinite(dist).sum(1)
+        at = np.clip(np.minimum(k, finite) - 1, 0, kk - 1)
+        return np.where(finite > 0, dist[np.arange(len(dist)), at], 0.0).astype(np.float64)
+
+    def queries(self, images) -> tuple[np.ndarray, np.ndarray, list[bytes], np.ndarray]:
+        """(uint8 queries, descriptors, pixel hashes, crowding) of `images`."""
+        q = as_uint8(images)
+        vectors = self.vectors(q)
+        digests, mirror_digests = [], []
+        for start in range(0, len(q), ROW_BLOCK):
+            block = np.asarray(q[start : start + ROW_BLOCK])
+            digests += pixel_hashes(block)
+            mirror_digests += pixel_hashes(block[..., ::-1])
+        return q, vectors, digests, self.crowding(vectors, digests, mirror_digests)
+
+    @property
+    def normalize(self) -> float:
+        return float(self.descriptor.header.fit.get("normalize", 0.0))
+
     def match(self, queries, exclude=None) -> Matches:
         """Which `queries` (uint8 or [0, 1] float, N×C×H×W of the references' shape) copy a reference.
         `exclude` (one reference row per query, −1 for none): a reference a query may not match."""
-        q = as_uint8(queries)
-        vectors = self.vectors(q)
+        q, vectors, digests, crowd = self.queries(queries)
         n = len(q)
         own = np.full(n, -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(-1)
         if len(own) != n:
             raise InvalidInput(f"exclude has {len(own)} rows for {n} queries")
-        digests = []
-        for start in range(0, n, ROW_BLOCK):
-            digests += pixel_hashes(np.asarray(q[start : start + ROW_BLOCK]))
         exact_row = np.array([next((r for r in self._hashes.get(d, ()) if r != o), -1)
                               for d, o in zip(digests, own)], dtype=np.int64)
         score = np.full(n, np.inf)
@@ -139,34 +180,37 @@ class DescriptorDetector:
             dist, cand = index.knn(vectors, self._vectors, k, device=self.device)
             dist = np.where((cand < 0) | (cand % self.n == own[:, None]), np.inf, dist)
             pick = dist.argmin(1)
-            score = dist[np.arange(n), pick].astype(np.float64)
+            score = dist[np.arange(n), pick].astype(np.float64) - self.normalize * crowd
             best = np.where(np.isfinite(score), cand[np.arange(n), pick], -1)
         exact = exact_row >= 0
-        score[exact] = 0.0
         best[exact] = exact_row[exact]
+        score[exact] = np.minimum(score[exact], -self.normalize * crowd[exact])  # distance 0
         flipped = (best >= self.n) & ~exact
         reference = np.where(best >= 0, best % self.n, -1)
         flagged = exact | (score <= self.config.threshold)
-        return Matches(flagged, exact, score, reference, flipped, self.version, vectors)
+        return Matches(flagged, exact, score, reference, flipped, self.version, vectors, crowd)
 
 
-def within_vectors(vectors: np.ndarray, mirrors: np.ndarray, threshold: float, config: DescriptorDetectorConfig,
-                   device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Near-duplicates inside one set from its descriptors and its mirror images' (row i of
-    `mirrors` is row i mirrored): (group, keep, score) per row, as `detector.within`. The search
-    is `knn_ivf` of the rows against rows and mirrors, a row's own two entries excluded."""
+def within_vectors(vectors: np.ndarray, mirrors: np.ndarray, crowding: np.ndarray, detector: DescriptorDetector,
+                   config: DescriptorDetectorConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicates inside one set from its descriptors, its mirror images' (row i of `mirrors`
+    is row i mirrored) and its crowding (`DescriptorDetector.crowding`), with the score, threshold
+    and search settings of `detector` (or `config`): (group, keep, score) per row, as
+    `detector.within`. The search is `knn_ivf` of the rows against rows and mirrors, a row's own two
+    entries excluded."""
     from ddkit.contamination.detector import groups
 
+    config = config or detector.config
     n = len(vectors)
     if n < 2:
         return np.arange(n), np.ones(n, bool), np.full(n, np.inf)
     database = np.concatenate([vectors, mirrors])
     k = min(config.k + 2, len(database))
     dist, cand = knn_ivf(vectors, database, k, lists=config.lists, probes=config.probes, seed=config.seed,
-                         exact_below=config.exact_below, device=device)
+                         exact_below=config.exact_below, device=detector.device)
     dist = np.where((cand < 0) | (cand % n == np.arange(n)[:, None]), np.inf, dist)
     pick = dist.argmin(1)
-    score = dist[np.arange(n), pick].astype(np.float64)
+    score = dist[np.arange(n), pick].astype(np.float64) - detector.normalize * np.asarray(crowding, np.float64)
     reference = np.where(np.isfinite(score), cand[np.arange(n), pick] % n, -1)
-    group = groups(score <= threshold, reference)
+    group = groups(score <= config.threshold, reference)
     return group, group == np.arange(n), score

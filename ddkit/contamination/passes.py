@@ -31,8 +31,9 @@ def match_dataset(detector, dataset: ImageDataset, positions=None) -> Matches:
     if not found:
         return detector.match(np.zeros((0, *detector.shape), np.uint8))
     fields = ("flagged", "exact", "score", "reference", "flipped")
-    vectors = np.concatenate([m.vectors for m in found]) if found[0].vectors is not None else None
-    return Matches(*(np.concatenate([getattr(m, f) for m in found]) for f in fields), found[0].version, vectors)
+    kept = [None if found[0].vectors is None else np.concatenate([getattr(m, f) for m in found])
+            for f in ("vectors", "crowding")]
+    return Matches(*(np.concatenate([getattr(m, f) for m in found]) for f in fields), found[0].version, *kept)
 
 
 @contextlib.contextmanager
@@ -69,24 +70,30 @@ def reference_detector(dataset: ImageDataset, detector: str | None = None, workd
 
 
 def within_dataset(dataset: ImageDataset, positions: np.ndarray, detector, workdir: str | Path | None = None,
-                   vectors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   vectors: np.ndarray | None = None,
+                   crowding: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Near-duplicates among the images at `positions` (group, keep, score per position), with the
     search and threshold of a built `detector`. The descriptor detector streams the images through
-    its network (`vectors`: theirs, when already computed) and never writes a row file."""
+    its network (`vectors`, `crowding`: theirs, when a match already computed them) and never
+    writes a row file."""
     from ddkit.contamination.descriptor import embed
     from ddkit.contamination.learned import DescriptorDetector, within_vectors
 
     positions = np.asarray(positions, np.int64)
     if isinstance(detector, DescriptorDetector):
-        mirrors, computed = [], []
+        mirrors, computed, crowds = [], [], []
         for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
             x = as_uint8(b.x)
             mirrors.append(embed(detector.net, x, mirror=True))
             if vectors is None:
-                computed.append(detector.vectors(x))
+                _, v, _, c = detector.queries(x)
+                computed.append(v)
+                crowds.append(c)
         empty = np.zeros((0, detector.net.arch.dim), np.float32)
         mirrors = np.concatenate(mirrors) if mirrors else empty
-        vectors = vectors if vectors is not None else (np.concatenate(computed) if computed else empty)
-        return within_vectors(vectors, mirrors, detector.config.threshold, detector.config, detector.device)
+        if vectors is None:
+            vectors = np.concatenate(computed) if computed else empty
+            crowding = np.concatenate(crowds) if crowds else np.zeros(0)
+        return within_vectors(vectors, mirrors, crowding, detector)
     with pixel_rows(dataset, positions, workdir) as images:
         return within_images(detector, images)

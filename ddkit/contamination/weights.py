@@ -73,11 +73,23 @@ class DescriptorHeader:
 
 @dataclass
 class Descriptor:
-    """A loaded descriptor: the network (eval mode) and its header."""
+    """A loaded descriptor: the network (eval mode), its header, and the background: descriptors of
+    training images (float32 n×dim, as stored: int8 steps of 1/127) with the sha256 of each image's
+    pixels (uint8 n×32), which the detector's score is normalized by (`learned.py`)."""
 
     net: CopyNet
     header: DescriptorHeader
+    background: np.ndarray
+    background_sha256: np.ndarray
     path: str = ""
+
+
+BACKGROUND = ("background.vectors", "background.sha256")
+
+
+def quantized(vectors: np.ndarray) -> np.ndarray:
+    """Unit descriptors as stored in a file: int8 steps of 1/127, back as float32."""
+    return (np.clip(np.round(np.asarray(vectors, np.float32) * 127), -127, 127) / 127).astype(np.float32)
 
 
 def _state(net: CopyNet) -> dict[str, torch.Tensor]:
@@ -92,9 +104,12 @@ def rounded(net: CopyNet) -> CopyNet:
     return out.to(memory_format=torch.channels_last).eval()
 
 
-def save_descriptor(path: str | os.PathLike, net: CopyNet, header: DescriptorHeader, overwrite: bool = False) -> Path:
-    """Write the weights (float16) and the header, atomically."""
-    state = _state(net)
+def save_descriptor(path: str | os.PathLike, descriptor: Descriptor, overwrite: bool = False) -> Path:
+    """Write the weights (float16), the background (int8) and the header, atomically."""
+    header = descriptor.header
+    state = _state(descriptor.net)
+    state[BACKGROUND[0]] = torch.from_numpy(np.round(descriptor.background * 127).astype(np.int8))
+    state[BACKGROUND[1]] = torch.from_numpy(np.ascontiguousarray(descriptor.background_sha256, np.uint8))
     header.tensors_sha256 = tensors_sha256(state)
     text = json.dumps(asdict(header))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +130,8 @@ def load_descriptor(path: str | os.PathLike) -> Descriptor:
             net = CopyNet(arch)
             expected = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
             found = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-            if found != expected:
+            vectors, hashes = (found.pop(name, ()) for name in BACKGROUND)
+            if found != expected or len(vectors) != 2 or vectors[1] != arch.dim or tuple(hashes) != (vectors[0], 32):
                 raise FileFormatError(f"{path}: its tensors do not match the architecture its header names",
                                       FIX)
             state = {k: fh.get_tensor(k) for k in fh.keys()}
@@ -126,8 +142,10 @@ def load_descriptor(path: str | os.PathLike) -> Descriptor:
                               FIX) from None
     if tensors_sha256(state) != header.tensors_sha256:
         raise FileFormatError(f"{path}: the weights do not match their recorded sha256", FIX)
+    vectors, hashes = (state.pop(name).numpy() for name in BACKGROUND)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=False)
-    return Descriptor(net.to(memory_format=torch.channels_last).eval(), header, str(path))
+    return Descriptor(net.to(memory_format=torch.channels_last).eval(), header, vectors.astype(np.float32) / 127,
+                      hashes, str(path))
 
 
 def _parse_header(path: Path, meta: dict) -> DescriptorHeader:
@@ -173,26 +191,31 @@ def shipped_path(dataset: str) -> Path | None:
     return WEIGHTS_DIR / name if name and (WEIGHTS_DIR / name).is_file() else None
 
 
-def fit_dataset(train, config: FitConfig | None = None, command: str = "") -> tuple[CopyNet, DescriptorHeader]:
-    """Learn and calibrate a descriptor on `train` (an ImageDataset, its train split), see `fit`."""
-    from ddkit.contamination.detector import as_uint8
+def fit_dataset(train, config: FitConfig | None = None, command: str = "") -> Descriptor:
+    """Learn and calibrate a descriptor on `train` (an ImageDataset, its train split; a streamed one
+    is read once into a temporary row file), see `ddkit.contamination.fit`."""
+    from ddkit.contamination.descriptor import embed
+    from ddkit.contamination.detector import pixel_hashes
     from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
+    from ddkit.contamination.passes import pixel_rows
 
     config = config or FitConfig()
-    images = as_uint8(train.images)
-    split = holdout_split(len(images), config.holdout, config.seed)
-    net = rounded(train_descriptor(images[split.fit], config))
-    header = DescriptorHeader(net.arch.to_dict(), config.to_dict(), train.info.name, list(images.shape[1:]),
-                              train.fingerprint(), {}, command)
+    with pixel_rows(train, np.arange(len(train))) as images:
+        split = holdout_split(len(images), config.holdout, config.seed, config.background)
+        net = rounded(train_descriptor(images, config, positions=split.fit))
+        header = DescriptorHeader(net.arch.to_dict(), config.to_dict(), train.info.name, list(images.shape[1:]),
+                                  train.fingerprint(), {}, command)
+        background = images[split.background]
+        found = Descriptor(net, header, quantized(embed(net, background)),
+                           np.frombuffer(b"".join(pixel_hashes(background)), np.uint8).reshape(-1, 32))
 
-    def make(references, threshold):
-        return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold),
-                                  descriptor=Descriptor(net, header))
+        def make(references, threshold):
+            return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold), descriptor=found)
 
-    cal: Calibration = calibrate(make, images[split.references], images[split.negatives], config.clean_rate,
-                                 config.copies_per_kind, config.seed)
+        cal: Calibration = calibrate(make, images[split.references], images[split.negatives], config.clean_rate,
+                                     config.copies_per_kind, config.seed)
     header.calibration = cal.to_dict()
-    return net, header
+    return found
 
 
 def descriptor_for(dataset: str, config: FitConfig | None = None, learn: bool = True) -> Descriptor:
@@ -213,6 +236,6 @@ def descriptor_for(dataset: str, config: FitConfig | None = None, learn: bool = 
         raise DdkitError(f"no copy descriptor for {dataset} yet",
                          f"learn one with `ddkit contamination calibrate {dataset}` (minutes on a CPU)")
     say(f"learning the copy descriptor of {dataset} on its train split ({len(train)} images; once, cached in {path})")
-    net, header = fit_dataset(train, config, command=f"ddkit contamination calibrate {dataset} --seed {config.seed}")
-    save_descriptor(path, net, header, overwrite=True)
+    found = fit_dataset(train, config, command=f"ddkit contamination calibrate {dataset} --seed {config.seed}")
+    save_descriptor(path, found, overwrite=True)
     return load_descriptor(path)

@@ -20,11 +20,11 @@ torch for the distance blocks, see `ddkit.index.device`.
 
 from ddkit.index.dedup import Duplicates, near_duplicates
 from ddkit.index.device import Backend, backend, reset_backend
-from ddkit.index.ivf import knn_ivf
+from ddkit.index.ivf import InvertedFile, knn_ivf
 from ddkit.index.kcenter import KCenterResult, kcenter
 from ddkit.index.kmeans import KMeansResult, kmeans
 from ddkit.index.search import knn
 from ddkit.index.source import as_points
 
-__all__ = ["Backend", "Duplicates", "KCenterResult", "KMeansResult", "as_points", "backend", "kcenter", "kmeans",
-           "knn", "knn_ivf", "near_duplicates", "reset_backend"]
+__all__ = ["Backend", "Duplicates", "InvertedFile", "KCenterResult", "KMeansResult", "as_points", "backend", "kcenter",
+           "kmeans", "knn", "knn_ivf", "near_duplicates", "reset_backend"]

@@ -83,8 +83,8 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
         rest = np.flatnonzero(~contaminated)
         say(f"pool dedup 2/3: near-duplicates among the {len(rest)} samples left "
             f"({int(contaminated.sum())} test copies dropped)")
-        vectors = m.vectors[rest] if m.vectors is not None else None
-        group, keep, score = within_dataset(pool, rest, det, workdir=workdir, vectors=vectors)
+        vectors, crowding = ((None, None) if m.vectors is None else (m.vectors[rest], m.crowding[rest]))
+        group, keep, score = within_dataset(pool, rest, det, workdir=workdir, vectors=vectors, crowding=crowding)
     test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
     kept_pos = rest[keep]
     ids = pool.ids.numpy()
