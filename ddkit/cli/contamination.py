@@ -31,7 +31,7 @@ def calibrate(dataset, seed, steps, out, overwrite, as_json):
     config = FitConfig(seed=seed) if steps is None else FitConfig(seed=seed, steps=steps)
     found = descriptor_for(dataset, config)
     if out:
-        save_descriptor(out, found.net, found.header, overwrite=overwrite)
+        save_descriptor(out, found, overwrite=overwrite)
     header = dataclasses.asdict(found.header)
     if as_json:
         print_json({"path": found.path, **header})

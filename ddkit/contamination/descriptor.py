@@ -48,7 +48,7 @@ class DescriptorArch:
     side: int
     width: int = 16
     dim: int = 64
-    orient: bool = True  # also turn images upright in the canonical frame (`detector.canonical`)
+    orient: bool = False  # also turn images upright in the canonical frame (`detector.canonical`)
 
     def __post_init__(self):
         if not isinstance(self.orient, bool):
@@ -99,7 +99,10 @@ class CopyNet(nn.Module):
         return x / x.flatten(1).std(1).clamp_min(1e-3)[:, None, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.body(self.prepare(x).contiguous(memory_format=torch.channels_last))
+        x = self.prepare(x)
+        if not self.training:  # inference runs channels-last (faster on CPU); training keeps the default layout
+            x = x.contiguous(memory_format=torch.channels_last)
+        z = self.body(x)
         return F.normalize(self.head(z.flatten(1)), dim=1)
 
 

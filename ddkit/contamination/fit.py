@@ -40,6 +40,10 @@ from ddkit.records import record_fields
 from ddkit.seeding import numpy_rng, seeded_global_rng
 
 VIEW_EDITS = tuple(k for k in SINGLE if k != "flip")  # flips are caught by indexing mirror images
+# The random streams' names. They are those of the run that made the shipped Fashion-MNIST file
+# (docs/contamination.md), so `ddkit contamination calibrate fashion-mnist --seed 0` draws the same
+# split, batches and edits.
+_SPLIT_KEY = "proto"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class FitConfig:
     epochs: int = 30  # ... but at most this many passes over the training images (a small train split)
     batch: int = 256
     lr: float = 3e-3
+    warmup: int = 50  # steps of linear warm-up before the cosine decay
     temperature: float = 0.05
     queue: int = 8192  # negatives remembered from earlier batches
     momentum: float = 0.99  # of the key network
@@ -65,7 +70,7 @@ class FitConfig:
     copies_per_kind: int = 500  # calibration copies per edit of the suite
 
     def __post_init__(self):
-        ints = ("seed", "steps", "epochs", "batch", "queue", "width", "dim", "background", "background_k", "holdout",
+        ints = ("seed", "steps", "epochs", "batch", "warmup", "queue", "width", "dim", "background", "background_k", "holdout",
                 "copies_per_kind")
         for name in ints:
             value = getattr(self, name)
@@ -107,9 +112,9 @@ def holdout_split(n: int, size: int, seed: int, background: int = 0) -> Holdout:
     if n < 8 or size < 1:
         raise InvalidInput(f"{n} train images are too few to learn and calibrate a copy descriptor (at least 8)",
                            "use --detector pixel-align-1, or a dataset with more train images")
-    order = numpy_rng(seed, "descriptor", "holdout").permutation(n)
-    fit = order[2 * size :]
-    return Holdout(np.sort(fit), np.sort(order[:size]), np.sort(order[size : 2 * size]),
+    order = numpy_rng(seed, _SPLIT_KEY).permutation(n)
+    fit = order[2 * size :]  # in the drawn order: training batches are drawn by position in it
+    return Holdout(fit, np.sort(order[:size]), np.sort(order[size : 2 * size]),
                    np.sort(fit[: min(background, len(fit))]))
 
 
@@ -119,8 +124,8 @@ def views(images: np.ndarray, rng: np.random.Generator, two_edits: float) -> np.
     out = images.copy()
     n = len(images)
     first = rng.integers(0, len(VIEW_EDITS), n)
-    second = (first + rng.integers(1, len(VIEW_EDITS), n)) % len(VIEW_EDITS)
     twice = rng.random(n) < two_edits
+    second = (first + rng.integers(1, len(VIEW_EDITS), n)) % len(VIEW_EDITS)
     for step, rows_on in ((first, np.ones(n, bool)), (second, twice)):
         for k, name in enumerate(VIEW_EDITS):
             rows = np.flatnonzero((step == k) & rows_on)
@@ -153,26 +158,25 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
     arch = arch or DescriptorArch.for_images(images.shape[1:], config.width, config.dim)
     batch = min(config.batch, n)
     steps = min(config.steps, math.ceil(config.epochs * n / batch))
-    rng = numpy_rng(config.seed, "descriptor", "steps")
+    rng = numpy_rng(config.seed, "train")
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
         with seeded_global_rng(config.seed):
-            net = CopyNet(arch).to(memory_format=torch.channels_last)
+            net = CopyNet(arch)
         key_net = copy.deepcopy(net)
         for p in key_net.parameters():
             p.requires_grad_(False)
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
         queue = torch.zeros(0, arch.dim)
         queue_ids = torch.zeros(0, dtype=torch.long)
-        warmup = max(1, steps // 20)
         net.train()
         key_net.train()
         for step in progress(range(steps), desc="copy descriptor"):
-            lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr
-            picked = np.sort(rng.choice(n, batch, replace=False))
+            picked = rng.choice(n, batch, replace=False)
             x = np.array(images[positions[picked]])
             mirrored = rng.random(batch) < 0.5
             x[mirrored] = x[mirrored][..., ::-1]

@@ -191,9 +191,11 @@ def shipped_path(dataset: str) -> Path | None:
     return WEIGHTS_DIR / name if name and (WEIGHTS_DIR / name).is_file() else None
 
 
-def fit_dataset(train, config: FitConfig | None = None, command: str = "") -> Descriptor:
+def fit_dataset(train, config: FitConfig | None = None, command: str = "", trained: CopyNet | None = None) -> Descriptor:
     """Learn and calibrate a descriptor on `train` (an ImageDataset, its train split; a streamed one
-    is read once into a temporary row file), see `ddkit.contamination.fit`."""
+    is read once into a temporary row file), see `ddkit.contamination.fit`. `trained`: a network
+    already trained by `train_descriptor` on this split with `config` (float32), only calibrated here
+    (how the shipped file was made, `scripts/make_shipped_descriptor.py`)."""
     from ddkit.contamination.descriptor import embed
     from ddkit.contamination.detector import pixel_hashes
     from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
@@ -202,7 +204,7 @@ def fit_dataset(train, config: FitConfig | None = None, command: str = "") -> De
     config = config or FitConfig()
     with pixel_rows(train, np.arange(len(train))) as images:
         split = holdout_split(len(images), config.holdout, config.seed, config.background)
-        net = rounded(train_descriptor(images, config, positions=split.fit))
+        net = rounded(trained if trained is not None else train_descriptor(images, config, positions=split.fit))
         header = DescriptorHeader(net.arch.to_dict(), config.to_dict(), train.info.name, list(images.shape[1:]),
                                   train.fingerprint(), {}, command)
         background = images[split.background]
