@@ -5,8 +5,8 @@ different image does not. Learned without labels and without a teacher (`ddkit.c
 Before the network an image is (1) resized to a working side of at most `MAX_SIDE` px (area
 averaging: a copy at 64 px or 256 px is found by what it shows, not by its fine grain), (2) moved
 to the canonical frame of the pixel-align detector (`detector.canonical`: intensity centroid to the
-centre, radius of gyration to a fixed size, principal axis turned upright when the image is clearly
-elongated), so a shift, a crop or a small rotation barely moves it, and (3)
+centre, radius of gyration to a fixed size; with `DescriptorArch.orient`, off by default and in the
+shipped descriptor, also the principal axis turned upright), so a shift or a crop barely moves it, and (3)
 standardized per image (a brightness change barely moves it). The network then only has to learn
 what survives resampling (rotation, the crop's zoom) and re-encoding (noise, JPEG).
 

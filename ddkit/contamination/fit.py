@@ -70,8 +70,8 @@ class FitConfig:
     copies_per_kind: int = 500  # calibration copies per edit of the suite
 
     def __post_init__(self):
-        ints = ("seed", "steps", "epochs", "batch", "warmup", "queue", "width", "dim", "background", "background_k", "holdout",
-                "copies_per_kind")
+        ints = ("seed", "steps", "epochs", "batch", "warmup", "queue", "width", "dim", "background", "background_k",
+                "holdout", "copies_per_kind")
         for name in ints:
             value = getattr(self, name)
             low = 0 if name in ("seed", "queue") else 1

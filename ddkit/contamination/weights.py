@@ -164,7 +164,7 @@ def _parse_header(path: Path, meta: dict) -> DescriptorHeader:
                                   "upgrade ddkit: pip install -U ddkit")
         header = DescriptorHeader(**record_fields(DescriptorHeader, data, "descriptor header"))
         threshold = float(header.calibration["threshold"])
-        if not np.isfinite(threshold) or threshold < 0:
+        if not np.isfinite(threshold):  # negative is fine: the score is a distance minus a multiple of another
             raise InvalidInput(f"threshold {threshold}")
     except FileFormatError:
         raise
@@ -191,7 +191,8 @@ def shipped_path(dataset: str) -> Path | None:
     return WEIGHTS_DIR / name if name and (WEIGHTS_DIR / name).is_file() else None
 
 
-def fit_dataset(train, config: FitConfig | None = None, command: str = "", trained: CopyNet | None = None) -> Descriptor:
+def fit_dataset(train, config: FitConfig | None = None, command: str = "",
+                trained: CopyNet | None = None) -> Descriptor:
     """Learn and calibrate a descriptor on `train` (an ImageDataset, its train split; a streamed one
     is read once into a temporary row file), see `ddkit.contamination.fit`. `trained`: a network
     already trained by `train_descriptor` on this split with `config` (float32), only calibrated here
