@@ -243,6 +243,6 @@ def calibrate(make_detector, references: np.ndarray, negatives: np.ndarray, clea
     recall = {}
     for kind in suite_kinds():
         m = detector.match(perturb(references[sources], kind, seed))
-        recall[kind] = round(float(((m.score <= threshold) & (m.reference == sources)).mean()), 4)
+        recall[kind] = round(float(((m.exact | (m.score <= threshold)) & (m.reference == sources)).mean()), 4)
     return Calibration(threshold, float((clean <= threshold).mean()), clean_rate, len(references), len(negatives),
                        len(sources), recall, seed, round(seconds * 10000 / max(1, len(negatives)), 1))
