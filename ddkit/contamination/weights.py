@@ -109,7 +109,7 @@ def save_descriptor(path: str | os.PathLike, descriptor: Descriptor, overwrite: 
     header = descriptor.header
     state = _state(descriptor.net)
     state[BACKGROUND[0]] = torch.from_numpy(np.round(descriptor.background * 127).astype(np.int8))
-    state[BACKGROUND[1]] = torch.from_numpy(np.ascontiguousarray(descriptor.background_sha256, np.uint8))
+    state[BACKGROUND[1]] = torch.from_numpy(np.array(descriptor.background_sha256, np.uint8))  # a writable copy
     header.tensors_sha256 = tensors_sha256(state)
     text = json.dumps(asdict(header))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
