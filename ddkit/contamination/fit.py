@@ -55,7 +55,7 @@ class FitConfig:
     epochs: int = 30  # ... but at most this many passes over the training images (a small train split)
     batch: int = 256
     lr: float = 3e-3
-    warmup: int = 50  # steps of linear warm-up before the cosine decay
+    warmup: int = 50  # steps of linear warm-up before the cosine decay (at most 5% of the steps)
     temperature: float = 0.05
     queue: int = 8192  # negatives remembered from earlier batches
     momentum: float = 0.99  # of the key network
@@ -167,13 +167,14 @@ def train_descriptor(images: np.ndarray, config: FitConfig, arch: DescriptorArch
         key_net = copy.deepcopy(net)
         for p in key_net.parameters():
             p.requires_grad_(False)
+        warmup = min(config.warmup, max(1, steps // 20))
         opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=1e-4)
         queue = torch.zeros(0, arch.dim)
         queue_ids = torch.zeros(0, dtype=torch.long)
         net.train()
         key_net.train()
         for step in progress(range(steps), desc="copy descriptor"):
-            lr = config.lr * min(1.0, (step + 1) / config.warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
+            lr = config.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
             for group in opt.param_groups:
                 group["lr"] = lr
             picked = rng.choice(n, batch, replace=False)
