@@ -29,7 +29,10 @@ from ddkit.errors import DdkitError, FileFormatError, IncompatibleError, Invalid
 TINY = FitConfig(steps=30, batch=64, queue=256, holdout=100, copies_per_kind=20)
 # Edits a descriptor learned in 30 steps on 200 procedural gratings catches reliably; the geometric
 # edits of gratings (shift, crop, rotation) need the full fit (see BENCHMARKS.md `contamination`).
-EASY = {"exact": 1.0, "flip": 1.0, "jpeg": 1.0, "brightness": 1.0, "noise": 0.9}  # edit: least recall
+# Only exact copies are certain (their hash): the score subtracts how crowded the query's neighbourhood
+# is, so even a mirror image at descriptor distance 0 of an image with many look-alikes can stay above
+# the threshold (measured here: 0.9 to 1.0 per edit; the shipped descriptor: BENCHMARKS.md).
+EASY = {"exact": 1.0, "flip": 0.85, "jpeg": 0.85, "brightness": 0.85, "noise": 0.85}  # edit: least recall
 
 
 @pytest.fixture(scope="module")
