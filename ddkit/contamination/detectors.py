@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ddkit.contamination.detector import Detector, DetectorConfig, within
+from ddkit.errors import InvalidInput
 from ddkit.registry import Registry
 
 DETECTORS = Registry("contamination detector")
@@ -31,8 +32,14 @@ def _pixel_align(references, dataset: str | None = None, device=None, threshold:
                     "suite as views), FAISS search; shipped for fashion-mnist, else learned once and cached")
 def _descriptor(references, dataset: str | None = None, device=None, threshold: float | None = None):
     from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
+    from ddkit.contamination.weights import descriptor_for
 
-    return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold), device, dataset=dataset)
+    if dataset is None:
+        raise InvalidInput("the descriptor detector needs the dataset its references come from",
+                           "pass the dataset's name (its descriptor is shipped, cached or learned from its train "
+                           "split)")
+    return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold), device,
+                              descriptor=descriptor_for(dataset))
 
 
 def make_detector(name: str | None, references, dataset: str | None = None, device=None, threshold=None):

@@ -40,11 +40,9 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class DescriptorDetectorConfig:
-    """Settings of the detector; the weights come from the dataset (see `weights.descriptor_for`)
-    unless `weights` names a file, and the threshold from their calibration unless given."""
+    """Settings of the detector; the threshold comes from the descriptor's calibration unless given."""
 
     threshold: float | None = None
-    weights: str | None = None  # a descriptor file (default: the reference dataset's)
     k: int = 1  # reference candidates per query (more only matter for the exclusions of `within`)
     probes: int = 8  # within: inverted lists visited per row
     lists: int | None = None  # within: inverted lists (default ~2·√(2N))
@@ -72,16 +70,12 @@ class DescriptorDetector:
     references' dataset); `descriptor`: a loaded one instead (calibration and tests).
     """
 
-    def __init__(self, references, config: DescriptorDetectorConfig | None = None, device=None,
-                 dataset: str | None = None, descriptor=None):
-        from ddkit.contamination.weights import descriptor_for, load_descriptor
-
+    def __init__(self, references, config: DescriptorDetectorConfig | None = None, device=None, descriptor=None):
         config = config or DescriptorDetectorConfig()
-        if descriptor is None:
-            if config.weights is None and dataset is None:
-                raise InvalidInput("the descriptor detector needs the dataset its references come from",
-                                   "pass dataset=NAME, or weights=FILE")
-            descriptor = load_descriptor(config.weights) if config.weights else descriptor_for(dataset)
+        if descriptor is None:  # resolved by the caller (`detectors`), so this module never imports `weights`
+            raise InvalidInput("the descriptor detector needs the descriptor of the dataset its references come from",
+                               "make it with ddkit.contamination.make_detector('descriptor-1', refs, dataset=NAME), "
+                               "or pass descriptor=load_descriptor(FILE)")
         self.descriptor = descriptor
         self.net = descriptor.net
         threshold = descriptor.header.threshold if config.threshold is None else float(config.threshold)

@@ -10,7 +10,6 @@ candidates it verifies: memory holds the candidate vectors, never the pixels.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -18,10 +17,9 @@ import numpy as np
 
 from ddkit.contamination.detector import Matches, as_uint8
 from ddkit.contamination.detectors import make_detector, within_images
+from ddkit.contamination.rows import QUERY_BLOCK, pixel_rows
 from ddkit.data.base import ImageDataset
-from ddkit.data.stream import is_streamed, iter_batches
-
-QUERY_BLOCK = 4096  # queries read and matched per block (a multiple of the detector's verification block)
+from ddkit.data.stream import iter_batches
 
 
 def match_dataset(detector, dataset: ImageDataset, positions=None) -> Matches:
@@ -34,29 +32,6 @@ def match_dataset(detector, dataset: ImageDataset, positions=None) -> Matches:
     kept = [None if found[0].vectors is None else np.concatenate([getattr(m, f) for m in found])
             for f in ("vectors", "crowding")]
     return Matches(*(np.concatenate([getattr(m, f) for m in found]) for f in fields), found[0].version, *kept)
-
-
-@contextlib.contextmanager
-def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path | None = None) -> Iterator[np.ndarray]:
-    """The uint8 images of `positions`: in memory for an in-memory dataset, else a read-only
-    `numpy.memmap` of an uncompressed temporary file under `workdir` (removed on exit)."""
-    positions = np.asarray(positions, np.int64)
-    if not is_streamed(dataset):
-        yield as_uint8(dataset.images[positions])
-        return
-    shape = (len(positions), *dataset.info.image_shape)
-    with tempfile.TemporaryDirectory(prefix="ddkit-rows-", dir=workdir) as tmp:
-        path = Path(tmp) / "rows.u8"
-        if len(positions):
-            rows, at = np.memmap(path, np.uint8, "w+", shape=shape), 0
-            for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
-                rows[at : at + len(b.x)] = as_uint8(b.x)
-                at += len(b.x)
-            rows.flush()
-            del rows
-            yield np.memmap(path, np.uint8, "r", shape=shape)
-        else:
-            yield np.zeros(shape, np.uint8)
 
 
 @contextlib.contextmanager

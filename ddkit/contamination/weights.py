@@ -200,7 +200,7 @@ def fit_dataset(train, config: FitConfig | None = None, command: str = "",
     from ddkit.contamination.descriptor import embed
     from ddkit.contamination.detector import pixel_hashes
     from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
-    from ddkit.contamination.passes import pixel_rows
+    from ddkit.contamination.rows import pixel_rows
 
     config = config or FitConfig()
     with pixel_rows(train, np.arange(len(train))) as images:
