@@ -6,6 +6,7 @@ from __future__ import annotations
 def all_registries() -> dict:
     """Every registry by the name `ddkit list` prints it under."""
     from ddkit.augment import AUGMENTATIONS, MIXES
+    from ddkit.contamination.detectors import DETECTORS
     from ddkit.contamination.perturb import PERTURBATIONS
     from ddkit.data import DATASETS
     from ddkit.dbr import VIEW_RECIPES
@@ -23,4 +24,4 @@ def all_registries() -> dict:
             "protocols": PROTOCOLS, "acquisition-rules": RULES, "label-payloads": PAYLOADS,
             "stored-label-losses": STORED_LOSSES, "baseline-payloads": BASELINE_PAYLOADS, "view-recipes": VIEW_RECIPES,
             "augmentations": AUGMENTATIONS, "mixes": MIXES, "export-formats": EXPORTERS, "import-formats": IMPORTERS,
-            "perturbations": PERTURBATIONS}
+            "perturbations": PERTURBATIONS, "contamination-detectors": DETECTORS}

@@ -1,11 +1,12 @@
-"""Calibrate the contamination detector's threshold on a dataset's TRAIN split only, and write it
+"""Calibrate the `pixel-align-1` contamination detector's threshold on a dataset's TRAIN split only, and write it
 (with the suite's seed) to ddkit/contamination/calibration.json.
 
 References: `--references` train images; copies: `--per-kind` of them under every perturbation of
 the suite (ddkit.contamination.perturb); distinct images: `--negatives` other train images. The
 threshold is the largest score at which at most `--clean-rate` of the distinct images are flagged
 (train images are not guaranteed distinct: Fashion-MNIST has near-duplicates inside its train
-split, which is why the target is below the 1% goal). Test images are never read.
+split, which is why the target is below the 1% goal). Test images are never read. (`descriptor-1` is
+calibrated by `ddkit contamination calibrate DATASET`, with the same `ddkit.contamination.fit.calibrate`.)
 
     OMP_NUM_THREADS=1 nice -n 5 python scripts/calibrate_contamination.py
 """
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
 from ddkit.contamination.detector import CALIBRATION_FILE, NAME, VERSION, Detector, DetectorConfig
-from ddkit.contamination.perturb import perturb, suite_kinds
+from ddkit.contamination.fit import calibrate
 from ddkit.data import load_dataset
 from ddkit.seeding import numpy_rng
 
@@ -42,26 +42,16 @@ def main() -> None:
     order = numpy_rng(args.seed, "calibration", "order").permutation(len(images))
     refs = images[order[: args.references]]
     negatives = images[order[args.references : args.references + args.negatives]]
-    detector = Detector(refs, DetectorConfig(threshold=float("inf")))
 
-    start = time.perf_counter()
-    clean = detector.match(negatives).score
-    seconds = time.perf_counter() - start
-    # Largest threshold at which at most clean_rate of the distinct images score at or below it.
-    allowed = int(np.floor(args.clean_rate * len(clean)))
-    threshold = float(np.sort(clean)[allowed] - 1e-6) if allowed < len(clean) else float(clean.max())
+    def make(references, threshold):
+        return Detector(references, DetectorConfig(threshold=threshold))
 
-    recall, sources = {}, np.arange(min(args.per_kind, len(refs)))
-    for kind in suite_kinds():
-        copies = perturb(refs[sources], kind, args.seed)
-        m = detector.match(copies)
-        recall[kind] = float(((m.score <= threshold) & (m.reference == sources)).mean())
+    cal = calibrate(make, refs, negatives, args.clean_rate, args.per_kind, args.seed)
     record = {
         "detector": f"{NAME}-{VERSION}", "dataset": args.dataset, "split": "train", "seed": args.seed,
-        "threshold": round(threshold, 6), "target_clean_rate": args.clean_rate,
-        "clean_rate": float((clean <= threshold).mean()), "references": len(refs), "negatives": len(negatives),
-        "copies_per_kind": len(sources), "recall": recall,
-        "seconds_per_10k_queries": round(seconds * 10000 / len(negatives), 1),
+        "threshold": round(cal.threshold, 6), "target_clean_rate": args.clean_rate, "clean_rate": cal.clean_rate,
+        "references": len(refs), "negatives": len(negatives), "copies_per_kind": cal.copies_per_kind,
+        "recall": cal.recall, "seconds_per_10k_queries": cal.seconds_per_10k_queries,
         "command": "OMP_NUM_THREADS=1 python scripts/calibrate_contamination.py",
     }
     with open(args.out, "w") as fh:

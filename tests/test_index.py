@@ -97,6 +97,10 @@ def test_knn_engines_agree_across_block_edges():
     (lambda x, q: index.kcenter(x, 2, center_positions=[0, 0]), "more than once"),
     (lambda x, q: index.kcenter(x, 2, center_positions=[len(x)]), "outside"),
     (lambda x, q: index.near_duplicates(x, threshold=-1), "threshold"),
+    (lambda x, q: index.knn_ivf(q, x, 1, probes=0), "probes"),
+    (lambda x, q: index.knn_ivf(q, x, 1, lists=len(x) + 1), "lists"),
+    (lambda x, q: index.knn_ivf(q[:, :3], x, 1), "dimension"),
+    (lambda x, q: index.knn_ivf(q, x, 0), "k = 0"),
 ])
 def test_bad_arguments_are_clear_errors(cloud, call, message):
     x, q = cloud
@@ -225,6 +229,28 @@ def test_near_duplicates_reports_truncation():
     assert index.near_duplicates(x, threshold=0.0, k=3).truncated == 10
     full = index.near_duplicates(x, threshold=0.0, k=16)
     assert full.truncated == 0 and full.num_removed == 9
+
+
+# -- the inverted file ----------------------------------------------------------------------------
+def test_knn_ivf_finds_planted_near_duplicates_and_falls_back_to_exact(cloud):
+    """Clustered data (as descriptors are): every planted near-copy is found through the lists, and
+    the search visits far fewer rows than all; a small database is searched exactly."""
+    x, q = cloud
+    rng = np.random.default_rng(1)
+    centers = rng.standard_normal((40, 24)).astype(np.float32) * 3
+    base = centers[rng.integers(0, 40, 3000)] + rng.standard_normal((3000, 24)).astype(np.float32)
+    data = np.concatenate([base, base[:200] + 1e-3 * rng.standard_normal((200, 24)).astype(np.float32)])
+    d, i = index.knn_ivf(data, data, 2, lists=64, probes=4, seed=0, exact_below=0)
+    assert d.shape == (3200, 2) and (np.diff(d, axis=1) >= 0).all()
+    pair = np.where(np.arange(3200) < 3000, np.arange(3200) + 3000, np.arange(3200) - 3000)
+    assert (i[3000:, 1] == pair[3000:]).all() and (i[:200, 1] == pair[:200]).all()
+    again = index.knn_ivf(data, data, 2, lists=64, probes=4, seed=0, exact_below=0)
+    np.testing.assert_array_equal(again[1], i)  # seeded: the same lists, the same answer
+    exact = index.knn(q, x, 3)
+    small = index.knn_ivf(q, x, 3)  # 3000 rows ≤ exact_below
+    np.testing.assert_array_equal(small[1], exact[1])
+    agree = (index.knn_ivf(q, x, 1, lists=32, probes=32, exact_below=0)[1] == exact[1][:, :1]).mean()
+    assert agree == 1.0, "visiting every list is the exact search"
 
 
 # -- the backend ----------------------------------------------------------------------------------

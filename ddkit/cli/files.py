@@ -58,8 +58,10 @@ def info(path, as_json):
 @click.option("--no-write", is_flag=True, help="with --against: do not record the result in the file")
 @click.option("--dataset", default=None,
               help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
+@click.option("--detector", default=None, metavar="NAME",
+              help="with --against: the contamination detector (default pixel-align-1; `ddkit list contamination-detectors`)")
 @device_option("; with --against: where the search runs")
-def validate(path, teacher, against, no_write, dataset, device):
+def validate(path, teacher, against, no_write, dataset, detector, device):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space
     (.ddk.h5, .sel.h5); with --against, check any ddkit file (pools too) for test-set copies."""
     from ddkit.store import validate_file
@@ -72,11 +74,15 @@ def validate(path, teacher, against, no_write, dataset, device):
         from ddkit.contamination import check_file
         from ddkit.training import pick_device
 
-        check = check_file(path, against, record=not no_write, source=dataset, device=pick_device(device))
+        check = check_file(path, against, detector, record=not no_write, source=dataset, device=pick_device(device))
         click.echo(str(check))
         if not check.ok:
             raise SystemExit(1)
         return
+    if detector is not None:
+        from ddkit.errors import InvalidInput
+
+        raise InvalidInput("--detector only applies with --against", "add --against DATASET[:SPLIT], or drop --detector")
     _validate_and_report(validate_file, path, teacher)
 
 

@@ -9,7 +9,8 @@ from ddkit.cli.common import print_json
 
 KINDS = ["models", "datasets", "synthesizers", "selectors", "protocols", "augmentations", "mixes",
          "acquisition-rules", "label-payloads", "export-formats", "import-formats",
-         "stored-label-losses", "baseline-payloads", "view-recipes", "perturbations"]
+         "stored-label-losses", "baseline-payloads", "view-recipes", "perturbations",
+         "contamination-detectors"]
 
 
 @click.command("list")

@@ -21,6 +21,8 @@ VERBS: dict[str, Verb] = {
     "active-learn": Verb("evaluation", "active_learn_cmd",
                          "Run the active-learning loop (oracle = the pool's labels) for each method, with and without KD;"),
     "catalog": Verb("sharing", "catalog", "A team's index of distilled files: scan folders or URLs, list and filter, fetch verified."),
+    "contamination": Verb("contamination", "contamination",
+                          "Copy detection against test sets: learn and calibrate a dataset's copy descriptor."),
     "describe": Verb("listing", "describe_cmd", "Everything about one registered NAME: options (type, default, meaning), needs, protocols."),
     "evaluate": Verb("evaluation", "evaluate", "Train students on TRAIN_SET (.ddk.h5, .sel.h5, or random:DATASET:IPC) and report accuracy."),
     "experts": Verb("teachers", "experts", "Expert trajectories for trajectory matching (MTT), in one sealed .experts.h5 file."),

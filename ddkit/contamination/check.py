@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ddkit.contamination.detector import Detector, DetectorConfig, as_uint8
+from ddkit.contamination.detector import as_uint8
+from ddkit.contamination.detectors import DEFAULT, DETECTORS
 from ddkit.contamination.passes import match_dataset, reference_detector
 from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.base import ImageDataset
@@ -127,7 +128,7 @@ def summarize(record: dict) -> str:
     return f"against {record.get('against')}: {record.get('flagged')} flagged ({parts}); {record.get('detector')}"
 
 
-def _part(name: str, detector: Detector, images, ids: np.ndarray, reference_ids: np.ndarray) -> Part:
+def _part(name: str, detector, images, ids: np.ndarray, reference_ids: np.ndarray) -> Part:
     """Check `images` (uint8 array, or a dataset, matched block by block as it streams)."""
     if len(images) == 0:
         return Part(name, 0)
@@ -172,12 +173,14 @@ def _distilled_parts(path, detector, reference, against_split) -> tuple[list[Par
     return parts, digest
 
 
-def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | None = None,
+def check_file(path: str | os.PathLike, against: str, detector: str | None = None,
                record: bool = True, source: str | None = None, device=None) -> ContaminationReport:
     """Check every image of `path` (a .ddk.h5, .sel.h5 or .pool.h5) against the images of `against`
-    (`DATASET[:SPLIT]`, test by default); with `record`, write the result into the file. `source`:
+    (`DATASET[:SPLIT]`, test by default) with `detector` (a registered name, `ddkit.contamination.DETECTORS`;
+    default `detectors.DEFAULT`); with `record`, write the result into the file. `source`:
     a selection's pool when the file names it by a path (`pool:PATH`), which ddkit never opens itself.
     `device`: the run's (`--device`), where the candidate search runs."""
+    DETECTORS.entry(detector or DEFAULT)  # an unknown name is refused before any file is read
     pool = is_pool_file(path)
     if pool:  # integrity first: the fingerprint over ids and pixels
         data = load_pool(path, verify=True)
@@ -188,16 +191,16 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
     reference = load_reference(against)
     name, split = parse_against(against)
     shape = tuple(reference.info.image_shape)
-    with reference_detector(reference, config, device=device) as detector:
+    with reference_detector(reference, detector, device=device) as det:
         ref_ids = reference.ids.numpy()
         if pool:
             _check_shape(shape, tuple(data.info.image_shape), "pool")
-            parts = [_part("pool samples", detector, data, data.ids.numpy(), ref_ids)]
+            parts = [_part("pool samples", det, data, data.ids.numpy(), ref_ids)]
             content = data.fingerprint()
         elif kind == DISTILLED_FORMAT:
             with DistilledDataset(path, verify=False) as ds:
                 _check_shape(shape, tuple(ds.header.dataset.info.image_shape), "distilled file")
-            parts, content = _distilled_parts(path, detector, reference, split)
+            parts, content = _distilled_parts(path, det, reference, split)
         else:
             sel = read_selection(path)
             pool_source = None
@@ -206,12 +209,12 @@ def check_file(path: str | os.PathLike, against: str, config: DetectorConfig | N
                 pool_source = load_dataset(named, sel.pool["split"])
             kept = resolve_selection(sel, pool_source)
             _check_shape(shape, tuple(kept.info.image_shape), "selection's pool")
-            parts = [_part("selected samples", detector, kept, kept.ids.numpy(), ref_ids)]
+            parts = [_part("selected samples", det, kept, kept.ids.numpy(), ref_ids)]
             content = sel.content_sha256
         if sum(p.checked for p in parts) == 0:
             raise InvalidInput(f"{path} holds no images to check", "check a file with at least one image")
         what = "pool" if pool else ("distilled" if kind == DISTILLED_FORMAT else "selection")
-        report = ContaminationReport(str(path), what, f"{name}:{split}", detector.version, parts, content)
+        report = ContaminationReport(str(path), what, f"{name}:{split}", det.version, parts, content)
     if record:
         if pool:
             record_pool_provenance(path, CARD_NAME, report.to_dict())

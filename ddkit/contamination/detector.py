@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ddkit import index
 from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.index.ivf import knn_ivf
 from ddkit.progress import progress
 
 NAME = "pixel-align"
@@ -100,7 +101,9 @@ def read_calibration() -> dict:
 class Matches:
     """Per query: `flagged`, `exact` (byte-identical to a reference), `score` (the best candidate's
     residual after registration; 0 for exact copies, inf when none came close), `reference` (row of the best reference,
-    −1 when none) and `flipped` (the best match is the reference's mirror image)."""
+    −1 when none) and `flipped` (the best match is the reference's mirror image). `vectors`: the
+    queries' search vectors and `crowding`, when the detector's are worth keeping (the descriptor's,
+    which a search of the same set within itself reuses)."""
 
     flagged: np.ndarray
     exact: np.ndarray
@@ -108,6 +111,8 @@ class Matches:
     reference: np.ndarray
     flipped: np.ndarray
     version: str
+    vectors: np.ndarray | None = None
+    crowding: np.ndarray | None = None  # the descriptor's normalizing term per query (`learned.py`)
 
     @property
     def count(self) -> int:
@@ -150,9 +155,14 @@ def _unit_rows(v: torch.Tensor) -> torch.Tensor:
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-6)
 
 
-def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
+def canonical(x: torch.Tensor, radius: float = 0.5, orient: bool = False) -> torch.Tensor:
     """Images moved so their intensity centroid is the centre and their radius of gyration `radius`
-    (normalized units); the background (median of the outer ring) does not count as mass."""
+    (normalized units); the background (median of the outer ring) does not count as mass.
+
+    `orient`: also turned so that their principal axis (of the mass's second moments) lies on the
+    nearest of the two image axes, by as much of that angle as the image is clearly elongated and
+    tilted by at most ~20° (`orientation`): a copy rotated by a few degrees then comes back upright
+    with its source, while a round image, whose axis is noise, is not turned at all."""
     n, c, h, w = x.shape
     b = _blur(x, 1.0).mean(1)
     ring = torch.cat([b[:, 0], b[:, -1], b[:, :, 0], b[:, :, -1]], 1)
@@ -167,8 +177,27 @@ def canonical(x: torch.Tensor, radius: float = 0.5) -> torch.Tensor:
     scale = ((var / total).sqrt() / radius).clamp(0.5, 2.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = scale
+    if orient:
+        dy, dx = ys[None, :, None] - cy[:, None, None], xs[None, None, :] - cx[:, None, None]
+        angle = orientation((mass * dx * dx).sum((1, 2)), (mass * dy * dy).sum((1, 2)), (mass * dx * dy).sum((1, 2)))
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, 0, 2], theta[:, 1, 2] = cx, cy
     return _warp(x, theta)
+
+
+def orientation(mxx: torch.Tensor, myy: torch.Tensor, mxy: torch.Tensor) -> torch.Tensor:
+    """The turn (radians, x right, y down) that `canonical(orient=True)` undoes, from the second
+    moments: the principal axis's deviation δ from the nearest image axis, weighted by how elongated
+    the mass is (anisotropy 0.05 → 0, 0.15 → full) and by how small δ is (full up to 15°, none from
+    25°), so the weight moves smoothly and a copy's turn tracks its source's."""
+    phi = 0.5 * torch.atan2(2 * mxy, mxx - myy)  # principal axis, (−90°, 90°]
+    quarter = math.pi / 2
+    delta = phi - torch.round(phi / quarter) * quarter  # [−45°, 45°]
+    anisotropy = torch.sqrt((mxx - myy) ** 2 + 4 * mxy**2) / (mxx + myy).clamp_min(1e-9)
+    elongated = ((anisotropy - 0.05) / 0.10).clamp(0.0, 1.0)
+    small = ((math.radians(25) - delta.abs()) / math.radians(10)).clamp(0.0, 1.0)
+    return delta * elongated * small
 
 
 def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Tensor, border: int, steps: int,
@@ -218,7 +247,8 @@ def registered_residual(query: torch.Tensor, ref: torch.Tensor, theta: torch.Ten
     return r.norm(dim=1) / (target * m).norm(dim=1).clamp_min(1e-6)
 
 
-def _to_float(images: np.ndarray) -> torch.Tensor:
+def unit_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 pixels (an array or a read-only memmap block) as float in [0, 1]."""
     return torch.from_numpy(images if images.flags.writeable else images.copy()).float().div_(255.0)
 
 
@@ -250,7 +280,7 @@ class Detector:
             block = np.asarray(refs[start : start + ROW_BLOCK])
             for row, digest in enumerate(pixel_hashes(block), start):
                 self._hashes.setdefault(digest, []).append(row)
-            x = _to_float(block)
+            x = unit_float(block)
             coarse.append((self._coarse_vectors(x), self._coarse_vectors(x.flip(-1))))
         # rows n.. are the mirror images
         self._coarse = np.concatenate([c[0] for c in coarse] + [c[1] for c in coarse])
@@ -262,7 +292,7 @@ class Detector:
         base = unique % self.n
         order = np.argsort(base, kind="stable")  # increasing rows: cheap reads from a memmap
         x = torch.empty((len(unique), *self.shape))
-        x[torch.from_numpy(order)] = _to_float(np.asarray(self._refs[base[order]]))
+        x[torch.from_numpy(order)] = unit_float(np.asarray(self._refs[base[order]]))
         mirrored = torch.from_numpy(unique >= self.n)
         x[mirrored] = x[mirrored].flip(-1)
         return x, inverse.reshape(rows.shape)
@@ -364,19 +394,22 @@ class Detector:
         for start in progress(range(0, n, ROW_BLOCK), desc=f"copy check: hashing {n} images", unit="block"):
             block = np.asarray(q[start : start + ROW_BLOCK])
             digests += pixel_hashes(block)
-            vectors.append(self._coarse_vectors(canonical(_to_float(block))))
+            vectors.append(self._coarse_vectors(canonical(unit_float(block))))
         exact_row = np.array([next((r for r in self._hashes.get(d, ()) if r != o), -1)
                               for d, o in zip(digests, own)], dtype=np.int64)
         score = np.full(n, np.inf)
         best = np.full(n, -1, np.int64)
         if n:
             k = min(self.config.k + (exclude is not None) * 2, 2 * self.n)
-            _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
+            if exclude is None:
+                _, cand = index.knn(np.concatenate(vectors), self._coarse, k, device=self.device)
+            else:  # a set against itself (`within`): an inverted file, never all pairs
+                _, cand = knn_ivf(np.concatenate(vectors), self._coarse, k, device=self.device)
             for start in progress(range(0, n, _BLOCK), desc=f"copy check: verifying the candidates of {n} images",
                                   unit="block"):
                 rows = slice(start, start + _BLOCK)
                 block_cand = np.where(cand[rows] >= 0, cand[rows], 0)
-                res = self._verify(_to_float(np.asarray(q[rows])), block_cand)
+                res = self._verify(unit_float(np.asarray(q[rows])), block_cand)
                 res[(cand[rows] < 0) | (block_cand % self.n == own[rows, None])] = np.inf
                 pick = res.argmin(1)
                 score[rows] = res[np.arange(len(res)), pick]
@@ -398,6 +431,14 @@ def within(images, config: DetectorConfig | None = None, device=None) -> tuple[n
     if n < 2:
         return np.arange(n), np.ones(n, bool), np.full(n, np.inf)
     m = Detector(x, config, device).match(x, exclude=np.arange(n))
+    group = groups(m.flagged, m.reference)
+    return group, group == np.arange(n), m.score
+
+
+def groups(flagged: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Connected groups of rows, each flagged row joined to its `reference` row: per row, the
+    smallest row of its group (union-find, then pointer jumping)."""
+    n = len(flagged)
     parent = np.arange(n)
 
     def root(i: int) -> int:
@@ -406,9 +447,11 @@ def within(images, config: DetectorConfig | None = None, device=None) -> tuple[n
             i = parent[i]
         return i
 
-    for i in np.flatnonzero(m.flagged):
-        a, b = root(int(i)), root(int(m.reference[i]))
+    for i in np.flatnonzero(flagged):
+        a, b = root(int(i)), root(int(reference[i]))
         if a != b:
             parent[max(a, b)] = min(a, b)
-    group = np.array([root(i) for i in range(n)])
-    return group, group == np.arange(n), m.score
+    group = parent.copy()
+    while not np.array_equal(group, group[group]):
+        group = group[group]
+    return group

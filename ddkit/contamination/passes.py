@@ -10,63 +10,65 @@ candidates it verifies: memory holds the candidate vectors, never the pixels.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from ddkit.contamination.detector import Detector, Matches, as_uint8, within
+from ddkit.contamination.detector import Matches, as_uint8
+from ddkit.contamination.detectors import make_detector, within_images
+from ddkit.contamination.rows import QUERY_BLOCK, pixel_rows
 from ddkit.data.base import ImageDataset
-from ddkit.data.stream import is_streamed, iter_batches
-
-QUERY_BLOCK = 4096  # queries read and matched per block (a multiple of the detector's verification block)
+from ddkit.data.stream import iter_batches
 
 
-def match_dataset(detector: Detector, dataset: ImageDataset, positions=None) -> Matches:
+def match_dataset(detector, dataset: ImageDataset, positions=None) -> Matches:
     """`detector.match` of the dataset's images (or of its `positions`, in that order), block by block."""
     found = [detector.match(as_uint8(b.x))
              for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True)]
     if not found:
         return detector.match(np.zeros((0, *detector.shape), np.uint8))
-    return Matches(*(np.concatenate([getattr(m, f) for m in found])
-                     for f in ("flagged", "exact", "score", "reference", "flipped")), found[0].version)
+    fields = ("flagged", "exact", "score", "reference", "flipped")
+    kept = [None if found[0].vectors is None else np.concatenate([getattr(m, f) for m in found])
+            for f in ("vectors", "crowding")]
+    return Matches(*(np.concatenate([getattr(m, f) for m in found]) for f in fields), found[0].version, *kept)
 
 
 @contextlib.contextmanager
-def pixel_rows(dataset: ImageDataset, positions: np.ndarray, workdir: str | Path | None = None) -> Iterator[np.ndarray]:
-    """The uint8 images of `positions`: in memory for an in-memory dataset, else a read-only
-    `numpy.memmap` of an uncompressed temporary file under `workdir` (removed on exit)."""
-    positions = np.asarray(positions, np.int64)
-    if not is_streamed(dataset):
-        yield as_uint8(dataset.images[positions])
-        return
-    shape = (len(positions), *dataset.info.image_shape)
-    with tempfile.TemporaryDirectory(prefix="ddkit-rows-", dir=workdir) as tmp:
-        path = Path(tmp) / "rows.u8"
-        if len(positions):
-            rows, at = np.memmap(path, np.uint8, "w+", shape=shape), 0
-            for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
-                rows[at : at + len(b.x)] = as_uint8(b.x)
-                at += len(b.x)
-            rows.flush()
-            del rows
-            yield np.memmap(path, np.uint8, "r", shape=shape)
-        else:
-            yield np.zeros(shape, np.uint8)
-
-
-@contextlib.contextmanager
-def reference_detector(dataset: ImageDataset, config=None, workdir: str | Path | None = None,
-                       device=None) -> Iterator[Detector]:
-    """A `Detector` over every image of `dataset` (a streamed one read once into a row file);
-    `device`: the run's, for the candidate search."""
+def reference_detector(dataset: ImageDataset, detector: str | None = None, workdir: str | Path | None = None,
+                       device=None, threshold: float | None = None) -> Iterator:
+    """The detector `detector` (a registered name; default `detectors.DEFAULT`) over every image of
+    `dataset` (a streamed one read once into a row file); its descriptor, if it learns one, is
+    the one of `dataset`'s own name; `device`: the run's, for the search."""
     with pixel_rows(dataset, np.arange(len(dataset)), workdir) as images:
-        yield Detector(images, config, device)
+        yield make_detector(detector, images, dataset.info.name, device, threshold)
 
 
-def within_dataset(dataset: ImageDataset, positions: np.ndarray, config=None,
-                   workdir: str | Path | None = None, device=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`detector.within` of the images at `positions` (group, keep, score per position)."""
+def within_dataset(dataset: ImageDataset, positions: np.ndarray, detector, workdir: str | Path | None = None,
+                   vectors: np.ndarray | None = None,
+                   crowding: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Near-duplicates among the images at `positions` (group, keep, score per position), with the
+    search and threshold of a built `detector`. The descriptor detector streams the images through
+    its network (`vectors`, `crowding`: theirs, when a match already computed them) and never
+    writes a row file."""
+    from ddkit.contamination.descriptor import embed
+    from ddkit.contamination.learned import DescriptorDetector, within_vectors
+
+    positions = np.asarray(positions, np.int64)
+    if isinstance(detector, DescriptorDetector):
+        mirrors, computed, crowds = [], [], []
+        for b in iter_batches(dataset, QUERY_BLOCK, positions, normalized=False, raw=True):
+            x = as_uint8(b.x)
+            mirrors.append(embed(detector.net, x, mirror=True))
+            if vectors is None:
+                _, v, _, c = detector.queries(x)
+                computed.append(v)
+                crowds.append(c)
+        empty = np.zeros((0, detector.net.arch.dim), np.float32)
+        mirrors = np.concatenate(mirrors) if mirrors else empty
+        if vectors is None:
+            vectors = np.concatenate(computed) if computed else empty
+            crowding = np.concatenate(crowds) if crowds else np.zeros(0)
+        return within_vectors(vectors, mirrors, crowding, detector)
     with pixel_rows(dataset, positions, workdir) as images:
-        return within(images, config, device)
+        return within_images(detector, images)

@@ -14,15 +14,17 @@ torch for the distance blocks, see `ddkit.index.device`.
     >>> km = index.kmeans(x, 100, seed=0)
     >>> picks = index.kcenter(probs, 500, center_positions=labeled).indices
     >>> dups = index.near_duplicates(x, threshold=1e-3)
+    >>> distances, neighbours = index.knn_ivf(x, x, k=4, probes=8, seed=0)  # approximate, ~N·√N
     >>> print(index.backend("cpu").describe())
 """
 
 from ddkit.index.dedup import Duplicates, near_duplicates
 from ddkit.index.device import Backend, backend, reset_backend
+from ddkit.index.ivf import InvertedFile, knn_ivf
 from ddkit.index.kcenter import KCenterResult, kcenter
 from ddkit.index.kmeans import KMeansResult, kmeans
 from ddkit.index.search import knn
 from ddkit.index.source import as_points
 
-__all__ = ["Backend", "Duplicates", "KCenterResult", "KMeansResult", "as_points", "backend", "kcenter", "kmeans",
-           "knn", "near_duplicates", "reset_backend"]
+__all__ = ["Backend", "Duplicates", "InvertedFile", "KCenterResult", "KMeansResult", "as_points", "backend", "kcenter",
+           "kmeans", "knn", "knn_ivf", "near_duplicates", "reset_backend"]

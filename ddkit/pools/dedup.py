@@ -1,16 +1,19 @@
 """Pool deduplication (`ddkit pool dedup`): drop near-copies of test images and near-duplicates
 inside the pool.
 
-Two detectors: `pixels` (the default) is the teacher-free detector of `ddkit.contamination`, the
-same one `ddkit validate --against` runs; `teacher` is the older distance between teacher
-embeddings (FAISS through `ddkit.index`), kept as an option: BENCHMARKS.md `contamination` shows
-that it misses shifted copies unless it also drops a large share of clean images.
+The detectors of `ddkit.contamination` (teacher-free; `pixel-align-1` by default, also under its
+old name `pixels`, the same one `ddkit validate --against` runs; `descriptor-1`), or `teacher`,
+the older distance between teacher embeddings (FAISS through `ddkit.index`), kept as an option:
+BENCHMARKS.md `contamination` shows that it misses shifted copies unless it also drops a large
+share of clean images.
 
 Every pass over the pool streams (`ddkit.contamination.passes`, `pools.embed.dataset_outputs`) and
 the kept samples are written block by block, so a pool larger than memory deduplicates with the
-same result as in memory; the candidate vectors and the embeddings stay in memory. A streamed pool
-(or test split) is read once into a temporary uncompressed row file beside the output for the
-search (removed afterwards)."""
+same result as in memory. The search inside the pool is a k-NN through an inverted file
+(`ddkit.index.knn_ivf`), never all pairs. What stays in memory: the descriptors (2 × 64 floats per
+row: the image and its mirror image) or the candidate vectors and the embeddings. `pixel-align-1`
+reads a streamed pool (or test split) once into a temporary uncompressed row file beside the
+output for its verification (removed afterwards); the descriptor reads the pool as it streams."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 
 from ddkit import index
 from ddkit.contamination.check import load_reference
+from ddkit.contamination.detectors import DEFAULT, DETECTORS
 from ddkit.contamination.passes import QUERY_BLOCK, match_dataset, reference_detector, within_dataset
 from ddkit.data import load_dataset, recorded_dataset
 from ddkit.data.poolfile import block_rows, load_pool, open_pool, pool_task, write_pool_blocks
@@ -35,28 +39,33 @@ from ddkit.training import pick_device
 
 DROP_IN_POOL = 1  # near-duplicate of another pool sample that is kept
 DROP_TEST = 2  # near-duplicate of a test image (contamination)
+ALIASES = {"pixels": "pixel-align-1"}  # the name `pool dedup --detector` had before detectors were registered
 
 
-DETECTORS = ("pixels", "teacher")
+def detector_names() -> list[str]:
+    """What `--detector` takes: the registered contamination detectors, their old alias, `teacher`."""
+    return [*DETECTORS.names(), *ALIASES, "teacher"]
 
 
 def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | None, out: str | os.PathLike,
                test_dataset: str | None = None, threshold: float = 0.1, test_threshold: float | None = None,
                k: int = 16, embedding: str = "map", device: str | None = None, overwrite: bool = False,
-               detector: str = "pixels") -> dict:
+               detector: str | None = None) -> dict:
     """Drop pool samples that copy a TEST image, then near-duplicates inside the pool (one kept per
-    group), with `detector` "pixels" (teacher-free, see `ddkit.contamination`; `teacher_path`,
-    thresholds, `k` and `embedding` are not used) or "teacher" (`teacher_dedup`). Writes the
-    remaining pool to `out` with `/dedup` recording every dropped id, why, what it matched and its
-    score, and the check in the pool's provenance; returns the report.
+    group), with `detector`: a contamination detector (default `DEFAULT`; `teacher_path`, thresholds,
+    `k` and `embedding` are not used) or "teacher" (`teacher_dedup`). Writes the remaining pool to
+    `out` with `/dedup` recording every dropped id, why, what it matched and its score, and the
+    check in the pool's provenance; returns the report.
 
     `test_dataset` (`DATASET[:SPLIT]`) defaults to the pool's task, test split.
     """
-    if detector not in DETECTORS:
-        raise InvalidInput(f"unknown detector {detector!r}", f"use one of {', '.join(DETECTORS)}")
+    detector = ALIASES.get(detector, detector) or DEFAULT
+    if detector not in detector_names():
+        raise InvalidInput(f"unknown detector {detector!r}", f"use one of {', '.join(detector_names())}")
     if detector == "teacher":
         if teacher_path is None:
-            raise InvalidInput("the teacher detector needs a teacher", "pass --teacher FILE, or use --detector pixels")
+            raise InvalidInput("the teacher detector needs a teacher",
+                               f"pass --teacher FILE, or use --detector {DEFAULT}")
         return teacher_dedup(pool_path, teacher_path, out, test_dataset, threshold, test_threshold, k, embedding,
                              device, overwrite)
     pool = load_pool(pool_path)  # the fingerprint is checked before any search
@@ -66,14 +75,16 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
         raise IncompatibleError(f"the pool's images are {tuple(pool.info.image_shape)}, {test_name}'s "
                                 f"{tuple(test.info.image_shape)}", "deduplicate against the pool's own task")
     dev = pick_device(device)
+    workdir = Path(out).resolve().parent
     say(f"pool dedup 1/3: copies of {test_name} images among the pool's {len(pool)} samples")
-    with reference_detector(test, workdir=Path(out).resolve().parent, device=dev) as det:
+    with reference_detector(test, detector, workdir=workdir, device=dev) as det:
         m = match_dataset(det, pool)
-    contaminated = m.flagged
-    rest = np.flatnonzero(~contaminated)
-    say(f"pool dedup 2/3: near-duplicates among the {len(rest)} samples left "
-        f"({int(contaminated.sum())} test copies dropped)")
-    group, keep, score = within_dataset(pool, rest, workdir=Path(out).resolve().parent, device=dev)
+        contaminated = m.flagged
+        rest = np.flatnonzero(~contaminated)
+        say(f"pool dedup 2/3: near-duplicates among the {len(rest)} samples left "
+            f"({int(contaminated.sum())} test copies dropped)")
+        vectors, crowding = ((None, None) if m.vectors is None else (m.vectors[rest], m.crowding[rest]))
+        group, keep, score = within_dataset(pool, rest, det, workdir=workdir, vectors=vectors, crowding=crowding)
     test_pos, dropped_dup = np.flatnonzero(contaminated), rest[~keep]
     kept_pos = rest[keep]
     ids = pool.ids.numpy()
@@ -85,12 +96,13 @@ def dedup_pool(pool_path: str | os.PathLike, teacher_path: str | os.PathLike | N
                                       ids[rest[group[~keep]]]]).astype(np.int64),
         "distance": np.concatenate([m.score[test_pos], score[~keep]]).astype(np.float32),
     }
+    what = ("descriptor: squared distance between learned unit descriptors" if detector.startswith("descriptor")
+            else "pixels: teacher-free pixel-align detector (distance: relative residual)")
     report = {
         "pool": str(Path(pool_path)), "pool_fingerprint": pool.fingerprint(), "size_before": len(ids),
         "size_after": len(kept_pos), "dropped_test_contamination": len(test_pos),
         "dropped_in_pool_duplicates": len(dropped_dup), "test_dataset": test_name, "test_size": len(test),
-        "detector": det.version, "embedding": "pixels: teacher-free pixel-align detector (distance: relative residual)",
-        "threshold": float(det.config.threshold),
+        "detector": det.version, "embedding": what, "threshold": float(det.config.threshold),
         "reasons": {str(DROP_IN_POOL): "near-duplicate of a kept pool sample",
                     str(DROP_TEST): "near-duplicate of a test image"},
     }
