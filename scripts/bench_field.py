@@ -127,13 +127,13 @@ def synthesize(name: str) -> dict:
             "synthesis_peak_mib": int(rss) / 1024}
 
 
-def evaluate_row(name: str, seeds: int | None = None) -> dict:
+def evaluate_row(name: str, seeds: list[int]) -> dict:
     from ddkit.evaluate import evaluate
 
     row = ROWS[name]
     teachers = [str(ROOT / TEACHER)] if row.protocol.startswith(("teacher", "stored")) else []
     before = resource.getrusage(resource.RUSAGE_SELF)
-    card = evaluate(str(row.out(name)), row.protocol, seeds=row.seeds[:seeds] if seeds else row.seeds, teachers=teachers, full_reference=False,
+    card = evaluate(str(row.out(name)), row.protocol, seeds=seeds, teachers=teachers, full_reference=False,
                     ranking=False, compile=True)
     after = resource.getrusage(resource.RUSAGE_SELF)
     return {"protocol": card.protocol["id"], "seeds": card.seeds, "accuracies": card.result.accuracies,
@@ -142,6 +142,24 @@ def evaluate_row(name: str, seeds: int | None = None) -> dict:
             "random_cached_seeds": card.random_baseline.cached_seeds, "bytes": card.budget_bytes,
             "instances": card.instances, "evaluate_wall_s": card.wall_seconds,
             "evaluate_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
+
+
+def add_seeds(entry: dict, measured: dict) -> dict:
+    """An entry measured on some seeds, extended by students of further seeds (same file, same protocol):
+    accuracies joined per arm, mean and sample std recomputed, costs added."""
+    import numpy as np
+
+    if measured["protocol"] != entry["protocol"]:
+        raise SystemExit(f"cannot add {measured['protocol']} seeds to a row measured under {entry['protocol']}")
+    out = dict(measured)
+    for arm, mean, std in (("accuracies", "mean", "std"), ("random", "random_mean", "random_std")):
+        joined = list(entry[arm]) + list(measured[arm])
+        out.update({arm: joined, mean: float(np.mean(joined)), std: float(np.std(joined, ddof=1))})
+    out["seeds"] = list(entry["seeds"]) + list(measured["seeds"])
+    out["random_cached_seeds"] = sorted(set(entry["random_cached_seeds"]) | set(measured["random_cached_seeds"]))
+    for cost in ("evaluate_wall_s", "evaluate_cpu_s"):
+        out[cost] = entry[cost] + measured[cost]
+    return out
 
 
 def run(names: list[str], synth_only: bool, seeds: int | None = None) -> None:
@@ -153,8 +171,11 @@ def run(names: list[str], synth_only: bool, seeds: int | None = None) -> None:
         if "command" not in entry or not ROWS[name].out(name).exists():
             entry = synthesize(name)
             record_state(STATE, name, entry)
-        if not synth_only and "mean" not in entry:
-            entry.update(evaluate_row(name, seeds), date=today(), machine=machine(),
+        wanted = ROWS[name].seeds[:seeds] if seeds else ROWS[name].seeds
+        missing = [s for s in wanted if s not in entry.get("seeds", [])]
+        if not synth_only and missing:
+            measured = evaluate_row(name, missing)
+            entry.update(add_seeds(entry, measured) if "mean" in entry else measured, date=today(), machine=machine(),
                          load_average=os.getloadavg()[0])
             record_state(STATE, name, entry)
         print(name, json.dumps({k: v for k, v in entry.items() if k != "machine"}), flush=True)
