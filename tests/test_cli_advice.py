@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 from pathlib import Path
 
 import click
@@ -232,8 +233,9 @@ def test_existing_outputs_advise_a_flag_the_verb_has(capsys, tmp_path, distilled
     folder = tmp_path / "taken-dir"
     folder.mkdir()
     (folder / "f").write_text("x")
-    catalog = tmp_path / "cat.sqlite"
-    assert run_checked(capsys, ("catalog", "scan"), str(distilled), "--catalog", str(catalog))[0] == 0
+    catalog = tmp_path / "cat.sqlite"  # a named catalog indexes files inside its own folder
+    shutil.copyfile(distilled, tmp_path / distilled.name)
+    assert run_checked(capsys, ("catalog", "scan"), str(tmp_path / distilled.name), "--catalog", str(catalog))[0] == 0
     cases = [
         (("synthesize",), ["--dataset", "procedural", "--ipc", "1", "--out", str(taken)]),
         (("select",), ["--pool", "procedural", "--budget", "10", "--out", str(taken)]),

@@ -482,6 +482,41 @@ def test_catalog_lists_good_damaged_and_stale_files(tmp_path, source, capsys):
         assert db.execute("SELECT COUNT(*) FROM results").fetchone()[0] == 3
 
 
+def test_a_named_catalog_reads_only_inside_its_own_folder(tmp_path, source, capsys, monkeypatch):
+    """A catalog anyone may edit never decides where ddkit reads: a --catalog indexes and opens only files
+    inside its folder; the user's own default catalog indexes files anywhere."""
+    from ddkit.share.catalog import Catalog
+
+    team, elsewhere = tmp_path / "team", tmp_path / "elsewhere"
+    for folder in (team, elsewhere):
+        folder.mkdir()
+        dset = DistilledSet.from_source(source, method=folder.name, method_version="1", config={}, seed=0,
+                                        images=source.images[:20], labels=source.labels[:20], ipc=2)
+        write_distilled(folder / "s.ddk.h5", dset)
+    cat = team / "cat.sqlite"
+    code, _, err = run_cli(capsys, "catalog", "scan", elsewhere, "--catalog", cat)
+    assert code != 0 and "outside the folder of the catalog" in err and "fix:" in err
+    assert not cat.exists() or sqlite3.connect(cat).execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
+    assert run_cli(capsys, "catalog", "scan", team, "--catalog", cat)[0] == 0
+    (team / "out").symlink_to(elsewhere)  # a link on the way out of the folder counts as outside
+    with Catalog(cat) as c:
+        assert c.holds(str(team / "s.ddk.h5")) and not c.holds(str(elsewhere / "s.ddk.h5"))
+        assert not c.holds(str(team / "out" / "s.ddk.h5")) and not c.holds(str(team / ".." / "elsewhere" / "s.ddk.h5"))
+        assert not c.holds("s.ddk.h5") and not c.holds(str(team))
+    entry = json.loads(run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])[0]["id"]
+    for location in (str(elsewhere / "s.ddk.h5"), f"local://{elsewhere / 's.ddk.h5'}", str(team / "out" / "s.ddk.h5")):
+        with sqlite3.connect(cat) as db:
+            db.execute("UPDATE files SET location = ?", (location,))
+        rows = json.loads(run_cli(capsys, "catalog", "ls", "--catalog", cat, "--json")[1])
+        assert [r["status"] for r in rows] == ["outside"]
+        code, _, err = run_cli(capsys, "catalog", "get", entry, "--catalog", cat, "--out", tmp_path / "got.ddk.h5")
+        assert code != 0 and "points outside the folder of the catalog" in err and not (tmp_path / "got.ddk.h5").exists()
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+    assert run_cli(capsys, "catalog", "scan", elsewhere, team)[0] == 0  # the default catalog: anywhere
+    code, out, _ = run_cli(capsys, "catalog", "ls", "--json")
+    assert sorted(r["status"] for r in json.loads(out)) == ["ok", "ok"]
+
+
 def test_catalog_never_ranks_two_protocol_versions_together(tmp_path, source, capsys):
     root = tmp_path / "team"
     root.mkdir()

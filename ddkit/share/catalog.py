@@ -13,6 +13,9 @@ marks a local file whose bytes changed since it was indexed (its seal block diff
 vanished one as missing. A catalog may be shared and edited by anyone, so its rows are foreign
 values: `ls` types every column and escapes every name it prints, and `get` refuses a location that
 is not a regular file or not a sealed ddkit file whose content matches the row, whatever it is named.
+Nothing in a shared catalog decides where ddkit reads: a catalog named with `--catalog` indexes and
+opens only local files inside its own folder (a row pointing elsewhere is listed as "outside" and never
+touched); only the user's own default catalog, in their cache, indexes files anywhere.
 
 An entry's id is the first 12 hex digits of its content hash: the same on every rescan and in every
 catalog. `ls` groups cards by protocol and IPC and ranks only within a group; cards of derived
@@ -31,7 +34,7 @@ from pathlib import Path
 from ddkit.errors import DdkitError, FileFormatError, InvalidInput
 from ddkit.paths import kind, regular_file, walk
 from ddkit.records import printable
-from ddkit.share.remote import cache_dir, fetch, filesystem, header_dict, header_info, is_url
+from ddkit.share.remote import cache_dir, fetch, filesystem, header_dict, header_info, is_url, local_target
 from ddkit.store.h5io import SEAL_BYTES, check_seal, open_store, reading, verify_content
 from ddkit.store.results import STORE_FORMATS, summarize_card
 
@@ -59,6 +62,10 @@ _FIX = "give another --catalog path (or move that file away and scan again)"
 
 def default_catalog() -> Path:
     return cache_dir().parent / "catalog.sqlite"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _seal_sha(head: bytes) -> str:
@@ -91,6 +98,8 @@ class Catalog:
             found = "file" if self.path.is_file() else ("missing" if not self.path.exists() else "other")
         if found not in ("missing", "file"):
             raise FileFormatError(f"{self.path} is not a regular file (an SQLite catalog is one)", _FIX)
+        self.home = None if path is None or _same_file(self.path, default_catalog()) \
+            else Path(os.path.realpath(self.path.parent))  # where a shared catalog's local files must lie
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -140,6 +149,8 @@ class Catalog:
     # -- scanning --------------------------------------------------------------------------------
     def _locations(self, root: str, skipped: list[tuple[str, str]]) -> list[str]:
         if is_url(root):
+            if local_target(root) is not None and not self.holds(local_target(root)):
+                raise self._outside(root)
             if root.endswith(".ddk.h5"):
                 return [root]
             fs, rpath = filesystem(root)
@@ -154,20 +165,44 @@ class Catalog:
             if not path.is_file():
                 raise InvalidInput(f"{root} is not a file or folder (a FIFO, device or socket)",
                                    "give a folder or a file")
-            return [str(path.resolve())]
-        tree = walk(path, match=lambda p: p.name.endswith(".ddk.h5"))
-        skipped += [(str(p), reason) for p, reason in tree.refused]
-        return [str(p.resolve()) for p in tree.files]
+            found = [path.resolve()]
+        else:
+            tree = walk(path, match=lambda p: p.name.endswith(".ddk.h5"))
+            skipped += [(str(p), reason) for p, reason in tree.refused]
+            found = [p.resolve() for p in tree.files]
+        if any(not self.holds(str(p)) for p in found):
+            raise self._outside(root)
+        return [str(p) for p in found]
+
+    def _outside(self, root: str) -> InvalidInput:
+        return InvalidInput(
+            f"{root} is outside the folder of the catalog {self.path} ({self.home}): a catalog named with "
+            "--catalog indexes only files inside its own folder, so that no edited row can make ddkit read elsewhere",
+            f"put the catalog in a folder above {root} (--catalog DIR/catalog.sqlite), or scan into your "
+            "own default catalog (no --catalog)")
+
+    def holds(self, location: str) -> bool:
+        """Whether this catalog may open the local file `location`: anywhere for the user's own default
+        catalog; for a catalog named with --catalog, only a path inside its folder with no link on the way
+        (decided from the name first, so nothing outside is ever touched)."""
+        if self.home is None:
+            return True
+        if not os.path.isabs(location):
+            return False
+        norm, home = os.path.normpath(location), str(self.home)
+        if os.path.commonpath([norm, home]) != home or norm == home:
+            return False
+        return os.path.realpath(norm) == norm
 
     def scan(self, roots: list[str]) -> dict[str, int]:
         """Index every `.ddk.h5` under `roots`; returns counts by status ("skipped": links and special
         files, which are never read; `self.skipped` lists them with the reason)."""
         counts = {"ok": 0, "damaged": 0}
         self.skipped: list[tuple[str, str]] = []
-        for root in roots:
-            for location in self._locations(root, self.skipped):
-                status = self._index(location)
-                counts[status] = counts.get(status, 0) + 1
+        locations = [loc for root in roots for loc in self._locations(root, self.skipped)]  # every root checked first
+        for location in locations:
+            status = self._index(location)
+            counts[status] = counts.get(status, 0) + 1
         if self.skipped:
             counts["skipped"] = len(self.skipped)
         return counts
@@ -283,7 +318,8 @@ class Catalog:
         except sqlite3.DatabaseError as exc:
             raise FileFormatError(f"{self.path} could not be read as a catalog ({exc})", _FIX) from None
         for row in rows:
-            row["status"] = self._current_status(row)
+            held = row["status"] != "ok" or self.holds_row(row)
+            row["status"] = self._current_status(row) if held else "outside"
             row["id"] = entry_id(row)
             for key in ("seal_sha256", "size", "mtime_ns"):
                 row.pop(key)
@@ -323,6 +359,12 @@ class Catalog:
             raise InvalidInput(f"the catalog holds cards under {', '.join(found)}: results under different protocol "
                                "versions are never compared", f"pass one of them, e.g. --protocol {found[-1]}")
         return found[0] if found else f"{protocol}@1"
+
+    def holds_row(self, row: dict) -> bool:
+        """Whether the row's location may be read: a remote URL (fetched and verified in the cache), or a
+        local file (a path, `file://` or `local://`) this catalog holds."""
+        target = local_target(row["location"])
+        return target is None or self.holds(target)
 
     @staticmethod
     def _current_status(row: dict) -> str:
@@ -378,6 +420,11 @@ class Catalog:
             shown = printable(location)[:200]
             raise FileFormatError(f"catalog entry {key} ({shown}) is not a good indexed file (status "
                                   f"{printable(status)[:40]})", "rescan it with `ddkit catalog scan`")
+        if not self.holds_row({"location": location}):
+            raise FileFormatError(
+                f"catalog entry {key} points outside the folder of the catalog {self.path} ({self.home}): "
+                f"{printable(location)[:200]}; a catalog named with --catalog opens only files inside its own folder",
+                "someone edited that row; rescan the catalog's folder with `ddkit catalog scan`")
         if is_url(location):
             path = fetch(location, expected_content=content)
         else:
@@ -484,7 +531,7 @@ def format_rows(rows: list[dict], empty: str = "no entries (run `ddkit catalog s
         if key != group:
             group = key
             title = ("not evaluated" if r["protocol"] is None else f"{text['protocol']}, ipc {r['ipc']}") \
-                if r["status"] == "ok" else "damaged, stale, missing or invalid"
+                if r["status"] == "ok" else "damaged, stale, missing, invalid or outside"
             lines += ([""] if lines else []) + [title + (" (derived protocol: a shortened or altered run, not ranked)"
                                                          if r["protocol"] and "[" in r["protocol"] else ""), header]
         lines.append(

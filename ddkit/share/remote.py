@@ -63,6 +63,15 @@ def is_url(spec: str | os.PathLike) -> bool:
     return isinstance(spec, str) and "://" in spec and not spec.startswith("file://")
 
 
+def local_target(spec: str) -> str | None:
+    """The path on this machine that `spec` reads (a plain path, `file://…` or `local://…`); None for
+    a remote URL."""
+    if not is_url(spec):
+        return spec[len("file://"):] if spec.startswith("file://") else spec
+    scheme, _, rest = spec.partition("://")
+    return rest if scheme.lower() in _LOCAL else None
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DDKIT_CACHE") or Path.home() / ".cache" / "ddkit") / "remote"
 
