@@ -195,9 +195,10 @@ def render(note: str | None = None) -> None:
         "evaluate: " + " ".join(EVAL) + " (random-real file)."]
     if note:
         lines += ["", Path(note).read_text().strip()]
-    kept = re.search(r"<!-- BEGIN scale-manifest -->.*?<!-- END scale-manifest -->", BENCHMARKS.read_text(), re.S)
-    if kept:  # scripts/bench_manifest.py's table lives inside this section
-        lines += ["", kept.group(0)]
+    for block in ("scale-manifest", "scale-dedup"):  # scripts/bench_manifest.py's and bench_pool_dedup.py's tables
+        kept = re.search(rf"<!-- BEGIN {block} -->.*?<!-- END {block} -->", BENCHMARKS.read_text(), re.S)
+        if kept:
+            lines += ["", kept.group(0)]
     write_section("scale", "\n".join(lines))
 
 
