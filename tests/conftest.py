@@ -48,3 +48,18 @@ def imagefolder_root(tmp_path_factory):
     root = write_imagefolder(tmp_path_factory.mktemp("imagefolder"), ["zebra", "apple", "mango"])
     write_class_map(root, ["zebra", "apple", "mango"])
     return root
+
+
+@pytest.fixture
+def quiet(monkeypatch, tmp_path):
+    """No progress lines, and a cache of the test's own (`pytestmark = pytest.mark.usefixtures("quiet")`)."""
+    monkeypatch.setenv("DDKIT_PROGRESS", "0")
+    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def source(request):
+    """The train split of the test module's `DATASET` (default "procedural"): generated, never downloaded."""
+    from ddkit.data import load_dataset
+
+    return load_dataset(getattr(request.module, "DATASET", "procedural"), "train")

@@ -22,14 +22,10 @@ from ddkit.experts import ExpertTraining, flatten_params, load_experts, train_ex
 from ddkit.models import create_model
 from ddkit.seeding import generator
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 ARCH = {"width": 4, "depth": 2}
 TRAIN = ExpertTraining(epochs=3, batch_size=128)
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

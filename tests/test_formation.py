@@ -32,19 +32,10 @@ from ddkit.store.formation import cell_bounds
 from ddkit.synth import run_synthesizer
 from ddkit.synth.dm import DMConfig, initial_state, optimize
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 DATASET = "procedural:3"  # 10 classes, 3×16×16, generated (no download)
 TINY_DM = {"iterations": 4, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def source():
-    return load_dataset(DATASET, "train")
 
 
 def make_file(path, source, factor: int = 2, ipc: int = 2, dtype: str = "float16", soft: bool = False,

@@ -11,7 +11,6 @@ import shutil
 import pytest
 from helpers import run_cli as run
 
-from ddkit.data import load_dataset
 from ddkit.errors import IncompatibleError
 from ddkit.share import export_file
 from ddkit.store import DistilledDataset, DistilledSet, add_result, merge_files, write_distilled
@@ -25,11 +24,6 @@ FULL, SHORT = "hard-cpu@1", "hard-cpu[epochs=0,steps=50]@1"
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DDKIT_PROGRESS", "0")
-
-
-@pytest.fixture(scope="module")
-def source():
-    return load_dataset(DATASET, "train")
 
 
 def card(mean: float, random: float = 0.5) -> dict:

@@ -26,13 +26,9 @@ from ddkit.synth import SYNTHESIZERS, run_synthesizer
 from ddkit.synth.infer import InferConfig, check_budget, optimize_ufc, real_per_class
 from ddkit.workitems import WorkItemStore
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 TINY = {"iterations": 3}
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
 
 
 def _teacher(folder, arch, seed, **kwargs):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import ddkit
-from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, InvalidInput
 from ddkit.store import (
     DBRLabels,
@@ -22,11 +21,6 @@ from ddkit.store import (
 from ddkit.store.selection import pool_record
 
 DATASET = "procedural"
-
-
-@pytest.fixture(scope="module")
-def source():
-    return load_dataset(DATASET, "train")
 
 
 def write(path, source, soft=None) -> None:

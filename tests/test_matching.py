@@ -23,13 +23,9 @@ from ddkit.synth.coresets import herding
 from ddkit.synth.dm import DMConfig, embed, initial_state, matching_loss, optimize, synthetic_rows
 from ddkit.workitems import WorkItemStore
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 TINY = {"iterations": 4, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

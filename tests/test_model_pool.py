@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from ddkit.config import build_config
-from ddkit.data import load_dataset
 from ddkit.errors import InvalidInput
 from ddkit.models import create_model
 from ddkit.store import DistilledDataset
@@ -21,19 +20,10 @@ from ddkit.synth.mtt import MTTConfig
 from ddkit.synth.pools import ModelPool, PoolSettings, class_regularizer, sgd_step
 from ddkit.workitems import WorkItemStore
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 TINY = {"iterations": 6, "batch_real": 8, "net_options": "depth=2,width=8,norm=instance", "checkpoint_every": 2}
 POOL = {"pool_size": 3, "pool_warmup_steps": 2, "pool_batch": 16, "pool_refresh_every": 3, "class_reg": 0.5}
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def source():
-    return load_dataset("procedural", "train")
 
 
 def make_pool(source, seed=0, **settings) -> ModelPool:

@@ -20,13 +20,9 @@ from ddkit.store import DistilledDataset
 from ddkit.synth import SYNTHESIZERS, run_synthesizer
 from ddkit.synth.mtt import StudentSteps, matching_loss, meta_gradient_constant, meta_gradient_unrolled, minibatches
 
+pytestmark = pytest.mark.usefixtures("quiet")  # no progress lines; a cache of each test's own
+
 TINY = {"iterations": 3, "syn_steps": 3, "max_start_epoch": 1, "expert_epochs": 1, "lr_img": 10.0}
-
-
-@pytest.fixture(autouse=True)
-def quiet(monkeypatch, tmp_path):
-    monkeypatch.setenv("DDKIT_PROGRESS", "0")
-    monkeypatch.setenv("DDKIT_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

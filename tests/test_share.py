@@ -16,7 +16,6 @@ import torch
 from helpers import edit, run_cli
 from http_range import serve
 
-from ddkit.data import load_dataset
 from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.share import ImportOptions, export_file, import_set
 from ddkit.share.pack import pack, resolve_train_set
@@ -32,11 +31,6 @@ from ddkit.store import (
 )
 
 DATASET = "procedural:3"  # 10 classes, 3×16×16, generated (no download)
-
-
-@pytest.fixture(scope="module")
-def source():
-    return load_dataset(DATASET, "train")
 
 
 def make_file(path, source, kind: str = "uint8") -> str:
