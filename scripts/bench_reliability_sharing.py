@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import json
 import os
 import re
 import shutil
@@ -405,6 +406,9 @@ def load_cases(only: list[str] | None) -> tuple[list[SharingCase], list[str]]:
     return cases, modules
 
 
+FUZZ_ROW = Path(__file__).resolve().parent.parent / "runs" / "reliability" / "fuzz.json"
+
+
 def table(outcomes: list[Outcome], fuzz: dict | None) -> list[str]:
     lines = ["| surface | cases | clean | peak RSS | outside accesses | crashes | hangs | tracebacks | leftovers |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -451,6 +455,9 @@ def main() -> None:
     parser.add_argument("--wall-timeout", type=float, default=900.0)
     parser.add_argument("--rss-cap-mib", type=float, default=3072.0)
     parser.add_argument("--fuzz", type=int, default=0, help="header-fuzz mutants (tests/crafted_hdf5.header_fuzz)")
+    parser.add_argument("--fuzz-from", default=None, metavar="JSON",
+                        help="show the fuzz row recorded by an earlier run (every --fuzz run writes runs/reliability/"
+                             "fuzz.json) instead of fuzzing again: the cases do not touch what the fuzz reads")
     parser.add_argument("--until", default=None, metavar="HH:MM",
                         help="start no case or mutant after this local time (the section says what ran)")
     parser.add_argument("--jobs", type=int, default=1, help="cases replayed at once (each in its own folder)")
@@ -492,6 +499,13 @@ def main() -> None:
         skipped = [c for c, o in zip(cases, results) if o is None]
         fuzz = finish_fuzz(fuzz_proc, Path(tmp)) if fuzz_proc else None
     wall = time.perf_counter() - started
+    if fuzz is not None:
+        FUZZ_ROW.parent.mkdir(parents=True, exist_ok=True)
+        FUZZ_ROW.write_text(json.dumps({**fuzz, "asked": args.fuzz, "until": args.until, "date": today(),
+                                        "command": " ".join(["python", *sys.argv])}))
+    elif args.fuzz_from:
+        fuzz = json.loads(Path(args.fuzz_from).read_text())
+        args.fuzz, args.until = fuzz.get("asked", fuzz["cases"]), fuzz.get("until")
     lines = table(outcomes, fuzz)
     unclean = [o for o in outcomes if not o.clean]
     extra = [f"({id_}: {why})" for id_, why in (fuzz or {}).get("unclean", [])[:20]]
@@ -514,6 +528,9 @@ def main() -> None:
         *lines,
         "",
         *fuzz_note(fuzz, args),
+        *([f"(The header-fuzz row is the one recorded by `{fuzz['command']}` on {fuzz['date']} "
+           f"(`--fuzz-from {args.fuzz_from}`); the cases above were replayed by this command.)", ""]
+          if args.fuzz_from and "command" in fuzz else []),
         "Not clean: " + ("none." if not unclean and not extra else ""),
     ]
     body += [f"- `{o.case.id}`: {o.reason()}" for o in unclean] + [f"- {e}" for e in extra]

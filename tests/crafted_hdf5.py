@@ -170,7 +170,7 @@ def _hdf5_cases() -> list[SharingCase]:
             SharingCase("remote", f"info over HTTP: {name}", lambda w, b=build: ["info", _served(w, b)],
                         inside=("out",)),
             SharingCase("catalog", f"scan a folder holding: {name}",
-                        lambda w, b=build: (b(w), ["catalog", "scan", "set", "--catalog", "cat.sqlite"])[1],
+                        lambda w, b=build: (b(w), ["catalog", "scan", "set", "--catalog", "set/cat.sqlite"])[1],
                         expect="ok", inside=("set", "out")),
         ]
     crash = HDF5_FILES["one-byte edit of an attribute's datatype (crash)"][0]
