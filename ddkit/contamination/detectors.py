@@ -28,18 +28,26 @@ def _pixel_align(references, dataset: str | None = None, device=None, threshold:
     return Detector(references, DetectorConfig(threshold=threshold), device)
 
 
-@DETECTORS.register("descriptor-1", "a small ConvNet descriptor learned on the dataset's train split (perturbation "
-                    "suite as views), FAISS search; shipped for fashion-mnist, else learned once and cached")
-def _descriptor(references, dataset: str | None = None, device=None, threshold: float | None = None):
-    from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
-    from ddkit.contamination.weights import descriptor_for
+def _descriptor(version: str):
+    def make(references, dataset: str | None = None, device=None, threshold: float | None = None):
+        from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
+        from ddkit.contamination.weights import descriptor_for
 
-    if dataset is None:
-        raise InvalidInput("the descriptor detector needs the dataset its references come from",
-                           "pass the dataset's name (its descriptor is shipped, cached or learned from its train "
-                           "split)")
-    return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold), device,
-                              descriptor=descriptor_for(dataset))
+        if dataset is None:
+            raise InvalidInput("the descriptor detector needs the dataset its references come from",
+                               "pass the dataset's name (its descriptor is shipped, cached or learned from its train "
+                               "split)")
+        return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold, version=version), device,
+                                  descriptor=descriptor_for(dataset))
+
+    return make
+
+
+DETECTORS.register("descriptor-2", "a small ConvNet descriptor learned on the dataset's train split (perturbation "
+                   "suite as views), references also indexed under fixed rotations and crops, FAISS search; shipped "
+                   "for fashion-mnist, else learned once and cached")(_descriptor("2"))
+DETECTORS.register("descriptor-1", "descriptor-2's network with references and their mirror images only, and a "
+                   "stronger crowding term (kept to reproduce earlier checks)")(_descriptor("1"))
 
 
 def make_detector(name: str | None, references, dataset: str | None = None, device=None, threshold=None):

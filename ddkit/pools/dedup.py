@@ -2,7 +2,7 @@
 inside the pool.
 
 The detectors of `ddkit.contamination` (teacher-free; `pixel-align-1` by default, also under its
-old name `pixels`, the same one `ddkit validate --against` runs; `descriptor-1`), or `teacher`,
+old name `pixels`, the same one `ddkit validate --against` runs; `descriptor-2`, `descriptor-1`), or `teacher`,
 the older distance between teacher embeddings (FAISS through `ddkit.index`), kept as an option:
 BENCHMARKS.md `contamination` shows that it misses shifted copies unless it also drops a large
 share of clean images.
