@@ -44,6 +44,7 @@ from ddkit.contamination.detector import ROW_BLOCK, Matches, as_uint8, pixel_has
 from ddkit.contamination.perturb import cropped, rotated
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.index.ivf import EXACT_BELOW, knn_ivf
+from ddkit.progress import progress
 
 NAME = "descriptor"
 VERSION = "2"  # the default version (`SCORINGS`)
@@ -151,7 +152,9 @@ class DescriptorDetector:
             for row, digest in enumerate(pixel_hashes(np.asarray(refs[start : start + ROW_BLOCK])), start):
                 self._hashes.setdefault(digest, []).append(row)
         # rows v·n … (v+1)·n − 1: the references' view v of `self.scoring.views`
-        self._vectors = np.concatenate([embed(self.net, refs, view=view_of(v)) for v in self.scoring.views])
+        views = progress(self.scoring.views, desc=f"copy check: indexing {self.n} reference images under "
+                         f"{len(self.scoring.views)} views", unit="view")
+        self._vectors = np.concatenate([embed(self.net, refs, view=view_of(v)) for v in views])
         self._mirrored = np.array([v.startswith("mirror") for v in self.scoring.views])
 
     def _check_shape(self, shape: tuple) -> None:

@@ -25,7 +25,8 @@ SINGLE = ("noise", "shift", "flip", "crop", "jpeg", "brightness", "rotation")
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    # a read-only block (a memmap) is copied: torch wants writable memory
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).float().div_(255.0)
 
 
 def _uint8(x: torch.Tensor) -> np.ndarray:
