@@ -81,7 +81,7 @@ def test_distilled_file_is_checked_recorded_and_shown(tmp_path, mini):
     assert stored[10] == int(test.ids[4]) and stored[11] == int(test.ids[9]) and set(stored) <= {6, 10, 11}
     assert parts["composed instances"].flagged_ids == [13], "the instance composed from base 11 is flagged"
     assert parts[f"real sources ({MINI}:train)"].checked == 10
-    assert report.against == f"{MINI}:test" and "pixel-align" in report.detector
+    assert report.against == f"{MINI}:test" and report.detector.startswith("descriptor-2")  # the default
     card = read_results(path)["contamination"]
     assert card["flagged"] == report.flagged and card["parts"]["stored images"]["flagged_ids"] == list(stored)
     info = info_dict(path)
@@ -135,7 +135,7 @@ def test_cli_validate_against_pool_and_dedup_default(tmp_path, mini, capsys):
     report = dedup_pool(path, None, clean, test_dataset=MINI)
     record = read_dedup_record(clean)
     assert sorted(record["dropped_ids"][record["reason"] == DROP_TEST].tolist()) == list(range(200, 205))
-    assert report["detector"].startswith("pixel-align") and len(load_pool(clean)) == 200 - report["dropped_in_pool_duplicates"]
+    assert report["detector"].startswith("descriptor-2") and len(load_pool(clean)) == 200 - report["dropped_in_pool_duplicates"]
     code, out, err = run_cli(capsys, "validate", clean, "--against", MINI)
     assert code == 0 and "clean" in out, out + err
 

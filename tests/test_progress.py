@@ -113,13 +113,15 @@ def test_pool_dedup_and_validate_against_report_their_stages(tmp_path, monkeypat
     path = tmp_path / "p.pool.h5"
     build_pool(path, [dataset_part(train.subset(np.arange(0, 60)), "part")], train.info)
     capsys.readouterr()
-    dedup_pool(path, None, tmp_path / "d.pool.h5", test_dataset="procedural")
+    dedup_pool(path, None, tmp_path / "d.pool.h5", test_dataset="procedural", detector="pixel-align-1")
     err = capsys.readouterr().err
     for stage in ("pool dedup 1/3", "pool dedup 2/3", "pool dedup 3/3", "copy check: indexing", "copy check: verifying",
                   "pool samples: done"):
         assert stage in err, (stage, err)
-    check_file(path, "procedural", record=False)
+    check_file(path, "procedural", "pixel-align-1", record=False)
     assert "copy check: verifying the candidates of 60 images: done" in capsys.readouterr().err
+    check_file(path, "procedural", record=False)  # the default, descriptor-2: its views are indexed one by one
+    assert "reference images under 16 views: done, 16/16 view" in capsys.readouterr().err
 
 
 def test_dbr_labelling_reports_views(monkeypatch, capsys):

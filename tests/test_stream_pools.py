@@ -136,7 +136,7 @@ def test_pool_score_gives_the_same_scores(folder, teacher, pools, tmp_path, monk
     assert all(np.array_equal(a[k], b[k]) for k in a) and len(a["ids"]) == 26
 
 
-@pytest.mark.parametrize("detector", ["pixels", "descriptor-1", "teacher"])
+@pytest.mark.parametrize("detector", ["pixels", "descriptor-1", "descriptor-2", "teacher"])
 def test_pool_dedup_keeps_the_same_ids(folder, teacher, pools, tmp_path, monkeypatch, detector):
     test = f"imagefolder:{folder}"
     got = {}
@@ -151,12 +151,12 @@ def test_pool_dedup_keeps_the_same_ids(folder, teacher, pools, tmp_path, monkeyp
     assert all(np.array_equal(ra[k], rb[k]) for k in ("dropped_ids", "reason", "matched_id", "distance"))
     if detector == "pixels":  # the planted copies are what was dropped
         assert pa["dropped_test_contamination"] == 1 and pa["dropped_in_pool_duplicates"] == 1
-    if detector == "descriptor-1":  # learned on 14 images: the planted copies are dropped, maybe a look-alike too
+    if detector.startswith("descriptor-"):  # learned on 14 images: the planted copies are dropped, maybe a look-alike too
         test_drop, pool_drop = (ra["dropped_ids"][ra["reason"] == r].tolist() for r in (DROP_TEST, DROP_IN_POOL))
         assert 16 in test_drop and len(pool_drop) >= 1
 
 
-@pytest.mark.parametrize("detector", ["pixel-align-1", "descriptor-1"])
+@pytest.mark.parametrize("detector", ["pixel-align-1", "descriptor-1", "descriptor-2"])
 def test_contamination_check_flags_the_same_samples(folder, pools, monkeypatch, detector):
     reports = {}
     for mode in ("memory", "stream"):

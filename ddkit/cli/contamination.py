@@ -20,8 +20,8 @@ def contamination():
 @click.option("--overwrite", is_flag=True, help="with --out: replace an existing file")
 @click.option("--json", "as_json", is_flag=True)
 def calibrate(dataset, seed, steps, out, overwrite, as_json):
-    """Learn DATASET's copy descriptor (`descriptor-1`) on its train split and calibrate its threshold on
-    held-out train images; cached under $DDKIT_CACHE/contamination, used by `validate --against` and
+    """Learn DATASET's copy descriptor (`descriptor-1`, `descriptor-2`) on its train split and calibrate each
+    version's threshold on held-out train images; cached under $DDKIT_CACHE/contamination, used by `validate --against` and
     `pool dedup`. A dataset with a descriptor shipped in ddkit (fashion-mnist) is shown, not re-learned."""
     import dataclasses
 
@@ -36,9 +36,13 @@ def calibrate(dataset, seed, steps, out, overwrite, as_json):
     if as_json:
         print_json({"path": found.path, **header})
         return
-    cal = found.header.calibration
-    click.echo(f"{dataset}: copy descriptor {found.path}\n  {found.header.summary()}\n"
-               f"  on held-out train images: {cal['clean_rate']:.2%} of {cal['negatives']} distinct images flagged; "
-               "recall " + ", ".join(f"{k} {v:.1%}" for k, v in cal["recall"].items()))
+    from ddkit.contamination.weights import DETECTOR_VERSIONS
+
+    click.echo(f"{dataset}: copy descriptor {found.path}\n  {found.header.summary()}")
+    for version in DETECTOR_VERSIONS:
+        cal = found.header.calibration_of(version)
+        click.echo(f"  descriptor-{version} (threshold {cal['threshold']:.4g}), on held-out train images: "
+                   f"{cal['clean_rate']:.2%} of {cal['negatives']} distinct images flagged; "
+                   "recall " + ", ".join(f"{k} {v:.1%}" for k, v in cal["recall"].items()))
     if out:
         click.echo(f"wrote {out}")

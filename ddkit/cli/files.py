@@ -59,7 +59,7 @@ def info(path, as_json):
 @click.option("--dataset", default=None,
               help="with --against: a selection's pool when the file names it by a path (pool:FILE); never read from the file")
 @click.option("--detector", default=None, metavar="NAME",
-              help="with --against: the contamination detector (default pixel-align-1; `ddkit list contamination-detectors`)")
+              help="with --against: the contamination detector (default descriptor-2; `ddkit list contamination-detectors`)")
 @device_option("; with --against: where the search runs")
 def validate(path, teacher, against, no_write, dataset, detector, device):
     """Recompute the content hash and check shapes, dtypes, class coverage and label space

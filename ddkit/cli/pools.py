@@ -40,7 +40,7 @@ def pool_build(task, sources, name, out, overwrite):
 @pool.command("dedup")
 @click.argument("pool_path", type=click.Path(dir_okay=False))
 @click.option("--detector", default=None, metavar="NAME",
-              help="pixel-align-1 (default; old name: pixels) or descriptor-1: the teacher-free detectors of "
+              help="descriptor-2 (default), descriptor-1 or pixel-align-1 (old name: pixels): the teacher-free detectors of "
                    "`validate --against` (`ddkit list contamination-detectors`); teacher: distance between teacher embeddings")
 @click.option("--teacher", default=None, type=click.Path(dir_okay=False), help="teacher whose embeddings compare images (--detector teacher)")
 @click.option("--test", "test_dataset", default=None, help="dataset whose TEST split must not leak into the pool (default: the pool's task)")

@@ -107,12 +107,14 @@ class CopyNet(nn.Module):
 
 
 @torch.no_grad()
-def embed(net: CopyNet, images, mirror: bool = False, block: int = ROW_BLOCK) -> np.ndarray:
+def embed(net: CopyNet, images, mirror: bool = False, block: int = ROW_BLOCK, view=None) -> np.ndarray:
     """Descriptors (float32 N×dim) of uint8 images (N×C×H×W; a memmap is read by blocks);
-    `mirror`: of their horizontal mirror images."""
+    `mirror`: of their horizontal mirror images; `view` (uint8 block -> uint8 block of the same
+    shape): of that view of each image."""
     net.eval()
     out = np.empty((len(images), net.arch.dim), np.float32)
     for start in range(0, len(images), block):
-        x = unit_float(np.ascontiguousarray(images[start : start + block]))
+        rows = np.ascontiguousarray(images[start : start + block])
+        x = unit_float(np.ascontiguousarray(view(rows)) if view is not None else rows)
         out[start : start + len(x)] = net(x.flip(-1) if mirror else x).numpy()
     return out

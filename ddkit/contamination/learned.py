@@ -1,4 +1,4 @@
-"""The `descriptor-1` detector: exact pixel hashes, then the learned copy descriptor
+"""The `descriptor-2` and `descriptor-1` detectors: exact pixel hashes, then the learned copy descriptor
 (`ddkit.contamination.descriptor`) searched with FAISS (`ddkit.index`).
 
 Each query gets a score: its squared descriptor distance to the nearest reference, minus
@@ -16,6 +16,16 @@ The references are indexed with their mirror images, so a flipped copy (alone or
 edit) finds its source. Byte-identical copies are always caught by their sha256, whatever the
 descriptor says.
 
+Two versions share this code and the weights file, each with its own threshold calibrated on
+held-out train images (`SCORINGS`):
+- `descriptor-1` indexes each reference and its mirror image, and weighs the crowding term by the
+  fit's `normalize` (1.0 in the shipped file);
+- `descriptor-2` (the default) also indexes fixed views of each reference under the suite's
+  geometric edits — rotated ±5.5°, 90% crops at the centre and four offsets, and the mirror images
+  of these — so a rotated or cropped copy lands near one of its source's views rather than having
+  to be recognised by the network alone, and weighs the crowding term by 0.25. Both choices were
+  made on held-out train images (docs/contamination.md); the queries themselves are embedded once.
+
 `within_vectors` finds near-duplicates inside one set through an inverted file
 (`ddkit.index.knn_ivf`), with the same score: each row is compared with the rows of a few nearby
 lists, never with all rows, so a pool of N images costs about N·√N distance computations, not N².
@@ -31,11 +41,50 @@ import numpy as np
 from ddkit import index
 from ddkit.contamination.descriptor import embed
 from ddkit.contamination.detector import ROW_BLOCK, Matches, as_uint8, pixel_hashes
+from ddkit.contamination.perturb import cropped, rotated
 from ddkit.errors import IncompatibleError, InvalidInput
 from ddkit.index.ivf import EXACT_BELOW, knn_ivf
+from ddkit.progress import progress
 
 NAME = "descriptor"
-VERSION = "1"
+VERSION = "2"  # the default version (`SCORINGS`)
+
+_EDITS = {  # fixed views of the suite's geometric edits (ddkit.contamination.perturb)
+    "rot+5.5": lambda x: rotated(x, 5.5), "rot-5.5": lambda x: rotated(x, -5.5),
+    "crop90": lambda x: cropped(x, 0.9, 0.0, 0.0),
+    "crop90ne": lambda x: cropped(x, 0.9, 0.06, -0.06), "crop90nw": lambda x: cropped(x, 0.9, -0.06, -0.06),
+    "crop90se": lambda x: cropped(x, 0.9, 0.06, 0.06), "crop90sw": lambda x: cropped(x, 0.9, -0.06, 0.06),
+}
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How one version of the detector indexes its references and scores a query: the views of every
+    reference it indexes (`identity` first; `mirror/…`: of the mirror image), and the crowding weight
+    (None: the fit's `normalize`)."""
+
+    views: tuple[str, ...]
+    normalize: float | None
+
+
+SCORINGS = {
+    "1": Scoring(("identity", "mirror"), None),
+    "2": Scoring(("identity", "mirror", *_EDITS, *(f"mirror/{e}" for e in _EDITS)), 0.25),
+}
+
+
+def view_of(name: str):
+    """The uint8-block function of a reference view named in `SCORINGS` (None: the image itself)."""
+    mirror = name == "mirror" or name.startswith("mirror/")
+    edit = name.split("/", 1)[1] if name.startswith("mirror/") else (None if name in ("identity", "mirror") else name)
+    if edit is not None and edit not in _EDITS:
+        raise InvalidInput(f"unknown reference view {name!r}")
+    edit_fn = _EDITS.get(edit)
+    if not mirror:
+        return edit_fn
+    if edit_fn is None:
+        return lambda x: x[..., ::-1]
+    return lambda x: edit_fn(np.ascontiguousarray(x[..., ::-1]))
 
 
 @dataclass(frozen=True)
@@ -43,6 +92,7 @@ class DescriptorDetectorConfig:
     """Settings of the detector; the threshold comes from the descriptor's calibration unless given."""
 
     threshold: float | None = None
+    version: str = VERSION  # a key of SCORINGS
     k: int = 1  # reference candidates per query (more only matter for the exclusions of `within`)
     probes: int = 8  # within: inverted lists visited per row
     lists: int | None = None  # within: inverted lists (default ~2·√(2N))
@@ -51,6 +101,9 @@ class DescriptorDetectorConfig:
     calibration: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
+        if self.version not in SCORINGS:
+            raise InvalidInput(f"unknown descriptor detector version {self.version!r}",
+                               f"use one of {', '.join(f'{NAME}-{v}' for v in SCORINGS)}")
         t = self.threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or math.isnan(t)):
             raise InvalidInput(f"threshold must be a number, got {self.threshold!r}",
@@ -62,9 +115,9 @@ class DescriptorDetectorConfig:
 
 
 class DescriptorDetector:
-    """Index `references` once (uint8 N×C×H×W: hashes and descriptors of them and of their mirror
-    images), then `match(queries)`. Only the hashes and 2N descriptors are held, never the pixels,
-    so a `numpy.memmap` of references far larger than memory works.
+    """Index `references` once (uint8 N×C×H×W: hashes, and descriptors of every view of them that
+    the version's `Scoring` names), then `match(queries)`. Only the hashes and the descriptors are
+    held, never the pixels, so a `numpy.memmap` of references far larger than memory works.
 
     `dataset`: the registered dataset whose train split the descriptor learned from (the
     references' dataset); `descriptor`: a loaded one instead (calibration and tests).
@@ -74,12 +127,19 @@ class DescriptorDetector:
         config = config or DescriptorDetectorConfig()
         if descriptor is None:  # resolved by the caller (`detectors`), so this module never imports `weights`
             raise InvalidInput("the descriptor detector needs the descriptor of the dataset its references come from",
-                               "make it with ddkit.contamination.make_detector('descriptor-1', refs, dataset=NAME), "
+                               "make it with ddkit.contamination.make_detector('descriptor-2', refs, dataset=NAME), "
                                "or pass descriptor=load_descriptor(FILE)")
         self.descriptor = descriptor
         self.net = descriptor.net
-        threshold = descriptor.header.threshold if config.threshold is None else float(config.threshold)
-        self.config = replace(config, threshold=threshold, calibration=descriptor.header.calibration)
+        self.scoring = SCORINGS[config.version]
+        if config.threshold is None:
+            calibration = descriptor.header.calibration_of(config.version)
+            threshold = float(calibration["threshold"])
+        else:  # a threshold given (calibration itself, tests): the file's calibration, where it has one
+            calibration = dict(descriptor.header.calibrations.get(config.version, {}) if config.version != "1"
+                               else descriptor.header.calibration)
+            threshold = float(config.threshold)
+        self.config = replace(config, threshold=threshold, calibration=calibration)
         self.device = device
         refs = as_uint8(references)
         if len(refs) == 0:
@@ -91,7 +151,11 @@ class DescriptorDetector:
         for start in range(0, self.n, ROW_BLOCK):
             for row, digest in enumerate(pixel_hashes(np.asarray(refs[start : start + ROW_BLOCK])), start):
                 self._hashes.setdefault(digest, []).append(row)
-        self._vectors = np.concatenate([embed(self.net, refs), embed(self.net, refs, mirror=True)])  # rows n..: mirrors
+        # rows v·n … (v+1)·n − 1: the references' view v of `self.scoring.views`
+        views = progress(self.scoring.views, desc=f"copy check: indexing {self.n} reference images under "
+                         f"{len(self.scoring.views)} views", unit="view")
+        self._vectors = np.concatenate([embed(self.net, refs, view=view_of(v)) for v in views])
+        self._mirrored = np.array([v.startswith("mirror") for v in self.scoring.views])
 
     def _check_shape(self, shape: tuple) -> None:
         trained = tuple(self.descriptor.header.image_shape)
@@ -105,7 +169,7 @@ class DescriptorDetector:
     @property
     def version(self) -> str:
         h = self.descriptor.header
-        return (f"{NAME}-{VERSION} (threshold {self.config.threshold:.4g}, learned and calibrated on "
+        return (f"{NAME}-{self.config.version} (threshold {self.config.threshold:.4g}, learned and calibrated on "
                 f"{h.dataset} train, seed {h.fit.get('seed')}, weights {h.tensors_sha256[:12]})")
 
     def to_dict(self) -> dict:
@@ -155,6 +219,8 @@ class DescriptorDetector:
 
     @property
     def normalize(self) -> float:
+        if self.scoring.normalize is not None:
+            return self.scoring.normalize
         return float(self.descriptor.header.fit.get("normalize", 0.0))
 
     def match(self, queries, exclude=None) -> Matches:
@@ -179,7 +245,7 @@ class DescriptorDetector:
         exact = exact_row >= 0
         best[exact] = exact_row[exact]
         score[exact] = np.minimum(score[exact], -self.normalize * crowd[exact])  # distance 0
-        flipped = (best >= self.n) & ~exact
+        flipped = self._mirrored[np.maximum(best, 0) // self.n] & (best >= 0) & ~exact
         reference = np.where(best >= 0, best % self.n, -1)
         flagged = exact | (score <= self.config.threshold)
         return Matches(flagged, exact, score, reference, flipped, self.version, vectors, crowd)

@@ -25,7 +25,8 @@ SINGLE = ("noise", "shift", "flip", "crop", "jpeg", "brightness", "rotation")
 
 
 def _unit(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    # a read-only block (a memmap) is copied: torch wants writable memory
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).float().div_(255.0)
 
 
 def _uint8(x: torch.Tensor) -> np.ndarray:
@@ -72,11 +73,22 @@ def crop(images, rng):
     n = len(images)
     scale = 0.9
     cx, cy = rng.uniform(-(1 - scale), 1 - scale, (2, n))  # crop centre, normalized coordinates
-    theta = torch.zeros(n, 2, 3)
+    return _uint8(_warp(_unit(images), _crop_theta(scale, cx, cy)))
+
+
+def _crop_theta(scale: float, cx: np.ndarray, cy: np.ndarray) -> torch.Tensor:
+    theta = torch.zeros(len(cx), 2, 3)
     theta[:, 0, 0] = theta[:, 1, 1] = scale
-    theta[:, 0, 2] = torch.from_numpy(cx).float()
-    theta[:, 1, 2] = torch.from_numpy(cy).float()
-    return _uint8(_warp(_unit(images), theta))
+    theta[:, 0, 2] = torch.from_numpy(np.asarray(cx, np.float64)).float()
+    theta[:, 1, 2] = torch.from_numpy(np.asarray(cy, np.float64)).float()
+    return theta
+
+
+def cropped(images: np.ndarray, scale: float, cx: float, cy: float) -> np.ndarray:
+    """Every image's crop of `scale` of each side centred at (cx, cy) (normalized coordinates),
+    resized back: one fixed view of the `crop` edit."""
+    n = len(images)
+    return _uint8(_warp(_unit(images), _crop_theta(scale, np.full(n, cx), np.full(n, cy))))
 
 
 @PERTURBATIONS.register("jpeg", "JPEG at quality 75 (Pillow), decoded back")
@@ -103,10 +115,20 @@ def brightness(images, rng):
 def rotation(images, rng):
     n = len(images)
     angle = np.radians(rng.uniform(3.0, 8.0, n) * rng.choice([-1.0, 1.0], n))
+    return _uint8(_warp(_unit(images), _rotation_theta(angle)))
+
+
+def _rotation_theta(angle: np.ndarray) -> torch.Tensor:
     cos, sin = torch.from_numpy(np.cos(angle)).float(), torch.from_numpy(np.sin(angle)).float()
-    theta = torch.zeros(n, 2, 3)
+    theta = torch.zeros(len(angle), 2, 3)
     theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    return _uint8(_warp(_unit(images), theta))
+    return theta
+
+
+def rotated(images: np.ndarray, degrees: float) -> np.ndarray:
+    """Every image rotated by `degrees` about its centre (bilinear, black corners): one fixed view
+    of the `rotation` edit."""
+    return _uint8(_warp(_unit(images), _rotation_theta(np.full(len(images), np.radians(degrees)))))
 
 
 @PERTURBATIONS.register("combined", "two different single edits in a row, drawn per image")

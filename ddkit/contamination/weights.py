@@ -2,8 +2,9 @@
 a dataset's descriptor is found.
 
 The header says how to rebuild the network (`DescriptorArch`), what it learned from (dataset name,
-the train split's fingerprint, the fit config with its seed), the calibration made on held-out
-train images (threshold, clean rate, recall per edit) and the command that made it, plus a sha256
+the train split's fingerprint, the fit config with its seed), the calibrations made on held-out
+train images, one per detector version (threshold, clean rate, recall per edit: `calibration` for
+`descriptor-1`, `calibrations[V]` for the later ones), and the command that made it, plus a sha256
 of the tensors. Tensors are stored as float16 (half the bytes); the network always runs the
 rounded weights, calibration included, so the rounding is part of the calibrated detector.
 
@@ -43,6 +44,10 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 SHIPPED = {"fashion-mnist": "fashion-mnist.safetensors", "fashion-mnist-mini": "fashion-mnist.safetensors"}
 _MAX_HEADER_BYTES = 1 << 20
 FIX = "learn it again: ddkit contamination calibrate DATASET"
+# The detector versions a file is calibrated for (`learned.SCORINGS`, kept here too so that reading a
+# header needs no torch-heavy import), and the one `threshold` and summaries mean.
+DETECTOR_VERSIONS = ["1", "2"]
+DETECTOR_VERSION = "2"
 
 
 @dataclass
@@ -54,8 +59,9 @@ class DescriptorHeader:
     dataset: str
     image_shape: list
     train_fingerprint: str
-    calibration: dict
+    calibration: dict  # descriptor-1's
     command: str = ""
+    calibrations: dict = field(default_factory=dict)  # version -> calibration, for the versions after 1
     created: str = field(default_factory=utc_now)
     ddkit_version: str = ddkit.__version__
     tensors_sha256: str = ""
@@ -64,7 +70,15 @@ class DescriptorHeader:
 
     @property
     def threshold(self) -> float:
-        return float(self.calibration["threshold"])
+        return float(self.calibration_of(DETECTOR_VERSION)["threshold"])
+
+    def calibration_of(self, version: str) -> dict:
+        """The calibration of detector version `version` (a clear error if this file has none)."""
+        found = self.calibration if version == "1" else self.calibrations.get(version)
+        if not isinstance(found, dict) or "threshold" not in found:
+            raise FileFormatError(f"this copy descriptor ({self.dataset}) has no calibration for descriptor-{version}",
+                                  FIX)
+        return found
 
     def summary(self) -> str:
         return (f"learned on {self.dataset} train (seed {self.fit.get('seed')}), threshold {self.threshold:.4g}, "
@@ -163,9 +177,12 @@ def _parse_header(path: Path, meta: dict) -> DescriptorHeader:
             raise FileFormatError(f"{path} was written by a newer ddkit (descriptor schema {data['schema']})",
                                   "upgrade ddkit: pip install -U ddkit")
         header = DescriptorHeader(**record_fields(DescriptorHeader, data, "descriptor header"))
-        threshold = float(header.calibration["threshold"])
-        if not np.isfinite(threshold):  # negative is fine: the score is a distance minus a multiple of another
-            raise InvalidInput(f"threshold {threshold}")
+        later = header.calibrations
+        if not isinstance(later, dict) or not all(isinstance(c, dict) for c in later.values()):
+            raise InvalidInput("calibrations must map versions to calibrations")
+        thresholds = [float(c["threshold"]) for c in (header.calibration, *later.values())]
+        if not all(np.isfinite(thresholds)):  # negative is fine: the score is a distance minus a multiple of another
+            raise InvalidInput(f"thresholds {thresholds}")
     except FileFormatError:
         raise
     except (InvalidInput, ValueError, TypeError, KeyError) as exc:
@@ -199,7 +216,6 @@ def fit_dataset(train, config: FitConfig | None = None, command: str = "",
     (how the shipped file was made, `scripts/make_shipped_descriptor.py`)."""
     from ddkit.contamination.descriptor import embed
     from ddkit.contamination.detector import pixel_hashes
-    from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
     from ddkit.contamination.rows import pixel_rows
 
     config = config or FitConfig()
@@ -212,13 +228,39 @@ def fit_dataset(train, config: FitConfig | None = None, command: str = "",
         found = Descriptor(net, header, quantized(embed(net, background)),
                            np.frombuffer(b"".join(pixel_hashes(background)), np.uint8).reshape(-1, 32))
 
-        def make(references, threshold):
-            return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold), descriptor=found)
+        calibrations = _calibrate(found, images, split, config, DETECTOR_VERSIONS)
+    header.calibration = calibrations.pop("1")
+    header.calibrations = calibrations
+    return found
+
+
+def add_calibrations(found: Descriptor, train, config: FitConfig) -> Descriptor:
+    """`found` (learned on `train` with `config` before a later detector version existed) calibrated
+    for the versions it lacks: same network, same held-out split; its own calibrations are kept."""
+    from ddkit.contamination.rows import pixel_rows
+
+    missing = [v for v in DETECTOR_VERSIONS if v != "1" and v not in found.header.calibrations]
+    with pixel_rows(train, np.arange(len(train))) as images:
+        split = holdout_split(len(images), config.holdout, config.seed, config.background)
+        found.header.calibrations = {**found.header.calibrations,
+                                     **_calibrate(found, images, split, config, missing)}
+    return found
+
+
+def _calibrate(found: Descriptor, images, split, config: FitConfig, versions: list[str]) -> dict:
+    """Each detector version's calibration (`fit.calibrate`) on the split's held-out train images."""
+    from ddkit.contamination.learned import DescriptorDetector, DescriptorDetectorConfig
+
+    out = {}
+    for version in versions:
+        def make(references, threshold, version=version):
+            return DescriptorDetector(references, DescriptorDetectorConfig(threshold=threshold, version=version),
+                                      descriptor=found)
 
         cal: Calibration = calibrate(make, images[split.references], images[split.negatives], config.clean_rate,
                                      config.copies_per_kind, config.seed)
-    header.calibration = cal.to_dict()
-    return found
+        out[version] = cal.to_dict()
+    return out
 
 
 def descriptor_for(dataset: str, config: FitConfig | None = None, learn: bool = True) -> Descriptor:
@@ -234,6 +276,12 @@ def descriptor_for(dataset: str, config: FitConfig | None = None, learn: bool = 
     train = load_dataset(dataset, "train")
     path = cache_path(dataset, train.fingerprint(), config)
     if path.is_file():
+        found = load_descriptor(path)
+        if set(DETECTOR_VERSIONS) <= {"1", *found.header.calibrations}:
+            return found
+        # learned before a later detector version: its network stays, every version is calibrated again
+        say(f"calibrating the cached copy descriptor of {dataset} for the detector versions it lacks ({path})")
+        save_descriptor(path, add_calibrations(found, train, config), overwrite=True)
         return load_descriptor(path)
     if not learn:
         raise DdkitError(f"no copy descriptor for {dataset} yet",

@@ -1,8 +1,8 @@
 """Pool deduplication (`ddkit pool dedup`): drop near-copies of test images and near-duplicates
 inside the pool.
 
-The detectors of `ddkit.contamination` (teacher-free; `pixel-align-1` by default, also under its
-old name `pixels`, the same one `ddkit validate --against` runs; `descriptor-1`), or `teacher`,
+The detectors of `ddkit.contamination` (teacher-free, the same ones `ddkit validate --against` runs:
+`descriptor-2` by default, `descriptor-1`, `pixel-align-1` also under its old name `pixels`), or `teacher`,
 the older distance between teacher embeddings (FAISS through `ddkit.index`), kept as an option:
 BENCHMARKS.md `contamination` shows that it misses shifted copies unless it also drops a large
 share of clean images.
