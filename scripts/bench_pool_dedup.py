@@ -88,7 +88,11 @@ def render(command: str) -> None:
              "`ddkit` command under DDKIT_DATA_MODE=stream, one torch thread, watched from outside (memory as in the "
              "table above). The machine's 2 cores were shared with other benchmarks (load average at the start of "
              "each command in the last column), so every wall time is an upper bound. *dropped*: test copies / "
-             "in-pool near-duplicates.", "",
+             "in-pool near-duplicates. A descriptor detector's first check against a task learns that task's "
+             "descriptor on its train split (or adds a later version's calibration) and caches it: the first "
+             "descriptor-1 row (2,000 images) includes learning tiny-100k's descriptor; descriptor-2's calibration "
+             "was added beforehand by `ddkit contamination calibrate imagefolder:…/tiny-100k` (520 s wall, 317 CPU s, "
+             "2.6 GiB), so its rows do not include it.", "",
              "| pool images | command | wall s | images/s | main RSS MiB | tree PSS MiB | dropped | load |",
              "|---|---|---|---|---|---|---|---|"]
     for e in rows:

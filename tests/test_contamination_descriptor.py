@@ -12,11 +12,13 @@ from helpers import one_thread, run_cli  # noqa: F401 (one_thread: autouse)
 from ddkit.contamination import perturb, suite_kinds
 from ddkit.contamination.descriptor import DescriptorArch, embed
 from ddkit.contamination.detector import as_uint8
-from ddkit.contamination.detectors import DETECTORS, make_detector, within_images
+from ddkit.contamination.detectors import DEFAULT, DETECTORS, make_detector, within_images
 from ddkit.contamination.fit import FitConfig, holdout_split, threshold_for, train_descriptor
 from ddkit.contamination.learned import SCORINGS, DescriptorDetector, DescriptorDetectorConfig, view_of
 from ddkit.contamination.perturb import rotated
 from ddkit.contamination.weights import (
+    DETECTOR_VERSION,
+    DETECTOR_VERSIONS,
     cache_path,
     descriptor_for,
     fit_dataset,
@@ -200,3 +202,4 @@ def test_bad_options_are_refused(tiny, procedural):
         DescriptorDetector(rgb, descriptor=tiny)
     assert threshold_for(np.array([0.3, 0.1, 0.2, 0.4]), 0.25) < 0.2 <= threshold_for(np.array([0.3, 0.1, 0.2, 0.4]), 0.5)
     assert set(DETECTORS.names()) >= {"pixel-align-1", "descriptor-1", "descriptor-2"}
+    assert DETECTOR_VERSIONS == list(SCORINGS) and f"descriptor-{DETECTOR_VERSION}" == DEFAULT

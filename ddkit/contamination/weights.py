@@ -44,8 +44,9 @@ WEIGHTS_DIR = Path(__file__).with_name("weights")
 SHIPPED = {"fashion-mnist": "fashion-mnist.safetensors", "fashion-mnist-mini": "fashion-mnist.safetensors"}
 _MAX_HEADER_BYTES = 1 << 20
 FIX = "learn it again: ddkit contamination calibrate DATASET"
-# The detector versions a file is calibrated for (`learned.SCORINGS`, kept here too so that reading a
-# header needs no torch-heavy import), and the one `threshold` and summaries mean.
+# The detector versions a file is calibrated for (the keys of `learned.SCORINGS`, which this module does
+# not import: `learned` stays free of `weights`; tests check the two agree), and the one `threshold` and
+# summaries mean (`detectors.DEFAULT`).
 DETECTOR_VERSIONS = ["1", "2"]
 DETECTOR_VERSION = "2"
 
