@@ -42,7 +42,7 @@ from ddkit import index
 from ddkit.contamination.descriptor import embed
 from ddkit.contamination.detector import ROW_BLOCK, Matches, as_uint8, pixel_hashes
 from ddkit.contamination.perturb import cropped, rotated
-from ddkit.errors import IncompatibleError, InvalidInput
+from ddkit.errors import FileFormatError, IncompatibleError, InvalidInput
 from ddkit.index.ivf import EXACT_BELOW, knn_ivf
 from ddkit.progress import progress
 
@@ -132,13 +132,13 @@ class DescriptorDetector:
         self.descriptor = descriptor
         self.net = descriptor.net
         self.scoring = SCORINGS[config.version]
-        if config.threshold is None:
+        try:
             calibration = descriptor.header.calibration_of(config.version)
-            threshold = float(calibration["threshold"])
-        else:  # a threshold given (calibration itself, tests): the file's calibration, where it has one
-            calibration = dict(descriptor.header.calibrations.get(config.version, {}) if config.version != "1"
-                               else descriptor.header.calibration)
-            threshold = float(config.threshold)
+        except FileFormatError:
+            if config.threshold is None:
+                raise
+            calibration = {}  # a threshold given (calibration itself, tests): none recorded yet
+        threshold = float(calibration["threshold"] if config.threshold is None else config.threshold)
         self.config = replace(config, threshold=threshold, calibration=calibration)
         self.device = device
         refs = as_uint8(references)
